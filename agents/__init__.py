@@ -1,0 +1,1 @@
+"""Node-side code: the agent daemon, its worker pool and worker processes."""

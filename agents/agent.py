@@ -1,0 +1,352 @@
+"""The node agent: one poller loop that owns its sockets.
+
+Coordinators connect to ``front`` (a ROUTER bound on the advertised endpoint,
+whose routing id is the node id); workers connect to ``back`` (a ROUTER on an
+ipc socket in a private temp dir). Each turn: events from other threads,
+coordinator messages, worker messages, timers (reaping and restarting workers,
+heartbeats, leader liveness, drain), then assigning queued tasks to idle
+workers and flushing results. Results wait in ``outbox`` while no coordinator
+is reachable, so a leader change loses nothing the agent already ran.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import psutil
+import zmq
+from kazoo.client import KazooState
+
+from cluster import loop, payload, wire
+from cluster.config import AgentConfig
+from cluster.layout import AgentRecord
+from cluster.liveness import Liveness
+from cluster.version import PROTOCOL_VERSION, __version__
+from cluster.zk import close as zk_close
+from cluster.zk import connect as zk_connect
+
+from .pool import WorkerPool
+from .registration import Registration
+from .resources import detect, parse_workers
+
+log = logging.getLogger("agents.agent")
+
+MAX_RESULTS_PER_MESSAGE = 256
+
+
+@dataclass(frozen=True)
+class QueuedTask:
+    job_id: str
+    index: int
+    attempt: int
+    args: bytes
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.job_id, self.index, self.attempt)
+
+
+@dataclass
+class JobInfo:
+    digest: str
+    options: dict
+    function: bytes
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig):
+        self.cfg = cfg
+        self.node_id = cfg.node_id or socket.gethostname()
+        resources = detect()
+        self.workers = parse_workers(cfg.workers, resources.usable_cpus)
+        self.resources = resources
+        self.capacity = self.workers * (1 + cfg.prefetch)
+        self.waker = loop.Waker()
+        self.jobs: dict[str, JobInfo] = {}
+        self.queue: collections.deque[QueuedTask] = collections.deque()
+        self.outbox: list[tuple[tuple[str, int, int], int, bytes]] = []
+        self.leader: bytes | None = None  # routing id of the coordinator we work for
+        self.max_epoch = 0
+        self.leader_liveness = Liveness(cfg.heartbeat_interval, cfg.heartbeat_misses)
+        self.counters: collections.Counter = collections.Counter()
+        self.draining = False
+        self.drain_deadline = 0.0
+        self._stopping = False
+        self.front_handlers = {
+            wire.Hello: self._on_hello,
+            wire.Heartbeat: self._on_heartbeat,
+            wire.JobSpec: self._on_job_spec,
+            wire.Dispatch: self._on_dispatch,
+            wire.EndJob: self._on_end_job,
+        }
+
+    # ------------------------------------------------------------ lifecycle
+
+    def drain(self) -> None:
+        """Safe from a signal handler: finish what is held, then leave."""
+        self.waker.post(("drain", None))
+
+    def run(self, on_registered=None) -> int:
+        ctx = zmq.Context()
+        self.front = loop.configure(ctx.socket(zmq.ROUTER))
+        self.front.setsockopt(zmq.ROUTING_ID, self.node_id.encode())
+        self.front.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.back = loop.configure(ctx.socket(zmq.ROUTER))
+        self.back.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.tmpdir = tempfile.mkdtemp(prefix="clusterd-agent-")
+        self.back_endpoint = f"ipc://{self.tmpdir}/workers"
+        self.back.bind(self.back_endpoint)
+        zk = None
+        self.pool = WorkerPool(self.workers, self._spawn, backoff_max=self.cfg.restart_backoff_max)
+        try:
+            bound = loop.bind(self.front, self.cfg.bind)
+            self.endpoint = loop.advertised(bound, self.cfg.advertise, self.cfg.zk)
+            zk = zk_connect(self.cfg.zk, timeout=10.0)
+            zk.add_listener(lambda state: self.waker.post(("zk", state)))
+            self.registration = Registration(zk, self.cfg.cluster, self._record())
+            self.pool.converge(time.monotonic())
+            self.registration.register()
+            log.info("agent %s registered: endpoint %s, %d workers (%d usable cpus)", self.node_id,
+                     self.endpoint, self.workers, self.resources.usable_cpus)
+            if on_registered:
+                on_registered(self)
+            self._loop()
+            self.registration.deregister()
+            log.info("agent %s deregistered", self.node_id)
+        finally:
+            self.pool.stop()
+            zk_close(zk)
+            self.front.close(0)
+            self.back.close(0)
+            ctx.term()
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+            self.waker.close()
+        return 0
+
+    def _record(self) -> AgentRecord:
+        return AgentRecord(
+            node_id=self.node_id, host=socket.gethostname(), endpoint=self.endpoint, workers=self.workers,
+            cores=self.resources.cores, memory=self.resources.memory, version=__version__,
+            protocol=PROTOCOL_VERSION, pid=os.getpid(), started=_process_start(), labels=dict(self.cfg.labels),
+            state="ready",
+        )
+
+    def _spawn(self, index: int) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "agents.worker", self.back_endpoint, str(index),
+                                 str(os.getpid())], stdin=subprocess.DEVNULL, close_fds=True)
+
+    # ----------------------------------------------------------------- loop
+
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.front, zmq.POLLIN)
+        poller.register(self.back, zmq.POLLIN)
+        poller.register(self.waker.fd, zmq.POLLIN)
+        tick = min(0.1, self.cfg.heartbeat_interval)
+        next_tick = 0.0
+        next_beat = 0.0
+        while not self._stopping:
+            ready = dict(poller.poll(max(0.0, next_tick - time.monotonic()) * 1000))
+            if self.waker.fd in ready:
+                for kind, value in self.waker.drain():
+                    self._on_event(kind, value)
+            if self.front in ready:
+                self._read(self.front, self._on_front)
+            if self.back in ready:
+                self._read(self.back, self._on_back)
+            now = time.monotonic()
+            if now >= next_tick:
+                self._reap(now)
+                self.pool.converge(now)
+                next_tick = now + tick
+                if now >= next_beat:
+                    self._beat(now)
+                    next_beat = now + self.cfg.heartbeat_interval
+                if self.draining:
+                    self._check_drain(now)
+            self._assign()
+            self._flush()
+
+    def _read(self, sock: zmq.Socket, handle) -> None:
+        for _ in range(1000):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            identity = frames[0].bytes
+            try:
+                msg = wire.decode(frames[1:])
+            except wire.VersionMismatch as exc:
+                self.counters["dropped_messages"] += 1
+                loop.send(sock, wire.Refused(str(exc)), identity)
+                continue
+            except wire.ProtocolError as exc:
+                self.counters["dropped_messages"] += 1
+                if self.counters["dropped_messages"] <= 10:
+                    log.warning("dropping malformed message: %s", exc)
+                continue
+            handle(identity, msg)
+
+    # --------------------------------------------------------------- events
+
+    def _on_event(self, kind: str, value: object) -> None:
+        if kind == "drain" and not self.draining:
+            log.info("draining: finishing %d held tasks, taking no new work", len(self._held()))
+            self.draining = True
+            self.drain_deadline = time.monotonic() + self.cfg.drain_timeout
+            self.registration.set_state("draining")
+            if self.leader is not None:
+                loop.send(self.front, wire.Draining(self.node_id), self.leader)
+        elif kind == "zk":
+            if value == KazooState.LOST:
+                log.warning("ZooKeeper session lost; work goes on, re-registering when it returns")
+            elif value == KazooState.CONNECTED:
+                self.waker.post(("rejoin", None))
+        elif kind == "rejoin":
+            try:
+                self.registration.register(wait_for_stale=0)
+            except Exception as exc:  # still unreachable: the next CONNECTED retries
+                log.warning("re-registration failed: %s", exc)
+
+    def _check_drain(self, now: float) -> None:
+        if not self._held() or now >= self.drain_deadline:
+            if self._held():
+                log.warning("drain timeout: handing %d tasks back", len(self._held()))
+            self._stopping = True
+
+    def _held(self) -> list[list]:
+        keys = [list(t.key) for t in self.queue]
+        keys += [list(s.task.key) for s in self.pool.slots if s.task is not None]
+        keys += [list(key) for key, _, _ in self.outbox]
+        return keys
+
+    # ---------------------------------------------------------- coordinator
+
+    def _on_front(self, identity: bytes, msg: wire.Message) -> None:
+        handler = self.front_handlers.get(type(msg))
+        if handler is None:
+            self.counters["dropped_messages"] += 1
+            return
+        epoch = getattr(msg, "epoch", self.max_epoch)
+        if epoch < self.max_epoch:
+            # Fencing: a deposed coordinator must not keep feeding this node.
+            self.counters["fenced_messages"] += 1
+            if isinstance(msg, wire.Hello):
+                loop.send(self.front, wire.Refused(f"epoch {epoch} is older than {self.max_epoch}"), identity)
+            return
+        handler(identity, msg)
+
+    def _on_hello(self, identity: bytes, msg: wire.Hello) -> None:
+        if msg.epoch > self.max_epoch or self.leader != identity:
+            log.info("coordinator %s (epoch %d) is the leader", msg.coordinator_id, msg.epoch)
+        self.max_epoch, self.leader = msg.epoch, identity
+        self.leader_liveness = Liveness(msg.heartbeat_interval, self.cfg.heartbeat_misses)
+        self.leader_liveness.beat(identity, time.monotonic())
+        welcome = wire.Welcome(self.node_id, msg.epoch, self.workers, self.capacity, self._held(), self.draining)
+        loop.send(self.front, welcome, identity)
+
+    def _on_heartbeat(self, identity: bytes, msg: wire.Heartbeat) -> None:
+        if identity == self.leader:
+            self.leader_liveness.beat(identity, time.monotonic())
+
+    def _on_job_spec(self, identity: bytes, msg: wire.JobSpec) -> None:
+        self.jobs[msg.job_id] = JobInfo(msg.digest, msg.options, msg.frames[0])
+
+    def _on_dispatch(self, identity: bytes, msg: wire.Dispatch) -> None:
+        if msg.job_id not in self.jobs:
+            # Should not happen (JobSpec precedes Dispatch on one connection); answer
+            # each task so its credit and its retry are not lost.
+            err = payload.lost_error("the agent had no function for this job")
+            self.outbox.extend(((msg.job_id, i, a), wire.LOST, err) for i, a in msg.tasks)
+            return
+        for (index, attempt), args in zip(msg.tasks, msg.frames):
+            self.queue.append(QueuedTask(msg.job_id, index, attempt, args))
+
+    def _on_end_job(self, identity: bytes, msg: wire.EndJob) -> None:
+        if self.jobs.pop(msg.job_id, None) is None:
+            return
+        self.queue = collections.deque(t for t in self.queue if t.job_id != msg.job_id)
+        self.outbox = [r for r in self.outbox if r[0][0] != msg.job_id]
+        for slot in self.pool.slots:
+            if slot.task is not None and slot.task.job_id == msg.job_id:
+                self.pool.kill(slot)  # cancelled: free the worker now; reaping restarts it
+                slot.task = None  # so its exit reports no lost task
+
+    # -------------------------------------------------------------- workers
+
+    def _on_back(self, identity: bytes, msg: wire.Message) -> None:
+        if isinstance(msg, wire.WorkerReady):
+            if not self.pool.on_ready(msg.slot, msg.pid, identity):
+                self.counters["dropped_messages"] += 1
+            return
+        slot = self.pool.by_identity(identity)
+        if not isinstance(msg, wire.TaskDone) or slot is None or slot.task is None:
+            self.counters["dropped_messages"] += 1
+            return
+        key = (msg.job_id, msg.index, msg.attempt)
+        if key != slot.task.key:
+            self.counters["dropped_messages"] += 1
+            return
+        task = self.pool.done(slot)
+        if msg.status == wire.NEED_FUNCTION:  # the worker evicted it: send it again
+            slot.digests.clear()
+            self.queue.appendleft(task)
+            return
+        self.outbox.append((key, msg.status, msg.frames[0]))
+
+    def _reap(self, now: float) -> None:
+        for ex in self.pool.reap(now):
+            if ex.task is not None:
+                self.outbox.append((ex.task.key, wire.LOST, payload.lost_error(ex.reason)))
+
+    def _assign(self) -> None:
+        if not self.queue:
+            return
+        for slot in self.pool.idle():
+            if not self.queue:
+                return
+            task = self.queue.popleft()
+            job = self.jobs.get(task.job_id)
+            if job is None:
+                continue
+            fn = b"" if job.digest in slot.digests else job.function
+            msg = wire.RunTask(task.job_id, task.index, task.attempt, job.digest, job.options, frames=(fn, task.args))
+            if not loop.send(self.back, msg, slot.identity):
+                self.queue.appendleft(task)
+                continue
+            slot.digests.add(job.digest)
+            self.pool.assign(slot, task)
+
+    def _flush(self) -> None:
+        if not self.outbox or self.leader is None:
+            return
+        while self.outbox:
+            chunk = self.outbox[:MAX_RESULTS_PER_MESSAGE]
+            items = [[job, index, attempt, status] for (job, index, attempt), status, _ in chunk]
+            msg = wire.Results(self.max_epoch, items, frames=tuple(body for _, _, body in chunk))
+            if not loop.send(self.front, msg, self.leader):
+                return  # keep them until a coordinator is reachable
+            del self.outbox[:MAX_RESULTS_PER_MESSAGE]
+
+    def _beat(self, now: float) -> None:
+        if self.leader is None:
+            return
+        if self.leader in self.leader_liveness.expired(now):
+            log.warning("coordinator silent; holding %d results until a coordinator says Hello", len(self.outbox))
+            self.leader = None
+            return
+        free = max(0, self.capacity - len(self.queue) - sum(1 for s in self.pool.slots if s.task is not None))
+        loop.send(self.front, wire.Heartbeat(self.node_id, self.max_epoch, free), self.leader)
+
+
+def _process_start() -> float:
+    return psutil.Process().create_time()

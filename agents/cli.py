@@ -1,0 +1,68 @@
+"""`clusterctl agent`: run a node agent in the foreground.
+
+It registers this node in ZooKeeper, starts one worker process per usable core
+(CPU affinity and cgroup quota count), and serves the coordinator. SIGTERM or
+Ctrl-C drains it: no new tasks, held tasks finish (up to --drain-timeout),
+then it deregisters and exits 0.
+
+Examples:
+
+  clusterctl agent --zk zk1:2181,zk2:2181,zk3:2181 --label rack=r12
+
+  clusterctl agent --workers 4 --node-id gpu-07 --bind tcp://0.0.0.0:7100 --advertise 10.0.0.7
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from typing import List, Optional
+
+import typer
+
+from cluster import config
+from cluster.cli import common
+
+from .agent import Agent
+from .registration import DuplicateNode
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command(help=__doc__)
+def agent(
+    zk: common.ZkOpt = common.ZK,
+    cluster: Optional[str] = common.CLUSTER,
+    config_file: Optional[str] = common.CONFIG,
+    node_id: Optional[str] = typer.Option(None, "--node-id", help="Unique node id (default: the host name)."),
+    workers: Optional[str] = typer.Option(None, "--workers", help="'auto' (usable cores) or a number (auto)."),
+    bind: Optional[str] = typer.Option(None, "--bind", help="Endpoint to bind (tcp://0.0.0.0:0, a free port)."),
+    advertise: Optional[str] = typer.Option(None, "--advertise", help="Host others use to reach this node."),
+    label: List[str] = typer.Option([], "--label", help="key=value label; repeatable."),
+    heartbeat_interval: Optional[float] = typer.Option(None, help="Seconds between heartbeats (0.5)."),
+    heartbeat_misses: Optional[int] = typer.Option(None, help="Missed heartbeats before the coordinator is lost (4)."),
+    drain_timeout: Optional[float] = typer.Option(None, help="Seconds a drain waits for held tasks (30)."),
+    log_level: str = common.LOG_LEVEL,
+) -> None:
+    common.setup_logging(log_level)
+    with common.clear_errors():
+        cfg = config.load(config.AgentConfig, config_file, dict(
+            zk=zk, cluster=cluster, node_id=node_id, workers=workers, bind=bind, advertise=advertise,
+            labels=config.parse_labels(label) if label else None, heartbeat_interval=heartbeat_interval,
+            heartbeat_misses=heartbeat_misses, drain_timeout=drain_timeout))
+        node = Agent(cfg)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: node.drain())
+        try:
+            code = node.run()
+        except DuplicateNode as exc:
+            raise common.fail(str(exc)) from None
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    app(prog_name="clusterctl agent")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""An agent's ephemeral znode: register, refuse duplicates, update state, rejoin.
+
+Registering is idempotent (a znode we own already counts as registered), so
+the agent simply calls ``register`` again after its session was lost. A znode
+held by another *live* agent is a clear error; one left by a dead agent of
+this same host (a quick restart after SIGKILL) is waited out until ZooKeeper
+expires its session.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+
+import psutil
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError, NodeExistsError
+
+from cluster import layout
+from cluster.layout import AgentRecord, BadRecord
+
+log = logging.getLogger("agents.registration")
+
+
+class DuplicateNode(RuntimeError):
+    pass
+
+
+class Registration:
+    def __init__(self, zk: KazooClient, cluster: str, record: AgentRecord):
+        self.zk = zk
+        self.path = layout.agent_path(cluster, record.node_id)
+        self.record = record
+
+    def register(self, wait_for_stale: float = 30.0) -> None:
+        deadline = time.monotonic() + wait_for_stale
+        self.zk.ensure_path(self.path.rsplit("/", 1)[0])
+        while True:
+            try:
+                self.zk.create(self.path, self.record.to_bytes(), ephemeral=True)
+                return
+            except NodeExistsError:
+                pass
+            try:
+                data, stat = self.zk.get(self.path)
+            except NoNodeError:
+                continue  # it just went away: try again
+            if stat.ephemeralOwner == self.zk.client_id[0]:
+                self.zk.set(self.path, self.record.to_bytes())
+                return
+            holder = _describe(data)
+            if not _holder_is_dead(data) or time.monotonic() > deadline:
+                raise DuplicateNode(
+                    f"node id {self.record.node_id!r} is already registered by a live agent ({holder}); "
+                    "stop that agent or give this one another --node-id"
+                )
+            log.info("node id %s is held by a dead agent (%s); waiting for its session to expire",
+                     self.record.node_id, holder)
+            time.sleep(0.5)
+
+    def set_state(self, state: str) -> None:
+        self.record = self.record.with_state(state)
+        try:
+            self.zk.set(self.path, self.record.to_bytes())
+        except NoNodeError:
+            pass  # session lost: the rejoin writes the new state
+
+    def deregister(self) -> None:
+        try:
+            self.zk.delete(self.path)
+        except NoNodeError:
+            pass
+
+
+def _describe(data: bytes) -> str:
+    try:
+        other = AgentRecord.from_bytes(data)
+        return f"host {other.host}, pid {other.pid}, endpoint {other.endpoint}"
+    except BadRecord:
+        return "unreadable record"
+
+
+def _holder_is_dead(data: bytes) -> bool:
+    """True only when the holder was on this host and its pid is gone (or reused)."""
+    try:
+        other = AgentRecord.from_bytes(data)
+    except BadRecord:
+        return False
+    if other.host != socket.gethostname():
+        return False
+    if other.pid == os.getpid():
+        return True  # an earlier session of this very process
+    try:
+        return abs(psutil.Process(other.pid).create_time() - other.started) > 2.0
+    except psutil.NoSuchProcess:
+        return True

@@ -1,0 +1,54 @@
+"""Options and helpers every command shares: --zk, --cluster, --config, logging,
+and turning known errors into one clear line with a documented exit code."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+from typing import Iterator, Optional
+
+import typer
+
+from ..client import ClusterUnavailable
+from ..config import ConfigError
+from ..zk import ZooKeeperUnreachable
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+ZK = typer.Option(None, "--zk", help="ZooKeeper connect string (env CLUSTER_ZK; default 127.0.0.1:2181).",
+                  show_default=False)
+CLUSTER = typer.Option(None, "--cluster", help="Cluster name (env CLUSTER_NAME; default 'default').",
+                       show_default=False)
+CONFIG = typer.Option(None, "--config", help="TOML config file (see configs/).", show_default=False)
+LOG_LEVEL = typer.Option("info", "--log-level", help="debug, info, warning or error.")
+
+ZkOpt = Optional[str]
+
+
+def setup_logging(level: str = "info") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("kazoo").setLevel(logging.WARNING)
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    typer.echo(f"clusterctl: {message}", err=True)
+    return typer.Exit(code)
+
+
+@contextlib.contextmanager
+def clear_errors() -> Iterator[None]:
+    """Known failures become one line on stderr and exit status 2, never a traceback."""
+    try:
+        yield
+    except (ConfigError, ZooKeeperUnreachable, ClusterUnavailable, ValueError, OSError) as exc:
+        raise fail(str(exc)) from None
+
+
+def print_json(obj: object) -> None:
+    sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")

@@ -1,0 +1,40 @@
+"""Run a coordinator in the foreground. Several may run: one leads, the others stand by.
+
+Examples:
+
+  clusterctl coordinator --zk zk1:2181,zk2:2181,zk3:2181
+
+  clusterctl coordinator --bind tcp://0.0.0.0:5555 --advertise head.example.org
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Optional
+
+import typer
+
+from .. import config
+from ..coordinator import Coordinator
+from . import common
+
+
+def coordinator(
+    zk: common.ZkOpt = common.ZK,
+    cluster: Optional[str] = common.CLUSTER,
+    config_file: Optional[str] = common.CONFIG,
+    bind: Optional[str] = typer.Option(None, help="Client endpoint to bind (default tcp://0.0.0.0:0, a free port)."),
+    advertise: Optional[str] = typer.Option(None, help="Host clients use to reach us (default: address routing to ZooKeeper)."),
+    heartbeat_interval: Optional[float] = typer.Option(None, help="Seconds between heartbeats (0.5)."),
+    heartbeat_misses: Optional[int] = typer.Option(None, help="Missed heartbeats before an agent is lost (4)."),
+    log_level: str = common.LOG_LEVEL,
+) -> None:
+    common.setup_logging(log_level)
+    with common.clear_errors():
+        cfg = config.load(config.CoordinatorConfig, config_file, dict(
+            zk=zk, cluster=cluster, bind=bind, advertise=advertise, heartbeat_interval=heartbeat_interval,
+            heartbeat_misses=heartbeat_misses))
+        node = Coordinator(cfg)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: node.stop())
+        raise typer.Exit(node.run())

@@ -1,0 +1,290 @@
+"""Run a function (or a shell command) over many inputs on the cluster; stream results as JSON lines.
+
+Inputs: --range A B (integers A..B-1), or --inputs FILE / --inputs - (stdin), one JSON
+value per line. Output: one line per task on stdout (or --output FILE):
+
+  {"index": 0, "ok": true, "result": 42}
+  {"index": 1, "ok": false, "error": "ZeroDivisionError: division by zero", "traceback": "..."}
+
+A result JSON cannot carry comes as {"index": 2, "ok": true, "repr": "Decimal('1.5')"}.
+Exit status: 0 all tasks succeeded, 1 some failed, 2 usage error or cluster unreachable,
+130 cancelled with Ctrl-C (queued and running tasks are cancelled on the cluster).
+
+Examples:
+
+  clusterctl submit math:sqrt --range 0 1000
+
+  clusterctl submit ./work.py:score --inputs items.jsonl --ordered --output scores.jsonl
+
+  seq 1 100 | clusterctl submit mypkg.stats:pair --star --inputs -
+
+  ls *.csv | clusterctl submit --shell --inputs - -- 'gzip -9 {}'
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import os
+import queue
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import IO, Iterator, List, Optional, Tuple
+
+import typer
+
+from .. import config, payload, wire
+from ..client import ClusterClient, JobHandle
+from . import common
+
+
+@dataclasses.dataclass
+class Inputs:
+    count: int
+    items: Iterator[Tuple[int, bytes]]
+
+
+def submit(
+    target: List[str] = typer.Argument(..., help="MODULE:FUNC, path/to/file.py:FUNC, or with --shell the command."),
+    zk: common.ZkOpt = common.ZK,
+    cluster: Optional[str] = common.CLUSTER,
+    config_file: Optional[str] = common.CONFIG,
+    range_: Optional[Tuple[int, int]] = typer.Option(None, "--range", help="Integers A..B-1 as inputs."),
+    inputs: Optional[str] = typer.Option(None, "--inputs", help="File of JSON values, one per line; '-' for stdin."),
+    star: bool = typer.Option(False, "--star", help="Spread each JSON array input as positional arguments."),
+    shell: bool = typer.Option(False, "--shell", help="Run a shell command per input line; {} is the quoted line."),
+    ordered: bool = typer.Option(False, "--ordered", help="Print results in input order (default: completion order)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results here instead of stdout."),
+    retries: int = typer.Option(2, "--retries", min=0, max=100, help="Retries of a task whose worker died."),
+    window: int = typer.Option(10_000, "--window", min=1, help="Most tasks in flight; bounds memory."),
+    connect_timeout: float = typer.Option(10.0, "--connect-timeout", help="Seconds to reach ZooKeeper and the coordinator."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: when stderr is a terminal)."),
+) -> None:
+    with common.clear_errors():
+        common_cfg = config.load(config.Common, config_file, dict(zk=zk, cluster=cluster))
+    if (range_ is None) == (inputs is None):
+        raise common.fail("give exactly one of --range A B or --inputs FILE")
+    function = _function_blob(target, shell)
+    with common.clear_errors():
+        source = _range_inputs(*range_, star) if range_ else _file_inputs(inputs, star, shell)
+    out: IO[str] = open(output, "w") if output else sys.stdout
+    try:
+        code = _run(common_cfg, function, source, out, ordered=ordered, retries=retries, window=window,
+                    connect_timeout=connect_timeout, shell=shell,
+                    progress=sys.stderr.isatty() if progress is None else progress)
+    finally:
+        if output:
+            out.close()
+    raise typer.Exit(code)
+
+
+# ----------------------------------------------------------------- function
+
+
+def _function_blob(target: List[str], shell: bool) -> bytes:
+    if shell:
+        return payload.pack_shell(" ".join(target))
+    if len(target) != 1:
+        raise common.fail(f"expected one MODULE:FUNC, got {' '.join(target)!r} (use --shell for commands)")
+    module, sep, func = target[0].rpartition(":")
+    if not sep or not module or not func.isidentifier():
+        raise common.fail(f"{target[0]!r} is not MODULE:FUNC (e.g. mypkg.mod:func or ./file.py:func)")
+    if module.endswith(".py") or os.sep in module:
+        path = Path(module)
+        try:
+            source = path.read_text()
+            tree = ast.parse(source, str(path))
+        except OSError as exc:
+            raise common.fail(f"cannot read {path}: {exc.strerror}")
+        except SyntaxError as exc:
+            raise common.fail(f"{path}:{exc.lineno}: syntax error: {exc.msg}")
+        if not any(_defines(node, func) for node in tree.body):
+            raise common.fail(f"{path} defines no top-level function {func!r}")
+        return payload.pack_reference(path.stem, func, source, str(path.resolve()))
+    return payload.pack_reference(module, func)
+
+
+def _defines(node: ast.stmt, name: str) -> bool:
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return node.name == name
+    if isinstance(node, ast.Assign):
+        return any(isinstance(t, ast.Name) and t.id == name for t in node.targets)
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        return any((a.asname or a.name.split(".")[0]) == name for a in node.names)
+    return False
+
+
+# ------------------------------------------------------------------- inputs
+
+
+def _range_inputs(start: int, stop: int, star: bool) -> Inputs:
+    def items() -> Iterator[Tuple[int, bytes]]:
+        for index, value in enumerate(range(start, stop)):
+            yield index, payload.pack_args((value,))
+
+    return Inputs(max(0, stop - start), items())
+
+
+def _file_inputs(name: str, star: bool, shell: bool) -> Inputs:
+    """Check every line before anything runs; stdin is spooled to a temporary
+    file on the way, so even a million lines cost disk, not memory."""
+    if name == "-":
+        spool = tempfile.TemporaryFile("w+", encoding="utf-8")
+        source: IO[str] = sys.stdin
+    else:
+        try:
+            source = spool = open(name, encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"cannot read --inputs {name}: {exc.strerror}") from None
+    count = 0
+    for lineno, line in enumerate(source, 1):
+        if source is not spool:
+            spool.write(line)
+        if not line.strip():
+            continue
+        if not shell:
+            try:
+                value = json.loads(line)
+            except ValueError as exc:
+                raise ValueError(f"--inputs line {lineno}: not valid JSON ({exc.msg}): {line.strip()[:80]!r}") from None
+            if star and not isinstance(value, list):
+                raise ValueError(f"--inputs line {lineno}: --star needs a JSON array, got {line.strip()[:80]!r}")
+        count += 1
+    spool.seek(0)
+
+    def items() -> Iterator[Tuple[int, bytes]]:
+        index = 0
+        with spool:
+            for line in spool:
+                if not line.strip():
+                    continue
+                if shell:
+                    args = (line.rstrip("\n"),)
+                else:
+                    value = json.loads(line)
+                    args = tuple(value) if star else (value,)
+                yield index, payload.pack_args(args)
+                index += 1
+
+    return Inputs(count, items())
+
+
+# -------------------------------------------------------------------- run
+
+
+def _run(cfg: config.Common, function: bytes, source: Inputs, out: IO[str], *, ordered: bool, retries: int,
+         window: int, connect_timeout: float, shell: bool, progress: bool) -> int:
+    results: queue.SimpleQueue = queue.SimpleQueue()
+    started = time.monotonic()
+    with common.clear_errors():
+        client = ClusterClient(cfg.zk, cfg.cluster, connect_timeout=connect_timeout)
+    try:
+        with common.clear_errors():
+            job = client.open_job(function, {"retries": retries, "window": window,
+                                             "result_format": payload.RESULT_JSON},
+                                  lambda i, s, b: results.put((i, s, b)))
+        if job.workers == 0 and source.count:
+            typer.echo(f"clusterctl: no workers in cluster {cfg.cluster!r} yet; tasks wait until an agent joins",
+                       err=True)
+        feeder = threading.Thread(target=_feed, args=(job, source), daemon=True)
+        feeder.start()
+        writer = _Writer(out, ordered)
+        bar = _Progress(source.count) if progress else None
+        try:
+            while writer.done < source.count:
+                try:
+                    item = results.get(timeout=0.2)
+                except queue.Empty:
+                    if bar:
+                        bar.update(writer.done, writer.failed)
+                    continue
+                writer.add(*item)
+                if bar and writer.done % 64 == 0:
+                    bar.update(writer.done, writer.failed)
+        except KeyboardInterrupt:
+            job.close()
+            _summary(writer, source.count, started, cancelled=True)
+            return 130
+        finally:
+            if bar:
+                bar.close(writer.done, writer.failed)
+        job.close()
+        _summary(writer, source.count, started)
+        return common.EXIT_FAILED if writer.failed else common.EXIT_OK
+    finally:
+        client.close()
+
+
+def _feed(job: JobHandle, source: Inputs) -> None:
+    for index, args in source.items:
+        while not job.submit(index, args, timeout=0.5):
+            if job.closed:
+                return
+
+
+class _Writer:
+    def __init__(self, out: IO[str], ordered: bool):
+        self.out, self.ordered = out, ordered
+        self.done = self.failed = 0
+        self._next = 0
+        self._held: dict[int, str] = {}  # --ordered: at most the window's worth
+
+    def add(self, index: int, status: int, body: bytes) -> None:
+        self.done += 1
+        if status != wire.OK:
+            self.failed += 1
+        line = _format(index, status, body)
+        if not self.ordered:
+            self.out.write(line)
+            return
+        self._held[index] = line
+        while self._next in self._held:
+            self.out.write(self._held.pop(self._next))
+            self._next += 1
+
+
+def _format(index: int, status: int, body: bytes) -> str:
+    if status == wire.OK:
+        # The worker already encoded {"result": ...} or {"repr": ...}: splice, don't re-encode.
+        return f'{{"index": {index}, "ok": true, {body.decode()[1:]}\n'
+    err = payload.load_error(body)
+    line = {"index": index, "ok": False, "error": f"{err['type']}: {err['message']}", "traceback": err["traceback"]}
+    if err.get("detail") is not None:
+        line["result"] = err["detail"]
+    return json.dumps(line) + "\n"
+
+
+def _summary(writer: _Writer, total: int, started: float, cancelled: bool = False) -> None:
+    wall = time.monotonic() - started
+    rate = writer.done / wall if wall > 0 else 0.0
+    state = f"cancelled after {writer.done} of {total}" if cancelled else f"{writer.done}"
+    typer.echo(f"clusterctl: {state} tasks, {writer.failed} failed, {wall:.2f} s wall, {rate:.0f} tasks/s", err=True)
+
+
+class _Progress:
+    """A one-line bar on stderr, redrawn in place."""
+
+    def __init__(self, total: int):
+        self.total, self.started, self._last = total, time.monotonic(), 0.0
+
+    def update(self, done: int, failed: int, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < 0.1:
+            return
+        self._last = now
+        frac = done / self.total if self.total else 1.0
+        width = 30
+        bar = "#" * int(frac * width) + "." * (width - int(frac * width))
+        rate = done / max(now - self.started, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else float("inf")
+        eta_text = f"{eta:.0f}s" if eta != float("inf") else "?"
+        sys.stderr.write(f"\r[{bar}] {done}/{self.total} {frac:6.1%}  {failed} failed  {rate:.0f}/s  eta {eta_text} ")
+        sys.stderr.flush()
+
+    def close(self, done: int, failed: int) -> None:
+        self.update(done, failed, force=True)
+        sys.stderr.write("\n")

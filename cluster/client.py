@@ -1,0 +1,292 @@
+"""The client side of the protocol, shared by ``clusterctl submit`` and ``Executor``.
+
+A ``ClusterClient`` finds the leader in ZooKeeper and runs one background
+thread that owns the DEALER socket. User threads hand it tasks through
+``JobHandle.submit``, which blocks while the job's window is full: that window
+is what keeps memory bounded however many inputs stream in. Every task stays
+in ``outstanding`` until its result arrives, so when the leader changes the
+thread reconnects to the new one and resubmits exactly what has no result yet;
+a result for an index not outstanding is a duplicate and is dropped, so each
+result reaches the user exactly once.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+import uuid
+from typing import Callable
+
+import zmq
+from kazoo.client import KazooClient
+
+from . import election, layout, loop, payload, wire
+from .layout import LeaderRecord
+from .zk import ZooKeeperUnreachable
+from .zk import close as zk_close
+from .zk import connect as zk_connect
+
+log = logging.getLogger("cluster.client")
+
+HEARTBEAT = 1.0
+BATCH = 256
+
+ResultCallback = Callable[[int, int, bytes], None]  # (index, status, payload)
+
+
+class ClusterUnavailable(RuntimeError):
+    """No coordinator could be reached in time."""
+
+
+class JobHandle:
+    def __init__(self, client: ClusterClient, function: bytes, options: dict, on_result: ResultCallback):
+        self.client = client
+        self.job_id = uuid.uuid4().hex
+        self.function = function
+        self.digest = payload.digest(function)
+        self.options = options
+        self.on_result = on_result
+        self.window = options.get("window", 10_000)
+        self.accepted = threading.Event()
+        self.workers = 0
+        self.failure: str | None = None
+        self._slots = threading.Semaphore(self.window)
+        self._lock = threading.Lock()
+        self._new: collections.deque[tuple[int, bytes]] = collections.deque()
+        self.outstanding: dict[int, bytes] = {}  # owned by the IO thread
+        self.closed = False
+
+    def submit(self, index: int, args: bytes, timeout: float | None = None) -> bool:
+        """Queue a task; blocks while ``window`` tasks have no result yet."""
+        if not self._slots.acquire(timeout=timeout):
+            return False
+        if self.closed:
+            self._slots.release()
+            raise RuntimeError("job is closed")
+        self._new.append((index, args))
+        self.client._wake()
+        return True
+
+    def close(self) -> None:
+        """Tell the cluster the job is over: queued tasks are dropped, running ones stopped."""
+        if not self.closed:
+            self.closed = True
+            self.client._post(("close", self))
+
+    # --- IO thread side
+
+    def _take_new(self) -> list[tuple[int, bytes]]:
+        out = []
+        while self._new:
+            out.append(self._new.popleft())
+        return out
+
+    def _result(self, index: int, status: int, body: bytes) -> None:
+        if self.outstanding.pop(index, None) is None:
+            return  # a duplicate (resubmission raced a late result): already delivered
+        self._slots.release()
+        self.on_result(index, status, body)
+
+
+class ClusterClient:
+    def __init__(self, zk: str, cluster: str, *, connect_timeout: float = 10.0):
+        self.cluster = cluster
+        self.connect_timeout = connect_timeout
+        deadline = time.monotonic() + connect_timeout
+        self.zk: KazooClient = zk_connect(zk, timeout=connect_timeout)
+        try:
+            self.leader = self._wait_for_leader(deadline)
+        except BaseException:
+            zk_close(self.zk)
+            raise
+        self.identity = uuid.uuid4().hex.encode()
+        self.jobs: dict[str, JobHandle] = {}
+        self.coordinator_silent = False
+        self._waker = loop.Waker()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="cluster-client", daemon=True)
+        self._thread.start()
+        self.zk.DataWatch(layout.leader_path(cluster), self._on_leader_znode)
+
+    def _wait_for_leader(self, deadline: float) -> LeaderRecord:
+        while True:
+            record = election.read_leader(self.zk, self.cluster)
+            if record is not None:
+                return record
+            if time.monotonic() >= deadline:
+                raise ClusterUnavailable(
+                    f"no coordinator is running for cluster {self.cluster!r} (nothing at "
+                    f"{layout.leader_path(self.cluster)} after {self.connect_timeout:g} s); "
+                    "start one with `clusterctl coordinator` or `clusterctl up`"
+                )
+            time.sleep(0.1)
+
+    def open_job(self, function: bytes, options: dict, on_result: ResultCallback) -> JobHandle:
+        job = JobHandle(self, function, options, on_result)
+        self._post(("open", job))
+        if not job.accepted.wait(self.connect_timeout):
+            raise ClusterUnavailable(
+                f"the coordinator at {self.leader.endpoint} did not answer within {self.connect_timeout:g} s"
+            )
+        if job.failure:
+            raise ClusterUnavailable(job.failure)
+        return job
+
+    def close(self) -> None:
+        if self._stopping:
+            return
+        for job in list(self.jobs.values()):
+            job.close()
+        self._post(("stop", None))
+        self._thread.join(timeout=5)
+        zk_close(self.zk)
+
+    def __enter__(self) -> ClusterClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------- threads
+
+    def _post(self, event: tuple) -> None:
+        self._waker.post(event)
+
+    def _wake(self) -> None:
+        self._waker.post(("tasks", None))
+
+    def _on_leader_znode(self, data: bytes | None, stat: object) -> bool | None:
+        if self._stopping:
+            return False
+        if data:
+            try:
+                self._post(("leader", LeaderRecord.from_bytes(data)))
+            except layout.BadRecord as exc:
+                log.warning("ignoring leader znode: %s", exc)
+        return None
+
+    def _connect(self) -> None:
+        if getattr(self, "sock", None) is not None:
+            self.sock.close(0)
+        self.sock = loop.configure(self.ctx.socket(zmq.DEALER))
+        self.sock.setsockopt(zmq.ROUTING_ID, self.identity)
+        self.sock.connect(self.leader.endpoint)
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+        self.poller.register(self._waker.fd, zmq.POLLIN)
+        self.last_heard = time.monotonic()
+
+    def _run(self) -> None:
+        self.ctx = zmq.Context()
+        self.sock = None
+        self._connect()
+        next_beat = 0.0
+        try:
+            while not self._stopping:
+                ready = dict(self.poller.poll(max(0.0, next_beat - time.monotonic()) * 1000))
+                if self._waker.fd in ready:
+                    for kind, value in self._waker.drain():
+                        self._on_event(kind, value)
+                if self.sock in ready:
+                    self._read()
+                self._send_new()
+                now = time.monotonic()
+                if now >= next_beat:
+                    loop.send(self.sock, wire.Heartbeat(self.identity.decode(), self.leader.epoch))
+                    next_beat = now + HEARTBEAT
+                    silent = now - self.last_heard > 5 * HEARTBEAT
+                    if silent and not self.coordinator_silent:
+                        log.warning("coordinator %s is silent; waiting for it or a new leader", self.leader.endpoint)
+                    self.coordinator_silent = silent
+        finally:
+            self.sock.close(0)
+            self.ctx.term()
+            self._waker.close()
+
+    def _on_event(self, kind: str, value: object) -> None:
+        if kind == "open":
+            job: JobHandle = value  # type: ignore[assignment]
+            self.jobs[job.job_id] = job
+            self._send_job(job)
+        elif kind == "close":
+            job = value  # type: ignore[assignment]
+            self.jobs.pop(job.job_id, None)
+            loop.send(self.sock, wire.CancelJob(job.job_id))
+        elif kind == "leader":
+            record: LeaderRecord = value  # type: ignore[assignment]
+            if (record.endpoint, record.epoch) != (self.leader.endpoint, self.leader.epoch):
+                log.info("new coordinator leader %s (epoch %d); resubmitting", record.endpoint, record.epoch)
+                self.leader = record
+                self._connect()
+                for job in self.jobs.values():
+                    self._resubmit(job)
+        elif kind == "stop":
+            self._stopping = True
+
+    def _send_job(self, job: JobHandle) -> None:
+        options = dict(job.options, window=job.window)
+        loop.send(self.sock, wire.SubmitJob(job.job_id, job.digest, options, frames=(job.function,)))
+
+    def _resubmit(self, job: JobHandle) -> None:
+        self._send_job(job)
+        items = list(job.outstanding.items())
+        for start in range(0, len(items), BATCH):
+            chunk = items[start:start + BATCH]
+            loop.send(self.sock, wire.SubmitTasks(job.job_id, [i for i, _ in chunk], frames=tuple(a for _, a in chunk)))
+
+    def _send_new(self) -> None:
+        for job in self.jobs.values():
+            if not job.accepted.is_set():
+                continue
+            new = job._take_new()
+            for start in range(0, len(new), BATCH):
+                chunk = new[start:start + BATCH]
+                for index, args in chunk:
+                    job.outstanding[index] = args
+                msg = wire.SubmitTasks(job.job_id, [i for i, _ in chunk], frames=tuple(a for _, a in chunk))
+                loop.send(self.sock, msg)
+
+    def _read(self) -> None:
+        for _ in range(1000):
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self.last_heard = time.monotonic()
+            try:
+                msg = wire.decode(frames)
+            except wire.ProtocolError as exc:
+                log.warning("dropping malformed message from the coordinator: %s", exc)
+                continue
+            if isinstance(msg, wire.TaskResults):
+                job = self.jobs.get(msg.job_id)
+                if job is not None:
+                    for (index, status), body in zip(msg.items, msg.frames):
+                        job._result(index, status, body)
+            elif isinstance(msg, wire.JobAccepted):
+                job = self.jobs.get(msg.job_id)
+                if job is not None and not job.accepted.is_set():
+                    # Nothing was submitted yet (open_job waits for this), so the
+                    # window can still be replaced by the coordinator's answer.
+                    job.window = msg.window
+                    job._slots = threading.Semaphore(msg.window)
+                    job.workers = msg.workers
+                    job.accepted.set()
+            elif isinstance(msg, wire.JobFailed):
+                job = self.jobs.get(msg.job_id)
+                if job is not None and msg.reason.startswith("unknown job"):
+                    self._resubmit(job)  # the coordinator restarted under the same address
+                elif job is not None:
+                    job.failure = f"the coordinator refused job {msg.job_id}: {msg.reason}"
+                    job.accepted.set()
+            elif isinstance(msg, wire.Refused):
+                log.warning("coordinator refused us: %s", msg.reason)
+                if "protocol version" in msg.reason:
+                    for job in self.jobs.values():
+                        job.failure = f"the coordinator refused this client: {msg.reason}"
+                        job.accepted.set()
+
+
+__all__ = ["ClusterClient", "ClusterUnavailable", "JobHandle", "ZooKeeperUnreachable"]

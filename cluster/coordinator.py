@@ -1,0 +1,370 @@
+"""The coordinator process: one poller loop that owns every socket.
+
+Each turn of the loop runs the same steps in the same order: events from other
+threads (election, membership), client messages, agent messages, timers
+(heartbeats, liveness, Hello retries, silent clients), dispatch, and result
+delivery. Scheduling decisions live in ``scheduler.Scheduler``; this module
+only moves bytes. It never unpickles user payloads.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Callable
+
+import zmq
+
+from . import election, loop, wire
+from .config import CoordinatorConfig
+from .layout import LeaderRecord
+from .liveness import Liveness
+from .membership import MemberEvent, Membership
+from .scheduler import Scheduler
+from .version import PROTOCOL_VERSION, __version__
+from .zk import close as zk_close
+from .zk import connect as zk_connect
+
+log = logging.getLogger("cluster.coordinator")
+
+HELLO_RETRY = 0.2
+
+
+@dataclass
+class AgentPeer:
+    node_id: str
+    endpoint: str
+    identity: bytes
+    up: bool = False
+    next_hello: float = 0.0
+
+
+class Coordinator:
+    def __init__(self, cfg: CoordinatorConfig, *, on_ready: Callable[[str], None] | None = None):
+        self.cfg = cfg
+        self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.on_ready = on_ready
+        self.epoch = 0
+        self.leading = False
+        self.scheduler = Scheduler(max_batch=cfg.max_batch)
+        self.peers: dict[str, AgentPeer] = {}
+        self.agent_liveness = Liveness(cfg.heartbeat_interval, cfg.heartbeat_misses)
+        self.counters: collections.Counter = collections.Counter()
+        self.waker = loop.Waker()
+        self._stopping = False
+        self._warned_bad: set[bytes] = set()
+        self.client_handlers = {
+            wire.SubmitJob: self._on_submit_job,
+            wire.SubmitTasks: self._on_submit_tasks,
+            wire.CancelJob: self._on_cancel_job,
+            wire.Heartbeat: self._on_client_heartbeat,
+        }
+        self.agent_handlers = {
+            wire.Welcome: self._on_welcome,
+            wire.Results: self._on_results,
+            wire.Heartbeat: self._on_agent_heartbeat,
+            wire.Draining: self._on_draining,
+            wire.Refused: self._on_agent_refused,
+        }
+
+    # ------------------------------------------------------------ lifecycle
+
+    def stop(self) -> None:
+        """Safe from any thread or a signal handler."""
+        self._stopping = True
+        self.waker.post(("stop", None))
+
+    def run(self) -> int:
+        ctx = zmq.Context()
+        self.clients = loop.configure(ctx.socket(zmq.ROUTER))
+        self.clients.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.agents = loop.configure(ctx.socket(zmq.ROUTER))
+        self.agents.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.agents.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.agents.setsockopt(zmq.ROUTING_ID, self.id.encode())
+        bound = loop.bind(self.clients, self.cfg.bind)
+        self.endpoint = loop.advertised(bound, self.cfg.advertise, self.cfg.zk)
+        zk = zk_connect(self.cfg.zk, timeout=10.0)
+        self.zk = zk
+        self.membership = Membership(zk, self.cfg.cluster, lambda ev: self.waker.post(("member", ev)))
+        self.election = election.LeaderElection(
+            zk, self.cfg.cluster, self.id, self._leader_record, lambda kind, epoch: self.waker.post((kind, epoch))
+        )
+        log.info("coordinator %s: client endpoint %s; standing for election", self.id, self.endpoint)
+        self.election.start()
+        try:
+            self._loop()
+        finally:
+            self.election.stop()
+            self.membership.stop()
+            zk_close(zk)
+            self.clients.close(0)
+            self.agents.close(0)
+            ctx.term()
+            self.waker.close()
+        return 0
+
+    def _leader_record(self, epoch: int) -> LeaderRecord:
+        return LeaderRecord(coordinator_id=self.id, endpoint=self.endpoint, epoch=epoch, host=socket.gethostname(),
+                            pid=os.getpid(), version=__version__, protocol=PROTOCOL_VERSION, started=time.time())
+
+    # ----------------------------------------------------------------- loop
+
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.clients, zmq.POLLIN)
+        poller.register(self.agents, zmq.POLLIN)
+        poller.register(self.waker.fd, zmq.POLLIN)
+        next_tick = 0.0
+        while not self._stopping:
+            timeout = max(0.0, next_tick - time.monotonic()) * 1000
+            ready = dict(poller.poll(timeout))
+            if self.waker.fd in ready:
+                for kind, value in self.waker.drain():
+                    self._on_event(kind, value)
+            if self.clients in ready:
+                self._read(self.clients, self._on_client_message)
+            if self.agents in ready:
+                self._read(self.agents, self._on_agent_message)
+            now = time.monotonic()
+            if now >= next_tick:
+                self._timers(now)
+                next_tick = now + min(self.cfg.heartbeat_interval, HELLO_RETRY)
+            if self.leading:
+                self._dispatch()
+                self._deliver()
+
+    def _read(self, sock: zmq.Socket, handle: Callable[[bytes, list], None]) -> None:
+        # Bounded, so one busy socket cannot starve the other steps.
+        for _ in range(1000):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            identity = frames[0].bytes
+            try:
+                msg = wire.decode(frames[1:])
+            except wire.VersionMismatch as exc:
+                self._bad(identity, str(exc))
+                loop.send(sock, wire.Refused(str(exc)), identity)
+                continue
+            except wire.ProtocolError as exc:
+                self._bad(identity, str(exc))
+                continue
+            handle(identity, msg)
+
+    def _bad(self, identity: bytes, why: str) -> None:
+        self.counters["dropped_messages"] += 1
+        if identity not in self._warned_bad and len(self._warned_bad) < 10_000:
+            self._warned_bad.add(identity)
+            log.warning("dropping malformed message from %r: %s", identity[:64], why)
+
+    # --------------------------------------------------------------- events
+
+    def _on_event(self, kind: str, value: object) -> None:
+        if kind == "stop":
+            self._stopping = True
+        elif kind == election.ELECTED:
+            self.epoch, self.leading = int(value), True
+            self.membership.start()
+            for node_id, record in self.membership.snapshot().items():
+                self._on_member(MemberEvent("joined", node_id, record))
+            if self.on_ready:
+                self.on_ready(self.endpoint)
+        elif kind == election.DEPOSED:
+            self._step_down()
+        elif kind == "member" and self.leading:
+            self._on_member(value)  # type: ignore[arg-type]
+
+    def _step_down(self) -> None:
+        # A newer leader owns the cluster now; our jobs are resubmitted to it by their clients.
+        self.leading = False
+        for node_id in list(self.peers):
+            self._drop_peer(node_id)
+        for job_id in list(self.scheduler.jobs):
+            self.scheduler.end_job(job_id)
+
+    def _on_member(self, ev: MemberEvent) -> None:
+        peer = self.peers.get(ev.node_id)
+        if ev.kind == "left" or (ev.record and peer and peer.endpoint != ev.record.endpoint):
+            if peer is not None:
+                log.info("agent %s left", ev.node_id)
+                self._drop_peer(ev.node_id)
+            if ev.kind == "left":
+                return
+        record = ev.record
+        assert record is not None
+        if ev.node_id not in self.peers:
+            log.info("agent %s joined at %s (%d workers)", ev.node_id, record.endpoint, record.workers)
+            peer = AgentPeer(ev.node_id, record.endpoint, ev.node_id.encode())
+            self.peers[ev.node_id] = peer
+            self.agents.connect(record.endpoint)
+        if record.state == "draining":
+            self.scheduler.agent_draining(ev.node_id)
+
+    def _drop_peer(self, node_id: str) -> None:
+        peer = self.peers.pop(node_id, None)
+        if peer is None:
+            return
+        requeued = self.scheduler.agent_down(node_id)
+        if requeued:
+            log.warning("agent %s lost: %d tasks requeued", node_id, requeued)
+        self.agent_liveness.forget(node_id)
+        try:
+            self.agents.disconnect(peer.endpoint)
+        except zmq.ZMQError:
+            pass
+
+    # --------------------------------------------------------------- timers
+
+    def _timers(self, now: float) -> None:
+        if not self.leading:
+            return
+        for node_id in self.agent_liveness.expired(now):
+            peer = self.peers.get(node_id)
+            if peer is not None and peer.up:
+                # Silent but still registered: assume lost, requeue, and keep saying Hello.
+                requeued = self.scheduler.agent_down(node_id)
+                log.warning("agent %s silent for %.1f s: %d tasks requeued", node_id,
+                            self.agent_liveness.deadline, requeued)
+                peer.up = False
+        beat = wire.Heartbeat(self.id, self.epoch)
+        hello = wire.Hello(self.id, self.epoch, self.cfg.heartbeat_interval)
+        for peer in self.peers.values():
+            if peer.up:
+                loop.send(self.agents, beat, peer.identity)
+            elif now >= peer.next_hello:
+                loop.send(self.agents, hello, peer.identity)
+                peer.next_hello = now + HELLO_RETRY
+        cutoff = now - self.cfg.client_timeout
+        for job in [j for j in self.scheduler.jobs.values() if j.last_seen < cutoff]:
+            log.warning("job %s: client silent for %.0f s; cancelling it", job.job_id, self.cfg.client_timeout)
+            self._end_job(job.job_id)
+
+    # ------------------------------------------------------------- clients
+
+    def _on_client_message(self, identity: bytes, msg: wire.Message) -> None:
+        handler = self.client_handlers.get(type(msg))
+        if handler is None:
+            self._bad(identity, f"unexpected {type(msg).__name__} on the client port")
+            return
+        if not self.leading:
+            loop.send(self.clients, wire.Refused("not the leader; look up the leader in ZooKeeper"), identity)
+            return
+        handler(identity, msg)
+
+    def _on_submit_job(self, identity: bytes, msg: wire.SubmitJob) -> None:
+        job = self.scheduler.add_job(msg.job_id, identity, msg.frames[0], msg.digest, msg.options, time.monotonic())
+        asked = msg.options.get("window")
+        job.window = min(self.cfg.job_window, asked) if isinstance(asked, int) and asked > 0 else self.cfg.job_window
+        workers = sum(a.workers for a in self.scheduler.agents.values() if not a.draining)
+        loop.send(self.clients, wire.JobAccepted(job.job_id, job.window, workers, self.epoch), identity)
+
+    def _on_submit_tasks(self, identity: bytes, msg: wire.SubmitTasks) -> None:
+        job = self.scheduler.jobs.get(msg.job_id)
+        if job is None:
+            loop.send(self.clients, wire.JobFailed(msg.job_id, "unknown job (the coordinator changed?)"), identity)
+            return
+        if len(job.tasks) + len(msg.indices) > job.window:
+            self._bad(identity, f"job {msg.job_id} exceeds its window of {job.window} tasks")
+            loop.send(self.clients, wire.JobFailed(msg.job_id, "window exceeded"), identity)
+            return
+        job.client, job.last_seen = identity, time.monotonic()
+        self.scheduler.add_tasks(job, msg.indices, msg.frames)
+
+    def _on_cancel_job(self, identity: bytes, msg: wire.CancelJob) -> None:
+        self._end_job(msg.job_id)
+
+    def _on_client_heartbeat(self, identity: bytes, msg: wire.Heartbeat) -> None:
+        now = time.monotonic()
+        for job in self.scheduler.jobs.values():
+            if job.client == identity:
+                job.last_seen = now
+        loop.send(self.clients, wire.Heartbeat(self.id, self.epoch, len(self.peers)), identity)
+
+    def _end_job(self, job_id: str) -> None:
+        for node_id in self.scheduler.end_job(job_id):
+            peer = self.peers.get(node_id)
+            if peer is not None and peer.up:
+                loop.send(self.agents, wire.EndJob(self.epoch, job_id), peer.identity)
+
+    # -------------------------------------------------------------- agents
+
+    def _on_agent_message(self, identity: bytes, msg: wire.Message) -> None:
+        node_id = identity.decode(errors="replace")
+        if node_id not in self.peers:
+            if isinstance(msg, wire.Results):
+                # A draining agent's last results can overtake its deregistration;
+                # the scheduler still takes only the first result of each task.
+                self._on_results(AgentPeer(node_id, "", identity), msg)
+            else:
+                self._bad(identity, "message from an agent that is not registered")
+            return
+        handler = self.agent_handlers.get(type(msg))
+        if handler is None:
+            self._bad(identity, f"unexpected {type(msg).__name__} on the agent channel")
+            return
+        handler(self.peers[node_id], msg)
+
+    def _on_welcome(self, peer: AgentPeer, msg: wire.Welcome) -> None:
+        if msg.epoch != self.epoch or msg.node_id != peer.node_id:
+            return  # an answer to an older Hello of ours, or a confused agent
+        if not peer.up:
+            peer.up = True
+            self.scheduler.agent_up(peer.node_id, msg.workers, msg.capacity, msg.held)
+            if msg.draining:
+                self.scheduler.agent_draining(peer.node_id)
+            log.info("agent %s connected: %d workers, capacity %d, holding %d", peer.node_id, msg.workers,
+                     msg.capacity, len(msg.held))
+        self.agent_liveness.beat(peer.node_id, time.monotonic())
+
+    def _on_agent_heartbeat(self, peer: AgentPeer, msg: wire.Heartbeat) -> None:
+        if peer.up:
+            self.agent_liveness.beat(peer.node_id, time.monotonic())
+
+    def _on_draining(self, peer: AgentPeer, msg: wire.Draining) -> None:
+        self.scheduler.agent_draining(peer.node_id)
+
+    def _on_agent_refused(self, peer: AgentPeer, msg: wire.Refused) -> None:
+        log.warning("agent %s refused us: %s", peer.node_id, msg.reason)
+
+    def _on_results(self, peer: AgentPeer, msg: wire.Results) -> None:
+        if peer.up:
+            self.agent_liveness.beat(peer.node_id, time.monotonic())
+        for (job_id, index, attempt, status), frame in zip(msg.items, msg.frames):
+            self.scheduler.on_result(peer.node_id, job_id, index, attempt, status, frame)
+
+    # ------------------------------------------------------------ dispatch
+
+    def _dispatch(self) -> None:
+        failed: set[str] = set()
+        for batch in self.scheduler.plan():
+            if batch.node_id in failed:
+                continue  # its tasks were requeued with the first failed send
+            peer = self.peers[batch.node_id]
+            job = batch.job
+            if batch.send_spec:
+                loop.send(self.agents, wire.JobSpec(self.epoch, job.job_id, job.digest, job.options,
+                                                    frames=(job.function,)), peer.identity)
+            tasks = [[index, attempt] for index, attempt, _ in batch.tasks]
+            frames = tuple(args for _, _, args in batch.tasks)
+            if not loop.send(self.agents, wire.Dispatch(self.epoch, job.job_id, tasks, frames=frames), peer.identity):
+                # Unreachable right now: treat as lost so the tasks go elsewhere.
+                self.scheduler.agent_down(peer.node_id)
+                peer.up = False
+                failed.add(peer.node_id)
+
+    def _deliver(self) -> None:
+        size = self.cfg.max_batch
+        for job in list(self.scheduler.outboxes()):
+            while job.outbox:
+                chunk = job.outbox[:size]
+                msg = wire.TaskResults(job.job_id, [[i, s] for i, s, _ in chunk], frames=tuple(f for _, _, f in chunk))
+                if not loop.send(self.clients, msg, job.client):
+                    break  # client gone or slow: keep them; it reconnects or times out
+                del job.outbox[:size]

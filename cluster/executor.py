@@ -1,0 +1,118 @@
+"""``cluster.Executor``: a ``concurrent.futures.Executor`` backed by the cluster.
+
+    from cluster import Executor
+    with Executor(zk="127.0.0.1:2181") as ex:
+        print(sum(ex.map(lambda x: x * x, range(10_000))))
+
+Functions travel by value with cloudpickle, so lambdas and functions defined in
+``__main__`` or a notebook work. Each distinct function is one job on the
+cluster (its blob is sent to each agent once, not once per task).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import itertools
+import os
+import threading
+from typing import Any, Callable, Iterable, Iterator
+
+from . import payload, wire
+from .client import ClusterClient, JobHandle
+
+FUNCTION_CACHE = 256
+
+
+class Executor(cf.Executor):
+    def __init__(self, zk: str | None = None, cluster: str | None = None, *, retries: int = 2,
+                 window: int = 10_000, connect_timeout: float = 10.0):
+        self._client = ClusterClient(
+            zk or os.environ.get("CLUSTER_ZK", "127.0.0.1:2181"),
+            cluster or os.environ.get("CLUSTER_NAME", "default"),
+            connect_timeout=connect_timeout,
+        )
+        self._options = {"retries": retries, "window": window, "result_format": payload.RESULT_PICKLE}
+        self._lock = threading.Lock()
+        self._digests: collections.OrderedDict[int, tuple[Callable, str]] = collections.OrderedDict()
+        self._jobs: dict[str, JobHandle] = {}  # by function digest: one cluster job per function
+        self._futures: dict[int, cf.Future] = {}
+        self._counter = itertools.count()
+        self._shutdown = False
+
+    @property
+    def window(self) -> int:
+        return self._options["window"]
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> cf.Future:
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        job = self._job_for(fn)
+        future: cf.Future = cf.Future()
+        index = next(self._counter)
+        self._futures[index] = future
+        job.submit(index, payload.pack_args(args, kwargs))
+        return future
+
+    def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None, chunksize: int = 1,
+            buffersize: int | None = None) -> Iterator:
+        """Results in input order. Lazy and bounded: at most ``buffersize``
+        (default: the window) tasks are submitted ahead of the consumer."""
+        limit = buffersize or self.window
+        inputs = zip(*iterables)
+        pending: collections.deque[cf.Future] = collections.deque(
+            self.submit(fn, *args) for args in itertools.islice(inputs, limit))
+
+        def results() -> Iterator:
+            try:
+                while pending:
+                    yield pending.popleft().result(timeout)
+                    for args in itertools.islice(inputs, 1):
+                        pending.append(self.submit(fn, *args))
+            finally:
+                for future in pending:
+                    future.cancel()
+
+        return results()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if self._shutdown:
+            return
+        self._shutdown = True
+        if cancel_futures:
+            for future in list(self._futures.values()):
+                future.cancel()
+        if wait:
+            cf.wait(list(self._futures.values()))
+        self._client.close()
+
+    # -------------------------------------------------------------- internals
+
+    def _job_for(self, fn: Callable) -> JobHandle:
+        with self._lock:
+            cached = self._digests.get(id(fn))
+            if cached is not None and cached[0] is fn:
+                digest = cached[1]
+            else:
+                blob = payload.pack_callable(fn)
+                digest = payload.digest(blob)
+                # Holding fn keeps its id from being reused by another object.
+                self._digests[id(fn)] = (fn, digest)
+                if len(self._digests) > FUNCTION_CACHE:
+                    self._digests.popitem(last=False)
+                if digest not in self._jobs:
+                    self._jobs[digest] = self._client.open_job(blob, self._options, self._on_result)
+            return self._jobs[digest]
+
+    def _on_result(self, index: int, status: int, body: bytes) -> None:
+        """Runs on the client's IO thread, like a process pool's result thread."""
+        future = self._futures.pop(index, None)
+        if future is None or not future.set_running_or_notify_cancel():
+            return  # cancelled by the user: the result is dropped
+        try:
+            if status == wire.OK:
+                future.set_result(payload.load_result(body, payload.RESULT_PICKLE))
+            else:
+                future.set_exception(payload.error_to_exception(payload.load_error(body)))
+        except Exception as exc:  # a result that cannot be unpickled on this side
+            future.set_exception(exc)

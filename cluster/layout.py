@@ -1,0 +1,142 @@
+"""The ZooKeeper layout of a cluster and the records stored in its znodes.
+
+    /clusterd/<cluster>/agents/<node-id>        ephemeral, AgentRecord JSON
+    /clusterd/<cluster>/coordinator/election/   kazoo Election (lock) children
+    /clusterd/<cluster>/coordinator/epoch       persistent; its version is the epoch counter
+    /clusterd/<cluster>/coordinator/leader      ephemeral, LeaderRecord JSON
+
+Records are decoded defensively: znode data can be garbage, truncated or written
+by another version, and a reader must skip it with a warning, never crash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from typing import Any
+
+ROOT = "/clusterd"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MAX_RECORD_BYTES = 64 * 1024
+STATES = ("ready", "draining")
+
+
+class BadRecord(ValueError):
+    """Znode data that is not a valid record."""
+
+
+def check_name(value: str, what: str) -> str:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ValueError(
+            f"{what} {value!r} is not valid: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return value
+
+
+def cluster_root(cluster: str) -> str:
+    return f"{ROOT}/{check_name(cluster, 'cluster name')}"
+
+
+def agents_path(cluster: str) -> str:
+    return f"{cluster_root(cluster)}/agents"
+
+
+def agent_path(cluster: str, node_id: str) -> str:
+    return f"{agents_path(cluster)}/{check_name(node_id, 'node id')}"
+
+
+def coordinator_path(cluster: str) -> str:
+    return f"{cluster_root(cluster)}/coordinator"
+
+
+def election_path(cluster: str) -> str:
+    return f"{coordinator_path(cluster)}/election"
+
+
+def epoch_path(cluster: str) -> str:
+    return f"{coordinator_path(cluster)}/epoch"
+
+
+def leader_path(cluster: str) -> str:
+    return f"{coordinator_path(cluster)}/leader"
+
+
+def _load(data: bytes | None, what: str) -> dict[str, Any]:
+    if not data:
+        raise BadRecord(f"{what}: empty")
+    if len(data) > MAX_RECORD_BYTES:
+        raise BadRecord(f"{what}: {len(data)} bytes is too large")
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, ValueError):
+        raise BadRecord(f"{what}: not JSON") from None
+    if not isinstance(obj, dict):
+        raise BadRecord(f"{what}: not a JSON object")
+    return obj
+
+
+def _build(cls: type, obj: dict[str, Any], what: str) -> Any:
+    """Build a record from the fields we know, checking each one's type."""
+    kwargs = {}
+    for field in dataclasses.fields(cls):
+        if field.name not in obj:
+            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+                raise BadRecord(f"{what}: missing {field.name!r}")
+            continue
+        value = obj[field.name]
+        want = {"int": int, "str": str, "float": (int, float), "dict[str, str]": dict}[field.type]
+        if not isinstance(value, want) or isinstance(value, bool):
+            raise BadRecord(f"{what}: field {field.name!r} has the wrong type")
+        kwargs[field.name] = value
+    return cls(**kwargs)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AgentRecord:
+    node_id: str
+    host: str
+    endpoint: str
+    workers: int
+    cores: int
+    memory: int
+    version: str
+    protocol: int
+    pid: int
+    started: float
+    state: str = "ready"
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes | None) -> AgentRecord:
+        record = _build(cls, _load(data, "agent record"), "agent record")
+        if record.state not in STATES:
+            raise BadRecord(f"agent record: unknown state {record.state!r}")
+        if not record.endpoint.startswith("tcp://"):
+            raise BadRecord("agent record: endpoint must be tcp://host:port")
+        return record
+
+    def with_state(self, state: str) -> AgentRecord:
+        return dataclasses.replace(self, state=state)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LeaderRecord:
+    coordinator_id: str
+    endpoint: str
+    epoch: int
+    host: str
+    pid: int
+    version: str
+    protocol: int
+    started: float
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes | None) -> LeaderRecord:
+        return _build(cls, _load(data, "leader record"), "leader record")

@@ -1,0 +1,106 @@
+"""Pieces every socket-owning loop needs: a waker for other threads, safe sends,
+and the endpoint helpers.
+
+One thread owns a process's sockets. Other threads (kazoo callbacks, signal
+handlers) put an event on a queue and poke an eventfd that the loop's poller
+watches. An eventfd rather than an inproc PAIR socket, because any number of
+threads may poke it and a ZeroMQ socket must not be shared between threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+from typing import Any
+from urllib.parse import urlsplit
+
+import zmq
+
+from .wire import Message
+
+log = logging.getLogger(__name__)
+
+
+class Waker:
+    def __init__(self) -> None:
+        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+    def post(self, event: Any) -> None:
+        self.events.put(event)
+        os.eventfd_write(self.fd, 1)
+
+    def drain(self) -> list[Any]:
+        try:
+            os.eventfd_read(self.fd)
+        except BlockingIOError:
+            pass
+        out = []
+        while True:
+            try:
+                out.append(self.events.get_nowait())
+            except queue.Empty:
+                return out
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def send(sock: zmq.Socket, msg: Message, identity: bytes | None = None) -> bool:
+    """Send without blocking. False when the peer is unknown or its queue is
+    full (ROUTER_MANDATORY); the caller keeps the message's work and retries."""
+    frames = msg.encode()
+    if identity is not None:
+        frames.insert(0, identity)
+    try:
+        sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=len(frames) < 8)
+        return True
+    except zmq.Again:
+        return False
+    except zmq.ZMQError as exc:
+        if exc.errno == zmq.EHOSTUNREACH:
+            return False
+        raise
+
+
+def bind(sock: zmq.Socket, address: str) -> str:
+    """Bind and return the endpoint actually bound (port 0 becomes a real port)."""
+    if address.startswith("tcp://") and address.rsplit(":", 1)[-1] in ("0", "*"):
+        host = address[len("tcp://"):].rsplit(":", 1)[0]
+        port = sock.bind_to_random_port(f"tcp://{host}")
+        return f"tcp://{host}:{port}"
+    sock.bind(address)
+    return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+def advertised(bound: str, advertise: str, zk_hosts: str) -> str:
+    """The endpoint other machines should connect to."""
+    parts = urlsplit(bound)
+    port = parts.port
+    host = advertise or parts.hostname or ""
+    if host in ("", "0.0.0.0", "*", "::"):
+        host = route_address(zk_hosts)
+    return f"tcp://{host}:{port}"
+
+
+def route_address(zk_hosts: str) -> str:
+    """The local address that routes to ZooKeeper: whoever reaches ZooKeeper can
+    most likely reach us there. A UDP connect sends no packet."""
+    first = zk_hosts.split(",")[0].split("/")[0]
+    host, _, port = first.rpartition(":")
+    host = host or first
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((host.strip("[]"), int(port or 2181)))
+            return s.getsockname()[0]
+    except OSError:
+        return socket.gethostname()
+
+
+def configure(sock: zmq.Socket, hwm: int = 100_000) -> zmq.Socket:
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    return sock

@@ -1,0 +1,210 @@
+"""User payloads: functions, arguments, results and error records as bytes.
+
+Only clients and workers call the ``load_*`` functions; the coordinator and the
+agent forward these bytes untouched. A function blob starts with one byte that
+says what it is:
+
+- ``P``: a cloudpickled callable (the Python Executor; lambdas and functions
+  from ``__main__`` travel by value),
+- ``R``: a reference ``MODULE:FUNC``, optionally with the module's source so
+  nodes need not have it installed (``clusterctl submit path/to/file.py:f``),
+- ``S``: a shell command template (``clusterctl submit --shell``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import pickle
+import shlex
+import subprocess
+import sys
+import traceback
+import types
+from typing import Any, Callable
+
+import cloudpickle
+import msgpack
+
+RESULT_PICKLE = "pickle"  # results as pickles, for the Python Executor
+RESULT_JSON = "json"  # results as JSON text, for the CLI (no unpickling on the client)
+
+SHELL_OUTPUT_LIMIT = 64 * 1024
+
+
+class CommandFailed(Exception):
+    """A shell task exited non-zero."""
+
+
+class RemoteTraceback(Exception):
+    """Carries a task's remote traceback as the ``__cause__`` of its exception."""
+
+    def __init__(self, tb: str):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.tb}"""'
+
+
+class TaskError(Exception):
+    """A remote exception that could not be re-created with its own type."""
+
+
+class WorkerLost(Exception):
+    """The worker running the task died (crash, signal, memory) and retries ran out."""
+
+
+def digest(blob: bytes) -> str:
+    return hashlib.blake2b(blob, digest_size=16).hexdigest()
+
+
+# ------------------------------------------------------------------ functions
+
+
+def pack_callable(fn: Callable) -> bytes:
+    return b"P" + cloudpickle.dumps(fn)
+
+
+def pack_reference(module: str, func: str, source: str | None = None, filename: str | None = None) -> bytes:
+    return b"R" + msgpack.packb({"module": module, "func": func, "source": source, "filename": filename})
+
+
+def pack_shell(template: str) -> bytes:
+    return b"S" + template.encode()
+
+
+def load_function(blob: bytes) -> Callable:
+    """Worker side: turn a function blob back into a callable (may raise)."""
+    kind, body = blob[:1], blob[1:]
+    if kind == b"P":
+        return cloudpickle.loads(body)
+    if kind == b"R":
+        ref = msgpack.unpackb(body)
+        module = _load_module(ref["module"], ref.get("source"), ref.get("filename"))
+        try:
+            return getattr(module, ref["func"])
+        except AttributeError:
+            raise AttributeError(f"module {ref['module']!r} has no function {ref['func']!r}") from None
+    if kind == b"S":
+        return _shell_runner(body.decode())
+    raise ValueError(f"unknown function blob kind {kind!r}")
+
+
+def _load_module(name: str, source: str | None, filename: str | None) -> types.ModuleType:
+    if source is None:
+        return importlib.import_module(name)
+    # Shipped source runs as a fresh module, registered so pickle can find its classes.
+    module = types.ModuleType(name)
+    module.__file__ = filename or f"<{name}>"
+    sys.modules[name] = module
+    exec(compile(source, module.__file__, "exec"), module.__dict__)
+    return module
+
+
+def _shell_runner(template: str) -> Callable[[Any], dict]:
+    def run(value: Any) -> dict:
+        text = value if isinstance(value, str) else json.dumps(value)
+        command = template.replace("{}", shlex.quote(text)) if "{}" in template else f"{template} {shlex.quote(text)}"
+        proc = subprocess.run(["/bin/sh", "-c", command], capture_output=True, stdin=subprocess.DEVNULL)
+        out = {"exit": proc.returncode, "stdout": _clip(proc.stdout), "stderr": _clip(proc.stderr)}
+        if proc.returncode != 0:
+            raise CommandFailed(f"exit status {proc.returncode}", out)
+        return out
+
+    return run
+
+
+def _clip(data: bytes) -> str:
+    text = data[:SHELL_OUTPUT_LIMIT].decode(errors="replace")
+    if len(data) > SHELL_OUTPUT_LIMIT:
+        text += f"\n[... {len(data) - SHELL_OUTPUT_LIMIT} more bytes truncated]"
+    return text
+
+
+# ------------------------------------------------------------------ arguments
+
+
+def pack_args(args: tuple, kwargs: dict | None = None) -> bytes:
+    # cloudpickle handles lambdas passed as arguments; plain data pickles the same.
+    return cloudpickle.dumps((args, kwargs or {}), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def load_args(blob: bytes) -> tuple[tuple, dict]:
+    args, kwargs = pickle.loads(blob)
+    return tuple(args), dict(kwargs)
+
+
+# -------------------------------------------------------------------- results
+
+
+def pack_result(value: Any, fmt: str) -> bytes:
+    if fmt == RESULT_JSON:
+        try:
+            return json.dumps({"result": value}, allow_nan=False).encode()
+        except (TypeError, ValueError):
+            # JSON cannot carry it: say so plainly instead of guessing a conversion.
+            return json.dumps({"repr": repr(value)[:SHELL_OUTPUT_LIMIT]}).encode()
+    return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def load_result(blob: bytes, fmt: str) -> Any:
+    if fmt == RESULT_JSON:
+        return json.loads(blob)
+    return pickle.loads(blob)
+
+
+# -------------------------------------------------------------- error records
+
+
+def pack_error(exc: BaseException, fmt: str) -> bytes:
+    """An exception as msgpack: type, message, remote traceback, and for
+    Python clients the pickled exception so it can be raised with its own type."""
+    record: dict[str, Any] = {
+        "type": type(exc).__name__,
+        "message": str(exc.args[0]) if isinstance(exc, CommandFailed) else str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+        "detail": exc.args[1] if isinstance(exc, CommandFailed) and len(exc.args) > 1 else None,
+        "exc": None,
+    }
+    if fmt == RESULT_PICKLE:
+        try:
+            record["exc"] = cloudpickle.dumps(exc)
+            pickle.loads(record["exc"])  # some exceptions pickle but cannot be rebuilt
+        except Exception:
+            record["exc"] = None
+    return msgpack.packb(record, use_bin_type=True)
+
+
+def lost_error(reason: str) -> bytes:
+    """The record the coordinator sends when a task's worker died too often."""
+    return msgpack.packb(
+        {"type": "WorkerLost", "message": reason, "traceback": "", "detail": None, "exc": None}, use_bin_type=True
+    )
+
+
+def load_error(blob: bytes) -> dict:
+    try:
+        record = msgpack.unpackb(blob, raw=False)
+        if isinstance(record, dict) and isinstance(record.get("type"), str):
+            return record
+    except Exception:
+        pass
+    return {"type": "TaskError", "message": "unreadable error record", "traceback": "", "detail": None, "exc": None}
+
+
+def error_to_exception(record: dict) -> BaseException:
+    """Re-create the remote exception, with the remote traceback as its cause."""
+    exc: BaseException | None = None
+    if record.get("exc"):
+        try:
+            exc = pickle.loads(record["exc"])
+        except Exception:
+            exc = None
+    if exc is None:
+        cls = WorkerLost if record["type"] == "WorkerLost" else TaskError
+        exc = cls(f"{record['type']}: {record['message']}")
+    if record.get("traceback"):
+        exc.__cause__ = RemoteTraceback(record["traceback"])
+    return exc

@@ -1,0 +1,252 @@
+"""The coordinator's task bookkeeping: no sockets, no clocks, no ZooKeeper.
+
+It answers four questions for the loop that owns the sockets: which tasks go to
+which agent now (credit-based, batched, fair across jobs), what happens to a
+result (deliver, drop as a duplicate, or retry), what happens when an agent
+is lost (its tasks go back to the front of the queue), and what each client is
+owed. Exactly-once delivery lives here: a task leaves ``Job.tasks`` the moment
+its first result is accepted, and any later result for it is dropped.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Iterator
+
+from . import payload, wire
+
+TaskKey = tuple[str, int, int]  # (job id, index, attempt)
+
+
+@dataclasses.dataclass(slots=True)
+class Task:
+    args: bytes
+    attempt: int = 0  # bumped at each dispatch, so late results of older attempts are recognised
+    crashes: int = 0  # times its worker died under it
+    losses: int = 0  # times its agent was lost while holding it
+    node: str | None = None  # the agent running the current attempt
+
+
+@dataclasses.dataclass
+class Job:
+    job_id: str
+    client: bytes
+    function: bytes
+    digest: str
+    options: dict
+    retries: int
+    window: int = 10_000
+    tasks: dict[int, Task] = dataclasses.field(default_factory=dict)
+    queue: collections.deque = dataclasses.field(default_factory=collections.deque)
+    outbox: list[tuple[int, int, bytes]] = dataclasses.field(default_factory=list)
+    last_seen: float = 0.0
+
+
+@dataclasses.dataclass
+class AgentSlot:
+    node_id: str
+    workers: int
+    capacity: int
+    in_flight: set[TaskKey] = dataclasses.field(default_factory=set)
+    jobs: set[str] = dataclasses.field(default_factory=set)  # jobs whose JobSpec it has
+    draining: bool = False
+
+    @property
+    def free(self) -> int:
+        return 0 if self.draining else max(0, self.capacity - len(self.in_flight))
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    node_id: str
+    job: Job
+    send_spec: bool
+    tasks: list[tuple[int, int, bytes]]  # (index, attempt, args)
+
+
+class Scheduler:
+    def __init__(self, *, max_batch: int = 256, max_node_losses: int = 3):
+        self.jobs: dict[str, Job] = {}
+        self.agents: dict[str, AgentSlot] = {}
+        self.max_batch = max_batch
+        self.max_node_losses = max_node_losses
+        self._rotation: collections.deque[str] = collections.deque()  # jobs, for round-robin
+        self.queued = 0
+        self.counters = collections.Counter()
+
+    # ------------------------------------------------------------------ jobs
+
+    def add_job(self, job_id: str, client: bytes, function: bytes, digest: str, options: dict, now: float) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            retries = options.get("retries", 2)
+            retries = retries if isinstance(retries, int) and 0 <= retries <= 100 else 2
+            job = Job(job_id, client, function, digest, options, retries, last_seen=now)
+            self.jobs[job_id] = job
+            self._rotation.append(job_id)
+        job.client, job.last_seen = client, now  # a reconnecting client takes its job back
+        return job
+
+    def add_tasks(self, job: Job, indices: list[int], frames: tuple[bytes, ...]) -> int:
+        """Queue new tasks; an index already known (a resubmission) is ignored."""
+        added = 0
+        for index, args in zip(indices, frames):
+            if index in job.tasks:
+                self.counters["duplicate_submissions"] += 1
+                continue
+            job.tasks[index] = Task(args)
+            job.queue.append(index)
+            added += 1
+        self.queued += added
+        return added
+
+    def end_job(self, job_id: str) -> list[str]:
+        """Forget a job; returns the agents that must be told to drop it."""
+        job = self.jobs.pop(job_id, None)
+        if job is None:
+            return []
+        self.queued -= sum(1 for i in job.queue if i in job.tasks and job.tasks[i].node is None)
+        nodes = [n for n, a in self.agents.items() if job_id in a.jobs]
+        for agent in self.agents.values():
+            agent.jobs.discard(job_id)
+            # The agent drops the job's tasks without answering: free their credit now.
+            agent.in_flight = {key for key in agent.in_flight if key[0] != job_id}
+        return nodes
+
+    def pending(self, job_id: str) -> int:
+        job = self.jobs.get(job_id)
+        return len(job.tasks) if job else 0
+
+    # ---------------------------------------------------------------- agents
+
+    def agent_up(self, node_id: str, workers: int, capacity: int, held: list) -> None:
+        slot = AgentSlot(node_id, max(0, workers), max(0, capacity))
+        # Tasks it already holds use its credit until their results come back.
+        slot.in_flight = {(str(j), int(i), int(a)) for j, i, a in held}
+        self.agents[node_id] = slot
+
+    def agent_draining(self, node_id: str) -> None:
+        if node_id in self.agents:
+            self.agents[node_id].draining = True
+
+    def agent_down(self, node_id: str) -> int:
+        """Requeue what a lost agent held; returns how many tasks went back."""
+        slot = self.agents.pop(node_id, None)
+        if slot is None:
+            return 0
+        requeued = 0
+        for job_id, index, attempt in slot.in_flight:
+            job = self.jobs.get(job_id)
+            task = job.tasks.get(index) if job else None
+            if task is None or task.node != node_id or task.attempt != attempt:
+                continue
+            task.node = None
+            task.losses += 1
+            if task.losses > job.retries + self.max_node_losses:
+                reason = f"the node running it was lost {task.losses} times (last: {node_id})"
+                self._deliver(job, index, wire.LOST, payload.lost_error(reason))
+            else:
+                job.queue.appendleft(index)
+                self.queued += 1
+                requeued += 1
+        return requeued
+
+    # --------------------------------------------------------------- results
+
+    def on_result(self, node_id: str, job_id: str, index: int, attempt: int, status: int, frame: bytes) -> None:
+        slot = self.agents.get(node_id)
+        if slot is not None:
+            slot.in_flight.discard((job_id, index, attempt))
+        job = self.jobs.get(job_id)
+        task = job.tasks.get(index) if job else None
+        if task is None:
+            self.counters["duplicate_results"] += 1
+            return
+        if status in (wire.OK, wire.ERROR):
+            self._deliver(job, index, status, frame)
+        elif status == wire.LOST and attempt == task.attempt and task.node == node_id:
+            task.node = None
+            task.crashes += 1
+            if task.crashes > job.retries:
+                self._deliver(job, index, wire.LOST, frame)
+            else:
+                job.queue.appendleft(index)
+                self.queued += 1
+                self.counters["retries"] += 1
+        else:
+            self.counters["stale_results"] += 1
+
+    def _deliver(self, job: Job, index: int, status: int, frame: bytes) -> None:
+        task = job.tasks.pop(index)
+        if task.node is None and index in job.queue:
+            self.queued -= 1  # still listed in the queue; skipped lazily when popped
+        job.outbox.append((index, status, frame))
+        self.counters["delivered"] += 1
+
+    def outboxes(self) -> Iterator[Job]:
+        for job in self.jobs.values():
+            if job.outbox:
+                yield job
+
+    # --------------------------------------------------------------- dispatch
+
+    def plan(self) -> list[Batch]:
+        """Hand queued tasks to agents with credit: idle workers first, across
+        all agents, then prefetch slots, so a short job spreads over the cluster
+        instead of filling the first agent's queue."""
+        if self.queued <= 0 or not self.agents:
+            return []
+        grants: dict[str, int] = {}
+        budget = self.queued
+        for phase in ("idle", "prefetch"):
+            for slot in self.agents.values():
+                if budget <= 0:
+                    break
+                have = grants.get(slot.node_id, 0)
+                limit = slot.free - have
+                if phase == "idle":
+                    limit = min(limit, slot.workers - len(slot.in_flight) - have)
+                take = min(max(0, limit), budget)
+                if take:
+                    grants[slot.node_id] = have + take
+                    budget -= take
+        batches: list[Batch] = []
+        for node_id, count in grants.items():
+            batches.extend(self._fill(self.agents[node_id], count))
+        return batches
+
+    def _fill(self, slot: AgentSlot, count: int) -> list[Batch]:
+        batches = []
+        misses = 0  # a full turn of the rotation with nothing taken ends the fill
+        while count > 0 and self._rotation and misses <= len(self._rotation):
+            job_id = self._rotation[0]
+            self._rotation.rotate(-1)
+            job = self.jobs.get(job_id)
+            if job is None:
+                self._rotation.remove(job_id)
+                continue
+            tasks = self._take(job, slot.node_id, min(count, self.max_batch))
+            if not tasks:
+                misses += 1
+                continue
+            misses = 0
+            count -= len(tasks)
+            batches.append(Batch(slot.node_id, job, job.job_id not in slot.jobs, tasks))
+            slot.jobs.add(job.job_id)
+            for index, attempt, _ in tasks:
+                slot.in_flight.add((job.job_id, index, attempt))
+        return batches
+
+    def _take(self, job: Job, node_id: str, limit: int) -> list[tuple[int, int, bytes]]:
+        out = []
+        while job.queue and len(out) < limit:
+            index = job.queue.popleft()
+            task = job.tasks.get(index)
+            if task is None or task.node is not None:
+                continue  # delivered or already running: a stale queue entry
+            task.attempt += 1
+            task.node = node_id
+            self.queued -= 1
+            out.append((index, task.attempt, task.args))
+        return out

@@ -1,0 +1,378 @@
+"""Every message that travels over ZeroMQ, and the only code that builds frames.
+
+A message is ``[header, *payload]``. The header is msgpack ``[version, kind,
+field, field, ...]`` with the fields of a frozen dataclass in declaration order;
+the payload frames are opaque bytes (pickled functions, arguments, results) that
+only workers and clients ever deserialize. ``decode`` checks the version, the
+kind, the field count and every field's type, and raises ``ProtocolError`` on
+anything else, so a hostile or confused peer can never crash a loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, ClassVar
+
+import msgpack
+
+from .version import PROTOCOL_VERSION
+
+
+class ProtocolError(ValueError):
+    """A frame that is not a valid message of this protocol version."""
+
+
+class VersionMismatch(ProtocolError):
+    def __init__(self, theirs: object):
+        super().__init__(f"peer speaks protocol version {theirs!r}, this side speaks {PROTOCOL_VERSION}")
+        self.theirs = theirs
+
+
+# Task outcome codes carried in result items.
+OK = 0  # the function returned; payload is the encoded result
+ERROR = 1  # the function raised; payload is an error record
+LOST = 2  # the worker died running it; payload is an error record
+CANCELLED = 3  # the job was cancelled before the task finished
+NEED_FUNCTION = 4  # worker-internal: the function blob was not cached
+STATUSES = frozenset({OK, ERROR, LOST, CANCELLED, NEED_FUNCTION})
+
+MAX_HEADER_BYTES = 8 * 1024 * 1024
+
+_REGISTRY: dict[int, type[Message]] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+    """Base of all messages. ``frames`` holds the opaque payload frames."""
+
+    KIND: ClassVar[int] = -1
+    frames: tuple[bytes, ...] = dataclasses.field(default=(), kw_only=True)
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if cls.KIND in _REGISTRY:
+            raise TypeError(f"message kind {cls.KIND} registered twice")
+        _REGISTRY[cls.KIND] = cls
+
+    def encode(self) -> list[bytes]:
+        values = [getattr(self, f.name) for f in _header_fields(type(self))]
+        header = msgpack.packb([PROTOCOL_VERSION, self.KIND, *values], use_bin_type=True)
+        return [header, *self.frames]
+
+
+def decode(frames: list[bytes] | list[Any]) -> Message:
+    """Turn received frames into a message, or raise ProtocolError."""
+    if not frames:
+        raise ProtocolError("empty message")
+    raw = frames[0]
+    raw = raw.bytes if hasattr(raw, "bytes") else raw
+    if len(raw) > MAX_HEADER_BYTES:
+        raise ProtocolError("header too large")
+    try:
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=False, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(f"header is not msgpack: {exc.__class__.__name__}") from None
+    if not isinstance(header, list) or len(header) < 2:
+        raise ProtocolError("header is not a [version, kind, ...] list")
+    version, kind, *values = header
+    if version != PROTOCOL_VERSION:
+        raise VersionMismatch(version)
+    cls = _REGISTRY.get(kind) if isinstance(kind, int) else None
+    if cls is None:
+        raise ProtocolError(f"unknown message kind {kind!r}")
+    fields = _header_fields(cls)
+    if len(values) != len(fields):
+        raise ProtocolError(f"{cls.__name__}: expected {len(fields)} fields, got {len(values)}")
+    for field, value in zip(fields, values):
+        if not _type_ok(value, _hints(cls)[field.name]):
+            raise ProtocolError(f"{cls.__name__}.{field.name}: bad value of type {type(value).__name__}")
+    payload = tuple(f.bytes if hasattr(f, "bytes") else f for f in frames[1:])
+    msg = cls(*values, frames=payload)
+    check = getattr(msg, "validate", None)
+    if check is not None:
+        check()
+    return msg
+
+
+_FIELDS_CACHE: dict[type, tuple[dataclasses.Field, ...]] = {}
+_HINTS_CACHE: dict[type, dict[str, Any]] = {}
+
+
+def _header_fields(cls: type) -> tuple[dataclasses.Field, ...]:
+    fields = _FIELDS_CACHE.get(cls)
+    if fields is None:
+        fields = tuple(f for f in dataclasses.fields(cls) if f.name != "frames")
+        _FIELDS_CACHE[cls] = fields
+    return fields
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    hints = _HINTS_CACHE.get(cls)
+    if hints is None:
+        hints = typing.get_type_hints(cls)
+        _HINTS_CACHE[cls] = hints
+    return hints
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint in (str, bytes, bool):
+        return isinstance(value, hint)
+    origin = typing.get_origin(hint)
+    if origin is list:
+        return isinstance(value, list)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _rows(value: list, arity: int, what: str) -> None:
+    """Items lists are lists of fixed-arity rows; check them once, here."""
+    for row in value:
+        if not isinstance(row, list) or len(row) != arity:
+            raise ProtocolError(f"{what}: each item must be a list of {arity}")
+
+
+def _ints(row: list, what: str) -> None:
+    for v in row:
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise ProtocolError(f"{what}: expected integers")
+
+
+# ---------------------------------------------------------------- any channel
+
+
+@dataclasses.dataclass(frozen=True)
+class Heartbeat(Message):
+    """Liveness, both ways. ``epoch`` fences deposed coordinators; ``free`` is
+    the sender's spare capacity (agents) or 0."""
+
+    KIND = 1
+    sender: str
+    epoch: int
+    free: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Refused(Message):
+    """A request that will not be served, with the reason (e.g. a version mismatch)."""
+
+    KIND = 2
+    reason: str
+
+
+# ------------------------------------------------------- client <-> coordinator
+
+
+@dataclasses.dataclass(frozen=True)
+class SubmitJob(Message):
+    """Opens a job. frames = [function blob]. ``options`` holds retries and the
+    result format; unknown keys are ignored so clients can evolve."""
+
+    KIND = 10
+    job_id: str
+    digest: str
+    options: dict
+
+    def validate(self) -> None:
+        if len(self.frames) != 1:
+            raise ProtocolError("SubmitJob carries exactly one function frame")
+        if not self.job_id or len(self.job_id) > 128:
+            raise ProtocolError("SubmitJob: bad job id")
+
+
+@dataclasses.dataclass(frozen=True)
+class JobAccepted(Message):
+    KIND = 11
+    job_id: str
+    window: int  # the most tasks the client may have without a result
+    workers: int  # workers connected now, so a client can say it is waiting
+    epoch: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SubmitTasks(Message):
+    """frames[i] holds the arguments of task ``indices[i]``."""
+
+    KIND = 12
+    job_id: str
+    indices: list
+
+    def validate(self) -> None:
+        _ints(self.indices, "SubmitTasks.indices")
+        if len(self.indices) != len(self.frames):
+            raise ProtocolError("SubmitTasks: one frame per index")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskResults(Message):
+    """items = [[index, status], ...]; frames[i] is item i's payload."""
+
+    KIND = 13
+    job_id: str
+    items: list
+
+    def validate(self) -> None:
+        _rows(self.items, 2, "TaskResults.items")
+        for row in self.items:
+            _ints(row, "TaskResults.items")
+        if len(self.items) != len(self.frames):
+            raise ProtocolError("TaskResults: one frame per item")
+
+
+@dataclasses.dataclass(frozen=True)
+class CancelJob(Message):
+    """The client is done with a job (finished or cancelled): drop its state."""
+
+    KIND = 14
+    job_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class JobFailed(Message):
+    """The coordinator cannot run this job at all (e.g. unknown job id)."""
+
+    KIND = 15
+    job_id: str
+    reason: str
+
+
+# -------------------------------------------------------- coordinator <-> agent
+
+
+@dataclasses.dataclass(frozen=True)
+class Hello(Message):
+    """A coordinator introduces itself to an agent."""
+
+    KIND = 20
+    coordinator_id: str
+    epoch: int
+    heartbeat_interval: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Welcome(Message):
+    """The agent's answer to Hello. ``held`` lists [job, index, attempt] of the
+    tasks it already holds (queued, running, or finished and unsent), which use
+    up part of ``capacity`` until their results arrive."""
+
+    KIND = 21
+    node_id: str
+    epoch: int
+    workers: int
+    capacity: int
+    held: list
+    draining: bool
+
+    def validate(self) -> None:
+        _rows(self.held, 3, "Welcome.held")
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSpec(Message):
+    """Sent to an agent once per job before its first task. frames = [function blob]."""
+
+    KIND = 22
+    epoch: int
+    job_id: str
+    digest: str
+    options: dict
+
+    def validate(self) -> None:
+        if len(self.frames) != 1:
+            raise ProtocolError("JobSpec carries exactly one function frame")
+
+
+@dataclasses.dataclass(frozen=True)
+class Dispatch(Message):
+    """Tasks for an agent. tasks = [[index, attempt], ...]; frames[i] = arguments."""
+
+    KIND = 23
+    epoch: int
+    job_id: str
+    tasks: list
+
+    def validate(self) -> None:
+        _rows(self.tasks, 2, "Dispatch.tasks")
+        for row in self.tasks:
+            _ints(row, "Dispatch.tasks")
+        if len(self.tasks) != len(self.frames):
+            raise ProtocolError("Dispatch: one frame per task")
+
+
+@dataclasses.dataclass(frozen=True)
+class Results(Message):
+    """Finished tasks. items = [[job, index, attempt, status], ...]; frames[i] = payload."""
+
+    KIND = 24
+    epoch: int
+    items: list
+
+    def validate(self) -> None:
+        _rows(self.items, 4, "Results.items")
+        for job, *nums in self.items:
+            if not isinstance(job, str):
+                raise ProtocolError("Results.items: job id must be a string")
+            _ints(nums, "Results.items")
+        if len(self.items) != len(self.frames):
+            raise ProtocolError("Results: one frame per item")
+
+
+@dataclasses.dataclass(frozen=True)
+class EndJob(Message):
+    """Coordinator to agent: the job is over; drop queued tasks and stop running ones."""
+
+    KIND = 25
+    epoch: int
+    job_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Draining(Message):
+    """Agent to coordinator: send nothing new; what is held will still finish."""
+
+    KIND = 26
+    node_id: str
+
+
+# ------------------------------------------------------------- agent <-> worker
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerReady(Message):
+    KIND = 30
+    slot: int
+    pid: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RunTask(Message):
+    """frames = [function blob or b"" when the worker has it cached, arguments]."""
+
+    KIND = 31
+    job_id: str
+    index: int
+    attempt: int
+    digest: str
+    options: dict
+
+    def validate(self) -> None:
+        if len(self.frames) != 2:
+            raise ProtocolError("RunTask carries [function, arguments]")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskDone(Message):
+    KIND = 32
+    job_id: str
+    index: int
+    attempt: int
+    status: int
+
+    def validate(self) -> None:
+        if self.status not in STATUSES or len(self.frames) != 1:
+            raise ProtocolError("TaskDone: bad status or payload")
