@@ -122,12 +122,10 @@ def _type_ok(value: Any, hint: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if hint in (str, bytes, bool):
         return isinstance(value, hint)
-    origin = typing.get_origin(hint)
-    if origin is list:
-        return isinstance(value, list)
-    if origin is dict or hint is dict:
-        return isinstance(value, dict)
-    return True
+    origin = typing.get_origin(hint) or hint
+    if origin in (list, dict):
+        return isinstance(value, origin)
+    return False  # a field type this module does not know is a bug here, not the peer's
 
 
 def _rows(value: list, arity: int, what: str) -> None:
@@ -252,6 +250,10 @@ class Hello(Message):
     coordinator_id: str
     epoch: int
     heartbeat_interval: float
+
+    def validate(self) -> None:
+        if not 0.01 <= self.heartbeat_interval <= 60:
+            raise ProtocolError("Hello: heartbeat interval out of range")
 
 
 @dataclasses.dataclass(frozen=True)

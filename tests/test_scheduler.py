@@ -1,0 +1,98 @@
+"""The scheduler alone: credit, batching, fairness, retries, exactly-once."""
+
+from __future__ import annotations
+
+from cluster import wire
+from cluster.scheduler import Scheduler
+
+
+def make(n_tasks=10, retries=2, agents=(("a", 2, 4),)):
+    s = Scheduler(max_batch=256)
+    for node, workers, capacity in agents:
+        s.agent_up(node, workers, capacity, [])
+    job = s.add_job("j", b"client", b"fn", "d", {"retries": retries}, now=0.0)
+    s.add_tasks(job, list(range(n_tasks)), tuple(b"%d" % i for i in range(n_tasks)))
+    return s, job
+
+
+def dispatched(batches):
+    return {b.node_id: [t[0] for t in b.tasks] for b in batches}
+
+
+def test_never_sends_more_than_credit_and_batches():
+    s, job = make(100)
+    batches = s.plan()
+    assert dispatched(batches) == {"a": [0, 1, 2, 3]}
+    assert batches[0].send_spec is True
+    assert s.plan() == []  # no credit left
+    s.on_result("a", "j", 0, 1, wire.OK, b"r")
+    (batch,) = s.plan()
+    assert [t[0] for t in batch.tasks] == [4] and batch.send_spec is False
+
+
+def test_idle_workers_everywhere_before_prefetch():
+    s, _ = make(4, agents=(("a", 2, 4), ("b", 2, 4)))
+    got = dispatched(s.plan())
+    assert sorted(len(v) for v in got.values()) == [2, 2]
+
+
+def test_first_result_wins_and_duplicates_are_dropped():
+    s, job = make(1, agents=(("a", 1, 1), ("b", 1, 1)))
+    s.plan()
+    s.agent_down("a")  # task 0 goes back to the queue
+    (batch,) = s.plan()
+    assert batch.node_id == "b" and batch.tasks[0][1] == 2  # second attempt
+    s.on_result("b", "j", 0, 2, wire.OK, b"late")
+    s.on_result("a", "j", 0, 1, wire.OK, b"stale")  # the lost agent reappears
+    assert job.outbox == [(0, wire.OK, b"late")]
+    assert s.counters["duplicate_results"] == 1
+
+
+def test_lost_worker_is_retried_then_reported():
+    s, job = make(1, retries=1, agents=(("a", 1, 1),))
+    for attempt in (1, 2):
+        (batch,) = s.plan()
+        assert batch.tasks[0][1] == attempt
+        s.on_result("a", "j", 0, attempt, wire.LOST, b"worker exited with signal 9")
+    assert job.outbox == [(0, wire.LOST, b"worker exited with signal 9")]
+    assert s.plan() == [] and s.queued == 0
+
+
+def test_agent_loss_requeues_only_its_current_attempts():
+    s, job = make(6, agents=(("a", 2, 3), ("b", 2, 3)))
+    s.plan()
+    held_by_a = {k[1] for k in s.agents["a"].in_flight}
+    assert s.agent_down("a") == len(held_by_a)
+    again = dispatched(s.plan())
+    assert again == {} or set(again) == {"b"}
+    assert s.queued == len(held_by_a) - sum(len(v) for v in again.values())
+
+
+def test_resubmitted_indices_are_ignored_and_end_job_frees_credit():
+    s, job = make(3, agents=(("a", 1, 2),))
+    assert s.add_tasks(job, [0, 1, 2], (b"", b"", b"")) == 0
+    s.plan()
+    assert len(s.agents["a"].in_flight) == 2
+    assert s.end_job("j") == ["a"]
+    assert s.agents["a"].in_flight == set() and s.queued == 0
+
+
+def test_jobs_share_agents_round_robin():
+    s = Scheduler()
+    s.agent_up("a", 4, 4, [])
+    for name in ("j1", "j2"):
+        job = s.add_job(name, b"c", b"f", name, {}, 0.0)
+        s.add_tasks(job, list(range(10)), tuple(b"" for _ in range(10)))
+    s.max_batch = 2
+    jobs = [b.job.job_id for b in s.plan()]
+    assert set(jobs) == {"j1", "j2"}
+
+
+def test_draining_agent_gets_nothing_and_held_tasks_count_against_credit():
+    s = Scheduler()
+    s.agent_up("a", 2, 2, [["old", 1, 1]])
+    s.agent_up("b", 2, 2, [])
+    s.agent_draining("b")
+    job = s.add_job("j", b"c", b"f", "d", {}, 0.0)
+    s.add_tasks(job, [0, 1, 2], (b"", b"", b""))
+    assert dispatched(s.plan()) == {"a": [0]}

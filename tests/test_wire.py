@@ -1,0 +1,92 @@
+"""The wire module: every message round-trips, and nothing malformed gets through."""
+
+from __future__ import annotations
+
+import random
+
+import msgpack
+import pytest
+
+from cluster import wire
+from cluster.version import PROTOCOL_VERSION
+
+SAMPLES = [
+    wire.Heartbeat("c1", 3, 2),
+    wire.Refused("nope"),
+    wire.SubmitJob("job1", "d" * 32, {"retries": 2}, frames=(b"Pfn",)),
+    wire.JobAccepted("job1", 100, 4, 7),
+    wire.SubmitTasks("job1", [0, 1], frames=(b"a", b"b")),
+    wire.TaskResults("job1", [[0, wire.OK], [1, wire.ERROR]], frames=(b"r0", b"r1")),
+    wire.CancelJob("job1"),
+    wire.JobFailed("job1", "why"),
+    wire.Hello("c1", 2, 0.5),
+    wire.Welcome("n1", 2, 2, 4, [["job1", 3, 1]], False),
+    wire.JobSpec(2, "job1", "d", {}, frames=(b"fn",)),
+    wire.Dispatch(2, "job1", [[3, 1], [4, 1]], frames=(b"x", b"y")),
+    wire.Results(2, [["job1", 3, 1, wire.OK]], frames=(b"r",)),
+    wire.EndJob(2, "job1"),
+    wire.Draining("n1"),
+    wire.WorkerReady(0, 1234),
+    wire.RunTask("job1", 3, 1, "d", {}, frames=(b"", b"args")),
+    wire.TaskDone("job1", 3, 1, wire.LOST, frames=(b"err",)),
+]
+
+
+@pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: type(m).__name__)
+def test_round_trip(msg):
+    assert wire.decode(msg.encode()) == msg
+
+
+def header(*fields):
+    return msgpack.packb([PROTOCOL_VERSION, *fields], use_bin_type=True)
+
+
+@pytest.mark.parametrize("frames", [
+    [],
+    [b""],
+    [b"\xc1garbage"],
+    [msgpack.packb({"not": "a list"})],
+    [msgpack.packb([PROTOCOL_VERSION])],
+    [header(999)],  # unknown kind
+    [header("1")],  # kind of the wrong type
+    [header(wire.Heartbeat.KIND, "c1")],  # too few fields
+    [header(wire.Heartbeat.KIND, "c1", 1, 0, "extra")],  # too many
+    [header(wire.Heartbeat.KIND, 5, 1, 0)],  # wrong type
+    [header(wire.Heartbeat.KIND, "c1", True, 0)],  # bool is not an int
+    [header(wire.SubmitTasks.KIND, "j", [0, 1]), b"only one frame"],
+    [header(wire.SubmitTasks.KIND, "j", ["0"]), b"x"],
+    [header(wire.Results.KIND, 1, [["j", 1, 1]]), b"x"],  # short row
+    [header(wire.Results.KIND, 1, [[5, 1, 1, 0]]), b"x"],  # job id not a string
+    [header(wire.TaskDone.KIND, "j", 1, 1, 99), b"x"],  # unknown status
+    [header(wire.SubmitJob.KIND, "j", "d", {})],  # no function frame
+    [header(wire.Welcome.KIND, "n", 1, 1, 1, [1, 2], False)],  # held rows not lists
+])
+def test_malformed_is_a_protocol_error(frames):
+    with pytest.raises(wire.ProtocolError):
+        wire.decode(frames)
+
+
+def test_other_protocol_version_is_named():
+    frames = [msgpack.packb([PROTOCOL_VERSION + 1, wire.Heartbeat.KIND, "c", 1, 0])]
+    with pytest.raises(wire.VersionMismatch, match=f"version {PROTOCOL_VERSION + 1}"):
+        wire.decode(frames)
+
+
+def test_random_garbage_never_escapes_as_another_exception():
+    rng = random.Random(1234)
+    valid = [m.encode() for m in SAMPLES]
+    for _ in range(20_000):
+        if rng.random() < 0.5:
+            frames = [rng.randbytes(rng.randint(0, 40)) for _ in range(rng.randint(0, 4))]
+        else:  # mutate a valid message: flip bytes, truncate, drop or add frames
+            frames = list(rng.choice(valid))
+            head = bytearray(frames[0])
+            for _ in range(rng.randint(1, 3)):
+                head[rng.randrange(len(head))] = rng.randrange(256)
+            frames[0] = bytes(head[: rng.randint(1, len(head))])
+            if rng.random() < 0.3:
+                frames.append(b"extra")
+        try:
+            wire.decode(frames)
+        except wire.ProtocolError:
+            pass
