@@ -14,22 +14,15 @@ Examples:
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
-import tempfile
 import time
 from typing import Optional
 
 import typer
 
-from .. import election, layout
-from ..zk import close as zk_close
-from ..zk import connect as zk_connect
+from ..localstack import LocalStack, StackFailed
 from . import common
-
-READY_TIMEOUT = 60.0
 
 
 def up(
@@ -38,13 +31,9 @@ def up(
     run: Optional[str] = typer.Option(None, "--run", help="Run this shell command against the cluster, then stop."),
     log_level: str = typer.Option("warning", "--log-level", help="Log level of the coordinator and agent."),
 ) -> None:
-    from ..zkserver import ZooKeeperServer  # only `up` needs it
-
     common.setup_logging("info")
-    typer.echo("clusterctl up: local cluster WITHOUT CURVE keys; listening on 127.0.0.1 only", err=True)
-    workdir = tempfile.mkdtemp(prefix="clusterd-up-")
-    server = ZooKeeperServer(data_dir=os.path.join(workdir, "zk"))
-    children: list[subprocess.Popen] = []
+    typer.echo("clusterctl up: local cluster WITHOUT CURVE keys (insecure mode); listening on 127.0.0.1 only",
+               err=True)
     stopping = False
 
     def on_signal(*_: object) -> None:
@@ -53,64 +42,30 @@ def up(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    stack = LocalStack(workers=workers, cluster=cluster, log_level=log_level)
     code = 0
     try:
-        with common.clear_errors():
-            server.start()
-        zk = server.connect_string
-        base = ["--zk", zk, "--cluster", cluster, "--log-level", log_level, "--bind", "tcp://127.0.0.1:0"]
-        children.append(subprocess.Popen([sys.executable, "-m", "cluster.cli.main", "coordinator", *base]))
-        children.append(subprocess.Popen([sys.executable, "-m", "agents", *base, "--workers", workers]))
-        _wait_ready(zk, cluster, children)
-        typer.echo(f"cluster {cluster!r} is up. In another terminal:\n"
-                   f"  export CLUSTER_ZK={zk} CLUSTER_NAME={cluster}\n"
+        try:
+            stack.start()
+        except (StackFailed, OSError, RuntimeError) as exc:
+            raise common.fail(str(exc)) from None
+        typer.echo(f"clusterctl up: cluster {cluster!r} is up. In another terminal:\n"
+                   f"  export CLUSTER_ZK={stack.zk} CLUSTER_NAME={cluster}\n"
                    f"  clusterctl nodes", err=True)
         if run:
-            env = dict(os.environ, CLUSTER_ZK=zk, CLUSTER_NAME=cluster)
-            proc = subprocess.Popen(run, shell=True, env=env)
+            proc = subprocess.Popen(run, shell=True, env=stack.env)
             while proc.poll() is None and not stopping:
-                time.sleep(0.1)
+                time.sleep(0.05)
             if proc.poll() is None:
                 proc.terminate()
             code = proc.wait()
         else:
-            while not stopping and all(c.poll() is None for c in children):
+            while not stopping and not stack.failed():
                 time.sleep(0.2)
-            for c in children:
-                if c.poll() is not None:
-                    typer.echo(f"clusterctl up: a cluster process exited with status {c.returncode}", err=True)
-                    code = 1
-    except typer.Exit as exc:
-        code = exc.exit_code
+            if stack.failed():
+                typer.echo(f"clusterctl up: a cluster process exited with status {stack.failed()}", err=True)
+                code = 1
     finally:
         typer.echo("clusterctl up: stopping", err=True)
-        for proc in reversed(children):  # the agent drains first, then the coordinator stops
-            _stop(proc)
-        server.stop()
+        stack.stop()
     raise typer.Exit(code)
-
-
-def _wait_ready(zk: str, cluster: str, children: list[subprocess.Popen]) -> None:
-    client = zk_connect(zk, timeout=10.0)
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if any(c.poll() is not None for c in children):
-                raise common.fail("the coordinator or the agent failed to start (see its log above)")
-            agents = client.exists(layout.agents_path(cluster)) and client.get_children(layout.agents_path(cluster))
-            if agents and election.read_leader(client, cluster) is not None:
-                return
-            time.sleep(0.1)
-        raise common.fail(f"the cluster was not ready within {READY_TIMEOUT:.0f} s")
-    finally:
-        zk_close(client)
-
-
-def _stop(proc: subprocess.Popen, grace: float = 15.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()

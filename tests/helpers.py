@@ -1,0 +1,154 @@
+"""Real cluster processes for integration tests: coordinators and agents run as
+child processes against the real ZooKeeper from conftest, each test in its own
+cluster name (its own chroot), logs kept in tmp_path and printed on failure."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+from kazoo.client import KazooClient
+
+from cluster import election, layout
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+class Proc:
+    def __init__(self, name: str, argv: list[str], log: Path, env: dict):
+        self.name, self.argv, self.log = name, argv, log
+        self._fh = open(log, "ab")
+        self.popen = subprocess.Popen(argv, stdout=self._fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                                      stdin=subprocess.DEVNULL)
+        self.pid = self.popen.pid
+        self._descendants: set[int] = set()
+
+    def children(self) -> list[psutil.Process]:
+        try:
+            kids = psutil.Process(self.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        self._descendants.update(k.pid for k in kids)
+        return kids
+
+    def signal(self, sig: int) -> None:
+        if self.popen.poll() is None:
+            os.kill(self.pid, sig)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        self.children()
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._reap_descendants()
+        self._fh.close()
+        return self.popen.returncode
+
+    def _reap_descendants(self) -> None:
+        # Only processes this test started (the agent's workers), by pid.
+        for pid in self._descendants:
+            try:
+                psutil.Process(pid).kill()
+            except psutil.Error:
+                pass
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+class LocalCluster:
+    def __init__(self, zk: str, name: str, tmp: Path):
+        self.zk, self.name, self.tmp = zk, name, tmp
+        self.procs: list[Proc] = []
+        self.kazoo = KazooClient(hosts=zk)
+        self.kazoo.start(timeout=10)
+
+    @property
+    def env(self) -> dict:
+        return dict(os.environ, CLUSTER_ZK=self.zk, CLUSTER_NAME=self.name, PYTHONPATH=str(ROOT),
+                    PYTHONUNBUFFERED="1")
+
+    def _start(self, name: str, argv: list[str]) -> Proc:
+        proc = Proc(name, argv, self.tmp / f"{name}.log", self.env)
+        self.procs.append(proc)
+        return proc
+
+    def coordinator(self, *extra: str, name: str = "coordinator") -> Proc:
+        return self._start(name, [PY, "-m", "cluster.cli.main", "coordinator", "--bind", "tcp://127.0.0.1:0",
+                                  "--log-level", "debug", *extra])
+
+    def agent(self, node_id: str, workers: int = 2, *extra: str, name: str | None = None) -> Proc:
+        return self._start(name or node_id, [PY, "-m", "agents", "--node-id", node_id, "--workers", str(workers),
+                                     "--bind", "tcp://127.0.0.1:0", "--log-level", "debug", *extra])
+
+    def agents(self) -> list[str]:
+        path = layout.agents_path(self.name)
+        return sorted(self.kazoo.get_children(path)) if self.kazoo.exists(path) else []
+
+    def leader(self):
+        return election.read_leader(self.kazoo, self.name)
+
+    def wait_ready(self, coordinator: Proc, nodes: list[str], timeout: float = 20.0) -> None:
+        """Registered in ZooKeeper and connected to the leader (its log says so)."""
+        wait_for(lambda: set(nodes) <= set(self.agents()), timeout, what=f"agents {nodes} to register")
+        wait_for(lambda: all(f"agent {n} connected" in coordinator.text() for n in nodes), timeout,
+                 what=f"coordinator to connect to {nodes}")
+
+    def clusterctl(self, *args: str, input: str | None = None, timeout: float = 120.0,
+                   env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([PY, "-m", "cluster.cli.main", *args], input=input, capture_output=True, text=True,
+                              timeout=timeout, env=env or self.env, cwd=ROOT)
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.kazoo.stop()
+        self.kazoo.close()
+
+    def logs(self) -> str:
+        return "\n".join(f"===== {p.name} =====\n{p.text()[-6000:]}" for p in self.procs)
+
+
+# ------------------------------------------------------------------ fixtures
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def local_cluster(zk_connect, cluster_name, tmp_path, request):
+    cluster = LocalCluster(zk_connect, cluster_name, tmp_path)
+    yield cluster
+    cluster.stop()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        print(cluster.logs())
+
+
+@pytest.fixture
+def running_cluster(local_cluster):
+    """A coordinator and two agents with two workers each, connected."""
+    coordinator = local_cluster.coordinator()
+    local_cluster.agent("a1", 2)
+    local_cluster.agent("a2", 2)
+    local_cluster.wait_ready(coordinator, ["a1", "a2"])
+    local_cluster.coordinator_proc = coordinator
+    return local_cluster
