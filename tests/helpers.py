@@ -20,6 +20,25 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
 
+class LineReader:
+    """Lines from a child's pipe with a timeout, instead of a hang."""
+
+    def __init__(self, stream):
+        import queue
+        import threading
+
+        self._lines: queue.Queue = queue.Queue()
+        threading.Thread(target=lambda: [self._lines.put(line) for line in stream], daemon=True).start()
+
+    def next(self, timeout: float = 20.0) -> str:
+        import queue
+
+        try:
+            return self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no output line within {timeout:g} s") from None
+
+
 def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

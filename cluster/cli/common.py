@@ -52,3 +52,4 @@ def clear_errors() -> Iterator[None]:
 
 def print_json(obj: object) -> None:
     sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
+    sys.stdout.flush()  # a reader of `--watch` output needs each event as it happens

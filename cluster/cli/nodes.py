@@ -12,6 +12,7 @@ Examples:
 from __future__ import annotations
 
 import queue
+import sys
 import time
 from typing import Optional
 
@@ -98,9 +99,11 @@ def _watch(client, cluster: str, as_json: bool) -> None:
                                    "record": _row(ev.record, time.time()) if ev.record else None})
             elif ev.record is None:
                 typer.echo(f"{stamp} left     {ev.node_id}")
+                sys.stdout.flush()
             else:
                 r = ev.record
                 typer.echo(f"{stamp} {ev.kind:<8} {ev.node_id} {r.state} {r.host} {r.endpoint} {r.workers} workers")
+                sys.stdout.flush()
     except KeyboardInterrupt:
         pass
     finally:

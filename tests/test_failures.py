@@ -1,0 +1,133 @@
+"""What users are promised when things die: retries with causes, re-dispatch of
+a killed agent's tasks, every result exactly once, no orphan processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+
+from helpers import PY, ROOT, local_cluster, running_cluster, wait_for  # noqa: F401
+
+CRASHERS = '''
+import ctypes, os, signal, time
+
+def exit_hard(x):
+    os._exit(3)
+
+def sigkill_self(x):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def segfault(x):
+    ctypes.string_at(0)
+
+def flaky(path):
+    # Dies the first time it runs anywhere, succeeds on the retry.
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return "second try"
+    os.close(fd)
+    os._exit(9)
+
+def slow_square(x):
+    time.sleep(0.002)
+    return x * x
+'''
+
+
+def _rows(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_worker_death_is_retried_then_reported_with_its_cause(running_cluster, tmp_path):
+    mod = tmp_path / "crashers.py"
+    mod.write_text(CRASHERS)
+    for func, cause in [("exit_hard", "worker exited with status 3"),
+                        ("sigkill_self", "worker exited with signal 9 (SIGKILL)"),
+                        ("segfault", "worker exited with signal 11 (SIGSEGV)")]:
+        res = running_cluster.clusterctl("submit", f"{mod}:{func}", "--range", "0", "1", "--retries", "1")
+        assert res.returncode == 1, res.stderr
+        (row,) = _rows(res.stdout)
+        assert row["ok"] is False
+        assert row["error"].startswith(f"WorkerLost: {cause}"), row
+    # Workers were restarted each time: the agents still have two workers each.
+    for node in ("a1", "a2"):
+        proc = next(p for p in running_cluster.procs if p.name == node)
+        wait_for(lambda: len(proc.children()) == 2, 15, what=f"{node} to be back to 2 workers")
+
+
+def test_a_task_whose_first_worker_dies_succeeds_on_retry(running_cluster, tmp_path):
+    mod = tmp_path / "crashers.py"
+    mod.write_text(CRASHERS)
+    marker = tmp_path / "marker"
+    res = running_cluster.clusterctl("submit", f"{mod}:flaky", "--inputs", "-", input=json.dumps(str(marker)) + "\n")
+    assert res.returncode == 0, res.stderr
+    assert _rows(res.stdout) == [{"index": 0, "ok": True, "result": "second try"}]
+
+
+def test_agent_killed_mid_job_loses_and_duplicates_nothing(running_cluster, tmp_path):
+    """10,000 tasks; one agent is SIGKILLed midway; every result arrives exactly once."""
+    mod = tmp_path / "crashers.py"
+    mod.write_text(CRASHERS)
+    victim = next(p for p in running_cluster.procs if p.name == "a1")
+    victim_workers = [c.pid for c in victim.children()]
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen([PY, "-m", "cluster.cli.main", "submit", f"{mod}:slow_square", "--range", "0", "10000",
+                             "--output", str(out)], env=running_cluster.env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: out.exists() and out.stat().st_size > 50_000, 60, what="the job to get going")
+    victim.signal(signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 0, stderr
+    results = _rows(out.read_text())
+    assert len(results) == 10_000
+    assert sorted(r["index"] for r in results) == list(range(10_000))
+    assert all(r["result"] == r["index"] ** 2 for r in results)
+    # The dead agent's workers noticed and exited by themselves.
+    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                             for p in victim_workers), 10, what="orphaned workers to exit")
+
+
+def test_workers_exit_when_their_agent_is_sigkilled(local_cluster):
+    local_cluster.coordinator()
+    agent = local_cluster.agent("lonely", 2)
+    wait_for(lambda: len(agent.children()) == 2, 15, what="two workers")
+    workers = [c.pid for c in agent.children()]
+    agent.signal(signal.SIGKILL)
+    agent.popen.wait(5)
+
+    def gone() -> bool:
+        for pid in workers:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    return False
+            except psutil.NoSuchProcess:
+                pass
+        return True
+
+    wait_for(gone, 10, what="workers of a SIGKILLed agent to exit")
+
+
+def test_agent_sigterm_drains_deregisters_and_exits_0(running_cluster, tmp_path):
+    mod = tmp_path / "crashers.py"
+    mod.write_text(CRASHERS)
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen([PY, "-m", "cluster.cli.main", "submit", f"{mod}:slow_square", "--range", "0", "3000",
+                             "--output", str(out)], env=running_cluster.env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: out.exists() and out.stat().st_size > 5_000, 60, what="the job to get going")
+    a2 = next(p for p in running_cluster.procs if p.name == "a2")
+    a2.signal(signal.SIGTERM)
+    assert a2.popen.wait(30) == 0
+    assert "a2" not in running_cluster.agents()
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    results = _rows(out.read_text())
+    assert sorted(r["index"] for r in results) == list(range(3000))

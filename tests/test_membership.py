@@ -1,0 +1,113 @@
+"""Agents in ZooKeeper: registration, duplicates, `clusterctl nodes`, discovery
+by the coordinator, garbage znodes, and leader election between coordinators."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+from cluster import layout
+from cluster.layout import AgentRecord
+from helpers import PY, ROOT, LineReader, local_cluster, running_cluster, wait_for  # noqa: F401
+
+
+def test_agent_registers_an_ephemeral_znode_with_its_metadata(local_cluster):
+    agent = local_cluster.agent("n1", 2, "--label", "rack=r7", "--label", "gpu=no")
+    wait_for(lambda: local_cluster.agents() == ["n1"], what="registration")
+    data, stat = local_cluster.kazoo.get(layout.agent_path(local_cluster.name, "n1"))
+    record = AgentRecord.from_bytes(data)
+    assert stat.ephemeralOwner != 0
+    assert record.workers == 2 and record.pid == agent.pid and record.state == "ready"
+    assert record.labels == {"rack": "r7", "gpu": "no"}
+    assert record.endpoint.startswith("tcp://127.0.0.1:") and not record.endpoint.endswith(":0")
+    assert record.cores >= 1 and record.memory > 0 and record.version
+    wait_for(lambda: len(agent.children()) == 2, what="one worker per requested core")
+
+
+def test_second_agent_with_the_same_node_id_is_refused(local_cluster):
+    local_cluster.agent("dup", 1)
+    wait_for(lambda: local_cluster.agents() == ["dup"], what="registration")
+    second = local_cluster.agent("dup", 1, name="dup-2")
+    assert second.popen.wait(30) == 2
+    text = second.text()
+    assert "already registered by a live agent" in text and "Traceback" not in text
+    # The refused agent left no workers behind.
+    assert second.children() == []
+
+
+def test_nodes_lists_members_without_a_coordinator(local_cluster):
+    local_cluster.agent("n1", 1)
+    local_cluster.agent("n2", 2)
+    wait_for(lambda: local_cluster.agents() == ["n1", "n2"], what="registration")
+    res = local_cluster.clusterctl("nodes", "--json")
+    assert res.returncode == 0, res.stderr
+    listed = json.loads(res.stdout)
+    assert [n["node_id"] for n in listed] == ["n1", "n2"]
+    assert [n["workers"] for n in listed] == [1, 2]
+    assert all(n["uptime"] >= 0 and n["state"] == "ready" for n in listed)
+    table = local_cluster.clusterctl("nodes")
+    assert table.returncode == 0
+    header, *lines = table.stdout.splitlines()
+    assert header.split() == ["NODE", "HOST", "ENDPOINT", "STATE", "WORKERS", "CORES", "MEMORY", "VERSION", "UPTIME"]
+    assert [line.split()[0] for line in lines] == ["n1", "n2"]
+
+
+def test_nodes_watch_prints_joins_drains_and_leaves(local_cluster):
+    watch = subprocess.Popen([PY, "-m", "cluster.cli.main", "nodes", "--watch", "--json"], env=local_cluster.env,
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = LineReader(watch.stdout)
+    try:
+        time.sleep(1.0)  # let the watch arm before the join
+        agent = local_cluster.agent("w1", 1)
+        first = json.loads(lines.next())
+        assert (first["event"], first["node_id"], first["record"]["state"]) == ("joined", "w1", "ready")
+        agent.signal(signal.SIGTERM)
+        events = [json.loads(lines.next()) for _ in range(2)]
+        assert [(e["event"], e["record"] and e["record"]["state"]) for e in events] == [
+            ("changed", "draining"), ("left", None)]
+    finally:
+        watch.send_signal(signal.SIGINT)
+        watch.wait(10)
+    assert watch.returncode == 0
+
+
+def test_coordinator_discovers_joins_and_leaves(local_cluster):
+    coordinator = local_cluster.coordinator()
+    wait_for(lambda: local_cluster.leader() is not None, what="a leader")
+    agent = local_cluster.agent("late", 1)
+    wait_for(lambda: "agent late connected" in coordinator.text(), what="the coordinator to connect")
+    agent.signal(signal.SIGTERM)
+    agent.popen.wait(20)
+    wait_for(lambda: "agent late left" in coordinator.text(), what="the coordinator to notice the leave")
+
+
+def test_garbage_agent_znodes_are_ignored(running_cluster):
+    path = layout.agents_path(running_cluster.name)
+    for name, data in [("junk1", b"\xff\x00not json"), ("junk2", b'{"node_id": "junk2"}'), ("junk3", b"[]")]:
+        running_cluster.kazoo.create(f"{path}/{name}", data, ephemeral=True)
+    res = running_cluster.clusterctl("nodes", "--json")
+    assert [n["node_id"] for n in json.loads(res.stdout)] == ["a1", "a2"]
+    res = running_cluster.clusterctl("submit", "math:factorial", "--range", "0", "20")
+    assert res.returncode == 0, res.stderr
+    assert running_cluster.coordinator_proc.popen.poll() is None
+
+
+def test_one_coordinator_leads_and_a_standby_takes_over(local_cluster):
+    first = local_cluster.coordinator(name="c1")
+    wait_for(lambda: local_cluster.leader() is not None, what="a leader")
+    leader = local_cluster.leader()
+    assert str(first.pid) in leader.coordinator_id or leader.pid == first.pid
+    second = local_cluster.coordinator(name="c2")
+    local_cluster.agent("a1", 2)
+    wait_for(lambda: "agent a1 connected" in first.text(), what="leader to connect")
+    time.sleep(0.5)
+    assert "agent a1 connected" not in second.text()  # standbys do not dispatch
+    first.signal(signal.SIGKILL)
+    wait_for(lambda: (rec := local_cluster.leader()) is not None and rec.pid == second.pid, 30,
+             what="the standby to lead")
+    assert local_cluster.leader().epoch > leader.epoch
+    res = local_cluster.clusterctl("submit", "math:sqrt", "--range", "0", "100")
+    assert res.returncode == 0, res.stderr
+    assert len(res.stdout.splitlines()) == 100
