@@ -65,8 +65,11 @@ class JobHandle:
         if self.closed:
             self._slots.release()
             raise RuntimeError("job is closed")
-        self._new.append((index, args))
-        self.client._wake()
+        with self._lock:
+            was_empty = not self._new
+            self._new.append((index, args))
+        if was_empty:  # one wake-up per burst, not per task: the IO thread takes them all
+            self.client._wake()
         return True
 
     def close(self) -> None:
@@ -78,9 +81,9 @@ class JobHandle:
     # --- IO thread side
 
     def _take_new(self) -> list[tuple[int, bytes]]:
-        out = []
-        while self._new:
-            out.append(self._new.popleft())
+        with self._lock:
+            out = list(self._new)
+            self._new.clear()
         return out
 
     def _result(self, index: int, status: int, body: bytes) -> None:

@@ -34,7 +34,7 @@ class AgentConfig(Common):
     bind: str = "tcp://0.0.0.0:0"  # port 0 picks a free port; the real one is published
     advertise: str = ""  # host others use to reach us; default: the address that routes to ZooKeeper
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
-    prefetch: int = 1  # tasks queued per worker beyond the one it runs; hides round trips
+    prefetch: int = 2  # tasks queued per worker beyond the one it runs; hides round trips
     heartbeat_interval: float = 0.5
     heartbeat_misses: int = 4
     drain_timeout: float = 30.0
