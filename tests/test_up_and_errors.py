@@ -1,0 +1,68 @@
+"""`clusterctl up` end to end, and daemons facing an unreachable ZooKeeper."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import psutil
+
+from helpers import PY, ROOT, LineReader, wait_for
+
+
+def test_up_runs_a_command_against_its_cluster_and_cleans_up(tmp_path):
+    script = tmp_path / "job.sh"
+    script.write_text(f"{PY} -m cluster.cli.main nodes --json && "
+                      f"{PY} -m cluster.cli.main submit math:factorial --range 0 30 --ordered\n")
+    res = subprocess.run([PY, "-m", "cluster.cli.main", "up", "--workers", "2", "--run", f"bash {script}"],
+                         capture_output=True, text=True, timeout=180, cwd=ROOT,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    nodes = json.loads(lines[0])
+    assert len(nodes) == 1 and nodes[0]["workers"] == 2
+    results = [json.loads(line) for line in lines[1:]]
+    import math
+
+    assert [r["result"] for r in results] == [math.factorial(i) for i in range(30)]
+    assert "WITHOUT CURVE keys" in res.stderr and "CLUSTER_ZK=127.0.0.1:" in res.stderr
+
+
+def test_up_stops_everything_on_sigterm():
+    proc = subprocess.Popen([PY, "-m", "cluster.cli.main", "up", "--workers", "1"], cwd=ROOT, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    lines = LineReader(proc.stderr)
+    try:
+        while "is up" not in lines.next(60):
+            pass
+        family = psutil.Process(proc.pid).children(recursive=True)
+        assert len(family) >= 4  # ZooKeeper, coordinator, agent, worker
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family), 20,
+                 what="every process of `up` to exit")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_daemons_and_commands_report_an_unreachable_zookeeper(free_port):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CLUSTER_ZK=f"127.0.0.1:{free_port}")
+    commands = {
+        "agent": [PY, "-m", "agents", "--node-id", "x"],
+        "coordinator": [PY, "-m", "cluster.cli.main", "coordinator"],
+        "nodes": [PY, "-m", "cluster.cli.main", "nodes", "--timeout", "2"],
+    }
+    started = time.monotonic()
+    procs = {name: subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True) for name, argv in commands.items()}
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2, (name, err)
+        assert "cannot reach ZooKeeper" in err and "Traceback" not in err, (name, err)
+    assert time.monotonic() - started < 60
