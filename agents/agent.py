@@ -27,6 +27,7 @@ import zmq
 from kazoo.client import KazooState
 
 from cluster import loop, payload, wire
+from cluster.sdnotify import Notifier
 from cluster.config import AgentConfig
 from cluster.layout import AgentRecord
 from cluster.liveness import Liveness
@@ -81,6 +82,7 @@ class Agent:
         self.draining = False
         self.drain_deadline = 0.0
         self._stopping = False
+        self.notifier = Notifier()
         self.front_handlers = {
             wire.Hello: self._on_hello,
             wire.Heartbeat: self._on_heartbeat,
@@ -117,6 +119,7 @@ class Agent:
             self.registration.register()
             log.info("agent %s registered: endpoint %s, %d workers (%d usable cpus)", self.node_id,
                      self.endpoint, self.workers, self.resources.usable_cpus)
+            self.notifier.ready(f"registered as {self.node_id} at {self.endpoint} with {self.workers} workers")
             if on_registered:
                 on_registered(self)
             self._loop()
@@ -165,6 +168,7 @@ class Agent:
                 self._read(self.back, self._on_back)
             now = time.monotonic()
             if now >= next_tick:
+                self.notifier.pet(now)
                 self._reap(now)
                 self.pool.converge(now)
                 next_tick = now + tick
@@ -204,6 +208,7 @@ class Agent:
             self.draining = True
             self.drain_deadline = time.monotonic() + self.cfg.drain_timeout
             self.registration.set_state("draining")
+            self.notifier.stopping(f"draining {len(self._held())} held tasks")
             if self.leader is not None:
                 loop.send(self.front, wire.Draining(self.node_id), self.leader)
         elif kind == "zk":

@@ -26,6 +26,7 @@ from .layout import LeaderRecord
 from .liveness import Liveness
 from .membership import MemberEvent, Membership
 from .scheduler import Scheduler
+from .sdnotify import Notifier
 from .version import PROTOCOL_VERSION, __version__
 from .zk import close as zk_close
 from .zk import connect as zk_connect
@@ -57,6 +58,7 @@ class Coordinator:
         self.counters: collections.Counter = collections.Counter()
         self.waker = loop.Waker()
         self._stopping = False
+        self.notifier = Notifier()
         self._warned_bad: set[bytes] = set()
         self.client_handlers = {
             wire.SubmitJob: self._on_submit_job,
@@ -97,6 +99,7 @@ class Coordinator:
         )
         log.info("coordinator %s: client endpoint %s; standing for election", self.id, self.endpoint)
         self.election.start()
+        self.notifier.ready(f"standing by for election; client endpoint {self.endpoint}")
         try:
             self._loop()
         finally:
@@ -133,6 +136,7 @@ class Coordinator:
                 self._read(self.agents, self._on_agent_message)
             now = time.monotonic()
             if now >= next_tick:
+                self.notifier.pet(now)
                 self._timers(now)
                 next_tick = now + min(self.cfg.heartbeat_interval, HELLO_RETRY)
             if self.leading:
@@ -169,8 +173,10 @@ class Coordinator:
     def _on_event(self, kind: str, value: object) -> None:
         if kind == "stop":
             self._stopping = True
+            self.notifier.stopping("stopping")
         elif kind == election.ELECTED:
             self.epoch, self.leading = int(value), True
+            self.notifier.status(f"leader with epoch {self.epoch}; client endpoint {self.endpoint}")
             self.membership.start()
             for node_id, record in self.membership.snapshot().items():
                 self._on_member(MemberEvent("joined", node_id, record))
