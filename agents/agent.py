@@ -163,9 +163,9 @@ class Agent:
                 for kind, value in self.waker.drain():
                     self._on_event(kind, value)
             if self.front in ready:
-                self._read(self.front, self._on_front)
+                loop.read_router(self.front, self._on_front, self._bad)
             if self.back in ready:
-                self._read(self.back, self._on_back)
+                loop.read_router(self.back, self._on_back, self._bad)
             now = time.monotonic()
             if now >= next_tick:
                 self.notifier.pet(now)
@@ -180,25 +180,10 @@ class Agent:
             self._assign()
             self._flush()
 
-    def _read(self, sock: zmq.Socket, handle) -> None:
-        for _ in range(1000):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            identity = frames[0].bytes
-            try:
-                msg = wire.decode(frames[1:])
-            except wire.VersionMismatch as exc:
-                self.counters["dropped_messages"] += 1
-                loop.send(sock, wire.Refused(str(exc)), identity)
-                continue
-            except wire.ProtocolError as exc:
-                self.counters["dropped_messages"] += 1
-                if self.counters["dropped_messages"] <= 10:
-                    log.warning("dropping malformed message: %s", exc)
-                continue
-            handle(identity, msg)
+    def _bad(self, identity: bytes, why: str) -> None:
+        self.counters["dropped_messages"] += 1
+        if self.counters["dropped_messages"] <= 10:
+            log.warning("dropping malformed message from %r: %s", identity[:64], why)
 
     # --------------------------------------------------------------- events
 

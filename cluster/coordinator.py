@@ -131,9 +131,9 @@ class Coordinator:
                 for kind, value in self.waker.drain():
                     self._on_event(kind, value)
             if self.clients in ready:
-                self._read(self.clients, self._on_client_message)
+                loop.read_router(self.clients, self._on_client_message, self._bad)
             if self.agents in ready:
-                self._read(self.agents, self._on_agent_message)
+                loop.read_router(self.agents, self._on_agent_message, self._bad)
             now = time.monotonic()
             if now >= next_tick:
                 self.notifier.pet(now)
@@ -142,25 +142,6 @@ class Coordinator:
             if self.leading:
                 self._dispatch()
                 self._deliver()
-
-    def _read(self, sock: zmq.Socket, handle: Callable[[bytes, list], None]) -> None:
-        # Bounded, so one busy socket cannot starve the other steps.
-        for _ in range(1000):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            identity = frames[0].bytes
-            try:
-                msg = wire.decode(frames[1:])
-            except wire.VersionMismatch as exc:
-                self._bad(identity, str(exc))
-                loop.send(sock, wire.Refused(str(exc)), identity)
-                continue
-            except wire.ProtocolError as exc:
-                self._bad(identity, str(exc))
-                continue
-            handle(identity, msg)
 
     def _bad(self, identity: bytes, why: str) -> None:
         self.counters["dropped_messages"] += 1

@@ -13,11 +13,12 @@ import logging
 import os
 import queue
 import socket
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import zmq
 
+from . import wire
 from .wire import Message
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,31 @@ def send(sock: zmq.Socket, msg: Message, identity: bytes | None = None) -> bool:
         if exc.errno == zmq.EHOSTUNREACH:
             return False
         raise
+
+
+def read_router(sock: zmq.Socket, handle: Callable[[bytes, Message], None],
+                bad: Callable[[bytes, str], None], limit: int = 1000) -> None:
+    """Decode what a ROUTER socket has waiting and hand each message to ``handle``.
+
+    Malformed frames go to ``bad`` and the loop goes on; a peer speaking another
+    protocol version is also told so. Bounded, so one busy socket cannot starve
+    the loop's other steps."""
+    for _ in range(limit):
+        try:
+            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return
+        identity = frames[0].bytes
+        try:
+            msg = wire.decode(frames[1:])
+        except wire.VersionMismatch as exc:
+            bad(identity, str(exc))
+            send(sock, wire.Refused(str(exc)), identity)
+            continue
+        except wire.ProtocolError as exc:
+            bad(identity, str(exc))
+            continue
+        handle(identity, msg)
 
 
 def bind(sock: zmq.Socket, address: str) -> str:
