@@ -45,7 +45,8 @@ def main() -> None:
             except psutil.NoSuchProcess:
                 break
             time.sleep(1.0)
-        _, err = client.communicate()
+        err = client.stderr.read()
+        client.wait()
         wall = time.monotonic() - started
     print(err.decode().strip().splitlines()[-1])
     print(f"{n:,} inputs via stdin in {wall:.1f} s, exit status {client.returncode}")
