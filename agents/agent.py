@@ -26,7 +26,7 @@ import psutil
 import zmq
 from kazoo.client import KazooState
 
-from cluster import loop, payload, wire
+from cluster import layout, loop, payload, wire
 from cluster.sdnotify import Notifier
 from cluster.config import AgentConfig
 from cluster.layout import AgentRecord
@@ -89,6 +89,7 @@ class Agent:
             wire.JobSpec: self._on_job_spec,
             wire.Dispatch: self._on_dispatch,
             wire.EndJob: self._on_end_job,
+            wire.DropTasks: self._on_drop_tasks,
         }
 
     # ------------------------------------------------------------ lifecycle
@@ -117,6 +118,8 @@ class Agent:
             self.registration = Registration(zk, self.cfg.cluster, self._record())
             self.pool.converge(time.monotonic())
             self.registration.register()
+            self._drain_request = layout.drain_path(self.cfg.cluster, self.node_id)
+            zk.DataWatch(self._drain_request, self._on_drain_request)
             log.info("agent %s registered: endpoint %s, %d workers (%d usable cpus)", self.node_id,
                      self.endpoint, self.workers, self.resources.usable_cpus)
             self.notifier.ready(f"registered as {self.node_id} at {self.endpoint} with {self.workers} workers")
@@ -124,6 +127,7 @@ class Agent:
                 on_registered(self)
             self._loop()
             self.registration.deregister()
+            self._clear_drain_request(zk)
             log.info("agent %s deregistered", self.node_id)
         finally:
             self.pool.stop()
@@ -169,6 +173,7 @@ class Agent:
             now = time.monotonic()
             if now >= next_tick:
                 self.notifier.pet(now)
+                self._enforce_limits(now)
                 self._reap(now)
                 self.pool.converge(now)
                 next_tick = now + tick
@@ -262,14 +267,58 @@ class Agent:
             self.queue.append(QueuedTask(msg.job_id, index, attempt, args))
 
     def _on_end_job(self, identity: bytes, msg: wire.EndJob) -> None:
-        if self.jobs.pop(msg.job_id, None) is None:
-            return
-        self.queue = collections.deque(t for t in self.queue if t.job_id != msg.job_id)
-        self.outbox = [r for r in self.outbox if r[0][0] != msg.job_id]
-        for slot in self.pool.slots:
-            if slot.task is not None and slot.task.job_id == msg.job_id:
-                self.pool.kill(slot)  # cancelled: free the worker now; reaping restarts it
-                slot.task = None  # so its exit reports no lost task
+        if self.jobs.pop(msg.job_id, None) is not None:
+            self._drop(lambda job_id, index: job_id == msg.job_id)
+
+    def _on_drop_tasks(self, identity: bytes, msg: wire.DropTasks) -> None:
+        doomed = set(msg.indices)
+        self._drop(lambda job_id, index: job_id == msg.job_id and index in doomed)
+
+    def _drop(self, doomed) -> None:
+        """Forget cancelled tasks: queued ones vanish, running ones lose their worker now."""
+        self.queue = collections.deque(t for t in self.queue if not doomed(t.job_id, t.index))
+        self.outbox = [r for r in self.outbox if not doomed(r[0][0], r[0][1])]
+        for slot in self.pool.busy():
+            if doomed(slot.task.job_id, slot.task.index):
+                self._stop_task(slot)
+
+    def _stop_task(self, slot) -> None:
+        slot.task = None  # so its exit reports no lost task; reaping restarts the worker
+        self.pool.kill(slot)
+
+    def _enforce_limits(self, now: float) -> None:
+        for slot in self.pool.busy():
+            job = self.jobs.get(slot.task.job_id)
+            if job is None:
+                continue
+            timeout = job.options.get("timeout")
+            if isinstance(timeout, (int, float)) and 0 < timeout < now - slot.task_started:
+                err = payload.failure("TaskTimeout", f"task ran longer than its {timeout:g} s timeout; "
+                                                     "its worker was killed")
+                self.outbox.append((slot.task.key, wire.ERROR, err))
+                self._stop_task(slot)
+                continue
+            limit = job.options.get("max_memory")
+            if isinstance(limit, int) and limit > 0:
+                rss = _rss(slot.proc.pid)
+                if rss > limit:
+                    err = payload.lost_error(f"worker exceeded the task memory limit ({rss / 2**20:.0f} MiB > "
+                                             f"{limit / 2**20:.0f} MiB) and was killed")
+                    self.outbox.append((slot.task.key, wire.LOST, err))
+                    self._stop_task(slot)
+
+    def _on_drain_request(self, data: bytes | None, stat: object) -> bool | None:
+        if data is not None:
+            log.info("drain requested through ZooKeeper")
+            self.waker.post(("drain", None))
+            return False
+        return None
+
+    def _clear_drain_request(self, zk) -> None:
+        try:
+            zk.delete(self._drain_request)
+        except Exception:  # absent, or ZooKeeper gone: nothing to clean
+            pass
 
     # -------------------------------------------------------------- workers
 
@@ -314,7 +363,7 @@ class Agent:
                 self.queue.appendleft(task)
                 continue
             slot.digests.add(job.digest)
-            self.pool.assign(slot, task)
+            self.pool.assign(slot, task, time.monotonic())
 
     def _flush(self) -> None:
         if not self.outbox or self.leader is None:
@@ -336,6 +385,13 @@ class Agent:
             return
         free = max(0, self.capacity - len(self.queue) - sum(1 for s in self.pool.slots if s.task is not None))
         loop.send(self.front, wire.Heartbeat(self.node_id, self.max_epoch, free), self.leader)
+
+
+def _rss(pid: int) -> int:
+    try:
+        return psutil.Process(pid).memory_info().rss
+    except psutil.Error:
+        return 0
 
 
 def _process_start() -> float:

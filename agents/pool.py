@@ -48,7 +48,8 @@ class Slot:
     state: State = State.BACKOFF
     proc: Process | None = None
     identity: bytes = b""
-    task: Any = None  # the task key while BUSY
+    task: Any = None  # the task while BUSY; None once it was cancelled or timed out
+    task_started: float = 0.0
     started: float = 0.0
     retry_at: float = 0.0
     backoff: float = 0.0
@@ -109,8 +110,11 @@ class WorkerPool:
                 return slot
         return None
 
-    def assign(self, slot: Slot, task: Any) -> None:
-        slot.state, slot.task = State.BUSY, task
+    def assign(self, slot: Slot, task: Any, now: float) -> None:
+        slot.state, slot.task, slot.task_started = State.BUSY, task, now
+
+    def busy(self) -> list[Slot]:
+        return [s for s in self.slots if s.state is State.BUSY and s.task is not None]
 
     def done(self, slot: Slot) -> Any:
         task, slot.task, slot.state = slot.task, None, State.IDLE

@@ -72,6 +72,11 @@ class JobHandle:
             self.client._wake()
         return True
 
+    def cancel(self, index: int) -> None:
+        """Drop one task: the cluster forgets it (stopping it if it runs) and its
+        window slot is freed. Safe from any thread."""
+        self.client._post(("cancel", (self, index)))
+
     def close(self) -> None:
         """Tell the cluster the job is over: queued tasks are dropped, running ones stopped."""
         if not self.closed:
@@ -217,6 +222,12 @@ class ClusterClient:
             job = value  # type: ignore[assignment]
             self.jobs.pop(job.job_id, None)
             loop.send(self.sock, wire.CancelJob(job.job_id))
+        elif kind == "cancel":
+            job, index = value  # type: ignore[misc]
+            self._send_new()  # so the task is outstanding (and its cancel follows its submit)
+            if job.outstanding.pop(index, None) is not None:
+                job._slots.release()
+                loop.send(self.sock, wire.CancelTasks(job.job_id, [index]))
         elif kind == "leader":
             record: LeaderRecord = value  # type: ignore[assignment]
             if (record.endpoint, record.epoch) != (self.leader.endpoint, self.leader.epoch):

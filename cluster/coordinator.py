@@ -64,6 +64,7 @@ class Coordinator:
             wire.SubmitJob: self._on_submit_job,
             wire.SubmitTasks: self._on_submit_tasks,
             wire.CancelJob: self._on_cancel_job,
+            wire.CancelTasks: self._on_cancel_tasks,
             wire.Heartbeat: self._on_client_heartbeat,
         }
         self.agent_handlers = {
@@ -266,6 +267,12 @@ class Coordinator:
 
     def _on_cancel_job(self, identity: bytes, msg: wire.CancelJob) -> None:
         self._end_job(msg.job_id)
+
+    def _on_cancel_tasks(self, identity: bytes, msg: wire.CancelTasks) -> None:
+        for node_id, indices in self.scheduler.cancel_tasks(msg.job_id, msg.indices).items():
+            peer = self.peers.get(node_id)
+            if peer is not None and peer.up:
+                loop.send(self.agents, wire.DropTasks(self.epoch, msg.job_id, indices), peer.identity)
 
     def _on_client_heartbeat(self, identity: bytes, msg: wire.Heartbeat) -> None:
         now = time.monotonic()

@@ -26,13 +26,18 @@ FUNCTION_CACHE = 256
 
 class Executor(cf.Executor):
     def __init__(self, zk: str | None = None, cluster: str | None = None, *, retries: int = 2,
-                 window: int = 10_000, connect_timeout: float = 10.0):
+                 window: int = 10_000, connect_timeout: float = 10.0, timeout: float | None = None,
+                 max_memory: int | None = None):
+        """``timeout``: seconds a task may run before its worker is killed and it
+        fails with ``TaskTimeout``; ``max_memory``: bytes of RSS a worker may use
+        for a task before it is killed (the task is retried, then ``WorkerLost``)."""
         self._client = ClusterClient(
             zk or os.environ.get("CLUSTER_ZK", "127.0.0.1:2181"),
             cluster or os.environ.get("CLUSTER_NAME", "default"),
             connect_timeout=connect_timeout,
         )
-        self._options = {"retries": retries, "window": window, "result_format": payload.RESULT_PICKLE}
+        self._options = {"retries": retries, "window": window, "result_format": payload.RESULT_PICKLE,
+                         "timeout": timeout, "max_memory": max_memory}
         self._lock = threading.Lock()
         self._digests: collections.OrderedDict[int, tuple[Callable, str]] = collections.OrderedDict()
         self._jobs: dict[str, JobHandle] = {}  # by function digest: one cluster job per function
@@ -52,6 +57,7 @@ class Executor(cf.Executor):
         index = next(self._counter)
         self._futures[index] = future
         job.submit(index, payload.pack_args(args, kwargs))
+        future.add_done_callback(lambda f: f.cancelled() and job.cancel(index))
         return future
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None, chunksize: int = 1,

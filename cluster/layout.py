@@ -1,6 +1,7 @@
 """The ZooKeeper layout of a cluster and the records stored in its znodes.
 
     /clusterd/<cluster>/agents/<node-id>        ephemeral, AgentRecord JSON
+    /clusterd/<cluster>/drain/<node-id>         a drain request for that agent
     /clusterd/<cluster>/coordinator/election/   kazoo Election (lock) children
     /clusterd/<cluster>/coordinator/epoch       persistent; its version is the epoch counter
     /clusterd/<cluster>/coordinator/leader      ephemeral, LeaderRecord JSON
@@ -44,6 +45,11 @@ def agents_path(cluster: str) -> str:
 
 def agent_path(cluster: str, node_id: str) -> str:
     return f"{agents_path(cluster)}/{check_name(node_id, 'node id')}"
+
+
+def drain_path(cluster: str, node_id: str) -> str:
+    """A request for an agent to drain (``clusterctl drain``); the agent removes it when it leaves."""
+    return f"{cluster_root(cluster)}/drain/{check_name(node_id, 'node id')}"
 
 
 def coordinator_path(cluster: str) -> str:

@@ -56,6 +56,14 @@ class WorkerLost(Exception):
     """The worker running the task died (crash, signal, memory) and retries ran out."""
 
 
+class TaskTimeout(TimeoutError):
+    """The task ran past its --timeout; its worker was killed."""
+
+
+# Failures the cluster itself reports (no remote exception object exists for them).
+CLUSTER_FAILURES = {"WorkerLost": WorkerLost, "TaskTimeout": TaskTimeout}
+
+
 def digest(blob: bytes) -> str:
     return hashlib.blake2b(blob, digest_size=16).hexdigest()
 
@@ -177,11 +185,14 @@ def pack_error(exc: BaseException, fmt: str) -> bytes:
     return msgpack.packb(record, use_bin_type=True)
 
 
+def failure(kind: str, message: str) -> bytes:
+    """An error record for a failure the cluster observed (a lost worker, a timeout)."""
+    return msgpack.packb({"type": kind, "message": message, "traceback": "", "detail": None, "exc": None},
+                         use_bin_type=True)
+
+
 def lost_error(reason: str) -> bytes:
-    """The record the coordinator sends when a task's worker died too often."""
-    return msgpack.packb(
-        {"type": "WorkerLost", "message": reason, "traceback": "", "detail": None, "exc": None}, use_bin_type=True
-    )
+    return failure("WorkerLost", reason)
 
 
 def load_error(blob: bytes) -> dict:
@@ -203,8 +214,8 @@ def error_to_exception(record: dict) -> BaseException:
         except Exception:
             exc = None
     if exc is None:
-        cls = WorkerLost if record["type"] == "WorkerLost" else TaskError
-        exc = cls(f"{record['type']}: {record['message']}")
+        cls = CLUSTER_FAILURES.get(record["type"])
+        exc = cls(record["message"]) if cls else TaskError(f"{record['type']}: {record['message']}")
     if record.get("traceback"):
         exc.__cause__ = RemoteTraceback(record["traceback"])
     return exc

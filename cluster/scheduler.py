@@ -26,6 +26,7 @@ class Task:
     crashes: int = 0  # times its worker died under it
     losses: int = 0  # times its agent was lost while holding it
     node: str | None = None  # the agent running the current attempt
+    queued: bool = False  # listed in its job's queue (entries of finished tasks are skipped lazily)
 
 
 @dataclasses.dataclass
@@ -65,9 +66,17 @@ class Batch:
     tasks: list[tuple[int, int, bytes]]  # (index, attempt, args)
 
 
+ORPHAN_LIMIT = 100_000  # results kept for jobs this coordinator does not know (yet)
+
+
 class Scheduler:
     def __init__(self, *, max_batch: int = 256, max_node_losses: int = 3):
         self.jobs: dict[str, Job] = {}
+        # After a leader change, agents report tasks they still hold and send results
+        # for jobs whose clients have not reconnected yet. Both are kept here so the
+        # resubmitted tasks are matched to them instead of running again.
+        self.orphan_results: collections.OrderedDict[tuple[str, int], tuple[int, bytes]] = collections.OrderedDict()
+        self.orphan_held: dict[tuple[str, int], tuple[str, int]] = {}
         self.agents: dict[str, AgentSlot] = {}
         self.max_batch = max_batch
         self.max_node_losses = max_node_losses
@@ -95,18 +104,46 @@ class Scheduler:
             if index in job.tasks:
                 self.counters["duplicate_submissions"] += 1
                 continue
-            job.tasks[index] = Task(args)
-            job.queue.append(index)
+            key = (job.job_id, index)
+            task = job.tasks[index] = Task(args)
+            if key in self.orphan_results:
+                self._deliver(job, index, *self.orphan_results.pop(key))
+                self.counters["orphan_results_used"] += 1
+                continue
+            held = self.orphan_held.pop(key, None)
+            if held is not None and held[0] in self.agents:
+                task.node, task.attempt = held  # still running where the old leader put it
+                self.counters["orphan_tasks_adopted"] += 1
+            else:
+                self._enqueue(job, index, task)
             added += 1
-        self.queued += added
         return added
+
+    def cancel_tasks(self, job_id: str, indices: list[int]) -> dict[str, list[int]]:
+        """Forget tasks the client cancelled; returns, by agent, those running there."""
+        job = self.jobs.get(job_id)
+        running: dict[str, list[int]] = collections.defaultdict(list)
+        for index in indices if job else ():
+            task = job.tasks.pop(index, None)
+            if task is None:
+                continue
+            if task.queued:
+                self.queued -= 1  # its queue entry is skipped when popped
+            else:
+                running[task.node].append(index)
+                slot = self.agents.get(task.node)
+                if slot is not None:
+                    slot.in_flight.discard((job_id, index, task.attempt))
+        return dict(running)
 
     def end_job(self, job_id: str) -> list[str]:
         """Forget a job; returns the agents that must be told to drop it."""
         job = self.jobs.pop(job_id, None)
+        for key in [k for k in self.orphan_results if k[0] == job_id]:
+            del self.orphan_results[key]
         if job is None:
             return []
-        self.queued -= sum(1 for i in job.queue if i in job.tasks and job.tasks[i].node is None)
+        self.queued -= sum(1 for task in job.tasks.values() if task.queued)
         nodes = [n for n, a in self.agents.items() if job_id in a.jobs]
         for agent in self.agents.values():
             agent.jobs.discard(job_id)
@@ -125,6 +162,9 @@ class Scheduler:
         # Tasks it already holds use its credit until their results come back.
         slot.in_flight = {(str(j), int(i), int(a)) for j, i, a in held}
         self.agents[node_id] = slot
+        for job_id, index, attempt in slot.in_flight:
+            if job_id not in self.jobs:
+                self.orphan_held[(job_id, index)] = (node_id, attempt)
 
     def agent_draining(self, node_id: str) -> None:
         if node_id in self.agents:
@@ -135,6 +175,8 @@ class Scheduler:
         slot = self.agents.pop(node_id, None)
         if slot is None:
             return 0
+        for key in [k for k, (node, _) in self.orphan_held.items() if node == node_id]:
+            del self.orphan_held[key]
         requeued = 0
         for job_id, index, attempt in slot.in_flight:
             job = self.jobs.get(job_id)
@@ -147,8 +189,7 @@ class Scheduler:
                 reason = f"the node running it was lost {task.losses} times (last: {node_id})"
                 self._deliver(job, index, wire.LOST, payload.lost_error(reason))
             else:
-                job.queue.appendleft(index)
-                self.queued += 1
+                self._enqueue(job, index, task, front=True)
                 requeued += 1
         return requeued
 
@@ -159,7 +200,11 @@ class Scheduler:
         if slot is not None:
             slot.in_flight.discard((job_id, index, attempt))
         job = self.jobs.get(job_id)
-        task = job.tasks.get(index) if job else None
+        if job is None:
+            if status in (wire.OK, wire.ERROR):
+                self._keep_orphan(job_id, index, status, frame)
+            return
+        task = job.tasks.get(index)
         if task is None:
             self.counters["duplicate_results"] += 1
             return
@@ -171,15 +216,26 @@ class Scheduler:
             if task.crashes > job.retries:
                 self._deliver(job, index, wire.LOST, frame)
             else:
-                job.queue.appendleft(index)
-                self.queued += 1
+                self._enqueue(job, index, task, front=True)
                 self.counters["retries"] += 1
         else:
             self.counters["stale_results"] += 1
 
+    def _enqueue(self, job: Job, index: int, task: Task, front: bool = False) -> None:
+        (job.queue.appendleft if front else job.queue.append)(index)
+        task.queued = True
+        self.queued += 1
+
+    def _keep_orphan(self, job_id: str, index: int, status: int, frame: bytes) -> None:
+        self.orphan_held.pop((job_id, index), None)
+        self.orphan_results[(job_id, index)] = (status, frame)
+        self.counters["orphan_results"] += 1
+        while len(self.orphan_results) > ORPHAN_LIMIT:
+            self.orphan_results.popitem(last=False)  # oldest first: its client is likely gone
+
     def _deliver(self, job: Job, index: int, status: int, frame: bytes) -> None:
         task = job.tasks.pop(index)
-        if task.node is None and index in job.queue:
+        if task.queued:
             self.queued -= 1  # still listed in the queue; skipped lazily when popped
         job.outbox.append((index, status, frame))
         self.counters["delivered"] += 1
@@ -243,8 +299,9 @@ class Scheduler:
         while job.queue and len(out) < limit:
             index = job.queue.popleft()
             task = job.tasks.get(index)
-            if task is None or task.node is not None:
-                continue  # delivered or already running: a stale queue entry
+            if task is None or not task.queued:
+                continue  # delivered or cancelled meanwhile: a stale queue entry
+            task.queued = False
             task.attempt += 1
             task.node = node_id
             self.queued -= 1

@@ -231,6 +231,18 @@ class CancelJob(Message):
 
 
 @dataclasses.dataclass(frozen=True)
+class CancelTasks(Message):
+    """The client no longer wants these tasks (``Future.cancel()``)."""
+
+    KIND = 16
+    job_id: str
+    indices: list
+
+    def validate(self) -> None:
+        _ints(self.indices, "CancelTasks.indices")
+
+
+@dataclasses.dataclass(frozen=True)
 class JobFailed(Message):
     """The coordinator cannot run this job at all (e.g. unknown job id)."""
 
@@ -331,6 +343,19 @@ class EndJob(Message):
     KIND = 25
     epoch: int
     job_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DropTasks(Message):
+    """Coordinator to agent: forget these tasks; stop any that are running."""
+
+    KIND = 27
+    epoch: int
+    job_id: str
+    indices: list
+
+    def validate(self) -> None:
+        _ints(self.indices, "DropTasks.indices")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -52,7 +52,7 @@ def test_death_under_a_task_reports_it_and_restarts_at_once():
     pool.converge(0.0)
     pool.on_ready(0, procs[0].pid, b"w0")
     slot = pool.idle()[0]
-    pool.assign(slot, "task-1")
+    pool.assign(slot, "task-1", 0.5)
     procs[0].code = -9
     (ex,) = pool.reap(1.0)
     assert ex.task == "task-1" and "signal 9 (SIGKILL)" in ex.reason

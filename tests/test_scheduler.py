@@ -96,3 +96,38 @@ def test_draining_agent_gets_nothing_and_held_tasks_count_against_credit():
     job = s.add_job("j", b"c", b"f", "d", {}, 0.0)
     s.add_tasks(job, [0, 1, 2], (b"", b"", b""))
     assert dispatched(s.plan()) == {"a": [0]}
+
+
+def test_new_leader_adopts_tasks_agents_still_hold_and_their_early_results():
+    """After a failover, agents report held tasks and send results before the
+    client has resubmitted: nothing held is run twice, nothing finished is lost."""
+    s = Scheduler()
+    s.agent_up("a", 2, 4, [["j", 0, 1], ["j", 1, 3]])
+    s.on_result("a", "j", 0, 1, wire.OK, b"early")  # arrives before the client reconnects
+    job = s.add_job("j", b"client", b"fn", "d", {}, 0.0)
+    s.add_tasks(job, [0, 1, 2], (b"", b"", b""))
+    assert job.outbox == [(0, wire.OK, b"early")]
+    assert job.tasks[1].node == "a" and job.tasks[1].attempt == 3  # adopted, not queued
+    assert s.queued == 1
+    s.on_result("a", "j", 1, 3, wire.OK, b"held")
+    assert job.outbox[-1] == (1, wire.OK, b"held")
+    assert dispatched(s.plan()) == {"a": [2]}
+
+
+def test_adopted_task_is_requeued_if_its_agent_dies():
+    s = Scheduler()
+    s.agent_up("a", 1, 2, [["j", 5, 1]])
+    s.agent_up("b", 1, 2, [])
+    job = s.add_job("j", b"c", b"f", "d", {}, 0.0)
+    s.add_tasks(job, [5], (b"",))
+    assert s.agent_down("a") == 1
+    assert dispatched(s.plan()) == {"b": [5]}
+
+
+def test_cancelled_tasks_leave_the_queue_and_running_ones_are_named():
+    s, job = make(6, agents=(("a", 1, 2),))
+    s.plan()  # 0 and 1 go to "a"
+    running = s.cancel_tasks("j", [1, 3, 99])
+    assert running == {"a": [1]}
+    assert s.queued == 3 and len(s.agents["a"].in_flight) == 1
+    assert sorted(t[0] for b in s.plan() for t in b.tasks) == [2]

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from . import coordinator_cmd, nodes, submit, up
+from . import coordinator_cmd, drain, nodes, submit, up
 
 app = typer.Typer(
     help="Run Python functions and shell commands over a cluster of machines.\n\n"
@@ -33,6 +33,7 @@ app.command(name="coordinator", help=coordinator_cmd.__doc__)(coordinator_cmd.co
 app.command(name="submit", help=submit.__doc__)(submit.submit)
 app.command(name="nodes", help=nodes.__doc__)(nodes.nodes)
 app.command(name="up", help=up.__doc__)(up.up)
+app.command(name="drain", help=drain.__doc__)(drain.drain)
 
 
 def main() -> None:

@@ -62,6 +62,8 @@ def submit(
     retries: int = typer.Option(2, "--retries", min=0, max=100, help="Retries of a task whose worker died."),
     window: int = typer.Option(10_000, "--window", min=1, help="Most tasks in flight; bounds memory."),
     connect_timeout: float = typer.Option(10.0, "--connect-timeout", help="Seconds to reach ZooKeeper and the coordinator."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds a task may run; then its worker is killed and it fails with TaskTimeout."),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Memory a worker may use for a task, e.g. 512M or 2G; over it the worker is killed."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: when stderr is a terminal)."),
 ) -> None:
     with common.clear_errors():
@@ -71,9 +73,10 @@ def submit(
     function = _function_blob(target, shell)
     with common.clear_errors():
         source = _range_inputs(*range_, star) if range_ else _file_inputs(inputs, star, shell)
+    limits = {"timeout": timeout, "max_memory": _size(max_memory) if max_memory else None}
     out: IO[str] = open(output, "w") if output else sys.stdout
     try:
-        code = _run(common_cfg, function, source, out, ordered=ordered, retries=retries, window=window,
+        code = _run(common_cfg, function, source, out, ordered=ordered, retries=retries, window=window, limits=limits,
                     connect_timeout=connect_timeout, shell=shell,
                     progress=sys.stderr.isatty() if progress is None else progress)
     finally:
@@ -83,6 +86,20 @@ def submit(
 
 
 # ----------------------------------------------------------------- function
+
+
+def _size(text: str) -> int:
+    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    number, unit = text.strip().upper().rstrip("IB"), ""
+    if number and number[-1] in units:
+        number, unit = number[:-1], number[-1]
+    try:
+        value = int(float(number) * units[unit])
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise common.fail(f"--max-memory {text!r} is not a size like 512M or 2G")
+    return value
 
 
 def _function_blob(target: List[str], shell: bool) -> bytes:
@@ -177,7 +194,7 @@ def _file_inputs(name: str, star: bool, shell: bool) -> Inputs:
 
 
 def _run(cfg: config.Common, function: bytes, source: Inputs, out: IO[str], *, ordered: bool, retries: int,
-         window: int, connect_timeout: float, shell: bool, progress: bool) -> int:
+         window: int, limits: dict, connect_timeout: float, shell: bool, progress: bool) -> int:
     results: queue.SimpleQueue = queue.SimpleQueue()
     started = time.monotonic()
     with common.clear_errors():
@@ -185,7 +202,7 @@ def _run(cfg: config.Common, function: bytes, source: Inputs, out: IO[str], *, o
     try:
         with common.clear_errors():
             job = client.open_job(function, {"retries": retries, "window": window,
-                                             "result_format": payload.RESULT_JSON},
+                                             "result_format": payload.RESULT_JSON, **limits},
                                   lambda i, s, b: results.put((i, s, b)))
         if job.workers == 0 and source.count:
             typer.echo(f"clusterctl: no workers in cluster {cfg.cluster!r} yet; tasks wait until an agent joins",

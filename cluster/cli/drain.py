@@ -1,0 +1,56 @@
+"""Ask an agent to drain: it takes no new tasks, finishes what it holds, deregisters and exits 0.
+
+The request goes through ZooKeeper, so it works from any machine that can reach the
+ensemble, with or without a coordinator. --wait follows the agent until it has left.
+
+Examples:
+
+  clusterctl drain node-17
+
+  clusterctl drain node-17 --wait --timeout 120
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import typer
+from kazoo.exceptions import NodeExistsError
+
+from .. import config, layout
+from ..zk import close as zk_close
+from ..zk import connect as zk_connect
+from . import common
+
+
+def drain(
+    node_id: str = typer.Argument(..., help="The node id, as `clusterctl nodes` shows it."),
+    zk: common.ZkOpt = common.ZK,
+    cluster: Optional[str] = common.CLUSTER,
+    config_file: Optional[str] = common.CONFIG,
+    wait: bool = typer.Option(False, "--wait", help="Wait until the agent has left the cluster."),
+    timeout: float = typer.Option(300.0, "--timeout", help="Seconds --wait waits before giving up (exit 1)."),
+) -> None:
+    with common.clear_errors():
+        cfg = config.load(config.Common, config_file, dict(zk=zk, cluster=cluster))
+        agent = layout.agent_path(cfg.cluster, node_id)
+        client = zk_connect(cfg.zk, timeout=10.0)
+    try:
+        if not client.exists(agent):
+            raise common.fail(f"no agent {node_id!r} in cluster {cfg.cluster!r} (see `clusterctl nodes`)")
+        try:
+            client.create(layout.drain_path(cfg.cluster, node_id), b"drain", makepath=True)
+        except NodeExistsError:
+            pass  # already asked: asking twice is the same request
+        typer.echo(f"clusterctl: asked {node_id} to drain", err=True)
+        if not wait:
+            return
+        deadline = time.monotonic() + timeout
+        while client.exists(agent):
+            if time.monotonic() > deadline:
+                raise common.fail(f"{node_id} is still draining after {timeout:g} s", common.EXIT_FAILED)
+            time.sleep(0.2)
+        typer.echo(f"clusterctl: {node_id} has drained and left", err=True)
+    finally:
+        zk_close(client)
