@@ -8,33 +8,39 @@ VENV   := .venv
 STAMP  := $(VENV)/.installed
 ZK_JAR := /usr/share/java/zookeeper.jar
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-PYTEST_ARGS ?=
+# What pytest gets; override to pick tests or add flags, e.g.
+#   make test PYTEST_ARGS='tests/test_zkserver.py -x'
+PYTEST_ARGS ?= tests
 
-.PHONY: demo test bench chaos zookeeper venv clean
+.PHONY: demo test bench zookeeper venv clean
 
 demo: venv zookeeper
 	$(VENV)/bin/clusterctl up --run '$(VENV)/bin/python examples/classic.py'
 
 test: venv zookeeper
-	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS) tests
+	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 bench: venv zookeeper
 	$(VENV)/bin/python bench/run.py
 
+# The stamp lives inside the venv (gone with it) and is older than pyproject.toml
+# only when the dependencies may have changed, so a re-run costs nothing.
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -e '.[test]'
+	@# -q still relays the build backend's deprecation banners: show pip's output only on failure.
+	@out=$$($(VENV)/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1) \
+		|| { echo "$$out"; echo "pip install -e '.[test]' failed"; exit 1; }
 	touch $(STAMP)
 
 zookeeper:
 	@if [ ! -f $(ZK_JAR) ] || ! command -v java >/dev/null; then \
 		echo "installing ZooKeeper from the distribution (apt)"; \
 		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq zookeeper >/dev/null; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zookeeper >/dev/null; \
 	fi
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -57,8 +57,14 @@ class Executor(cf.Executor):
         index = next(self._counter)
         self._futures[index] = future
         job.submit(index, payload.pack_args(args, kwargs))
-        future.add_done_callback(lambda f: f.cancelled() and job.cancel(index))
+        future.add_done_callback(lambda f: f.cancelled() and self._cancelled(job, index, f))
         return future
+
+    def _cancelled(self, job: JobHandle, index: int, future: cf.Future) -> None:
+        self._futures.pop(index, None)
+        # CANCELLED -> CANCELLED_AND_NOTIFIED, or wait() and as_completed() never see it done.
+        future.set_running_or_notify_cancel()
+        job.cancel(index)
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None, chunksize: int = 1,
             buffersize: int | None = None) -> Iterator:

@@ -65,8 +65,7 @@ def four_letter(host: str, port: int, cmd: str, timeout: float = 1.0) -> dict[st
 
 
 def srvr(host: str, port: int, timeout: float = 1.0) -> dict[str, str] | None:
-    """The ``srvr`` answer (``Mode``, ``Zxid``, ...), or None while the server is
-    unreachable or not serving (its reply then has no ``Mode``)."""
+    """The ``srvr`` answer (``Mode``, ``Zxid``...), or None if unreachable or not serving (no ``Mode``)."""
     info = four_letter(host, port, "srvr", timeout)
     return info if "Mode" in info else None
 
@@ -105,9 +104,8 @@ class ZooKeeperServer:
                  log_path: str | None = None, *, myid: int | None = None, peers: list[str] | None = None):
         self._own_dir = data_dir is None
         self.dir = Path(data_dir or tempfile.mkdtemp(prefix="clusterd-zk-"))
-        self.port, self.tick_time = port, tick_time
+        self.port, self.tick_time, self.myid, self.peers = port, tick_time, myid, peers
         self.log_path = Path(log_path) if log_path else self.dir / "zk.log"
-        self.myid, self.peers = myid, peers
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_start = 0  # log offset of the current launch, to judge only its output
 
@@ -165,7 +163,9 @@ class ZooKeeperServer:
         return False
 
     def start(self, timeout: float = 20.0) -> ZooKeeperServer:
-        _start_all([self], timeout, (lambda: setattr(self, "port", None)) if self.port is None else None)
+        """Launch and wait until serving. A failed start keeps the dir for the post-mortem; stop() clears it."""
+        if not self.running:  # a second launch would orphan the first JVM
+            _start_all([self], timeout, (lambda: setattr(self, "port", None)) if self.port is None else None)
         return self
 
     def kill(self) -> None:

@@ -1,63 +1,82 @@
-"""A real ZooKeeper for the whole test session (never a mock), a fresh cluster
-name (its own chroot) per test, and the server's log printed when a test fails."""
+"""Shared fixtures: one real ZooKeeper for the whole test session (never a mock),
+a fresh cluster name per test (so each test lives in its own subtree), and the
+server's log attached to the report of any failing test that used it.
+
+Cluster-process fixtures live in ``tests/helpers.py``."""
 
 from __future__ import annotations
 
 import re
-import socket
 import uuid
+from collections.abc import Iterator
 
 import pytest
+from kazoo.client import KazooClient
 
-from cluster.zkserver import ZooKeeperNotInstalled, ZooKeeperServer
+from cluster.zkserver import ZooKeeperNotInstalled, ZooKeeperServer, free_ports
+
+ZK_LOG_LINES = 50
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
-def pytest_runtest_makereport(item, call):
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     outcome = yield
     report = outcome.get_result()
+    # Fixtures read these in their teardown (item.rep_setup / rep_call / rep_teardown)
+    # to decide whether to print their logs.
     setattr(item, f"rep_{report.when}", report)
+    # A section on the failing report itself shows up in the failure summary
+    # for any phase, including a fixture failing during setup.
+    server = getattr(item, "funcargs", {}).get("zk_server")
+    if report.failed and isinstance(server, ZooKeeperServer):
+        report.sections.append((f"ZooKeeper log (last {ZK_LOG_LINES} lines, {server.log_path})",
+                                server.log_tail(ZK_LOG_LINES)))
 
 
 @pytest.fixture(scope="session")
-def zk_server(tmp_path_factory):
-    # tickTime 500 ms lets sessions expire in about a second in fault tests.
+def zk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKeeperServer]:
+    """A standalone ZooKeeper on a free loopback port for the whole session.
+    tickTime 500 ms lets a KazooClient(timeout=1) session expire in about a
+    second (the minimum session timeout is 2 ticks), so fault tests stay fast.
+    Its data dir and log stay under pytest's basetemp for post-mortems."""
     server = ZooKeeperServer(data_dir=str(tmp_path_factory.mktemp("zk")), tick_time=500)
     try:
         server.start()
     except ZooKeeperNotInstalled as exc:
+        server.stop()
         pytest.skip(f"needs ZooKeeper: {exc}")
-    yield server
-    server.stop()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
-def zk_connect(zk_server, request):
-    yield zk_server.connect_string
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        print(f"----- ZooKeeper log (last 50 lines) -----\n{zk_server.log_tail(50)}")
+def zk_connect(zk_server: ZooKeeperServer) -> str:
+    """The session server's connect string, "127.0.0.1:PORT"."""
+    return zk_server.connect_string
 
 
 @pytest.fixture
-def cluster_name(request):
-    base = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name)[:60].strip("-")
-    return f"t-{base}-{uuid.uuid4().hex[:6]}"
+def cluster_name(request: pytest.FixtureRequest) -> str:
+    """A name no other test (or earlier run against the same server) uses."""
+    base = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name).strip("-")[:60].rstrip("-")
+    return f"t-{base}-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture
-def kazoo_client(zk_connect):
-    from kazoo.client import KazooClient
-
+def kazoo_client(zk_connect: str) -> Iterator[KazooClient]:
+    """A connected client, stopped and closed at teardown."""
     client = KazooClient(hosts=zk_connect)
     client.start(timeout=10)
-    yield client
-    client.stop()
-    client.close()
+    try:
+        yield client
+    finally:
+        client.stop()
+        client.close()
 
 
 @pytest.fixture
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port() -> int:
+    """A loopback port that was free a moment ago (nothing listens on it)."""
+    return free_ports(1)[0]
