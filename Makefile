@@ -12,7 +12,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 #   make test PYTEST_ARGS='tests/test_zkserver.py -x'
 PYTEST_ARGS ?= tests
 
-.PHONY: demo test bench zookeeper venv clean
+.PHONY: demo test bench chaos zookeeper venv clean
 
 demo: venv zookeeper
 	$(VENV)/bin/clusterctl up --run '$(VENV)/bin/python examples/classic.py'
@@ -22,6 +22,14 @@ test: venv zookeeper
 
 bench: venv zookeeper
 	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/faults.py
+
+# A longer soak of the chaos scenarios: bigger jobs, several rounds.
+CHAOS_ROUNDS ?= 5
+chaos: venv zookeeper
+	for i in $$(seq $(CHAOS_ROUNDS)); do \
+		CHAOS_SCALE=5 $(VENV)/bin/python -m pytest -q -x -p no:randomly tests/chaos || exit 1; \
+	done
 
 # The stamp lives inside the venv (gone with it) and is older than pyproject.toml
 # only when the dependencies may have changed, so a re-run costs nothing.

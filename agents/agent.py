@@ -113,7 +113,7 @@ class Agent:
         try:
             bound = loop.bind(self.front, self.cfg.bind)
             self.endpoint = loop.advertised(bound, self.cfg.advertise, self.cfg.zk)
-            zk = zk_connect(self.cfg.zk, timeout=10.0)
+            zk = zk_connect(self.cfg.zk, timeout=10.0, session_timeout=self.cfg.zk_session_timeout)
             zk.add_listener(lambda state: self.waker.post(("zk", state)))
             self.registration = Registration(zk, self.cfg.cluster, self._record())
             self.pool.converge(time.monotonic())

@@ -42,6 +42,7 @@ def agent(
     heartbeat_interval: Optional[float] = typer.Option(None, help="Seconds between heartbeats (0.5)."),
     heartbeat_misses: Optional[int] = typer.Option(None, help="Missed heartbeats before the coordinator is lost (4)."),
     drain_timeout: Optional[float] = typer.Option(None, help="Seconds a drain waits for held tasks (30)."),
+    zk_session_timeout: Optional[float] = typer.Option(None, help="ZooKeeper session timeout; our znode goes this long after we vanish (10)."),
     log_level: str = common.LOG_LEVEL,
 ) -> None:
     common.setup_logging(log_level)
@@ -49,7 +50,7 @@ def agent(
         cfg = config.load(config.AgentConfig, config_file, dict(
             zk=zk, cluster=cluster, node_id=node_id, workers=workers, bind=bind, advertise=advertise,
             labels=config.parse_labels(label) if label else None, heartbeat_interval=heartbeat_interval,
-            heartbeat_misses=heartbeat_misses, drain_timeout=drain_timeout))
+            heartbeat_misses=heartbeat_misses, drain_timeout=drain_timeout, zk_session_timeout=zk_session_timeout))
         node = Agent(cfg)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: node.drain())

@@ -39,6 +39,7 @@ class AgentConfig(Common):
     heartbeat_misses: int = 4
     drain_timeout: float = 30.0
     restart_backoff_max: float = 30.0
+    zk_session_timeout: float = 10.0  # ZooKeeper drops our znode this long after we vanish
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -50,6 +51,7 @@ class CoordinatorConfig(Common):
     job_window: int = 10000  # most tasks a job may have queued or running at once
     max_batch: int = 256  # most tasks in one Dispatch or TaskResults message
     client_timeout: float = 30.0  # a job whose client is silent this long is cancelled
+    zk_session_timeout: float = 10.0  # a dead leader's lock is released after this; standbys then take over
 
 
 SECTIONS: dict[type, str] = {AgentConfig: "agent", CoordinatorConfig: "coordinator", Common: ""}

@@ -92,7 +92,7 @@ class Coordinator:
         self.agents.setsockopt(zmq.ROUTING_ID, self.id.encode())
         bound = loop.bind(self.clients, self.cfg.bind)
         self.endpoint = loop.advertised(bound, self.cfg.advertise, self.cfg.zk)
-        zk = zk_connect(self.cfg.zk, timeout=10.0)
+        zk = zk_connect(self.cfg.zk, timeout=10.0, session_timeout=self.cfg.zk_session_timeout)
         self.zk = zk
         self.membership = Membership(zk, self.cfg.cluster, lambda ev: self.waker.post(("member", ev)))
         self.election = election.LeaderElection(

@@ -101,7 +101,11 @@ class ZooKeeperServer:
     """One server: standalone, or an ensemble member given ``myid`` and ``peers`` (server.N lines)."""
 
     def __init__(self, data_dir: str | None = None, port: int | None = None, tick_time: int = 2000,
-                 log_path: str | None = None, *, myid: int | None = None, peers: list[str] | None = None):
+                 log_path: str | None = None, *, myid: int | None = None, peers: list[str] | None = None,
+                 host: str = "127.0.0.1"):
+        # ``host``: the address clients use; tests of partitions bind a veth address
+        # of a network namespace they created instead of loopback.
+        self.host = host
         self._own_dir = data_dir is None
         self.dir = Path(data_dir or tempfile.mkdtemp(prefix="clusterd-zk-"))
         self.port, self.tick_time, self.myid, self.peers = port, tick_time, myid, peers
@@ -111,7 +115,7 @@ class ZooKeeperServer:
 
     @property
     def connect_string(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -125,7 +129,7 @@ class ZooKeeperServer:
         data = self.dir / "data"
         data.mkdir(parents=True, exist_ok=True)
         lines = [f"tickTime={self.tick_time}", f"dataDir={data}", f"clientPort={self.port}",
-                 "clientPortAddress=127.0.0.1", "admin.enableServer=false", "4lw.commands.whitelist=*",
+                 f"clientPortAddress={self.host}", "admin.enableServer=false", "4lw.commands.whitelist=*",
                  # The default cap, 20 ticks, would cut a 30 s client session to 10 s at tickTime 500.
                  f"maxSessionTimeout={max(60_000, 20 * self.tick_time)}", "initLimit=10", "syncLimit=5"]
         if self.peers:
@@ -155,8 +159,8 @@ class ZooKeeperServer:
         """Poll until serving (True), or until the JVM exits or the deadline passes. ``conf``
         names the dataDir: proof that our JVM answered, not a server that won the port race."""
         while time.monotonic() < deadline and self.running:
-            if srvr("127.0.0.1", self.port or 0, 0.5) is not None:
-                conf = four_letter("127.0.0.1", self.port or 0, "conf", 0.5)
+            if srvr(self.host, self.port or 0, 0.5) is not None:
+                conf = four_letter(self.host, self.port or 0, "conf", 0.5)
                 if conf.get("dataDir", "").startswith(str(self.dir / "data")):
                     return True
             time.sleep(0.05)

@@ -6,7 +6,9 @@ Cluster-process fixtures live in ``tests/helpers.py``."""
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import uuid
 from collections.abc import Iterator
 
@@ -16,6 +18,9 @@ from kazoo.client import KazooClient
 from cluster.zkserver import ZooKeeperNotInstalled, ZooKeeperServer, free_ports
 
 ZK_LOG_LINES = 50
+
+# tests/chaos/ imports tests/helpers.py like the tests beside it do.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)

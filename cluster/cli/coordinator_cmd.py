@@ -27,13 +27,15 @@ def coordinator(
     advertise: Optional[str] = typer.Option(None, help="Host clients use to reach us (default: address routing to ZooKeeper)."),
     heartbeat_interval: Optional[float] = typer.Option(None, help="Seconds between heartbeats (0.5)."),
     heartbeat_misses: Optional[int] = typer.Option(None, help="Missed heartbeats before an agent is lost (4)."),
+    client_timeout: Optional[float] = typer.Option(None, help="Seconds of client silence before its job is cancelled (30)."),
+    zk_session_timeout: Optional[float] = typer.Option(None, help="ZooKeeper session timeout; a dead leader is replaced after it (10)."),
     log_level: str = common.LOG_LEVEL,
 ) -> None:
     common.setup_logging(log_level)
     with common.clear_errors():
         cfg = config.load(config.CoordinatorConfig, config_file, dict(
             zk=zk, cluster=cluster, bind=bind, advertise=advertise, heartbeat_interval=heartbeat_interval,
-            heartbeat_misses=heartbeat_misses))
+            heartbeat_misses=heartbeat_misses, client_timeout=client_timeout, zk_session_timeout=zk_session_timeout))
         node = Coordinator(cfg)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: node.stop())

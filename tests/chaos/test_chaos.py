@@ -1,0 +1,151 @@
+"""Chaos: each scenario runs a job of thousands of short tasks, injects one fault
+mid-job, and checks that every result arrives, correct, exactly once, that the
+job finishes, and that no orphan process is left. Real ZooKeeper, real processes."""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+
+import pytest
+
+from chaoslib import Job, assert_gone, ran_on
+from helpers import LocalCluster, local_cluster, wait_for  # noqa: F401
+
+FAST = ("--zk-session-timeout", "2")  # a dead leader is replaced in seconds, not ten
+
+
+def start(cluster: LocalCluster, coordinators: int = 1, agents: int = 2):
+    coords = [cluster.coordinator(*FAST, name=f"c{i + 1}") for i in range(coordinators)]
+    nodes = [cluster.agent(f"a{i + 1}", 2, *FAST) for i in range(agents)]
+    wait_for(lambda: cluster.leader() is not None, 20, what="a leader")
+    leader = next(c for c in coords if c.pid == cluster.leader().pid)
+    cluster.wait_ready(leader, [f"a{i + 1}" for i in range(agents)])
+    return coords, nodes
+
+
+def proc_named(cluster: LocalCluster, name: str):
+    return next(p for p in cluster.procs if p.name == name)
+
+
+@pytest.mark.parametrize("when,seed", [(0.1, 1), (0.5, 2), (0.8, 3)])
+def test_kill9_an_agent(local_cluster, tmp_path, when, seed):
+    _, agents = start(local_cluster)
+    victim = random.Random(seed).choice(agents)
+    workers = [c.pid for c in victim.children()]
+    job = Job(local_cluster, tmp_path, 4000)
+    job.wait_fraction(when)
+    victim.signal(signal.SIGKILL)
+    job.finish()
+    assert_gone(workers)
+
+
+def test_kill9_the_leader_twice_in_one_job(local_cluster, tmp_path):
+    coords, agents = start(local_cluster, coordinators=3)
+    job = Job(local_cluster, tmp_path, 5000)
+    epochs = [local_cluster.leader().epoch]
+    for fraction in (0.2, 0.6):
+        job.wait_fraction(fraction)
+        leader = next(c for c in coords if c.pid == local_cluster.leader().pid)
+        leader.signal(signal.SIGKILL)
+        wait_for(lambda: (rec := local_cluster.leader()) is not None and rec.pid != leader.pid, 30,
+                 what="a standby to take over")
+        epochs.append(local_cluster.leader().epoch)
+    job.finish()
+    assert epochs == sorted(epochs) and len(set(epochs)) == 3
+    for agent in agents:
+        assert agent.popen.poll() is None  # agents rode through both failovers
+
+
+def test_sigstop_an_agent_for_5s_then_sigcont(local_cluster, tmp_path):
+    coords, agents = start(local_cluster)
+    job = Job(local_cluster, tmp_path, 5000)
+    job.wait_fraction(0.2)
+    agents[0].signal(signal.SIGSTOP)
+    for worker in agents[0].children():
+        worker.suspend()  # a hung node: its workers stop too
+    time.sleep(5)
+    for worker in agents[0].children():
+        worker.resume()
+    agents[0].signal(signal.SIGCONT)
+    rows = job.finish()
+    assert coords[0].text().count("agent a1 connected") >= 2  # it came back and was taken back
+    assert "agent a1 silent" in coords[0].text()
+    assert set(ran_on(rows)) == {a.pid for a in agents}
+
+
+def test_drain_mid_job_then_a_restarted_agent_gets_work(local_cluster, tmp_path):
+    coords, agents = start(local_cluster)
+    job = Job(local_cluster, tmp_path, 5000)
+    job.wait_fraction(0.25)
+    agents[1].signal(signal.SIGTERM)
+    assert agents[1].popen.wait(30) == 0
+    again = local_cluster.agent("a2", 2, *FAST, name="a2-again")
+    rows = job.finish()
+    counts = ran_on(rows)
+    assert counts.get(again.pid, 0) > 0, counts  # the rejoined agent received work
+    assert counts.get(agents[1].pid, 0) > 0
+
+
+def test_worker_crash_memory_and_timeout_faults_in_a_big_job(local_cluster, tmp_path):
+    start(local_cluster)
+    module = tmp_path / "faulty.py"
+    module.write_text(
+        "import ctypes, os, time\n"
+        "def f(x):\n"
+        "    if x == 500: ctypes.string_at(0)\n"
+        "    if x == 1000: block = bytearray(400 * 2**20); time.sleep(3)\n"
+        "    if x == 1500: time.sleep(3600)\n"
+        "    time.sleep(0.002)\n"
+        "    return x * x\n")
+    res = local_cluster.clusterctl("submit", f"{module}:f", "--range", "0", "3000", "--max-memory", "250M",
+                                   "--timeout", "2", "--retries", "1", timeout=300)
+    assert res.returncode == 1, res.stderr
+    import json
+
+    rows = {r["index"]: r for r in map(json.loads, res.stdout.splitlines())}
+    assert sorted(rows) == list(range(3000))
+    assert rows[500]["error"].startswith("WorkerLost: worker exited with signal 11")
+    assert rows[1000]["error"].startswith("WorkerLost: worker exceeded the task memory limit")
+    assert rows[1500]["error"].startswith("TaskTimeout")
+    assert all(rows[i]["ok"] and rows[i]["result"] == i * i for i in rows if i not in (500, 1000, 1500))
+
+
+def test_client_killed_then_a_new_job_runs_cleanly(local_cluster, tmp_path):
+    coordinator = local_cluster.coordinator(*FAST, "--client-timeout", "3")
+    agents = [local_cluster.agent(f"a{i}", 2, *FAST) for i in (1, 2)]
+    local_cluster.wait_ready(coordinator, ["a1", "a2"])
+    job = Job(local_cluster, tmp_path, 50_000, name="abandoned")
+    job.wait_fraction(0.02)
+    job.proc.kill()
+    job.proc.wait()
+    wait_for(lambda: "client silent" in coordinator.text(), 30, what="the coordinator to drop the job")
+    second = Job(local_cluster, tmp_path, 2000, name="second")
+    rows = second.finish()
+    assert len(rows) == 2000
+    assert all(a.popen.poll() is None for a in agents)
+
+
+@pytest.mark.parametrize("fault", ["leader-killed-mid-job", "member-down-whole-job"])
+def test_zookeeper_ensemble_faults(tmp_path, cluster_name, fault):
+    from cluster.zkserver import ZooKeeperEnsemble
+
+    with ZooKeeperEnsemble(3, tick_time=500) as ensemble:
+        if fault == "member-down-whole-job":
+            ensemble.kill(next(i for i in range(3) if i != ensemble.leader_index()))
+        cluster = LocalCluster(ensemble.connect_string, cluster_name, tmp_path)
+        try:
+            coordinator = cluster.coordinator()
+            cluster.agent("a1", 2)
+            cluster.agent("a2", 2)
+            cluster.wait_ready(coordinator, ["a1", "a2"])
+            job = Job(cluster, tmp_path, 4000)
+            job.wait_fraction(0.3)
+            if fault == "leader-killed-mid-job":
+                ensemble.kill(ensemble.leader_index())
+            job.finish()
+            assert all(p.popen.poll() is None for p in cluster.procs)  # nobody noticed
+            assert "lost the lead" not in coordinator.text()
+        finally:
+            cluster.stop()

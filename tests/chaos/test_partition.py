@@ -1,0 +1,74 @@
+"""A network partition: one agent lives in its own network namespace (its own
+address, a veth pair to this host); the link is cut mid-job, then healed."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from chaoslib import Job, ran_on
+from cluster.zkserver import ZooKeeperServer
+from helpers import PY, LocalCluster, wait_for
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
+                                reason="network namespaces need root and iproute2")
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def netns():
+    """A namespace with one veth link to this host: 10.231.N.1 here, 10.231.N.2 there."""
+    tag = f"{os.getpid() % 1000}{random.randrange(100)}"
+    net = random.randrange(1, 250)
+    name, here, there = f"cz{tag}", f"czh{tag}", f"czn{tag}"
+    ip("netns", "add", name)
+    try:
+        ip("link", "add", here, "type", "veth", "peer", "name", there)
+        ip("link", "set", there, "netns", name)
+        ip("addr", "add", f"10.231.{net}.1/24", "dev", here)
+        ip("link", "set", here, "up")
+        ip("-n", name, "addr", "add", f"10.231.{net}.2/24", "dev", there)
+        ip("-n", name, "link", "set", there, "up")
+        ip("-n", name, "link", "set", "lo", "up")
+        yield {"name": name, "link": here, "host": f"10.231.{net}.1", "peer": f"10.231.{net}.2"}
+    finally:
+        subprocess.run(["ip", "link", "del", here], capture_output=True)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def test_partitioned_agent_is_written_off_then_rejoins_without_duplicates(netns, tmp_path, cluster_name):
+    with ZooKeeperServer(host=netns["host"], tick_time=500) as zk:
+        cluster = LocalCluster(zk.connect_string, cluster_name, tmp_path)
+        try:
+            fast = ("--zk-session-timeout", "2")
+            coordinator = cluster._start("coordinator", [
+                PY, "-m", "cluster.cli.main", "coordinator", "--bind", f"tcp://{netns['host']}:0", *fast])
+            near = cluster.agent("near", 2, *fast)
+            far = cluster._start("far", [
+                "ip", "netns", "exec", netns["name"], PY, "-m", "agents", "--node-id", "far", "--workers", "2",
+                "--bind", f"tcp://{netns['peer']}:0", *fast])
+            cluster.wait_ready(coordinator, ["near", "far"])
+            job = Job(cluster, tmp_path, 5000)
+            job.wait_fraction(0.2)
+            ip("link", "set", netns["link"], "down")  # the far node is cut off from everything
+            wait_for(lambda: "agent far silent" in coordinator.text() or "agent far left" in coordinator.text(),
+                     20, what="the coordinator to write off the far agent")
+            time.sleep(3)  # long enough for its ZooKeeper session to expire too
+            ip("link", "set", netns["link"], "up")
+            rows = job.finish()
+            assert ran_on(rows).get(near.pid, 0) > 0
+            # Healed: the far agent registers again and is taken back.
+            wait_for(lambda: "far" in cluster.agents(), 30, what="the far agent to re-register")
+            wait_for(lambda: coordinator.text().count("agent far connected") >= 2, 30,
+                     what="the coordinator to take the far agent back")
+            assert far.popen.poll() is None
+        finally:
+            cluster.stop()
