@@ -28,7 +28,7 @@ bench: venv zookeeper
 CHAOS_ROUNDS ?= 5
 chaos: venv zookeeper
 	for i in $$(seq $(CHAOS_ROUNDS)); do \
-		CHAOS_SCALE=5 $(VENV)/bin/python -m pytest -q -x -p no:randomly tests/chaos || exit 1; \
+		CHAOS_SCALE=5 $(VENV)/bin/python -m pytest -q -x tests/chaos || exit 1; \
 	done
 
 # The stamp lives inside the venv (gone with it) and is older than pyproject.toml

@@ -58,6 +58,7 @@ class Coordinator:
         self.counters: collections.Counter = collections.Counter()
         self.waker = loop.Waker()
         self._stopping = False
+        self._first_dispatch = False
         self.notifier = Notifier()
         self._warned_bad: set[bytes] = set()
         self.client_handlers = {
@@ -158,6 +159,7 @@ class Coordinator:
             self.notifier.stopping("stopping")
         elif kind == election.ELECTED:
             self.epoch, self.leading = int(value), True
+            self._first_dispatch = True
             self.notifier.status(f"leader with epoch {self.epoch}; client endpoint {self.endpoint}")
             self.membership.start()
             for node_id, record in self.membership.snapshot().items():
@@ -345,6 +347,9 @@ class Coordinator:
             if batch.send_spec:
                 loop.send(self.agents, wire.JobSpec(self.epoch, job.job_id, job.digest, job.options,
                                                     frames=(job.function,)), peer.identity)
+            if self._first_dispatch:
+                self._first_dispatch = False
+                log.info("first dispatch as leader (epoch %d)", self.epoch)
             tasks = [[index, attempt] for index, attempt, _ in batch.tasks]
             frames = tuple(args for _, _, args in batch.tasks)
             if not loop.send(self.agents, wire.Dispatch(self.epoch, job.job_id, tasks, frames=frames), peer.identity):
