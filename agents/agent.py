@@ -83,6 +83,7 @@ class Agent:
         self.drain_deadline = 0.0
         self._stopping = False
         self.notifier = Notifier()
+        self._fenced: set[tuple[bytes, int]] = set()
         self.front_handlers = {
             wire.Hello: self._on_hello,
             wire.Heartbeat: self._on_heartbeat,
@@ -235,6 +236,10 @@ class Agent:
         if epoch < self.max_epoch:
             # Fencing: a deposed coordinator must not keep feeding this node.
             self.counters["fenced_messages"] += 1
+            if (identity, epoch) not in self._fenced:
+                self._fenced.add((identity, epoch))
+                log.warning("fenced: dropping messages of a deposed coordinator (epoch %d < %d)", epoch,
+                            self.max_epoch)
             if isinstance(msg, wire.Hello):
                 loop.send(self.front, wire.Refused(f"epoch {epoch} is older than {self.max_epoch}"), identity)
             return

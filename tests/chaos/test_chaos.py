@@ -149,3 +149,53 @@ def test_zookeeper_ensemble_faults(tmp_path, cluster_name, fault):
             assert "lost the lead" not in coordinator.text()
         finally:
             cluster.stop()
+
+
+def test_a_deposed_leader_that_wakes_up_is_fenced(local_cluster, tmp_path):
+    coords, agents = start(local_cluster, coordinators=2)
+    old = next(c for c in coords if c.pid == local_cluster.leader().pid)
+    job = Job(local_cluster, tmp_path, 5000)
+    job.wait_fraction(0.2)
+    old.signal(signal.SIGSTOP)  # hung, not dead: it still believes it leads
+    wait_for(lambda: (rec := local_cluster.leader()) is not None and rec.pid != old.pid, 30,
+             what="a standby to take over")
+    time.sleep(1.0)
+    old.signal(signal.SIGCONT)
+    job.finish()
+    wait_for(lambda: "lost the lead" in old.text(), 20, what="the old leader to step down")
+    assert any("fenced: dropping messages of a deposed coordinator" in a.text() for a in agents)
+
+
+def test_zookeeper_down_for_3s_mid_job(tmp_path, cluster_name):
+    from cluster.zkserver import ZooKeeperServer
+
+    server = ZooKeeperServer(data_dir=str(tmp_path / "zk"), tick_time=500).start()
+    cluster = LocalCluster(server.connect_string, cluster_name, tmp_path)
+    try:
+        coordinator = cluster.coordinator()
+        cluster.agent("a1", 2)
+        cluster.agent("a2", 2)
+        cluster.wait_ready(coordinator, ["a1", "a2"])
+        job = Job(cluster, tmp_path, 5000)
+        job.wait_fraction(0.2)
+        server.stop(remove=False)
+        time.sleep(3)  # work goes on; nobody can be elected meanwhile
+        assert job.proc.poll() is None
+        server.start()  # same data and port: sessions shorter-lived than the outage survive
+        job.finish()
+        wait_for(lambda: cluster.agents() == ["a1", "a2"], 30, what="both agents registered again")
+        assert all(p.popen.poll() is None for p in cluster.procs if p.name != "job")
+    finally:
+        cluster.stop()
+        server.stop()
+
+
+def test_no_false_positives_while_workers_burn_every_core(local_cluster, tmp_path):
+    coords, agents = start(local_cluster)
+    module = tmp_path / "burn.py"
+    module.write_text("import time\ndef burn(s):\n    end = time.time() + s\n    n = 0\n"
+                      "    while time.time() < end:\n        n += 1\n    return s\n")
+    res = local_cluster.clusterctl("submit", f"{module}:burn", "--inputs", "-", input="3\n" * 8)
+    assert res.returncode == 0, res.stderr
+    assert "silent" not in coords[0].text()  # 4 busy workers on 2 cores, no agent written off
+    assert coords[0].text().count("agent a1 connected") == 1
