@@ -26,7 +26,7 @@ import psutil
 import zmq
 from kazoo.client import KazooState
 
-from cluster import layout, loop, payload, wire
+from cluster import layout, loop, payload, security, wire
 from cluster.sdnotify import Notifier
 from cluster.config import AgentConfig
 from cluster.layout import AgentRecord
@@ -66,6 +66,7 @@ class JobInfo:
 class Agent:
     def __init__(self, cfg: AgentConfig):
         self.cfg = cfg
+        self.keys = security.for_daemon(cfg.keys, cfg.insecure, "agent")
         self.node_id = cfg.node_id or socket.gethostname()
         resources = detect()
         self.workers = parse_workers(cfg.workers, resources.usable_cpus)
@@ -104,6 +105,10 @@ class Agent:
         self.front = loop.configure(ctx.socket(zmq.ROUTER))
         self.front.setsockopt(zmq.ROUTING_ID, self.node_id.encode())
         self.front.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        auth = None
+        if self.keys:
+            security.serve(self.front, self.keys, "coordinators")
+            auth, self.zap = security.start_authenticator(ctx, {"coordinators": {self.keys.coordinator}})
         self.back = loop.configure(ctx.socket(zmq.ROUTER))
         self.back.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.tmpdir = tempfile.mkdtemp(prefix="clusterd-agent-")
@@ -114,7 +119,8 @@ class Agent:
         try:
             bound = loop.bind(self.front, self.cfg.bind)
             self.endpoint = loop.advertised(bound, self.cfg.advertise, self.cfg.zk)
-            zk = zk_connect(self.cfg.zk, timeout=10.0, session_timeout=self.cfg.zk_session_timeout)
+            zk = zk_connect(self.cfg.zk, timeout=10.0, session_timeout=self.cfg.zk_session_timeout,
+                            auth_file=self.cfg.zk_auth)
             zk.add_listener(lambda state: self.waker.post(("zk", state)))
             self.registration = Registration(zk, self.cfg.cluster, self._record())
             self.pool.converge(time.monotonic())
@@ -135,6 +141,8 @@ class Agent:
             zk_close(zk)
             self.front.close(0)
             self.back.close(0)
+            if auth is not None:
+                auth.stop()
             ctx.term()
             shutil.rmtree(self.tmpdir, ignore_errors=True)
             self.waker.close()

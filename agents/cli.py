@@ -34,6 +34,9 @@ def agent(
     zk: common.ZkOpt = common.ZK,
     cluster: Optional[str] = common.CLUSTER,
     config_file: Optional[str] = common.CONFIG,
+    keys: Optional[str] = common.KEYS,
+    insecure: Optional[bool] = common.INSECURE,
+    zk_auth: Optional[str] = common.ZK_AUTH,
     node_id: Optional[str] = typer.Option(None, "--node-id", help="Unique node id (default: the host name)."),
     workers: Optional[str] = typer.Option(None, "--workers", help="'auto' (usable cores) or a number (auto)."),
     bind: Optional[str] = typer.Option(None, "--bind", help="Endpoint to bind (tcp://0.0.0.0:0, a free port)."),
@@ -48,7 +51,7 @@ def agent(
     common.setup_logging(log_level)
     with common.clear_errors():
         cfg = config.load(config.AgentConfig, config_file, dict(
-            zk=zk, cluster=cluster, node_id=node_id, workers=workers, bind=bind, advertise=advertise,
+            zk=zk, cluster=cluster, keys=keys, insecure=insecure, zk_auth=zk_auth, node_id=node_id, workers=workers, bind=bind, advertise=advertise,
             labels=config.parse_labels(label) if label else None, heartbeat_interval=heartbeat_interval,
             heartbeat_misses=heartbeat_misses, drain_timeout=drain_timeout, zk_session_timeout=zk_session_timeout))
         node = Agent(cfg)

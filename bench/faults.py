@@ -47,7 +47,8 @@ def log_time(path: Path, needle: str, after: float = 0.0) -> float | None:
 
 class Cluster:
     def __init__(self, zk: str, tmp: Path, name: str, session: str, coordinators: int = 1):
-        self.tmp, self.env = tmp, dict(os.environ, CLUSTER_ZK=zk, CLUSTER_NAME=name, PYTHONPATH=str(ROOT))
+        self.tmp, self.env = tmp, dict(os.environ, CLUSTER_ZK=zk, CLUSTER_NAME=name, PYTHONPATH=str(ROOT),
+                                      CLUSTER_INSECURE="1")
         self.procs: dict[str, subprocess.Popen] = {}
         fast = ["--zk-session-timeout", session]
         for i in range(coordinators):

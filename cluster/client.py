@@ -22,7 +22,7 @@ from typing import Callable
 import zmq
 from kazoo.client import KazooClient
 
-from . import election, layout, loop, payload, wire
+from . import election, layout, loop, payload, security, wire
 from .layout import LeaderRecord
 from .zk import ZooKeeperUnreachable
 from .zk import close as zk_close
@@ -99,13 +99,16 @@ class JobHandle:
 
 
 class ClusterClient:
-    def __init__(self, zk: str, cluster: str, *, connect_timeout: float = 10.0):
+    def __init__(self, zk: str, cluster: str, *, connect_timeout: float = 10.0, keys: str = "",
+                 zk_auth: str = ""):
         self.cluster = cluster
         self.connect_timeout = connect_timeout
+        self.keys = security.load(keys, "client") if keys else None
         deadline = time.monotonic() + connect_timeout
-        self.zk: KazooClient = zk_connect(zk, timeout=connect_timeout)
+        self.zk: KazooClient = zk_connect(zk, timeout=connect_timeout, auth_file=zk_auth)
         try:
             self.leader = self._wait_for_leader(deadline)
+            self._check_keys()
         except BaseException:
             zk_close(self.zk)
             raise
@@ -131,12 +134,21 @@ class ClusterClient:
                 )
             time.sleep(0.1)
 
+    def _check_keys(self) -> None:
+        if self.leader.curve_key and self.keys is None:
+            raise ClusterUnavailable(f"cluster {self.cluster!r} requires CURVE keys: give --keys DIR (env "
+                                     "CLUSTER_KEYS) holding client.key_secret and coordinator.key")
+        if self.leader.curve_key and self.keys and self.keys.coordinator.decode() != self.leader.curve_key:
+            raise ClusterUnavailable("the leader's CURVE key in ZooKeeper is not coordinator.key from --keys; "
+                                     "the keys are out of date, or this is not the cluster you think")
+
     def open_job(self, function: bytes, options: dict, on_result: ResultCallback) -> JobHandle:
         job = JobHandle(self, function, options, on_result)
         self._post(("open", job))
         if not job.accepted.wait(self.connect_timeout):
             raise ClusterUnavailable(
                 f"the coordinator at {self.leader.endpoint} did not answer within {self.connect_timeout:g} s"
+                + (" (are --keys the ones the cluster allows?)" if self.keys else "")
             )
         if job.failure:
             raise ClusterUnavailable(job.failure)
@@ -180,6 +192,8 @@ class ClusterClient:
             self.sock.close(0)
         self.sock = loop.configure(self.ctx.socket(zmq.DEALER))
         self.sock.setsockopt(zmq.ROUTING_ID, self.identity)
+        if self.keys is not None and self.leader.curve_key:
+            security.connect_to(self.sock, self.keys, self.keys.coordinator)
         self.sock.connect(self.leader.endpoint)
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)

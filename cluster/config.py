@@ -25,6 +25,9 @@ class ConfigError(ValueError):
 class Common:
     zk: str = "127.0.0.1:2181"  # ZooKeeper connect string
     cluster: str = "default"  # cluster name: the chroot under /clusterd
+    keys: str = ""  # directory of CURVE keys (`clusterctl keys generate`)
+    insecure: bool = False  # daemons: run without keys, on a trusted network only
+    zk_auth: str = ""  # file (0600) holding "user:password" for ZooKeeper digest ACLs
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -55,7 +58,8 @@ class CoordinatorConfig(Common):
 
 
 SECTIONS: dict[type, str] = {AgentConfig: "agent", CoordinatorConfig: "coordinator", Common: ""}
-ENV_SHARED = {"zk": "CLUSTER_ZK", "cluster": "CLUSTER_NAME"}
+ENV_SHARED = {"zk": "CLUSTER_ZK", "cluster": "CLUSTER_NAME", "keys": "CLUSTER_KEYS", "insecure": "CLUSTER_INSECURE",
+              "zk_auth": "CLUSTER_ZK_AUTH"}
 
 
 def load(cls: type, config_file: str | Path | None = None, flags: Mapping[str, Any] | None = None,
@@ -73,7 +77,7 @@ def load(cls: type, config_file: str | Path | None = None, flags: Mapping[str, A
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-        for key in ("zk", "cluster"):
+        for key in ENV_SHARED:
             if key in doc:
                 values[key] = _coerce(doc[key], hints[key], f"{path}: {key}")
         table = doc.get(section, {}) if section else {}

@@ -20,7 +20,7 @@ from typing import Callable
 
 import zmq
 
-from . import election, loop, wire
+from . import election, loop, security, wire
 from .config import CoordinatorConfig
 from .layout import LeaderRecord
 from .liveness import Liveness
@@ -48,6 +48,7 @@ class AgentPeer:
 class Coordinator:
     def __init__(self, cfg: CoordinatorConfig, *, on_ready: Callable[[str], None] | None = None):
         self.cfg = cfg
+        self.keys = security.for_daemon(cfg.keys, cfg.insecure, "coordinator")
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.on_ready = on_ready
         self.epoch = 0
@@ -91,9 +92,15 @@ class Coordinator:
         self.agents.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.agents.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.agents.setsockopt(zmq.ROUTING_ID, self.id.encode())
+        auth = None
+        if self.keys:
+            security.serve(self.clients, self.keys, "clients")
+            security.connect_to(self.agents, self.keys, self.keys.agent)
+            auth, self.zap = security.start_authenticator(ctx, {"clients": set(self.keys.clients)})
         bound = loop.bind(self.clients, self.cfg.bind)
         self.endpoint = loop.advertised(bound, self.cfg.advertise, self.cfg.zk)
-        zk = zk_connect(self.cfg.zk, timeout=10.0, session_timeout=self.cfg.zk_session_timeout)
+        zk = zk_connect(self.cfg.zk, timeout=10.0, session_timeout=self.cfg.zk_session_timeout,
+                        auth_file=self.cfg.zk_auth)
         self.zk = zk
         self.membership = Membership(zk, self.cfg.cluster, lambda ev: self.waker.post(("member", ev)))
         self.election = election.LeaderElection(
@@ -110,13 +117,16 @@ class Coordinator:
             zk_close(zk)
             self.clients.close(0)
             self.agents.close(0)
+            if auth is not None:
+                auth.stop()
             ctx.term()
             self.waker.close()
         return 0
 
     def _leader_record(self, epoch: int) -> LeaderRecord:
         return LeaderRecord(coordinator_id=self.id, endpoint=self.endpoint, epoch=epoch, host=socket.gethostname(),
-                            pid=os.getpid(), version=__version__, protocol=PROTOCOL_VERSION, started=time.time())
+                            pid=os.getpid(), version=__version__, protocol=PROTOCOL_VERSION, started=time.time(),
+                            curve_key=self.keys.public.decode() if self.keys else "")
 
     # ----------------------------------------------------------------- loop
 

@@ -27,14 +27,17 @@ FUNCTION_CACHE = 256
 class Executor(cf.Executor):
     def __init__(self, zk: str | None = None, cluster: str | None = None, *, retries: int = 2,
                  window: int = 10_000, connect_timeout: float = 10.0, timeout: float | None = None,
-                 max_memory: int | None = None):
+                 max_memory: int | None = None, keys: str | None = None):
         """``timeout``: seconds a task may run before its worker is killed and it
         fails with ``TaskTimeout``; ``max_memory``: bytes of RSS a worker may use
-        for a task before it is killed (the task is retried, then ``WorkerLost``)."""
+        for a task before it is killed (the task is retried, then ``WorkerLost``);
+        ``keys``: a CURVE keys directory (default: env CLUSTER_KEYS)."""
         self._client = ClusterClient(
             zk or os.environ.get("CLUSTER_ZK", "127.0.0.1:2181"),
             cluster or os.environ.get("CLUSTER_NAME", "default"),
             connect_timeout=connect_timeout,
+            keys=os.environ.get("CLUSTER_KEYS", "") if keys is None else keys,
+            zk_auth=os.environ.get("CLUSTER_ZK_AUTH", ""),
         )
         self._options = {"retries": retries, "window": window, "result_format": payload.RESULT_PICKLE,
                          "timeout": timeout, "max_memory": max_memory}

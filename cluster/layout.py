@@ -139,6 +139,7 @@ class LeaderRecord:
     version: str
     protocol: int
     started: float
+    curve_key: str = ""  # the client port's CURVE public key (Z85); empty when insecure
 
     def to_bytes(self) -> bytes:
         return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()

@@ -42,7 +42,7 @@ class LocalStack:
             self.server.start()
             self.zk = self.server.connect_string
             base = ["--zk", self.zk, "--cluster", self.cluster, "--log-level", self.log_level,
-                    "--bind", "tcp://127.0.0.1:0"]
+                    "--bind", "tcp://127.0.0.1:0", "--insecure"]
             self.children.append(subprocess.Popen([sys.executable, "-m", "cluster.cli.main", "coordinator", *base]))
             self.children.append(subprocess.Popen([sys.executable, "-m", "agents", *base, "--workers", self.workers]))
             self._wait_ready()

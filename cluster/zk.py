@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import logging
 
+from pathlib import Path
+
 from kazoo.client import KazooClient
+from kazoo.exceptions import NodeExistsError
 from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.security import OPEN_ACL_UNSAFE, make_digest_acl
+
+from .layout import ROOT
 
 log = logging.getLogger(__name__)
 
@@ -14,17 +20,36 @@ class ZooKeeperUnreachable(RuntimeError):
     pass
 
 
-def connect(hosts: str, timeout: float = 10.0, session_timeout: float = 10.0) -> KazooClient:
+def read_credentials(path: str) -> tuple[str, str]:
+    """``user:password`` from a file only its owner can read (the ZooKeeper digest)."""
+    from .security import check_private  # a file-permission rule shared with the key files
+
+    check_private(Path(path))
+    text = Path(path).read_text().strip()
+    user, sep, password = text.partition(":")
+    if not sep or not user or not password:
+        raise ValueError(f"{path} must hold one line user:password")
+    return user, password
+
+
+def connect(hosts: str, timeout: float = 10.0, session_timeout: float = 10.0, auth_file: str = "") -> KazooClient:
     """A started KazooClient, or ZooKeeperUnreachable within ``timeout`` seconds.
 
     kazoo retries forever by default; a person running a command wants to hear
     within seconds that the address is wrong or the ensemble is down.
     """
+    acl: dict = {}
+    if auth_file:
+        # Every znode we create is then readable and writable by these credentials only.
+        user, password = read_credentials(auth_file)
+        acl = {"auth_data": [("digest", f"{user}:{password}")],
+               "default_acl": [make_digest_acl(user, password, all=True)]}
     client = KazooClient(
         hosts=hosts,
         timeout=session_timeout,
         connection_retry={"max_tries": -1, "delay": 0.1, "backoff": 2, "max_delay": 2},
         logger=logging.getLogger("kazoo"),
+        **acl,
     )
     try:
         client.start(timeout=timeout)
@@ -35,6 +60,12 @@ def connect(hosts: str, timeout: float = 10.0, session_timeout: float = 10.0) ->
             f"cannot reach ZooKeeper at {hosts} within {timeout:g} s{detail}; "
             "check --zk / CLUSTER_ZK and that the ensemble is running"
         ) from None
+    if auth_file and not client.exists(ROOT):
+        # The shared top folder stays open so clusters with different credentials coexist.
+        try:
+            client.create(ROOT, acl=OPEN_ACL_UNSAFE)
+        except NodeExistsError:
+            pass
     return client
 
 

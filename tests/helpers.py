@@ -99,13 +99,17 @@ class LocalCluster:
     def __init__(self, zk: str, name: str, tmp: Path):
         self.zk, self.name, self.tmp = zk, name, tmp
         self.procs: list[Proc] = []
+        self.extra_env: dict[str, str] = {}
         self.kazoo = KazooClient(hosts=zk)
         self.kazoo.start(timeout=10)
 
     @property
     def env(self) -> dict:
-        return dict(os.environ, CLUSTER_ZK=self.zk, CLUSTER_NAME=self.name, PYTHONPATH=str(ROOT),
-                    PYTHONUNBUFFERED="1")
+        # Unauthenticated on loopback; tests/test_security.py runs secured clusters.
+        env = dict(os.environ, CLUSTER_ZK=self.zk, CLUSTER_NAME=self.name, PYTHONPATH=str(ROOT),
+                   PYTHONUNBUFFERED="1", CLUSTER_INSECURE="1")
+        env.update(self.extra_env)
+        return env
 
     def _start(self, name: str, argv: list[str]) -> Proc:
         proc = Proc(name, argv, self.tmp / f"{name}.log", self.env)

@@ -52,7 +52,7 @@ def test_up_stops_everything_on_sigterm():
 
 
 def test_daemons_and_commands_report_an_unreachable_zookeeper(free_port):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), CLUSTER_ZK=f"127.0.0.1:{free_port}")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CLUSTER_ZK=f"127.0.0.1:{free_port}", CLUSTER_INSECURE="1")
     commands = {
         "agent": [PY, "-m", "agents", "--node-id", "x"],
         "coordinator": [PY, "-m", "cluster.cli.main", "coordinator"],

@@ -22,6 +22,12 @@ ZK = typer.Option(None, "--zk", help="ZooKeeper connect string (env CLUSTER_ZK; 
 CLUSTER = typer.Option(None, "--cluster", help="Cluster name (env CLUSTER_NAME; default 'default').",
                        show_default=False)
 CONFIG = typer.Option(None, "--config", help="TOML config file (see configs/).", show_default=False)
+KEYS = typer.Option(None, "--keys", help="Directory of CURVE keys (env CLUSTER_KEYS; see `clusterctl keys`).",
+                    show_default=False)
+INSECURE = typer.Option(None, "--insecure", help="Run without CURVE keys (env CLUSTER_INSECURE): trusted networks only.",
+                        show_default=False)
+ZK_AUTH = typer.Option(None, "--zk-auth", help="File (0600) with user:password for ZooKeeper ACLs (env CLUSTER_ZK_AUTH).",
+                       show_default=False)
 LOG_LEVEL = typer.Option("info", "--log-level", help="debug, info, warning or error.")
 
 ZkOpt = Optional[str]

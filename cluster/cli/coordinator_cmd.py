@@ -23,6 +23,9 @@ def coordinator(
     zk: common.ZkOpt = common.ZK,
     cluster: Optional[str] = common.CLUSTER,
     config_file: Optional[str] = common.CONFIG,
+    keys: Optional[str] = common.KEYS,
+    insecure: Optional[bool] = common.INSECURE,
+    zk_auth: Optional[str] = common.ZK_AUTH,
     bind: Optional[str] = typer.Option(None, help="Client endpoint to bind (default tcp://0.0.0.0:0, a free port)."),
     advertise: Optional[str] = typer.Option(None, help="Host clients use to reach us (default: address routing to ZooKeeper)."),
     heartbeat_interval: Optional[float] = typer.Option(None, help="Seconds between heartbeats (0.5)."),
@@ -34,7 +37,7 @@ def coordinator(
     common.setup_logging(log_level)
     with common.clear_errors():
         cfg = config.load(config.CoordinatorConfig, config_file, dict(
-            zk=zk, cluster=cluster, bind=bind, advertise=advertise, heartbeat_interval=heartbeat_interval,
+            zk=zk, cluster=cluster, keys=keys, insecure=insecure, zk_auth=zk_auth, bind=bind, advertise=advertise, heartbeat_interval=heartbeat_interval,
             heartbeat_misses=heartbeat_misses, client_timeout=client_timeout, zk_session_timeout=zk_session_timeout))
         node = Coordinator(cfg)
         for sig in (signal.SIGTERM, signal.SIGINT):

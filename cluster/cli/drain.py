@@ -29,13 +29,14 @@ def drain(
     zk: common.ZkOpt = common.ZK,
     cluster: Optional[str] = common.CLUSTER,
     config_file: Optional[str] = common.CONFIG,
+    zk_auth: Optional[str] = common.ZK_AUTH,
     wait: bool = typer.Option(False, "--wait", help="Wait until the agent has left the cluster."),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds --wait waits before giving up (exit 1)."),
 ) -> None:
     with common.clear_errors():
-        cfg = config.load(config.Common, config_file, dict(zk=zk, cluster=cluster))
+        cfg = config.load(config.Common, config_file, dict(zk=zk, cluster=cluster, zk_auth=zk_auth))
         agent = layout.agent_path(cfg.cluster, node_id)
-        client = zk_connect(cfg.zk, timeout=10.0)
+        client = zk_connect(cfg.zk, timeout=10.0, auth_file=cfg.zk_auth)
     try:
         if not client.exists(agent):
             raise common.fail(f"no agent {node_id!r} in cluster {cfg.cluster!r} (see `clusterctl nodes`)")

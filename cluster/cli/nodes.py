@@ -33,13 +33,14 @@ def nodes(
     zk: common.ZkOpt = common.ZK,
     cluster: Optional[str] = common.CLUSTER,
     config_file: Optional[str] = common.CONFIG,
+    zk_auth: Optional[str] = common.ZK_AUTH,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     watch: bool = typer.Option(False, "--watch", "-w", help="Print joins, leaves and state changes until Ctrl-C."),
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds to reach ZooKeeper."),
 ) -> None:
     with common.clear_errors():
-        cfg = config.load(config.Common, config_file, dict(zk=zk, cluster=cluster))
-        client = zk_connect(cfg.zk, timeout=timeout)
+        cfg = config.load(config.Common, config_file, dict(zk=zk, cluster=cluster, zk_auth=zk_auth))
+        client = zk_connect(cfg.zk, timeout=timeout, auth_file=cfg.zk_auth)
     try:
         if watch:
             _watch(client, cfg.cluster, as_json)

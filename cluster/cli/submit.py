@@ -53,6 +53,8 @@ def submit(
     zk: common.ZkOpt = common.ZK,
     cluster: Optional[str] = common.CLUSTER,
     config_file: Optional[str] = common.CONFIG,
+    keys: Optional[str] = common.KEYS,
+    zk_auth: Optional[str] = common.ZK_AUTH,
     range_: Optional[Tuple[int, int]] = typer.Option(None, "--range", help="Integers A..B-1 as inputs."),
     inputs: Optional[str] = typer.Option(None, "--inputs", help="File of JSON values, one per line; '-' for stdin."),
     star: bool = typer.Option(False, "--star", help="Spread each JSON array input as positional arguments."),
@@ -67,7 +69,7 @@ def submit(
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: when stderr is a terminal)."),
 ) -> None:
     with common.clear_errors():
-        common_cfg = config.load(config.Common, config_file, dict(zk=zk, cluster=cluster))
+        common_cfg = config.load(config.Common, config_file, dict(zk=zk, cluster=cluster, keys=keys, zk_auth=zk_auth))
     if (range_ is None) == (inputs is None):
         raise common.fail("give exactly one of --range A B or --inputs FILE")
     function = _function_blob(target, shell)
@@ -198,7 +200,8 @@ def _run(cfg: config.Common, function: bytes, source: Inputs, out: IO[str], *, o
     results: queue.SimpleQueue = queue.SimpleQueue()
     started = time.monotonic()
     with common.clear_errors():
-        client = ClusterClient(cfg.zk, cfg.cluster, connect_timeout=connect_timeout)
+        client = ClusterClient(cfg.zk, cfg.cluster, connect_timeout=connect_timeout, keys=cfg.keys,
+                               zk_auth=cfg.zk_auth)
     try:
         with common.clear_errors():
             job = client.open_job(function, {"retries": retries, "window": window,

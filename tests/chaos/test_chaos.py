@@ -71,7 +71,8 @@ def test_sigstop_an_agent_for_5s_then_sigcont(local_cluster, tmp_path):
     agents[0].signal(signal.SIGCONT)
     rows = job.finish()
     assert coords[0].text().count("agent a1 connected") >= 2  # it came back and was taken back
-    assert "agent a1 silent" in coords[0].text()
+    # Written off by whichever signal came first: silence, or its ZooKeeper session expiring.
+    assert "agent a1 silent" in coords[0].text() or "agent a1 left" in coords[0].text()
     assert set(ran_on(rows)) == {a.pid for a in agents}
 
 

@@ -1,0 +1,156 @@
+"""CURVE keys for the three roles, and applying them to sockets.
+
+A keys directory holds ZeroMQ certificates (``zmq.auth`` format):
+``coordinator.key`` / ``.key_secret``, ``agent.key`` / ``.key_secret``, and one or
+more client keys (``client.key``, ``client-alice.key``, ...; every ``client*.key``
+is on the coordinator's allow-list, which is how keys are rotated). Each process
+loads only the secret it needs. Secret files must not be readable by group or
+others; key material never travels on a command line and is never logged.
+
+Who authenticates whom:
+- client -> coordinator: the coordinator's client port is the CURVE server; it
+  accepts only allow-listed client keys; clients pin the coordinator's key.
+- coordinator -> agent: each agent's endpoint is the CURVE server; it accepts only
+  the coordinator key; the coordinator pins the agent key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import stat
+from pathlib import Path
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+log = logging.getLogger("cluster.security")
+
+ROLES = ("coordinator", "agent", "client")
+
+
+class KeyFileError(ValueError):
+    """A missing, unreadable or too-open key file (a usage error, exit 2)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Keys:
+    role: str
+    public: bytes
+    secret: bytes
+    coordinator: bytes  # public keys of the peers this role talks to (empty when not needed)
+    agent: bytes
+    clients: tuple[bytes, ...]  # the coordinator's allow-list
+
+
+def generate(out: str | Path, force: bool = False) -> list[Path]:
+    """Write a key pair per role; secrets 0600, the directory 0700."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    os.chmod(out, 0o700)
+    existing = [out / f"{r}.key_secret" for r in ROLES if (out / f"{r}.key_secret").exists()]
+    if existing and not force:
+        raise KeyFileError(f"{existing[0]} already exists; use --force to replace the keys in {out}")
+    written = []
+    for role in ROLES:
+        public, secret = zmq.auth.create_certificates(out, role)
+        os.chmod(secret, 0o600)
+        os.chmod(public, 0o644)
+        written += [Path(public), Path(secret)]
+    return written
+
+
+def check_private(path: Path) -> None:
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(f"secret key file {path} is readable by others (mode {stat.S_IMODE(mode):o}); "
+                        f"fix it with: chmod 600 {path}")
+
+
+def _public(path: Path) -> bytes:
+    try:
+        public, _ = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise KeyFileError(f"cannot load public key {path}: {exc}") from None
+    return public
+
+
+def load(directory: str | Path, role: str) -> Keys:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise KeyFileError(f"keys directory {directory} does not exist (create one with `clusterctl keys generate`)")
+    secret_file = directory / f"{role}.key_secret"
+    check_private(secret_file)
+    try:
+        public, secret = zmq.auth.load_certificate(secret_file)
+    except (OSError, ValueError) as exc:
+        raise KeyFileError(f"cannot load secret key {secret_file}: {exc}") from None
+    if secret is None:
+        raise KeyFileError(f"{secret_file} holds no secret key")
+    # Each role needs only the public keys of the peers it talks to.
+    coordinator = _public(directory / "coordinator.key") if role in ("agent", "client") else public
+    agent = _public(directory / "agent.key") if role == "coordinator" else b""
+    clients = tuple(_public(p) for p in sorted(directory.glob("client*.key"))) if role == "coordinator" else ()
+    if role == "coordinator" and not clients:
+        raise KeyFileError(f"no client keys (client*.key) in {directory}: no client could submit work")
+    return Keys(role, public, secret, coordinator, agent, clients)
+
+
+def serve(sock: zmq.Socket, keys: Keys, domain: str) -> None:
+    """Make a bound socket a CURVE server whose peers ZAP checks under ``domain``."""
+    sock.curve_secretkey = keys.secret
+    sock.curve_publickey = keys.public
+    sock.curve_server = True
+    sock.zap_domain = domain.encode()
+
+
+def connect_to(sock: zmq.Socket, keys: Keys, server_public: bytes) -> None:
+    sock.curve_secretkey = keys.secret
+    sock.curve_publickey = keys.public
+    sock.curve_serverkey = server_public
+
+
+class AllowList:
+    """ZAP credentials provider: a fixed set of public keys per domain. Each
+    rejected key is logged once and counted, however often it retries."""
+
+    def __init__(self, allowed: dict[str, set[bytes]]):
+        self.allowed = allowed
+        self.rejected: dict[bytes, int] = {}
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        if key in self.allowed.get(domain, set()):
+            return True
+        if key not in self.rejected:
+            log.warning("rejected a peer with an unknown CURVE key on %s (public key %s...)", domain,
+                        key[:8].hex())
+        self.rejected[key] = self.rejected.get(key, 0) + 1
+        return False
+
+
+def start_authenticator(ctx: zmq.Context, allowed: dict[str, set[bytes]]) -> tuple[ThreadAuthenticator, AllowList]:
+    """ZAP runs on its own thread with its own socket (pyzmq's authenticator)."""
+    auth = ThreadAuthenticator(ctx, log=logging.getLogger("cluster.zap"))
+    auth.start()
+    provider = AllowList(allowed)
+    for domain in allowed:
+        auth.configure_curve_callback(domain, credentials_provider=provider)
+    return auth, provider
+
+
+def for_daemon(keys_dir: str, insecure: bool, role: str) -> Keys | None:
+    """The keys a daemon runs with, or None in explicit insecure mode."""
+    if keys_dir:
+        return load(keys_dir, role)
+    if not insecure:
+        raise KeyFileError(
+            f"no CURVE keys for the {role}: give --keys DIR (env CLUSTER_KEYS; create them with "
+            "`clusterctl keys generate --out DIR`), or --insecure to run unauthenticated on a trusted network"
+        )
+    log.warning("%s running WITHOUT CURVE keys (--insecure): anyone who reaches its port can run code", role)
+    return None

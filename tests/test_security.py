@@ -1,0 +1,128 @@
+"""CURVE between every peer, key files handled safely, ZooKeeper digest ACLs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import zmq.auth
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoAuthError
+
+from cluster import layout, security
+from helpers import local_cluster, wait_for  # noqa: F401
+
+
+@pytest.fixture
+def keys(tmp_path):
+    directory = tmp_path / "keys"
+    security.generate(directory)
+    return directory
+
+
+def secure(cluster, keys_dir):
+    cluster.extra_env.update(CLUSTER_INSECURE="", CLUSTER_KEYS=str(keys_dir))
+
+
+def test_generate_writes_loadable_pairs_with_private_secrets(keys, local_cluster):
+    for role in security.ROLES:
+        public, secret = zmq.auth.load_certificate(keys / f"{role}.key_secret")
+        assert public and secret
+        assert (keys / f"{role}.key_secret").stat().st_mode & 0o077 == 0
+    assert keys.stat().st_mode & 0o077 == 0
+    res = local_cluster.clusterctl("keys", "generate", "--out", str(keys))
+    assert res.returncode == 2 and "--force" in res.stderr  # never overwrites by accident
+
+
+def test_only_a_client_with_an_allowed_key_gets_results(local_cluster, keys, tmp_path):
+    secure(local_cluster, keys)
+    coordinator = local_cluster.coordinator()
+    local_cluster.agent("a1", 2)
+    local_cluster.wait_ready(coordinator, ["a1"])
+    assert local_cluster.leader().curve_key == zmq.auth.load_certificate(keys / "coordinator.key")[0].decode()
+
+    ok = local_cluster.clusterctl("submit", "math:sqrt", "--range", "0", "5")
+    assert ok.returncode == 0, ok.stderr
+    assert len(ok.stdout.splitlines()) == 5
+
+    no_key = local_cluster.clusterctl("submit", "math:sqrt", "--range", "0", "5",
+                                      env=dict(local_cluster.env, CLUSTER_KEYS=""))
+    assert no_key.returncode == 2 and "requires CURVE keys" in no_key.stderr and no_key.stdout == ""
+
+    # A client key the coordinator does not list, with the right coordinator key.
+    other = tmp_path / "other"
+    security.generate(other)
+    stranger = tmp_path / "stranger"
+    stranger.mkdir(mode=0o700)
+    for name in ("client.key", "client.key_secret"):
+        shutil.copy2(other / name, stranger / name)
+    shutil.copy2(keys / "coordinator.key", stranger / "coordinator.key")
+    wrong = local_cluster.clusterctl("submit", "math:sqrt", "--range", "0", "5", "--connect-timeout", "3",
+                                     env=dict(local_cluster.env, CLUSTER_KEYS=str(stranger)))
+    assert wrong.returncode == 2 and wrong.stdout == "" and "did not answer" in wrong.stderr
+    wait_for(lambda: "rejected a peer with an unknown CURVE key" in coordinator.text(), 10,
+             what="the rejection to be logged")
+    assert coordinator.text().count("rejected a peer with an unknown CURVE key") == 1  # once per peer
+
+
+def test_an_agent_with_an_unknown_key_cannot_join_the_work(local_cluster, keys, tmp_path):
+    secure(local_cluster, keys)
+    coordinator = local_cluster.coordinator()
+    local_cluster.agent("good", 2)
+    rogue_keys = tmp_path / "rogue"
+    security.generate(rogue_keys)
+    shutil.copy2(keys / "coordinator.key", rogue_keys / "coordinator.key")
+    local_cluster.agent("rogue", 2, "--keys", str(rogue_keys))
+    local_cluster.wait_ready(coordinator, ["good"])
+    wait_for(lambda: "rogue" in local_cluster.agents(), 20, what="the rogue to register")
+    module = tmp_path / "where.py"
+    module.write_text("import os\n\ndef parent(x):\n    return os.getppid()\n")
+    res = local_cluster.clusterctl("submit", f"{module}:parent", "--range", "0", "40")
+    assert res.returncode == 0, res.stderr
+    good = next(p for p in local_cluster.procs if p.name == "good")
+    assert {json.loads(line)["result"] for line in res.stdout.splitlines()} == {good.pid}
+    assert "agent rogue connected" not in coordinator.text()
+
+
+def test_daemons_refuse_open_secret_files_and_missing_keys(local_cluster, keys):
+    os.chmod(keys / "agent.key_secret", 0o644)
+    secure(local_cluster, keys)
+    agent = local_cluster.agent("loose", 1)
+    assert agent.popen.wait(30) == 2
+    assert f"chmod 600 {keys / 'agent.key_secret'}" in agent.text() and "Traceback" not in agent.text()
+    local_cluster.extra_env.update(CLUSTER_KEYS="")
+    coordinator = local_cluster.coordinator()
+    assert coordinator.popen.wait(30) == 2
+    assert "--insecure" in coordinator.text() and "Traceback" not in coordinator.text()
+
+
+def test_zookeeper_acls_keep_out_clients_without_credentials(local_cluster, tmp_path):
+    creds = tmp_path / "zk.auth"
+    creds.write_text("clusterd:s3cret\n")
+    creds.chmod(0o600)
+    local_cluster.extra_env.update(CLUSTER_ZK_AUTH=str(creds))
+    coordinator = local_cluster.coordinator()
+    local_cluster.agent("a1", 1)
+    # (the test's own ZooKeeper client has no credentials: follow the log instead)
+    wait_for(lambda: "agent a1 connected" in coordinator.text(), 20, what="the agent to connect")
+    res = local_cluster.clusterctl("nodes", "--json")
+    assert res.returncode == 0 and [n["node_id"] for n in json.loads(res.stdout)] == ["a1"]
+
+    outsider = KazooClient(hosts=local_cluster.zk)
+    outsider.start(timeout=10)
+    try:
+        name = local_cluster.name
+        with pytest.raises(NoAuthError):
+            outsider.get_children(layout.agents_path(name))
+        with pytest.raises(NoAuthError):
+            outsider.get(layout.leader_path(name))
+        with pytest.raises(NoAuthError):
+            outsider.create(layout.agent_path(name, "fake"), b"{}", ephemeral=True)
+        with pytest.raises(NoAuthError):
+            outsider.delete(layout.agent_path(name, "a1"))
+    finally:
+        outsider.stop()
+        outsider.close()
+    assert local_cluster.clusterctl("submit", "math:sqrt", "--range", "0", "3").returncode == 0
