@@ -102,14 +102,14 @@ class Agent:
 
     def run(self, on_registered=None) -> int:
         ctx = zmq.Context()
-        self.front = loop.configure(ctx.socket(zmq.ROUTER))
+        self.front = loop.configure(ctx.socket(zmq.ROUTER), max_payload=self.cfg.max_payload)
         self.front.setsockopt(zmq.ROUTING_ID, self.node_id.encode())
         self.front.setsockopt(zmq.ROUTER_MANDATORY, 1)
         auth = None
         if self.keys:
             security.serve(self.front, self.keys, "coordinators")
             auth, self.zap = security.start_authenticator(ctx, {"coordinators": {self.keys.coordinator}})
-        self.back = loop.configure(ctx.socket(zmq.ROUTER))
+        self.back = loop.configure(ctx.socket(zmq.ROUTER), max_payload=self.cfg.max_payload)
         self.back.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.tmpdir = tempfile.mkdtemp(prefix="clusterd-agent-")
         self.back_endpoint = f"ipc://{self.tmpdir}/workers"
@@ -135,7 +135,7 @@ class Agent:
             self._loop()
             self.registration.deregister()
             self._clear_drain_request(zk)
-            log.info("agent %s deregistered", self.node_id)
+            log.info("agent %s deregistered; counters %s", self.node_id, dict(self.counters))
         finally:
             self.pool.stop()
             zk_close(zk)

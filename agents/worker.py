@@ -43,7 +43,12 @@ def run_task(functions: collections.OrderedDict, msg: wire.RunTask) -> tuple[int
             return wire.NEED_FUNCTION, b""
         args, kwargs = payload.load_args(args_frame)
         value = fn(*args, **kwargs)
-        return wire.OK, payload.pack_result(value, fmt)
+        body = payload.pack_result(value, fmt)
+        limit = msg.options.get("max_payload", wire.MAX_PAYLOAD_DEFAULT)
+        if isinstance(limit, int) and len(body) > limit:
+            return wire.ERROR, payload.failure(
+                "ResultTooLarge", f"the result is {len(body) / 2**20:.1f} MiB; the limit is {limit / 2**20:.1f} MiB")
+        return wire.OK, body
     except BaseException as exc:  # SystemExit and KeyboardInterrupt from user code are task errors too
         return wire.ERROR, payload.pack_error(exc, fmt)
 
@@ -71,6 +76,7 @@ def main(argv: list[str]) -> int:
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, -1)  # only its own agent talks to it, over a private ipc socket
     sock.setsockopt(zmq.ROUTING_ID, f"{slot}:{os.getpid()}".encode())
     sock.connect(endpoint)
     sock.send_multipart(wire.WorkerReady(slot, os.getpid()).encode())

@@ -32,6 +32,7 @@ log = logging.getLogger("cluster.client")
 
 HEARTBEAT = 1.0
 BATCH = 256
+BATCH_BYTES = 8 * 2**20
 
 ResultCallback = Callable[[int, int, bytes], None]  # (index, status, payload)
 
@@ -51,6 +52,7 @@ class JobHandle:
         self.window = options.get("window", 10_000)
         self.accepted = threading.Event()
         self.workers = 0
+        self.max_payload = 0  # from JobAccepted
         self.failure: str | None = None
         self._slots = threading.Semaphore(self.window)
         self._lock = threading.Lock()
@@ -59,7 +61,11 @@ class JobHandle:
         self.closed = False
 
     def submit(self, index: int, args: bytes, timeout: float | None = None) -> bool:
-        """Queue a task; blocks while ``window`` tasks have no result yet."""
+        """Queue a task; blocks while ``window`` tasks have no result yet.
+        Raises PayloadTooLarge, before anything is sent, for arguments over the limit."""
+        if self.max_payload and len(args) > self.max_payload:
+            raise payload.PayloadTooLarge(f"task {index}: arguments are {len(args) / 2**20:.1f} MiB; the cluster "
+                                          f"accepts at most {self.max_payload / 2**20:.1f} MiB per task")
         if not self._slots.acquire(timeout=timeout):
             return False
         if self.closed:
@@ -259,9 +265,19 @@ class ClusterClient:
 
     def _resubmit(self, job: JobHandle) -> None:
         self._send_job(job)
-        items = list(job.outstanding.items())
-        for start in range(0, len(items), BATCH):
-            chunk = items[start:start + BATCH]
+        self._send_tasks(job, list(job.outstanding.items()))
+
+    def _send_tasks(self, job: JobHandle, items: list[tuple[int, bytes]]) -> None:
+        """In messages of at most BATCH tasks and about BATCH_BYTES."""
+        chunk: list[tuple[int, bytes]] = []
+        size = 0
+        for item in items:
+            if chunk and (len(chunk) == BATCH or size + len(item[1]) > BATCH_BYTES):
+                loop.send(self.sock, wire.SubmitTasks(job.job_id, [i for i, _ in chunk], frames=tuple(a for _, a in chunk)))
+                chunk, size = [], 0
+            chunk.append(item)
+            size += len(item[1])
+        if chunk:
             loop.send(self.sock, wire.SubmitTasks(job.job_id, [i for i, _ in chunk], frames=tuple(a for _, a in chunk)))
 
     def _send_new(self) -> None:
@@ -269,12 +285,9 @@ class ClusterClient:
             if not job.accepted.is_set():
                 continue
             new = job._take_new()
-            for start in range(0, len(new), BATCH):
-                chunk = new[start:start + BATCH]
-                for index, args in chunk:
-                    job.outstanding[index] = args
-                msg = wire.SubmitTasks(job.job_id, [i for i, _ in chunk], frames=tuple(a for _, a in chunk))
-                loop.send(self.sock, msg)
+            for index, args in new:
+                job.outstanding[index] = args
+            self._send_tasks(job, new)
 
     def _read(self) -> None:
         for _ in range(1000):
@@ -301,6 +314,7 @@ class ClusterClient:
                     job.window = msg.window
                     job._slots = threading.Semaphore(msg.window)
                     job.workers = msg.workers
+                    job.max_payload = msg.max_payload
                     job.accepted.set()
             elif isinstance(msg, wire.JobFailed):
                 job = self.jobs.get(msg.job_id)

@@ -43,6 +43,7 @@ class AgentConfig(Common):
     drain_timeout: float = 30.0
     restart_backoff_max: float = 30.0
     zk_session_timeout: float = 10.0  # ZooKeeper drops our znode this long after we vanish
+    max_payload: int = 64 * 2**20  # keep equal to the coordinator's: larger frames drop the sender
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -53,6 +54,7 @@ class CoordinatorConfig(Common):
     heartbeat_misses: int = 4
     job_window: int = 10000  # most tasks a job may have queued or running at once
     max_batch: int = 256  # most tasks in one Dispatch or TaskResults message
+    max_payload: int = 64 * 2**20  # bytes of one task's arguments, function or result
     client_timeout: float = 30.0  # a job whose client is silent this long is cancelled
     zk_session_timeout: float = 10.0  # a dead leader's lock is released after this; standbys then take over
 

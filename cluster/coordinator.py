@@ -20,7 +20,7 @@ from typing import Callable
 
 import zmq
 
-from . import election, loop, security, wire
+from . import election, loop, payload, security, wire
 from .config import CoordinatorConfig
 from .layout import LeaderRecord
 from .liveness import Liveness
@@ -68,6 +68,7 @@ class Coordinator:
             wire.CancelJob: self._on_cancel_job,
             wire.CancelTasks: self._on_cancel_tasks,
             wire.Heartbeat: self._on_client_heartbeat,
+            wire.StatusRequest: self._on_status,
         }
         self.agent_handlers = {
             wire.Welcome: self._on_welcome,
@@ -86,9 +87,9 @@ class Coordinator:
 
     def run(self) -> int:
         ctx = zmq.Context()
-        self.clients = loop.configure(ctx.socket(zmq.ROUTER))
+        self.clients = loop.configure(ctx.socket(zmq.ROUTER), max_payload=self.cfg.max_payload)
         self.clients.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.agents = loop.configure(ctx.socket(zmq.ROUTER))
+        self.agents = loop.configure(ctx.socket(zmq.ROUTER), max_payload=self.cfg.max_payload)
         self.agents.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.agents.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.agents.setsockopt(zmq.ROUTING_ID, self.id.encode())
@@ -253,17 +254,23 @@ class Coordinator:
         if handler is None:
             self._bad(identity, f"unexpected {type(msg).__name__} on the client port")
             return
-        if not self.leading:
+        if not self.leading and not isinstance(msg, wire.StatusRequest):
             loop.send(self.clients, wire.Refused("not the leader; look up the leader in ZooKeeper"), identity)
             return
         handler(identity, msg)
 
     def _on_submit_job(self, identity: bytes, msg: wire.SubmitJob) -> None:
-        job = self.scheduler.add_job(msg.job_id, identity, msg.frames[0], msg.digest, msg.options, time.monotonic())
+        limit = self.cfg.max_payload
+        if len(msg.frames[0]) > limit:
+            loop.send(self.clients, wire.JobFailed(msg.job_id, f"the function is {_mib(len(msg.frames[0]))}; "
+                                                               f"the limit is {_mib(limit)}"), identity)
+            return
+        options = dict(msg.options, max_payload=limit)  # workers check results against it
+        job = self.scheduler.add_job(msg.job_id, identity, msg.frames[0], msg.digest, options, time.monotonic())
         asked = msg.options.get("window")
         job.window = min(self.cfg.job_window, asked) if isinstance(asked, int) and asked > 0 else self.cfg.job_window
         workers = sum(a.workers for a in self.scheduler.agents.values() if not a.draining)
-        loop.send(self.clients, wire.JobAccepted(job.job_id, job.window, workers, self.epoch), identity)
+        loop.send(self.clients, wire.JobAccepted(job.job_id, job.window, workers, self.epoch, limit), identity)
 
     def _on_submit_tasks(self, identity: bytes, msg: wire.SubmitTasks) -> None:
         job = self.scheduler.jobs.get(msg.job_id)
@@ -275,6 +282,15 @@ class Coordinator:
             loop.send(self.clients, wire.JobFailed(msg.job_id, "window exceeded"), identity)
             return
         job.client, job.last_seen = identity, time.monotonic()
+        limit = self.cfg.max_payload
+        if any(len(f) > limit for f in msg.frames):  # only a client that skipped its own check
+            fits = [(i, f) for i, f in zip(msg.indices, msg.frames) if len(f) <= limit]
+            for index, frame in zip(msg.indices, msg.frames):
+                if len(frame) > limit:
+                    job.outbox.append((index, wire.ERROR, payload.failure(
+                        "PayloadTooLarge", f"arguments are {_mib(len(frame))}; the limit is {_mib(limit)}")))
+            self.scheduler.add_tasks(job, [i for i, _ in fits], tuple(f for _, f in fits))
+            return
         self.scheduler.add_tasks(job, msg.indices, msg.frames)
 
     def _on_cancel_job(self, identity: bytes, msg: wire.CancelJob) -> None:
@@ -292,6 +308,22 @@ class Coordinator:
             if job.client == identity:
                 job.last_seen = now
         loop.send(self.clients, wire.Heartbeat(self.id, self.epoch, len(self.peers)), identity)
+
+    def _on_status(self, identity: bytes, msg: wire.StatusRequest) -> None:
+        loop.send(self.clients, wire.StatusReply(self.status()), identity)
+
+    def status(self) -> dict:
+        s = self.scheduler
+        return {
+            "coordinator": self.id, "epoch": self.epoch, "leading": self.leading, "endpoint": self.endpoint,
+            "agents": {n: {"workers": a.workers, "capacity": a.capacity, "in_flight": len(a.in_flight),
+                           "draining": a.draining,
+                           "heartbeat_age": round(self.agent_liveness.age(n, time.monotonic()) or 0.0, 3)}
+                       for n, a in s.agents.items()},
+            "jobs": len(s.jobs), "queued": s.queued,
+            "running": sum(len(a.in_flight) for a in s.agents.values()),
+            "counters": dict(self.counters + s.counters),
+        }
 
     def _end_job(self, job_id: str) -> None:
         for node_id in self.scheduler.end_job(job_id):
@@ -377,3 +409,7 @@ class Coordinator:
                 if not loop.send(self.clients, msg, job.client):
                     break  # client gone or slow: keep them; it reconnects or times out
                 del job.outbox[:size]
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"

@@ -58,8 +58,13 @@ class Executor(cf.Executor):
         job = self._job_for(fn)
         future: cf.Future = cf.Future()
         index = next(self._counter)
+        args_blob = payload.pack_args(args, kwargs)
         self._futures[index] = future
-        job.submit(index, payload.pack_args(args, kwargs))
+        try:
+            job.submit(index, args_blob)
+        except BaseException:  # refused (too large) or interrupted: no future is left pending
+            self._futures.pop(index, None)
+            raise
         future.add_done_callback(lambda f: f.cancelled() and self._cancelled(job, index, f))
         return future
 

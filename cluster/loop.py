@@ -125,8 +125,11 @@ def route_address(zk_hosts: str) -> str:
         return socket.gethostname()
 
 
-def configure(sock: zmq.Socket, hwm: int = 100_000) -> zmq.Socket:
+def configure(sock: zmq.Socket, hwm: int = 100_000, max_payload: int = wire.MAX_PAYLOAD_DEFAULT) -> zmq.Socket:
     sock.setsockopt(zmq.LINGER, 0)
+    # libzmq drops a peer that sends a larger frame before it reaches us; senders
+    # check the same limit first so an honest peer gets a clear error instead.
+    sock.setsockopt(zmq.MAXMSGSIZE, max_payload + (1 << 20))
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, hwm)
     return sock

@@ -56,6 +56,10 @@ class WorkerLost(Exception):
     """The worker running the task died (crash, signal, memory) and retries ran out."""
 
 
+class PayloadTooLarge(ValueError):
+    """A task's arguments exceed the cluster's per-task limit; nothing was sent."""
+
+
 class TaskTimeout(TimeoutError):
     """The task ran past its --timeout; its worker was killed."""
 

@@ -38,6 +38,7 @@ NEED_FUNCTION = 4  # worker-internal: the function blob was not cached
 STATUSES = frozenset({OK, ERROR, LOST, CANCELLED, NEED_FUNCTION})
 
 MAX_HEADER_BYTES = 8 * 1024 * 1024
+MAX_PAYLOAD_DEFAULT = 64 * 1024 * 1024  # one task's arguments, function or result
 
 _REGISTRY: dict[int, type[Message]] = {}
 
@@ -190,6 +191,7 @@ class JobAccepted(Message):
     window: int  # the most tasks the client may have without a result
     workers: int  # workers connected now, so a client can say it is waiting
     epoch: int
+    max_payload: int  # the largest arguments frame a task may have
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,6 +242,20 @@ class CancelTasks(Message):
 
     def validate(self) -> None:
         _ints(self.indices, "CancelTasks.indices")
+
+
+@dataclasses.dataclass(frozen=True)
+class StatusRequest(Message):
+    KIND = 17
+    detail: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class StatusReply(Message):
+    """The coordinator's view: leader, epoch, agents, jobs, queue and counters."""
+
+    KIND = 18
+    status: dict
 
 
 @dataclasses.dataclass(frozen=True)

@@ -103,3 +103,25 @@ def test_clusterctl_drain_waits_for_the_agent_to_leave(running_cluster):
     wait_for(lambda: "a1" in running_cluster.agents(), 20, what="a1 to rejoin")
     time.sleep(1.0)
     assert "a1" in running_cluster.agents()  # it did not drain again straight away
+
+
+def test_oversized_arguments_and_results_get_clear_errors(local_cluster):
+    limit = 1 << 20
+    local_cluster.extra_env.update(CLUSTER_COORDINATOR_MAX_PAYLOAD=str(limit), CLUSTER_AGENT_MAX_PAYLOAD=str(limit))
+    coordinator = local_cluster.coordinator()
+    local_cluster.agent("a1", 1)
+    local_cluster.wait_ready(coordinator, ["a1"])
+    from cluster.payload import PayloadTooLarge, TaskError
+
+    with Executor(zk=local_cluster.zk, cluster=local_cluster.name) as ex:
+        with pytest.raises(PayloadTooLarge, match="at most 1.0 MiB"):
+            ex.submit(len, b"x" * (2 << 20))
+        with pytest.raises(TaskError, match="ResultTooLarge: the result is 3.0 MiB"):
+            ex.submit(bytes, 3 << 20).result(timeout=60)
+        assert ex.submit(len, b"x" * 1000).result(timeout=60) == 1000  # the connection survived
+    big = json.dumps("y" * (2 << 20))
+    res = local_cluster.clusterctl("submit", "builtins:len", "--inputs", "-", "--ordered", input=f'"ok"\n{big}\n')
+    assert res.returncode == 1, res.stderr
+    ok, refused = _rows(res.stdout)
+    assert ok == {"index": 0, "ok": True, "result": 2}
+    assert refused["error"].startswith("PayloadTooLarge: task 1: arguments are 2.0 MiB")

@@ -210,7 +210,7 @@ def _run(cfg: config.Common, function: bytes, source: Inputs, out: IO[str], *, o
         if job.workers == 0 and source.count:
             typer.echo(f"clusterctl: no workers in cluster {cfg.cluster!r} yet; tasks wait until an agent joins",
                        err=True)
-        feeder = threading.Thread(target=_feed, args=(job, source), daemon=True)
+        feeder = threading.Thread(target=_feed, args=(job, source, results), daemon=True)
         feeder.start()
         writer = _Writer(out, ordered)
         bar = _Progress(source.count) if progress else None
@@ -239,11 +239,14 @@ def _run(cfg: config.Common, function: bytes, source: Inputs, out: IO[str], *, o
         client.close()
 
 
-def _feed(job: JobHandle, source: Inputs) -> None:
+def _feed(job: JobHandle, source: Inputs, results: queue.SimpleQueue) -> None:
     for index, args in source.items:
-        while not job.submit(index, args, timeout=0.5):
-            if job.closed:
-                return
+        try:
+            while not job.submit(index, args, timeout=0.5):
+                if job.closed:
+                    return
+        except payload.PayloadTooLarge as exc:  # refused here, before sending: report it as this task's failure
+            results.put((index, wire.ERROR, payload.failure("PayloadTooLarge", str(exc))))
 
 
 class _Writer:

@@ -1,0 +1,143 @@
+"""Hostile input: property-based decoding, and 100,000 malformed messages fired
+at a running cluster's three doors (the coordinator's client port, the
+coordinator's agent channel, an agent's endpoint) while a job runs."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import subprocess
+import time
+
+import msgpack
+import psutil
+import zmq
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cluster import layout, wire
+from cluster.layout import AgentRecord
+from cluster.version import PROTOCOL_VERSION
+from helpers import PY, ROOT, local_cluster, running_cluster, wait_for  # noqa: F401
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.binary(max_size=64), min_size=0, max_size=5))
+def test_decode_rejects_or_returns_a_message_for_any_frames(frames):
+    try:
+        assert isinstance(wire.decode(frames), wire.Message)
+    except wire.ProtocolError:
+        pass
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.integers(0, 40), st.lists(st.one_of(st.integers(-2**63, 2**64 - 1), st.text(max_size=8), st.binary(max_size=8),
+                                               st.lists(st.integers(-2**63, 2**63 - 1), max_size=3), st.none(),
+                                               st.floats()),
+                                     max_size=7))
+def test_well_formed_msgpack_with_wrong_fields_is_rejected_cleanly(kind, fields):
+    frames = [msgpack.packb([PROTOCOL_VERSION, kind, *fields], use_bin_type=True), b"x"]
+    try:
+        wire.decode(frames)
+    except wire.ProtocolError:
+        pass
+
+
+def garbage(rng: random.Random) -> list[bytes]:
+    """A message that can never decode: each kind of malformation in turn."""
+    choice = rng.randrange(5)
+    if choice == 0:
+        return [b"\xc1" + rng.randbytes(rng.randrange(40))]  # 0xc1 is never valid msgpack
+    if choice == 1:
+        head = msgpack.packb([PROTOCOL_VERSION, wire.Heartbeat.KIND, "x" * 20, 1, 0])
+        return [head[: rng.randrange(1, len(head) - 1)]]  # truncated
+    if choice == 2:
+        return [msgpack.packb([PROTOCOL_VERSION + 7, wire.Heartbeat.KIND, "x", 1, 0])]  # another version
+    if choice == 3:
+        return [msgpack.packb([PROTOCOL_VERSION, 200 + rng.randrange(50)]), rng.randbytes(10)]  # unknown kind
+    return [msgpack.packb([PROTOCOL_VERSION, wire.Results.KIND, 1, [["j", 1]]]), b"r"]  # short row
+
+
+def fire(sock: zmq.Socket, count: int, seed: int, prefix: list[bytes] | None = None) -> None:
+    rng = random.Random(seed)
+    for _ in range(count):
+        while True:
+            try:
+                sock.send_multipart([*(prefix or []), *garbage(rng)], flags=zmq.NOBLOCK)
+                break
+            except zmq.Again:
+                time.sleep(0.001)
+
+
+def test_100k_malformed_messages_while_a_job_runs(running_cluster, tmp_path):
+    cluster = running_cluster
+    coordinator = cluster.coordinator_proc
+    a1 = next(p for p in cluster.procs if p.name == "a1")
+    rss = {p.name: psutil.Process(p.pid).memory_info().rss for p in (coordinator, a1)}
+
+    module = tmp_path / "sq.py"
+    module.write_text("import time\n\ndef sq(x):\n    time.sleep(0.002)\n    return x * x\n")
+    out = tmp_path / "out.jsonl"
+    job = subprocess.Popen([PY, "-m", "cluster.cli.main", "submit", f"{module}:sq", "--range", "0", "6000",
+                            "--output", str(out)], env=cluster.env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    ctx = zmq.Context()
+    try:
+        # Door 1: the coordinator's client port.
+        client_port = ctx.socket(zmq.DEALER)
+        client_port.setsockopt(zmq.LINGER, 0)
+        client_port.connect(cluster.leader().endpoint)
+        # Door 2: a fake agent the coordinator connects to, which answers with garbage.
+        fake = ctx.socket(zmq.ROUTER)
+        fake.setsockopt(zmq.LINGER, 0)
+        fake.setsockopt(zmq.ROUTING_ID, b"fuzz")
+        port = fake.bind_to_random_port("tcp://127.0.0.1")
+        record = AgentRecord(node_id="fuzz", host="fuzzhost", endpoint=f"tcp://127.0.0.1:{port}", workers=1, cores=1,
+                             memory=1, version="0", protocol=PROTOCOL_VERSION, pid=1, started=time.time())
+        cluster.kazoo.create(layout.agent_path(cluster.name, "fuzz"), record.to_bytes(), ephemeral=True)
+        assert fake.poll(10_000), "the coordinator never connected to the fake agent"
+        coordinator_identity = fake.recv_multipart()[0]
+        # Door 3: an agent's own endpoint.
+        data, _ = cluster.kazoo.get(layout.agent_path(cluster.name, "a1"))
+        agent_port = ctx.socket(zmq.DEALER)
+        agent_port.setsockopt(zmq.LINGER, 0)
+        agent_port.connect(AgentRecord.from_bytes(data).endpoint)
+
+        fire(client_port, 40_000, 1)
+        fire(fake, 30_000, 2, prefix=[coordinator_identity])
+        fire(agent_port, 30_000, 3)
+
+        _, err = job.communicate(timeout=240)
+        assert job.returncode == 0, err
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert sorted(r["index"] for r in rows) == list(range(6000))
+        assert all(r["ok"] and r["result"] == r["index"] ** 2 for r in rows)
+
+        assert coordinator.popen.poll() is None and a1.popen.poll() is None
+        status = coordinator_status(ctx, cluster.leader().endpoint)
+        wait_for(lambda: coordinator_status(ctx, cluster.leader().endpoint)["counters"].get(
+            "dropped_messages", 0) >= 70_000, 60, what="the coordinator to read all garbage")
+        status = coordinator_status(ctx, cluster.leader().endpoint)
+        assert status["counters"]["dropped_messages"] == 70_000
+        grown = {p.name: psutil.Process(p.pid).memory_info().rss - rss[p.name] for p in (coordinator, a1)}
+        print(f"RSS growth after 100,000 malformed messages: {grown}")
+        assert all(g < 40 * 2**20 for g in grown.values()), grown
+    finally:
+        ctx.destroy(linger=0)
+    a1.stop()
+    counters = re.search(r"deregistered; counters (\{.*\})", a1.text())
+    assert counters and eval(counters.group(1))["dropped_messages"] == 30_000  # noqa: S307 - our own log
+
+
+def coordinator_status(ctx: zmq.Context, endpoint: str) -> dict:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        sock.send_multipart(wire.StatusRequest().encode())
+        assert sock.poll(10_000), "no status reply"
+        reply = wire.decode(sock.recv_multipart())
+        assert isinstance(reply, wire.StatusReply)
+        return reply.status
+    finally:
+        sock.close()
