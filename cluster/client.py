@@ -121,6 +121,7 @@ class ClusterClient:
         self.identity = uuid.uuid4().hex.encode()
         self.jobs: dict[str, JobHandle] = {}
         self.coordinator_silent = False
+        self.agents = -1  # agents the leader has, from its heartbeat replies; -1 until one arrives
         self._waker = loop.Waker()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="cluster-client", daemon=True)
@@ -301,7 +302,9 @@ class ClusterClient:
             except wire.ProtocolError as exc:
                 log.warning("dropping malformed message from the coordinator: %s", exc)
                 continue
-            if isinstance(msg, wire.TaskResults):
+            if isinstance(msg, wire.Heartbeat):
+                self.agents = msg.free
+            elif isinstance(msg, wire.TaskResults):
                 job = self.jobs.get(msg.job_id)
                 if job is not None:
                     for (index, status), body in zip(msg.items, msg.frames):

@@ -6,7 +6,7 @@ import json
 import math
 import time
 
-from helpers import local_cluster, running_cluster  # noqa: F401
+from helpers import local_cluster, running_cluster, wait_for  # noqa: F401
 
 
 def rows(stdout: str) -> list[dict]:
@@ -118,3 +118,12 @@ def test_no_coordinator_exits_2_with_a_hint(local_cluster):
     res = local_cluster.clusterctl("submit", "math:sqrt", "--range", "0", "3", "--connect-timeout", "1")
     assert res.returncode == 2
     assert "no coordinator is running" in res.stderr
+
+
+def test_a_cluster_without_agents_waits_with_a_message_then_gives_up(local_cluster):
+    coordinator = local_cluster.coordinator()
+    wait_for(lambda: local_cluster.leader() is not None, 20, what="a leader")
+    res = local_cluster.clusterctl("submit", "math:sqrt", "--range", "0", "3", "--wait-workers", "2")
+    assert res.returncode == 2
+    assert "no workers in cluster" in res.stderr and "no agent joined cluster" in res.stderr
+    assert "Traceback" not in res.stderr and coordinator.popen.poll() is None

@@ -64,6 +64,7 @@ def submit(
     retries: int = typer.Option(2, "--retries", min=0, max=100, help="Retries of a task whose worker died."),
     window: int = typer.Option(10_000, "--window", min=1, help="Most tasks in flight; bounds memory."),
     connect_timeout: float = typer.Option(10.0, "--connect-timeout", help="Seconds to reach ZooKeeper and the coordinator."),
+    wait_workers: float = typer.Option(60.0, "--wait-workers", help="Seconds to wait for a first agent when the cluster has none (then exit 2)."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds a task may run; then its worker is killed and it fails with TaskTimeout."),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Memory a worker may use for a task, e.g. 512M or 2G; over it the worker is killed."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: when stderr is a terminal)."),
@@ -79,6 +80,7 @@ def submit(
     out: IO[str] = open(output, "w") if output else sys.stdout
     try:
         code = _run(common_cfg, function, source, out, ordered=ordered, retries=retries, window=window, limits=limits,
+                    wait_workers=wait_workers,
                     connect_timeout=connect_timeout, shell=shell,
                     progress=sys.stderr.isatty() if progress is None else progress)
     finally:
@@ -196,7 +198,7 @@ def _file_inputs(name: str, star: bool, shell: bool) -> Inputs:
 
 
 def _run(cfg: config.Common, function: bytes, source: Inputs, out: IO[str], *, ordered: bool, retries: int,
-         window: int, limits: dict, connect_timeout: float, shell: bool, progress: bool) -> int:
+         window: int, limits: dict, wait_workers: float, connect_timeout: float, shell: bool, progress: bool) -> int:
     results: queue.SimpleQueue = queue.SimpleQueue()
     started = time.monotonic()
     with common.clear_errors():
@@ -221,6 +223,11 @@ def _run(cfg: config.Common, function: bytes, source: Inputs, out: IO[str], *, o
                 except queue.Empty:
                     if bar:
                         bar.update(writer.done, writer.failed)
+                    if writer.done == 0 and client.agents == 0 and time.monotonic() - started > wait_workers:
+                        job.close()
+                        typer.echo(f"clusterctl: no agent joined cluster {cfg.cluster!r} within {wait_workers:g} s; "
+                                   "start one with `clusterctl agent`", err=True)
+                        return common.EXIT_USAGE
                     continue
                 writer.add(*item)
                 if bar and writer.done % 64 == 0:
