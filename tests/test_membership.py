@@ -111,3 +111,14 @@ def test_one_coordinator_leads_and_a_standby_takes_over(local_cluster):
     res = local_cluster.clusterctl("submit", "math:sqrt", "--range", "0", "100")
     assert res.returncode == 0, res.stderr
     assert len(res.stdout.splitlines()) == 100
+
+
+def test_status_reports_the_leaders_view(running_cluster):
+    res = running_cluster.clusterctl("status", "--json")
+    assert res.returncode == 0, res.stderr
+    state = json.loads(res.stdout)
+    assert state["leading"] is True and state["epoch"] >= 1 and state["standbys"] == 0
+    assert sorted(state["agents"]) == ["a1", "a2"]
+    assert all(a["workers"] == 2 and a["heartbeat_age"] < 5 for a in state["agents"].values())
+    text = running_cluster.clusterctl("status")
+    assert text.returncode == 0 and "2 agents, 4 workers" in text.stdout

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from . import coordinator_cmd, drain, keys, nodes, submit, up
+from . import coordinator_cmd, drain, keys, nodes, status, submit, up
 
 app = typer.Typer(
     help="Run Python functions and shell commands over a cluster of machines.\n\n"
@@ -34,6 +34,7 @@ app.command(name="submit", help=submit.__doc__)(submit.submit)
 app.command(name="nodes", help=nodes.__doc__)(nodes.nodes)
 app.command(name="up", help=up.__doc__)(up.up)
 app.command(name="drain", help=drain.__doc__)(drain.drain)
+app.command(name="status", help=status.__doc__)(status.status)
 app.add_typer(keys.app, name="keys", help="CURVE keys for a secured cluster (`clusterctl keys generate --out DIR`).")
 
 

@@ -1,0 +1,82 @@
+"""Show the cluster as its leader sees it: epoch, standbys, agents with their load and
+heartbeat age, jobs, queued and running tasks, and the leader's counters.
+
+Examples:
+
+  clusterctl status
+
+  clusterctl status --json | jq .counters
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+import zmq
+
+from .. import config, election, layout, security, wire
+from ..zk import close as zk_close
+from ..zk import connect as zk_connect
+from . import common
+
+
+def status(
+    zk: common.ZkOpt = common.ZK,
+    cluster: Optional[str] = common.CLUSTER,
+    config_file: Optional[str] = common.CONFIG,
+    keys: Optional[str] = common.KEYS,
+    zk_auth: Optional[str] = common.ZK_AUTH,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    timeout: float = typer.Option(10.0, "--timeout", help="Seconds to reach ZooKeeper and the leader."),
+) -> None:
+    with common.clear_errors():
+        cfg = config.load(config.Common, config_file, dict(zk=zk, cluster=cluster, keys=keys, zk_auth=zk_auth))
+        client = zk_connect(cfg.zk, timeout=timeout, auth_file=cfg.zk_auth)
+    try:
+        leader = election.read_leader(client, cfg.cluster)
+        path = layout.election_path(cfg.cluster)
+        candidates = len(client.get_children(path)) if client.exists(path) else 0
+    finally:
+        zk_close(client)
+    if leader is None:
+        raise common.fail(f"no coordinator leads cluster {cfg.cluster!r}")
+    with common.clear_errors():
+        state = _ask(leader.endpoint, leader.curve_key, cfg.keys, timeout)
+    state["standbys"] = max(0, candidates - 1)
+    if as_json:
+        common.print_json(state)
+        return
+    agents = state["agents"]
+    typer.echo(f"leader {state['coordinator']} (epoch {state['epoch']}) at {state['endpoint']}; "
+               f"{state['standbys']} standby")
+    typer.echo(f"{len(agents)} agents, {sum(a['workers'] for a in agents.values())} workers; "
+               f"{state['jobs']} jobs, {state['queued']} queued, {state['running']} running")
+    for node, a in sorted(agents.items()):
+        typer.echo(f"  {node:<20} {'draining' if a['draining'] else 'ready':<9} workers {a['workers']:<3} "
+                   f"in flight {a['in_flight']:<4} heartbeat {a['heartbeat_age']:.1f}s ago")
+    counters = ", ".join(f"{k} {v}" for k, v in sorted(state["counters"].items()))
+    typer.echo(f"counters: {counters or 'none'}")
+
+
+def _ask(endpoint: str, curve_key: str, keys_dir: str, timeout: float) -> dict:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        if curve_key:
+            if not keys_dir:
+                raise ValueError("the cluster requires CURVE keys: give --keys DIR (env CLUSTER_KEYS)")
+            keys = security.load(keys_dir, "client")
+            security.connect_to(sock, keys, keys.coordinator)
+        sock.connect(endpoint)
+        sock.send_multipart(wire.StatusRequest().encode())
+        if not sock.poll(timeout * 1000):
+            raise ValueError(f"the leader at {endpoint} did not answer within {timeout:g} s")
+        reply = wire.decode(sock.recv_multipart())
+        if not isinstance(reply, wire.StatusReply):
+            raise ValueError(f"the leader answered {type(reply).__name__} instead of its status")
+        return reply.status
+    finally:
+        sock.close(0)
+        ctx.term()
