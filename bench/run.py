@@ -15,7 +15,6 @@ import json
 import multiprocessing
 import os
 import random
-import statistics
 import sys
 import time
 

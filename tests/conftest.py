@@ -19,8 +19,10 @@ from cluster.zkserver import ZooKeeperNotInstalled, ZooKeeperServer, free_ports
 
 ZK_LOG_LINES = 50
 
-# tests/chaos/ imports tests/helpers.py like the tests beside it do.
+# tests/chaos/ imports tests/helpers.py like the tests beside it do; its cluster
+# fixtures (local_cluster, running_cluster) are available to every test.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+pytest_plugins = ["helpers"]
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)

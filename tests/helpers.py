@@ -20,6 +20,20 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
 
+def assert_gone(pids: list[int], timeout: float = 15.0) -> None:
+    """Every pid has exited (a zombie counts: it is only waiting for its reaper)."""
+    def gone() -> bool:
+        for pid in pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    return False
+            except psutil.NoSuchProcess:
+                pass
+        return True
+
+    wait_for(gone, timeout, what=f"processes {pids} to exit")
+
+
 class LineReader:
     """Lines from a child's pipe with a timeout, instead of a hang."""
 

@@ -10,7 +10,7 @@ import pytest
 
 from cluster import Executor
 from cluster.payload import WorkerLost
-from helpers import PY, ROOT, local_cluster, running_cluster  # noqa: F401
+from helpers import PY, ROOT
 
 
 @pytest.fixture

@@ -4,16 +4,11 @@ a killed agent's tasks, every result exactly once, no orphan processes."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
-import threading
-import time
 
-import psutil
 
-from helpers import PY, ROOT, local_cluster, running_cluster, wait_for  # noqa: F401
+from helpers import PY, ROOT, assert_gone, wait_for
 
 CRASHERS = '''
 import ctypes, os, signal, time
@@ -90,9 +85,7 @@ def test_agent_killed_mid_job_loses_and_duplicates_nothing(running_cluster, tmp_
     assert len(results) == 10_000
     assert sorted(r["index"] for r in results) == list(range(10_000))
     assert all(r["result"] == r["index"] ** 2 for r in results)
-    # The dead agent's workers noticed and exited by themselves.
-    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-                             for p in victim_workers), 10, what="orphaned workers to exit")
+    assert_gone(victim_workers)  # the dead agent's workers noticed and exited by themselves
 
 
 def test_workers_exit_when_their_agent_is_sigkilled(local_cluster):
@@ -103,16 +96,7 @@ def test_workers_exit_when_their_agent_is_sigkilled(local_cluster):
     agent.signal(signal.SIGKILL)
     agent.popen.wait(5)
 
-    def gone() -> bool:
-        for pid in workers:
-            try:
-                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                    return False
-            except psutil.NoSuchProcess:
-                pass
-        return True
-
-    wait_for(gone, 10, what="workers of a SIGKILLed agent to exit")
+    assert_gone(workers)
 
 
 def test_agent_sigterm_drains_deregisters_and_exits_0(running_cluster, tmp_path):

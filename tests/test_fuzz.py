@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from cluster import layout, wire
 from cluster.layout import AgentRecord
 from cluster.version import PROTOCOL_VERSION
-from helpers import PY, ROOT, local_cluster, running_cluster, wait_for  # noqa: F401
+from helpers import PY, ROOT, wait_for
 
 
 @settings(max_examples=3000, deadline=None)
@@ -66,7 +66,9 @@ def fire(sock: zmq.Socket, count: int, seed: int, prefix: list[bytes] | None = N
             try:
                 sock.send_multipart([*(prefix or []), *garbage(rng)], flags=zmq.NOBLOCK)
                 break
-            except zmq.Again:
+            except (zmq.Again, zmq.error.ZMQError) as exc:  # full pipe (EAGAIN, or EHOSTUNREACH mid-handshake)
+                if isinstance(exc, zmq.ZMQError) and exc.errno not in (zmq.EAGAIN, zmq.EHOSTUNREACH):
+                    raise
                 time.sleep(0.001)
 
 
@@ -91,6 +93,7 @@ def test_100k_malformed_messages_while_a_job_runs(running_cluster, tmp_path):
         fake = ctx.socket(zmq.ROUTER)
         fake.setsockopt(zmq.LINGER, 0)
         fake.setsockopt(zmq.ROUTING_ID, b"fuzz")
+        fake.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full pipe is EAGAIN (retried), not a silent drop
         port = fake.bind_to_random_port("tcp://127.0.0.1")
         record = AgentRecord(node_id="fuzz", host="fuzzhost", endpoint=f"tcp://127.0.0.1:{port}", workers=1, cores=1,
                              memory=1, version="0", protocol=PROTOCOL_VERSION, pid=1, started=time.time())

@@ -12,8 +12,8 @@ import time
 import pytest
 
 from cluster import Executor
-from cluster.payload import TaskTimeout, WorkerLost
-from helpers import PY, ROOT, LineReader, local_cluster, running_cluster, wait_for  # noqa: F401
+from cluster.payload import TaskTimeout
+from helpers import PY, ROOT, LineReader, wait_for
 
 HOGS = '''
 import time

@@ -10,7 +10,7 @@ import time
 
 from cluster import layout
 from cluster.layout import AgentRecord
-from helpers import PY, ROOT, LineReader, local_cluster, running_cluster, wait_for  # noqa: F401
+from helpers import PY, ROOT, LineReader, wait_for
 
 
 def test_agent_registers_an_ephemeral_znode_with_its_metadata(local_cluster):

@@ -12,7 +12,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 
 from cluster import layout, security
-from helpers import local_cluster, wait_for  # noqa: F401
+from helpers import wait_for
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import json
 import math
 import time
 
-from helpers import local_cluster, running_cluster, wait_for  # noqa: F401
+from helpers import wait_for
 
 
 def rows(stdout: str) -> list[dict]:

@@ -3,7 +3,6 @@ datagram socket, and the unit files through `systemd-analyze verify`."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, local_cluster  # noqa: F401
+from helpers import ROOT
 
 
 def read_notifications(sock: socket.socket, until: str, timeout: float = 30.0) -> list[str]:

@@ -11,8 +11,6 @@ import time
 import psutil
 
 from helpers import PY, ROOT, LineReader, wait_for
-
-
 def test_up_runs_a_command_against_its_cluster_and_cleans_up(tmp_path):
     script = tmp_path / "job.sh"
     script.write_text(f"{PY} -m cluster.cli.main nodes --json && "

@@ -10,10 +10,7 @@ import os
 import subprocess
 from pathlib import Path
 
-import psutil
-
 from helpers import PY, ROOT, LocalCluster, wait_for
-
 SCALE = float(os.environ.get("CHAOS_SCALE", "1"))  # `make chaos` soaks with bigger jobs
 
 TASKS = '''
@@ -68,16 +65,3 @@ def ran_on(rows: list[dict]) -> dict[int, int]:
     for r in rows:
         counts[r["result"][1]] = counts.get(r["result"][1], 0) + 1
     return counts
-
-
-def assert_gone(pids: list[int], timeout: float = 15.0) -> None:
-    def gone() -> bool:
-        for pid in pids:
-            try:
-                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                    return False
-            except psutil.NoSuchProcess:
-                pass
-        return True
-
-    wait_for(gone, timeout, what=f"processes {pids} to exit")

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from chaoslib import Job, assert_gone, ran_on
-from helpers import LocalCluster, local_cluster, wait_for  # noqa: F401
+from chaoslib import Job, ran_on
+from helpers import LocalCluster, assert_gone, wait_for
 
 FAST = ("--zk-session-timeout", "2")  # a dead leader is replaced in seconds, not ten
 

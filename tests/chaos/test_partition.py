@@ -14,7 +14,6 @@ import pytest
 from chaoslib import Job, ran_on
 from cluster.zkserver import ZooKeeperServer
 from helpers import PY, LocalCluster, wait_for
-
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
                                 reason="network namespaces need root and iproute2")
 
