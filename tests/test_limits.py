@@ -72,7 +72,8 @@ def test_executor_timeout_and_cancel(running_cluster):
         assert ex.submit(abs, -3).result(timeout=30) == 3  # the window slots came back
 
 
-def test_ctrl_c_cancels_the_job_on_the_cluster_and_summarises(running_cluster, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_cancels_the_job_on_the_cluster_and_summarises(running_cluster, tmp_path, sig):
     mod = tmp_path / "hogs.py"
     mod.write_text(HOGS)
     proc = subprocess.Popen([PY, "-m", "cluster.cli.main", "submit", f"{mod}:nap", "--range", "0", "400"],
@@ -80,7 +81,7 @@ def test_ctrl_c_cancels_the_job_on_the_cluster_and_summarises(running_cluster, t
                             text=True)
     lines = LineReader(proc.stdout)
     lines.next(60)  # work is flowing
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
     assert "cancelled after" in err and "Traceback" not in err

@@ -85,12 +85,23 @@ def test_usage_errors_exit_2_with_one_line(running_cluster, tmp_path):
         assert "Traceback" not in res.stderr and res.stderr.strip(), args
 
 
-def test_module_missing_on_workers_fails_each_task_clearly(running_cluster):
+def test_module_or_function_missing_on_workers_fails_each_task_clearly(running_cluster):
     res = running_cluster.clusterctl("submit", "no_such_module_xyz:f", "--range", "0", "3")
     assert res.returncode == 1
     out = rows(res.stdout)
     assert len(out) == 3
     assert all(r["error"].startswith("ModuleNotFoundError") for r in out)
+    res = running_cluster.clusterctl("submit", "math:no_such_function", "--range", "0", "2")
+    assert res.returncode == 1
+    assert all(r["error"] == "AttributeError: module 'math' has no function 'no_such_function'"
+               for r in rows(res.stdout))
+
+
+def test_a_missing_keys_directory_is_one_clear_line(running_cluster, tmp_path):
+    res = running_cluster.clusterctl("submit", "math:sqrt", "--range", "0", "2", "--keys", str(tmp_path / "nope"))
+    assert res.returncode == 2
+    assert res.stderr.strip() == f"clusterctl: keys directory {tmp_path / 'nope'} does not exist " \
+                                 "(create one with `clusterctl keys generate`)"
 
 
 def test_shell_mode_quotes_input_and_reports_exit_codes(running_cluster):

@@ -28,6 +28,7 @@ import dataclasses
 import json
 import os
 import queue
+import signal
 import sys
 import tempfile
 import threading
@@ -201,6 +202,7 @@ def _run(cfg: config.Common, function: bytes, source: Inputs, out: IO[str], *, o
          window: int, limits: dict, wait_workers: float, connect_timeout: float, shell: bool, progress: bool) -> int:
     results: queue.SimpleQueue = queue.SimpleQueue()
     started = time.monotonic()
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM cancels the job like Ctrl-C does
     with common.clear_errors():
         client = ClusterClient(cfg.zk, cfg.cluster, connect_timeout=connect_timeout, keys=cfg.keys,
                                zk_auth=cfg.zk_auth)
@@ -244,6 +246,10 @@ def _run(cfg: config.Common, function: bytes, source: Inputs, out: IO[str], *, o
         return common.EXIT_FAILED if writer.failed else common.EXIT_OK
     finally:
         client.close()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _feed(job: JobHandle, source: Inputs, results: queue.SimpleQueue) -> None:
