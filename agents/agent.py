@@ -80,10 +80,12 @@ class Agent:
         self.max_epoch = 0
         self.leader_liveness = Liveness(cfg.heartbeat_interval, cfg.heartbeat_misses)
         self.counters: collections.Counter = collections.Counter()
+        self.outcomes: collections.Counter = collections.Counter()  # tasks finished here, by outcome
         self.draining = False
         self.drain_deadline = 0.0
         self._stopping = False
         self.notifier = Notifier()
+        self.metrics = None
         self._fenced: set[tuple[bytes, int]] = set()
         self.front_handlers = {
             wire.Hello: self._on_hello,
@@ -129,6 +131,12 @@ class Agent:
             zk.DataWatch(self._drain_request, self._on_drain_request)
             log.info("agent %s registered: endpoint %s, %d workers (%d usable cpus)", self.node_id,
                      self.endpoint, self.workers, self.resources.usable_cpus)
+            if self.cfg.metrics_port:
+                from cluster.metrics import Metrics  # only daemons that export metrics need the library
+
+                self.metrics = Metrics("agent", self.cfg.metrics_port, loop.bind_host(self.cfg.bind))
+                log.info("metrics on port %d", self.metrics.port)
+            self.zk = zk
             self.notifier.ready(f"registered as {self.node_id} at {self.endpoint} with {self.workers} workers")
             if on_registered:
                 on_registered(self)
@@ -143,6 +151,8 @@ class Agent:
             self.back.close(0)
             if auth is not None:
                 auth.stop()
+            if self.metrics is not None:
+                self.metrics.stop()
             ctx.term()
             shutil.rmtree(self.tmpdir, ignore_errors=True)
             self.waker.close()
@@ -182,6 +192,8 @@ class Agent:
             now = time.monotonic()
             if now >= next_tick:
                 self.notifier.pet(now)
+                if self.metrics is not None:
+                    self._export(now)
                 self._enforce_limits(now)
                 self._reap(now)
                 self.pool.converge(now)
@@ -354,6 +366,7 @@ class Agent:
             self.queue.appendleft(task)
             return
         self.outbox.append((key, msg.status, msg.frames[0]))
+        self.outcomes[wire.OUTCOMES.get(msg.status, "other")] += 1
 
     def _reap(self, now: float) -> None:
         for ex in self.pool.reap(now):
@@ -388,6 +401,22 @@ class Agent:
             if not loop.send(self.front, msg, self.leader):
                 return  # keep them until a coordinator is reachable
             del self.outbox[:MAX_RESULTS_PER_MESSAGE]
+
+    def _export(self, now: float) -> None:
+        m = self.metrics
+        states = collections.Counter(slot.state.value for slot in self.pool.slots)
+        for state in ("starting", "idle", "busy", "backoff"):
+            m.gauge("workers", "Worker processes by state", states.get(state, 0), state=state)
+        m.gauge("queue_depth", "Tasks queued on this agent", len(self.queue))
+        m.gauge("results_held", "Results waiting for a coordinator", len(self.outbox))
+        m.gauge("draining", "1 while draining", 1.0 if self.draining else 0.0)
+        m.gauge("zookeeper_connected", "1 while the ZooKeeper session is connected", 1.0 if self.zk.connected else 0.0)
+        age = self.leader_liveness.age(self.leader, now) if self.leader else None
+        m.gauge("leader_heartbeat_age_seconds", "Seconds since the leader was last heard", age if age else 0.0)
+        m.counters("tasks_total", "Tasks finished on this agent, by outcome", self.outcomes, "outcome")
+        m.total("dropped_messages_total", "Malformed or unexpected messages dropped", self.counters["dropped_messages"])
+        m.total("fenced_messages_total", "Messages from deposed coordinators dropped", self.counters["fenced_messages"])
+        m.total("worker_restarts_total", "Worker processes restarted", sum(s.restarts for s in self.pool.slots))
 
     def _beat(self, now: float) -> None:
         if self.leader is None:

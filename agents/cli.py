@@ -46,14 +46,17 @@ def agent(
     heartbeat_misses: Optional[int] = typer.Option(None, help="Missed heartbeats before the coordinator is lost (4)."),
     drain_timeout: Optional[float] = typer.Option(None, help="Seconds a drain waits for held tasks (30)."),
     zk_session_timeout: Optional[float] = typer.Option(None, help="ZooKeeper session timeout; our znode goes this long after we vanish (10)."),
+    metrics_port: Optional[int] = typer.Option(None, help="Serve Prometheus metrics on this port (off)."),
     log_level: str = common.LOG_LEVEL,
+    log_format: str = common.LOG_FORMAT,
 ) -> None:
-    common.setup_logging(log_level)
+    common.setup_logging(log_level, log_format)
     with common.clear_errors():
         cfg = config.load(config.AgentConfig, config_file, dict(
             zk=zk, cluster=cluster, keys=keys, insecure=insecure, zk_auth=zk_auth, node_id=node_id, workers=workers, bind=bind, advertise=advertise,
             labels=config.parse_labels(label) if label else None, heartbeat_interval=heartbeat_interval,
-            heartbeat_misses=heartbeat_misses, drain_timeout=drain_timeout, zk_session_timeout=zk_session_timeout))
+            heartbeat_misses=heartbeat_misses, drain_timeout=drain_timeout, zk_session_timeout=zk_session_timeout,
+            metrics_port=metrics_port))
         node = Agent(cfg)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: node.drain())

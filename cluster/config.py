@@ -43,6 +43,7 @@ class AgentConfig(Common):
     drain_timeout: float = 30.0
     restart_backoff_max: float = 30.0
     zk_session_timeout: float = 10.0  # ZooKeeper drops our znode this long after we vanish
+    metrics_port: int = 0  # Prometheus endpoint on the --bind host; 0 = off
     max_payload: int = 64 * 2**20  # keep equal to the coordinator's: larger frames drop the sender
 
 
@@ -57,6 +58,7 @@ class CoordinatorConfig(Common):
     max_payload: int = 64 * 2**20  # bytes of one task's arguments, function or result
     client_timeout: float = 30.0  # a job whose client is silent this long is cancelled
     zk_session_timeout: float = 10.0  # a dead leader's lock is released after this; standbys then take over
+    metrics_port: int = 0  # Prometheus endpoint on the --bind host; 0 = off
 
 
 SECTIONS: dict[type, str] = {AgentConfig: "agent", CoordinatorConfig: "coordinator", Common: ""}

@@ -61,6 +61,7 @@ class Coordinator:
         self._stopping = False
         self._first_dispatch = False
         self.notifier = Notifier()
+        self.metrics = None
         self._warned_bad: set[bytes] = set()
         self.client_handlers = {
             wire.SubmitJob: self._on_submit_job,
@@ -107,6 +108,11 @@ class Coordinator:
         self.election = election.LeaderElection(
             zk, self.cfg.cluster, self.id, self._leader_record, lambda kind, epoch: self.waker.post((kind, epoch))
         )
+        if self.cfg.metrics_port:
+            from .metrics import Metrics  # only daemons that export metrics need the library
+
+            self.metrics = Metrics("coordinator", self.cfg.metrics_port, loop.bind_host(self.cfg.bind))
+            log.info("metrics on port %d", self.metrics.port)
         log.info("coordinator %s: client endpoint %s; standing for election", self.id, self.endpoint)
         self.election.start()
         self.notifier.ready(f"standing by for election; client endpoint {self.endpoint}")
@@ -120,9 +126,31 @@ class Coordinator:
             self.agents.close(0)
             if auth is not None:
                 auth.stop()
+            if self.metrics is not None:
+                self.metrics.stop()
             ctx.term()
             self.waker.close()
         return 0
+
+    def _export(self, now: float) -> None:
+        m, s = self.metrics, self.scheduler
+        m.gauge("leader", "1 while this coordinator leads", 1.0 if self.leading else 0.0)
+        m.gauge("epoch", "Epoch of this coordinator's lead", self.epoch)
+        m.gauge("zookeeper_connected", "1 while the ZooKeeper session is connected", 1.0 if self.zk.connected else 0.0)
+        m.gauge("agents", "Agents connected", sum(1 for p in self.peers.values() if p.up))
+        m.gauge("workers", "Workers on connected agents", sum(a.workers for a in s.agents.values()))
+        m.gauge("queue_depth", "Tasks waiting for an agent", s.queued)
+        m.gauge("tasks_running", "Tasks held by agents", sum(len(a.in_flight) for a in s.agents.values()))
+        m.gauge("jobs", "Open jobs", len(s.jobs))
+        for node_id in s.agents:
+            age = self.agent_liveness.age(node_id, now)
+            if age is not None:
+                m.gauge("agent_heartbeat_age_seconds", "Seconds since an agent was last heard", age, node=node_id)
+        m.counters("tasks_total", "Tasks delivered to clients, by outcome", s.outcomes, "outcome")
+        m.total("dropped_messages_total", "Malformed or unexpected messages dropped",
+                self.counters["dropped_messages"])
+        m.counters("scheduler_events_total", "Retries, duplicate and stale results, adopted orphans",
+                   {k: v for k, v in s.counters.items() if k != "delivered"}, "event")
 
     def _leader_record(self, epoch: int) -> LeaderRecord:
         return LeaderRecord(coordinator_id=self.id, endpoint=self.endpoint, epoch=epoch, host=socket.gethostname(),
@@ -224,6 +252,8 @@ class Coordinator:
     # --------------------------------------------------------------- timers
 
     def _timers(self, now: float) -> None:
+        if self.metrics is not None:
+            self._export(now)
         if not self.leading:
             return
         for node_id in self.agent_liveness.expired(now):

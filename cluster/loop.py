@@ -101,6 +101,12 @@ def bind(sock: zmq.Socket, address: str) -> str:
     return sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
+def bind_host(address: str) -> str:
+    """The host part of a tcp:// endpoint, as an address to bind other servers to."""
+    host = urlsplit(address).hostname or "0.0.0.0"
+    return "0.0.0.0" if host == "*" else host
+
+
 def advertised(bound: str, advertise: str, zk_hosts: str) -> str:
     """The endpoint other machines should connect to."""
     parts = urlsplit(bound)

@@ -83,6 +83,7 @@ class Scheduler:
         self._rotation: collections.deque[str] = collections.deque()  # jobs, for round-robin
         self.queued = 0
         self.counters = collections.Counter()
+        self.outcomes: collections.Counter = collections.Counter()  # delivered tasks by outcome
 
     # ------------------------------------------------------------------ jobs
 
@@ -239,6 +240,7 @@ class Scheduler:
             self.queued -= 1  # still listed in the queue; skipped lazily when popped
         job.outbox.append((index, status, frame))
         self.counters["delivered"] += 1
+        self.outcomes[wire.OUTCOMES.get(status, "other")] += 1
 
     def outboxes(self) -> Iterator[Job]:
         for job in self.jobs.values():

@@ -36,6 +36,7 @@ LOST = 2  # the worker died running it; payload is an error record
 CANCELLED = 3  # the job was cancelled before the task finished
 NEED_FUNCTION = 4  # worker-internal: the function blob was not cached
 STATUSES = frozenset({OK, ERROR, LOST, CANCELLED, NEED_FUNCTION})
+OUTCOMES = {OK: "ok", ERROR: "error", LOST: "lost"}  # names for logs and metrics
 
 MAX_HEADER_BYTES = 8 * 1024 * 1024
 MAX_PAYLOAD_DEFAULT = 64 * 1024 * 1024  # one task's arguments, function or result

@@ -122,3 +122,38 @@ def test_status_reports_the_leaders_view(running_cluster):
     assert all(a["workers"] == 2 and a["heartbeat_age"] < 5 for a in state["agents"].values())
     text = running_cluster.clusterctl("status")
     assert text.returncode == 0 and "2 agents, 4 workers" in text.stdout
+
+
+def test_prometheus_metrics_from_agent_and_coordinator(local_cluster, free_port):
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        agent_port = s.getsockname()[1]
+    coordinator = local_cluster.coordinator("--metrics-port", str(free_port))
+    local_cluster.agent("m1", 2, "--metrics-port", str(agent_port))
+    local_cluster.wait_ready(coordinator, ["m1"])
+    res = local_cluster.clusterctl("submit", "math:sqrt", "--inputs", "-", input='4\n"x"\n9\n')
+    assert res.returncode == 1
+
+    def scrape(port: int) -> str:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+
+    wait_for(lambda: 'clusterd_tasks_total{outcome="ok"} 2.0' in scrape(free_port), 10, what="coordinator metrics")
+    text = scrape(free_port)
+    assert 'clusterd_tasks_total{outcome="error"} 1.0' in text
+    assert "clusterd_leader 1.0" in text and "clusterd_agents 1.0" in text and "clusterd_workers 2.0" in text
+    assert 'clusterd_agent_heartbeat_age_seconds{node="m1"}' in text
+    wait_for(lambda: 'clusterd_tasks_total{outcome="ok"} 2.0' in scrape(agent_port), 10, what="agent metrics")
+    text = scrape(agent_port)
+    assert 'clusterd_workers{state="idle"} 2.0' in text and "clusterd_zookeeper_connected 1.0" in text
+
+
+def test_json_logs_are_one_object_per_line(local_cluster):
+    agent = local_cluster.agent("j1", 1, "--log-format", "json")
+    wait_for(lambda: "registered" in agent.text(), 20, what="the agent to register")
+    agent.stop()
+    events = [json.loads(line) for line in agent.text().splitlines() if line.startswith("{")]
+    assert any(e["logger"] == "agents.agent" and "registered" in e["message"] for e in events)
+    assert all({"time", "level", "logger", "message"} <= set(e) for e in events)

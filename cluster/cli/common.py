@@ -29,16 +29,28 @@ INSECURE = typer.Option(None, "--insecure", help="Run without CURVE keys (env CL
 ZK_AUTH = typer.Option(None, "--zk-auth", help="File (0600) with user:password for ZooKeeper ACLs (env CLUSTER_ZK_AUTH).",
                        show_default=False)
 LOG_LEVEL = typer.Option("info", "--log-level", help="debug, info, warning or error.")
+LOG_FORMAT = typer.Option("text", "--log-format", help="text, or json (one object per line, for log shippers).")
 
 ZkOpt = Optional[str]
 
 
-def setup_logging(level: str = "info") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+class JsonLines(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        event = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
+                 "message": record.getMessage(), "pid": record.process}
+        if record.exc_info:
+            event["exception"] = self.formatException(record.exc_info)
+        return json.dumps(event)
+
+
+def setup_logging(level: str = "info", fmt: str = "text") -> None:
+    """One event per line on stderr (journald captures it)."""
+    if fmt not in ("text", "json"):
+        raise fail(f"--log-format must be text or json, not {fmt!r}")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLines() if fmt == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
     logging.getLogger("kazoo").setLevel(logging.WARNING)
 
 
