@@ -64,9 +64,13 @@ def test_nodes_watch_prints_joins_drains_and_leaves(local_cluster):
         first = json.loads(lines.next())
         assert (first["event"], first["node_id"], first["record"]["state"]) == ("joined", "w1", "ready")
         agent.signal(signal.SIGTERM)
-        events = [json.loads(lines.next()) for _ in range(2)]
-        assert [(e["event"], e["record"] and e["record"]["state"]) for e in events] == [
-            ("changed", "draining"), ("left", None)]
+        events = [json.loads(lines.next())]
+        while events[-1]["event"] != "left":
+            events.append(json.loads(lines.next()))
+        # An idle agent is draining for only milliseconds: a ZooKeeper watch may see
+        # the state change or only the removal that follows it, never anything else.
+        seen = [(e["event"], e["record"] and e["record"]["state"]) for e in events]
+        assert seen in ([("changed", "draining"), ("left", None)], [("left", None)])
     finally:
         watch.send_signal(signal.SIGINT)
         watch.wait(10)
