@@ -11,6 +11,7 @@ anything else, so a hostile or confused peer can never crash a loop.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from typing import Any, ClassVar
 
@@ -84,8 +85,12 @@ def decode(frames: list[bytes] | list[Any]) -> Message:
     if cls is None:
         raise ProtocolError(f"unknown message kind {kind!r}")
     fields = _header_fields(cls)
-    if len(values) != len(fields):
+    # Compatible evolution within a protocol version: a newer peer may append fields
+    # (older peers ignore them), and a field added later has a default, so messages
+    # from older peers that lack it still decode. See docs/operations.md, upgrades.
+    if len(values) < _required(cls):
         raise ProtocolError(f"{cls.__name__}: expected {len(fields)} fields, got {len(values)}")
+    values = values[: len(fields)]
     for field, value in zip(fields, values):
         if not _type_ok(value, _hints(cls)[field.name]):
             raise ProtocolError(f"{cls.__name__}.{field.name}: bad value of type {type(value).__name__}")
@@ -107,6 +112,13 @@ def _header_fields(cls: type) -> tuple[dataclasses.Field, ...]:
         fields = tuple(f for f in dataclasses.fields(cls) if f.name != "frames")
         _FIELDS_CACHE[cls] = fields
     return fields
+
+
+@functools.cache
+def _required(cls: type) -> int:
+    """How many leading header fields a sender must include: those without a default."""
+    return sum(1 for f in _header_fields(cls)
+               if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
 
 
 def _hints(cls: type) -> dict[str, Any]:

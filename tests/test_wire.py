@@ -54,7 +54,6 @@ def header(*fields):
     [header(999)],  # unknown kind
     [header("1")],  # kind of the wrong type
     [header(wire.Heartbeat.KIND, "c1")],  # too few fields
-    [header(wire.Heartbeat.KIND, "c1", 1, 0, "extra")],  # too many
     [header(wire.Heartbeat.KIND, 5, 1, 0)],  # wrong type
     [header(wire.Heartbeat.KIND, "c1", True, 0)],  # bool is not an int
     [header(wire.SubmitTasks.KIND, "j", [0, 1]), b"only one frame"],
@@ -68,6 +67,16 @@ def header(*fields):
 def test_malformed_is_a_protocol_error(frames):
     with pytest.raises(wire.ProtocolError):
         wire.decode(frames)
+
+
+def test_fields_a_newer_peer_appends_are_ignored():
+    # A compatible change within a protocol version only appends fields.
+    msg = wire.decode([header(wire.Heartbeat.KIND, "c1", 1, 3, "added later", [1, 2])])
+    assert msg == wire.Heartbeat("c1", 1, 3)
+
+
+def test_fields_with_defaults_may_be_missing_from_an_older_peer():
+    assert wire.decode([header(wire.Heartbeat.KIND, "c1", 1)]) == wire.Heartbeat("c1", 1)
 
 
 def test_other_protocol_version_is_named():
