@@ -25,6 +25,7 @@ from .config import CoordinatorConfig
 from .layout import LeaderRecord
 from .liveness import Liveness
 from .membership import MemberEvent, Membership
+from .rate import Throughput
 from .scheduler import Scheduler
 from .sdnotify import Notifier
 from .version import PROTOCOL_VERSION, __version__
@@ -34,6 +35,7 @@ from .zk import connect as zk_connect
 log = logging.getLogger("cluster.coordinator")
 
 HELLO_RETRY = 0.2
+RATE_WINDOW = 60.0  # `clusterctl status` reports tasks/s over the last minute
 
 
 @dataclass
@@ -54,6 +56,8 @@ class Coordinator:
         self.epoch = 0
         self.leading = False
         self.scheduler = Scheduler(max_batch=cfg.max_batch)
+        self.scheduler.clock = time.monotonic
+        self.throughput = Throughput(RATE_WINDOW)
         self.peers: dict[str, AgentPeer] = {}
         self.agent_liveness = Liveness(cfg.heartbeat_interval, cfg.heartbeat_misses)
         self.counters: collections.Counter = collections.Counter()
@@ -112,6 +116,7 @@ class Coordinator:
             from .metrics import Metrics  # only daemons that export metrics need the library
 
             self.metrics = Metrics("coordinator", self.cfg.metrics_port, loop.bind_host(self.cfg.bind))
+            self.scheduler.latencies = []
             log.info("metrics on port %d", self.metrics.port)
         log.info("coordinator %s: client endpoint %s; standing for election", self.id, self.endpoint)
         self.election.start()
@@ -149,6 +154,11 @@ class Coordinator:
         m.counters("tasks_total", "Tasks delivered to clients, by outcome", s.outcomes, "outcome")
         m.total("dropped_messages_total", "Malformed or unexpected messages dropped",
                 self.counters["dropped_messages"])
+        samples, s.latencies = s.latencies or [], []
+        m.observe("dispatch_latency_seconds", "Time a task waited in the queue before dispatch",
+                  (wait for wait, _ in samples))
+        m.observe("task_round_trip_seconds", "Time from dispatch to the task's result (includes its run time)",
+                  (rtt for _, rtt in samples))
         m.counters("scheduler_events_total", "Retries, duplicate and stale results, adopted orphans",
                    {k: v for k, v in s.counters.items() if k != "delivered"}, "event")
 
@@ -252,6 +262,7 @@ class Coordinator:
     # --------------------------------------------------------------- timers
 
     def _timers(self, now: float) -> None:
+        self.throughput.sample(now, self.scheduler.counters["delivered"])
         if self.metrics is not None:
             self._export(now)
         if not self.leading:
@@ -343,15 +354,29 @@ class Coordinator:
         loop.send(self.clients, wire.StatusReply(self.status()), identity)
 
     def status(self) -> dict:
-        s = self.scheduler
+        s, now = self.scheduler, time.monotonic()
+        agents = {}
+        for node_id in self.peers:
+            slot = s.agents.get(node_id)
+            age = self.agent_liveness.age(node_id, now)
+            if slot is None:  # registered in ZooKeeper but not answering (yet, or any more)
+                agents[node_id] = {"state": "unreachable", "workers": 0, "busy": 0, "in_flight": 0,
+                                   "heartbeat_age": None if age is None else round(age, 3)}
+                continue
+            agents[node_id] = {"state": "draining" if slot.draining else "ready", "workers": slot.workers,
+                               "busy": min(slot.workers, len(slot.in_flight)), "in_flight": len(slot.in_flight),
+                               "capacity": slot.capacity, "heartbeat_age": round(age or 0.0, 3)}
+        workers = sum(a["workers"] for a in agents.values())
+        busy = sum(a["busy"] for a in agents.values())
         return {
             "coordinator": self.id, "epoch": self.epoch, "leading": self.leading, "endpoint": self.endpoint,
-            "agents": {n: {"workers": a.workers, "capacity": a.capacity, "in_flight": len(a.in_flight),
-                           "draining": a.draining,
-                           "heartbeat_age": round(self.agent_liveness.age(n, time.monotonic()) or 0.0, 3)}
-                       for n, a in s.agents.items()},
-            "jobs": len(s.jobs), "queued": s.queued,
-            "running": sum(len(a.in_flight) for a in s.agents.values()),
+            "nodes": dict(collections.Counter(a["state"] for a in agents.values())),
+            "workers": {"total": workers, "busy": busy, "idle": workers - busy},
+            "agents": agents,
+            "jobs": len(s.jobs), "queued": s.queued, "running": sum(a["in_flight"] for a in agents.values()),
+            "delivered": s.counters["delivered"], "outcomes": dict(s.outcomes),
+            "failed": sum(n for outcome, n in s.outcomes.items() if outcome != "ok"),
+            "tasks_per_second": round(self.throughput.rate(now, s.counters["delivered"]), 1),
             "counters": dict(self.counters + s.counters),
         }
 

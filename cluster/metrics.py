@@ -8,9 +8,12 @@ own monotonically growing counters by adding the difference since the last tick.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Iterable, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+# Seconds, from sub-millisecond round trips on a LAN to tasks that run for minutes.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
 class Metrics:
@@ -18,6 +21,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self._gauges: dict[str, Gauge] = {}
         self._counters: dict[str, Counter] = {}
+        self._histograms: dict[str, Histogram] = {}
         self._seen: dict[tuple[str, tuple], float] = {}
         self.role = role
         self.server, self.thread = start_http_server(port, addr=host, registry=self.registry)
@@ -44,6 +48,14 @@ class Metrics:
     def counters(self, name: str, help_text: str, values: Mapping[str, float], label: str) -> None:
         for key, value in values.items():
             self.total(name, help_text, value, **{label: key})
+
+    def observe(self, name: str, help_text: str, values: Iterable[float]) -> None:
+        metric = self._histograms.get(name)
+        if metric is None:
+            metric = self._histograms[name] = Histogram(f"clusterd_{name}", help_text, buckets=LATENCY_BUCKETS,
+                                                        registry=self.registry)
+        for value in values:
+            metric.observe(value)
 
     def stop(self) -> None:
         self.server.shutdown()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Iterator
+from typing import Callable, Iterator
 
 from . import payload, wire
 
@@ -27,6 +27,8 @@ class Task:
     losses: int = 0  # times its agent was lost while holding it
     node: str | None = None  # the agent running the current attempt
     queued: bool = False  # listed in its job's queue (entries of finished tasks are skipped lazily)
+    ready_at: float = 0.0  # when it last entered the queue
+    sent_at: float = 0.0  # when its current attempt was dispatched
 
 
 @dataclasses.dataclass
@@ -84,6 +86,11 @@ class Scheduler:
         self.queued = 0
         self.counters = collections.Counter()
         self.outcomes: collections.Counter = collections.Counter()  # delivered tasks by outcome
+        # Time comes from the caller (the loop gives time.monotonic); the default keeps tests clock-free.
+        self.clock: Callable[[], float] = lambda: 0.0
+        # (queued -> dispatched, dispatched -> result) of delivered tasks, for whoever
+        # drains it (the metrics exporter); None when nobody does, so it cannot grow.
+        self.latencies: list[tuple[float, float]] | None = None
 
     # ------------------------------------------------------------------ jobs
 
@@ -225,6 +232,7 @@ class Scheduler:
     def _enqueue(self, job: Job, index: int, task: Task, front: bool = False) -> None:
         (job.queue.appendleft if front else job.queue.append)(index)
         task.queued = True
+        task.ready_at = self.clock()
         self.queued += 1
 
     def _keep_orphan(self, job_id: str, index: int, status: int, frame: bytes) -> None:
@@ -239,6 +247,8 @@ class Scheduler:
         if task.queued:
             self.queued -= 1  # still listed in the queue; skipped lazily when popped
         job.outbox.append((index, status, frame))
+        if self.latencies is not None and task.sent_at:
+            self.latencies.append((task.sent_at - task.ready_at, self.clock() - task.sent_at))
         self.counters["delivered"] += 1
         self.outcomes[wire.OUTCOMES.get(status, "other")] += 1
 
@@ -270,11 +280,12 @@ class Scheduler:
                     grants[slot.node_id] = have + take
                     budget -= take
         batches: list[Batch] = []
+        now = self.clock()
         for node_id, count in grants.items():
-            batches.extend(self._fill(self.agents[node_id], count))
+            batches.extend(self._fill(self.agents[node_id], count, now))
         return batches
 
-    def _fill(self, slot: AgentSlot, count: int) -> list[Batch]:
+    def _fill(self, slot: AgentSlot, count: int, now: float) -> list[Batch]:
         batches = []
         misses = 0  # a full turn of the rotation with nothing taken ends the fill
         while count > 0 and self._rotation and misses <= len(self._rotation):
@@ -284,7 +295,7 @@ class Scheduler:
             if job is None:
                 self._rotation.remove(job_id)
                 continue
-            tasks = self._take(job, slot.node_id, min(count, self.max_batch))
+            tasks = self._take(job, slot.node_id, min(count, self.max_batch), now)
             if not tasks:
                 misses += 1
                 continue
@@ -296,7 +307,7 @@ class Scheduler:
                 slot.in_flight.add((job.job_id, index, attempt))
         return batches
 
-    def _take(self, job: Job, node_id: str, limit: int) -> list[tuple[int, int, bytes]]:
+    def _take(self, job: Job, node_id: str, limit: int, now: float) -> list[tuple[int, int, bytes]]:
         out = []
         while job.queue and len(out) < limit:
             index = job.queue.popleft()
@@ -306,6 +317,7 @@ class Scheduler:
             task.queued = False
             task.attempt += 1
             task.node = node_id
+            task.sent_at = now
             self.queued -= 1
             out.append((index, task.attempt, task.args))
         return out

@@ -125,7 +125,7 @@ def test_status_reports_the_leaders_view(running_cluster):
     assert sorted(state["agents"]) == ["a1", "a2"]
     assert all(a["workers"] == 2 and a["heartbeat_age"] < 5 for a in state["agents"].values())
     text = running_cluster.clusterctl("status")
-    assert text.returncode == 0 and "2 agents, 4 workers" in text.stdout
+    assert text.returncode == 0 and "2 ready; workers 0 busy, 4 idle of 4" in text.stdout, text.stdout
 
 
 def test_prometheus_metrics_from_agent_and_coordinator(local_cluster, free_port):

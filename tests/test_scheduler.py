@@ -131,3 +131,29 @@ def test_cancelled_tasks_leave_the_queue_and_running_ones_are_named():
     assert running == {"a": [1]}
     assert s.queued == 3 and len(s.agents["a"].in_flight) == 1
     assert sorted(t[0] for b in s.plan() for t in b.tasks) == [2]
+
+
+def test_latencies_measure_queue_wait_and_round_trip_of_the_delivered_attempt():
+    clock = [10.0]
+    s = Scheduler()
+    s.clock = lambda: clock[0]
+    s.latencies = []
+    s.agent_up("a", 1, 1, [])
+    job = s.add_job("j", b"c", b"fn", "d", {}, now=0.0)
+    s.add_tasks(job, [0], (b"x",))
+    clock[0] = 10.5
+    s.plan()
+    clock[0] = 12.0
+    s.on_result("a", "j", 0, 1, wire.LOST, b"")  # its worker died: retried, nothing measured yet
+    clock[0] = 13.0
+    s.plan()
+    clock[0] = 13.25
+    s.on_result("a", "j", 0, 2, wire.OK, b"r")
+    assert s.latencies == [(1.0, 0.25)]  # requeued at 12.0, sent at 13.0, result at 13.25
+
+
+def test_no_latencies_are_kept_when_nobody_reads_them():
+    s, job = make(3)
+    s.plan()
+    s.on_result("a", "j", 0, 1, wire.OK, b"r")
+    assert s.latencies is None

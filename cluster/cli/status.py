@@ -1,5 +1,6 @@
-"""Show the cluster as its leader sees it: epoch, standbys, agents with their load and
-heartbeat age, jobs, queued and running tasks, and the leader's counters.
+"""Show the cluster as its leader sees it: epoch, standbys, nodes by state, workers
+busy and idle, queued and running tasks, tasks/s over the last minute, failures,
+each agent's load and heartbeat age, and the leader's counters.
 
 Examples:
 
@@ -47,16 +48,25 @@ def status(
     if as_json:
         common.print_json(state)
         return
-    agents = state["agents"]
-    typer.echo(f"leader {state['coordinator']} (epoch {state['epoch']}) at {state['endpoint']}; "
-               f"{state['standbys']} standby")
-    typer.echo(f"{len(agents)} agents, {sum(a['workers'] for a in agents.values())} workers; "
-               f"{state['jobs']} jobs, {state['queued']} queued, {state['running']} running")
-    for node, a in sorted(agents.items()):
-        typer.echo(f"  {node:<20} {'draining' if a['draining'] else 'ready':<9} workers {a['workers']:<3} "
-                   f"in flight {a['in_flight']:<4} heartbeat {a['heartbeat_age']:.1f}s ago")
+    typer.echo(render(state))
+
+
+def render(state: dict) -> str:
+    w = state["workers"]
+    nodes = ", ".join(f"{n} {k}" for k, n in sorted(state["nodes"].items())) or "no nodes"
+    lines = [
+        f"leader {state['coordinator']} (epoch {state['epoch']}) at {state['endpoint']}; {state['standbys']} standby",
+        f"{nodes}; workers {w['busy']} busy, {w['idle']} idle of {w['total']}",
+        f"{state['jobs']} jobs, {state['queued']} queued, {state['running']} running; "
+        f"{state['delivered']} done ({state['failed']} failed), {state['tasks_per_second']:g} tasks/s over the last minute",
+    ]
+    for node, a in sorted(state["agents"].items()):
+        age = "never heard" if a["heartbeat_age"] is None else f"heartbeat {a['heartbeat_age']:.1f}s ago"
+        lines.append(f"  {node:<20} {a['state']:<11} workers {a['busy']}/{a['workers']:<3} busy, "
+                     f"in flight {a['in_flight']:<4} {age}")
     counters = ", ".join(f"{k} {v}" for k, v in sorted(state["counters"].items()))
-    typer.echo(f"counters: {counters or 'none'}")
+    lines.append(f"counters: {counters or 'none'}")
+    return "\n".join(lines)
 
 
 def _ask(endpoint: str, curve_key: str, keys_dir: str, timeout: float) -> dict:

@@ -1,0 +1,108 @@
+"""`clusterctl status --json` and the Prometheus endpoints against a job whose
+real state the test knows: which workers are busy, how many tasks ran, failed,
+and how long each one took."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import time
+import urllib.request
+
+from helpers import PY, ROOT, wait_for
+
+TASKS, SLEEP = 40, 0.3
+FAILING = {i for i in range(TASKS) if i % 10 == 3}
+
+SLOW = f'''
+import time
+
+def f(x):
+    time.sleep({SLEEP})
+    if x in {sorted(FAILING)!r}:
+        raise ValueError(x)
+    return x * 2
+'''
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+def test_status_and_metrics_match_a_running_job(local_cluster, tmp_path):
+    ports = {"coordinator": _port(), "o1": _port(), "o2": _port()}
+    coordinator = local_cluster.coordinator("--metrics-port", str(ports["coordinator"]))
+    for node in ("o1", "o2"):
+        local_cluster.agent(node, 2, "--metrics-port", str(ports[node]))
+    local_cluster.wait_ready(coordinator, ["o1", "o2"])
+    (tmp_path / "slow.py").write_text(SLOW)
+    job = subprocess.Popen([PY, "-m", "cluster.cli.main", "submit", f"{tmp_path / 'slow.py'}:f", "--range", "0",
+                            str(TASKS)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=local_cluster.env, cwd=ROOT)
+
+    def status() -> dict:
+        res = local_cluster.clusterctl("status", "--json")
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout)
+
+    # Mid-job: 40 tasks of 0.3 s on 4 workers take 3 s, so all four stay busy for a while.
+    mid = wait_for(lambda: (s := status())["workers"]["busy"] == 4 and s["queued"] > 0 and s, 20,
+                   what="all workers busy with tasks still queued")
+    assert mid["nodes"] == {"ready": 2} and mid["workers"] == {"total": 4, "busy": 4, "idle": 0}
+    assert mid["jobs"] == 1
+    # Every submitted task is in exactly one place: queued, held by an agent, or done.
+    assert mid["queued"] + mid["running"] + mid["delivered"] == TASKS
+    assert mid["running"] == sum(a["in_flight"] for a in mid["agents"].values())
+    assert all(a["state"] == "ready" and a["busy"] == 2 and a["heartbeat_age"] < 2 for a in mid["agents"].values())
+    for node in ("o1", "o2"):
+        wait_for(lambda: scrape(ports[node]).get('clusterd_workers{state="busy"}') == 2.0, 10,
+                 what=f"{node} to report two busy workers")
+    assert scrape(ports["coordinator"])["clusterd_queue_depth"] >= 0
+
+    out, err = job.communicate(timeout=60)
+    assert job.returncode == 1, err  # some tasks raised
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert sorted(r["index"] for r in lines) == list(range(TASKS))
+    assert {r["index"] for r in lines if not r["ok"]} == FAILING
+
+    end = status()
+    assert end["delivered"] == TASKS and end["failed"] == len(FAILING)
+    assert end["outcomes"] == {"ok": TASKS - len(FAILING), "error": len(FAILING)}
+    assert end["queued"] == 0 and end["running"] == 0 and end["workers"]["busy"] == 0
+    assert end["tasks_per_second"] > 0
+
+    coord = wait_for(lambda: (m := scrape(ports["coordinator"])).get('clusterd_tasks_total{outcome="ok"}')
+                     == TASKS - len(FAILING) and m, 10, what="coordinator counters")
+    assert coord['clusterd_tasks_total{outcome="error"}'] == len(FAILING)
+    assert coord["clusterd_task_round_trip_seconds_count"] == TASKS
+    assert coord["clusterd_dispatch_latency_seconds_count"] == TASKS
+    # Each round trip includes the task's own sleep, so their sum is at least all the sleeping.
+    assert coord["clusterd_task_round_trip_seconds_sum"] >= TASKS * SLEEP
+    assert coord['clusterd_task_round_trip_seconds_bucket{le="0.25"}'] == 0
+    per_agent = [scrape(ports[n]) for n in ("o1", "o2")]
+    ok = sum(m.get('clusterd_tasks_total{outcome="ok"}', 0) for m in per_agent)
+    failed = sum(m.get('clusterd_tasks_total{outcome="error"}', 0) for m in per_agent)
+    assert (ok, failed) == (TASKS - len(FAILING), len(FAILING))
+    assert all(m['clusterd_workers{state="idle"}'] == 2 for m in per_agent)
+
+
+def test_status_text_names_every_figure(running_cluster):
+    res = running_cluster.clusterctl("status")
+    assert res.returncode == 0, res.stderr
+    assert re.search(r"2 ready; workers 0 busy, 4 idle of 4", res.stdout)
+    assert re.search(r"0 done \(0 failed\), 0 tasks/s over the last minute", res.stdout)
+    assert re.search(r"a1\s+ready\s+workers 0/2\s+busy", res.stdout)
