@@ -4,6 +4,9 @@ by the coordinator, garbage znodes, and leader election between coordinators."""
 from __future__ import annotations
 
 import json
+import os
+import pty
+import select
 import signal
 import subprocess
 import time
@@ -54,15 +57,48 @@ def test_nodes_lists_members_without_a_coordinator(local_cluster):
     assert [line.split()[0] for line in lines] == ["n1", "n2"]
 
 
-def test_nodes_watch_prints_joins_drains_and_leaves(local_cluster):
-    watch = subprocess.Popen([PY, "-m", "cluster.cli.main", "nodes", "--watch", "--json"], env=local_cluster.env,
+def _busy_agent(local_cluster, node_id: str, seconds: int) -> tuple:
+    """An agent whose only worker runs a task for `seconds`, so its drain lasts that long."""
+    coordinator = local_cluster.coordinator()
+    agent = local_cluster.agent(node_id, 1)
+    local_cluster.wait_ready(coordinator, [node_id])
+    job = subprocess.Popen([PY, "-m", "cluster.cli.main", "submit", "time:sleep", "--inputs", "-"], env=local_cluster.env,
+                           cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job.stdin.write(f"{seconds}\n")
+    job.stdin.close()
+    wait_for(lambda: json.loads(local_cluster.clusterctl("status", "--json").stdout)["workers"]["busy"] == 1, 20,
+             what="the task to start")
+    return agent, job
+
+
+def test_nodes_watch_piped_prints_a_join_a_drain_and_a_leave_in_order(local_cluster):
+    watch = subprocess.Popen([PY, "-m", "cluster.cli.main", "nodes", "--watch"], env=local_cluster.env,
                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines = LineReader(watch.stdout)
     try:
         time.sleep(1.0)  # let the watch arm before the join
-        agent = local_cluster.agent("w1", 1)
+        agent, job = _busy_agent(local_cluster, "w1", 3)
+        assert lines.next().split()[1:4] == ["joined", "w1", "ready"]
+        agent.signal(signal.SIGTERM)  # drains for the 3 s its task still runs
+        assert lines.next().split()[1:4] == ["changed", "w1", "draining"]
+        assert lines.next().split()[1:3] == ["left", "w1"]
+        assert agent.popen.wait(20) == 0 and job.wait(20) == 0  # the drained task's result was delivered
+    finally:
+        watch.send_signal(signal.SIGINT)
+        watch.wait(10)
+    assert watch.returncode == 0
+
+
+def test_nodes_watch_json_events(local_cluster):
+    watch = subprocess.Popen([PY, "-m", "cluster.cli.main", "nodes", "--watch", "--json"], env=local_cluster.env,
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = LineReader(watch.stdout)
+    try:
+        time.sleep(1.0)
+        agent = local_cluster.agent("w2", 1)
         first = json.loads(lines.next())
-        assert (first["event"], first["node_id"], first["record"]["state"]) == ("joined", "w1", "ready")
+        assert (first["event"], first["node_id"], first["record"]["state"]) == ("joined", "w2", "ready")
+        assert first["record"]["workers"] == 1 and first["record"]["uptime"] >= 0
         agent.signal(signal.SIGTERM)
         events = [json.loads(lines.next())]
         while events[-1]["event"] != "left":
@@ -74,6 +110,40 @@ def test_nodes_watch_prints_joins_drains_and_leaves(local_cluster):
     finally:
         watch.send_signal(signal.SIGINT)
         watch.wait(10)
+    assert watch.returncode == 0
+
+
+def test_nodes_watch_on_a_terminal_is_a_live_table(local_cluster):
+    master, slave = pty.openpty()
+    watch = subprocess.Popen([PY, "-m", "cluster.cli.main", "nodes", "--watch"], env=dict(local_cluster.env, COLUMNS="250"),
+                             cwd=ROOT, stdout=slave, stderr=slave, stdin=slave)
+    os.close(slave)
+    screen = bytearray()
+
+    def shows(text: str) -> bool:
+        while True:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if not ready:
+                return text.encode() in screen
+            try:
+                screen.extend(os.read(master, 65536))
+            except OSError:
+                return text.encode() in screen
+
+    try:
+        wait_for(lambda: shows("0 nodes, 0 workers"), 20, what="the empty table")
+        agent = local_cluster.agent("t1", 2)
+        wait_for(lambda: shows("1 nodes, 2 workers"), 20, what="the table to show the join")
+        assert b"NODE" in screen and b"t1" in screen and b"joined" in screen
+        assert b"\x1b[" in screen  # redrawn in place with terminal escapes, not appended lines
+        agent.signal(signal.SIGTERM)
+        wait_for(lambda: shows("left     t1"), 20, what="the leave in the event list")
+        wait_for(lambda: screen.rfind(b"0 nodes, 0 workers") > screen.find(b"1 nodes, 2 workers"), 5,
+                 what="the table to drop the node")
+    finally:
+        watch.send_signal(signal.SIGINT)
+        watch.wait(10)
+        os.close(master)
     assert watch.returncode == 0
 
 
