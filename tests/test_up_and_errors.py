@@ -63,4 +63,6 @@ def test_daemons_and_commands_report_an_unreachable_zookeeper(free_port):
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 2, (name, err)
         assert "cannot reach ZooKeeper" in err and "Traceback" not in err, (name, err)
+        if name == "nodes":  # a user command says it in one line; daemons also log their attempts
+            assert err.count("\n") == 1 and err.startswith("clusterctl: "), err
     assert time.monotonic() - started < 60

@@ -17,6 +17,11 @@ from ..zk import ZooKeeperUnreachable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
+# Without a handler, kazoo's retry chatter ("Connection dropped: ...") reaches the
+# terminal through logging's last-resort handler, ahead of our one clear line.
+# Daemons still see it: setup_logging puts a handler on the root logger.
+logging.getLogger("kazoo").addHandler(logging.NullHandler())
+
 ZK = typer.Option(None, "--zk", help="ZooKeeper connect string (env CLUSTER_ZK; default 127.0.0.1:2181).",
                   show_default=False)
 CLUSTER = typer.Option(None, "--cluster", help="Cluster name (env CLUSTER_NAME; default 'default').",
