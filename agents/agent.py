@@ -371,6 +371,7 @@ class Agent:
     def _reap(self, now: float) -> None:
         for ex in self.pool.reap(now):
             if ex.task is not None:
+                log.warning("job %s task %d (attempt %d) lost its worker: %s", *ex.task.key, ex.reason)
                 self.outbox.append((ex.task.key, wire.LOST, payload.lost_error(ex.reason)))
 
     def _assign(self) -> None:

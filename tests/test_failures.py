@@ -4,6 +4,7 @@ a killed agent's tasks, every result exactly once, no orphan processes."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 
@@ -52,6 +53,11 @@ def test_worker_death_is_retried_then_reported_with_its_cause(running_cluster, t
         (row,) = _rows(res.stdout)
         assert row["ok"] is False
         assert row["error"].startswith(f"WorkerLost: {cause}"), row
+    # Both tries of each task are in the leader's log with their ids: --retries 1 allows one retry.
+    log = running_cluster.coordinator_proc.text()
+    died = re.findall(r"job (\S+) task 0 \(attempt (\d)\): its worker died on a\d; (retrying|no retry)", log)
+    assert sorted((attempt, verdict) for _, attempt, verdict in died) == [("1", "retrying")] * 3 + [("2", "no retry")] * 3
+    assert len({job for job, _, _ in died}) == 3
     # Workers were restarted each time: the agents still have two workers each.
     for node in ("a1", "a2"):
         proc = next(p for p in running_cluster.procs if p.name == node)
