@@ -10,6 +10,8 @@ Examples:
   clusterctl agent --zk zk1:2181,zk2:2181,zk3:2181 --label rack=r12
 
   clusterctl agent --workers 4 --node-id gpu-07 --bind tcp://0.0.0.0:7100 --advertise 10.0.0.7
+
+As a systemd service: clusterctl agent install --help / clusterctl agent uninstall --help
 """
 
 from __future__ import annotations

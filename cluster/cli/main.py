@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 
 import typer
 
-from . import coordinator_cmd, drain, keys, nodes, status, submit, up
+from . import common, coordinator_cmd, drain, install, keys, nodes, status, submit, up
 
 app = typer.Typer(
     help="Run Python functions and shell commands over a cluster of machines.\n\n"
@@ -21,15 +22,39 @@ app = typer.Typer(
 
 @app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
-    help="Run a node agent in the foreground (see `clusterctl agent --help`).",
+    help="Run a node agent in the foreground (see `clusterctl agent --help`), or set it up as a systemd "
+    "service: `clusterctl agent install|uninstall` (see `clusterctl agent install --help`).",
 )
 def agent(ctx: typer.Context) -> None:
+    if ctx.args[:1] in (["install"], ["uninstall"]):
+        # Installing is client-side file work (cluster.cli.install), not the agent program.
+        install.agent_app(args=ctx.args, prog_name="clusterctl agent")
     # The agent is node-side code (package `agents`), which the client side never
     # imports; it runs as its own program with its own options and --help.
     os.execv(sys.executable, [sys.executable, "-m", "agents", *ctx.args])
 
 
-app.command(name="coordinator", help=coordinator_cmd.__doc__)(coordinator_cmd.coordinator)
+def _coordinator(ctx: typer.Context, **options) -> None:
+    # `clusterctl coordinator [OPTIONS]` runs it; `clusterctl coordinator install ...` is a
+    # subcommand of the same group, and then this callback must do nothing.
+    if ctx.invoked_subcommand is None:
+        coordinator_cmd.coordinator(**options)
+    elif any(getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT" for name in options):
+        raise common.fail(f"options go after the command: clusterctl coordinator {ctx.invoked_subcommand} [OPTIONS]")
+
+
+# The group's options are the coordinator's own (typer reads them from this signature).
+_options = inspect.signature(coordinator_cmd.coordinator, eval_str=True)
+_coordinator.__signature__ = _options.replace(parameters=[  # type: ignore[attr-defined]
+    inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+    *_options.parameters.values()])
+
+coordinator_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+coordinator_app.callback(invoke_without_command=True, help=coordinator_cmd.__doc__ +
+                         "\nAs a systemd service: `clusterctl coordinator install|uninstall` (see their --help).")(
+    _coordinator)
+install.add_commands(coordinator_app, "coordinator")
+app.add_typer(coordinator_app, name="coordinator")
 app.command(name="submit", help=submit.__doc__)(submit.submit)
 app.command(name="nodes", help=nodes.__doc__)(nodes.nodes)
 app.command(name="up", help=up.__doc__)(up.up)

@@ -1,0 +1,539 @@
+"""Install this node's agent or coordinator as a systemd service, or remove it.
+
+`install` writes three files and then runs systemd:
+
+  /etc/sysusers.d/clusterd.conf             the `clusterd` user (systemd-sysusers creates it)
+  /etc/clusterd/ROLE.toml                   this node's settings (0640 root:clusterd)
+  /etc/systemd/system/cluster-ROLE.service  the hardened unit, ExecStart = this clusterctl
+
+  systemd-sysusers, systemctl daemon-reload (when the unit changed), systemctl try-restart
+  (when a file changed, so new settings take effect), systemctl enable --now.
+
+A file whose bytes are already right is left alone ("unchanged"), so running the same
+install twice changes nothing. Keys are referenced by path, never copied or deleted.
+`--root DIR` writes under DIR and runs nothing (images, staging); `--dry-run` prints
+every file and command and changes nothing. `uninstall` stops and disables the unit and
+removes the unit and the config it wrote (and the user snippet once no role is left).
+"""
+
+from __future__ import annotations
+
+import difflib
+import grp
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .. import config
+from . import common
+
+ROLES = {"agent": config.AgentConfig, "coordinator": config.CoordinatorConfig}
+USER = "clusterd"
+DEFAULT_EXEC = "/opt/clusterd/venv/bin/clusterctl"
+SYSUSERS = Path("/etc/sysusers.d/clusterd.conf")
+MARK = "# Written by `clusterctl"  # uninstall removes only config files that start with it
+# ProtectHome=yes hides these from the service, so an ExecStart under them never starts.
+HIDDEN = ("/home", "/root", "/run/user")
+
+
+def unit_name(role: str) -> str:
+    return f"cluster-{role}.service"
+
+
+def unit_path(role: str) -> Path:
+    return Path("/etc/systemd/system") / unit_name(role)
+
+
+def config_path(role: str) -> Path:
+    return Path("/etc/clusterd") / f"{role}.toml"
+
+
+# ------------------------------------------------------------------ rendering
+# systemd/*.service in the source tree are render_unit(role) with the defaults;
+# tests/test_systemd.py keeps them equal, so the units are reviewed in one place.
+
+HARDENING = """\
+# Hardening (`systemd-analyze security cluster-ROLE`). Read-only system and no homes:
+# the only writable places are the state directory (/var/lib/clusterd, also HOME),
+# a private /tmp and /dev/shm. Add paths with `systemctl edit`: ReadWritePaths=/srv/data
+NoNewPrivileges=yes
+CapabilityBoundingSet=
+AmbientCapabilities=
+StateDirectory=clusterd
+WorkingDirectory=%S/clusterd
+UMask=0077
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectProc=invisible
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+PrivateMounts=yes
+RemoveIPC=yes
+# Netlink: glibc's getaddrinfo asks the kernel for local addresses through it.
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged
+# A filtered call fails with EPERM instead of killing the process (a task's library
+# probing for a syscall must not take its worker down).
+SystemCallErrorNumber=EPERM
+"""
+
+ROLE_UNIT = {
+    "agent": dict(
+        head="# clusterd node agent. `clusterctl agent install` writes this unit and\n"
+             "# /etc/clusterd/agent.toml (see configs/agent.toml).",
+        description="clusterd node agent (one worker per usable core)",
+        stop="# SIGTERM to the agent only: it drains (its workers finish their tasks), then exits 0.\n"
+             "KillMode=mixed\n"
+             "# Above the agent's 30 s drain timeout.\n"
+             "TimeoutStopSec=45\n",
+        extra="# Workers run user code: no MemoryDenyWriteExecute (JITs such as numba need W+X\n"
+              "# memory). GPU nodes: `systemctl edit cluster-agent`, PrivateDevices=no.\n",
+    ),
+    "coordinator": dict(
+        head="# clusterd coordinator. Run it on two or three hosts: one leads, the others stand by.\n"
+             "# `clusterctl coordinator install` writes this unit and /etc/clusterd/coordinator.toml.",
+        description="clusterd coordinator",
+        stop="TimeoutStopSec=15\n",
+        # It never unpickles user payloads, so no JIT; checked with kernel MDWE, pyzmq included.
+        extra="MemoryDenyWriteExecute=yes\nSystemCallFilter=~@resources\n",
+    ),
+}
+
+
+def render_unit(role: str, exec_path: str = DEFAULT_EXEC) -> str:
+    r = ROLE_UNIT[role]
+    return (f"{r['head']}\n[Unit]\nDescription={r['description']}\n"
+            "Documentation=file:///opt/clusterd/README.md\n"
+            "Wants=network-online.target\nAfter=network-online.target\n\n"
+            "[Service]\nType=notify\nNotifyAccess=main\n"
+            f"ExecStart={_exec_word(exec_path)} {role} --config {config_path(role)}\n"
+            f"User={USER}\nGroup={USER}\n{r['stop']}"
+            "Restart=on-failure\nRestartSec=2\nWatchdogSec=10\n"
+            f"{HARDENING.replace('ROLE', role)}{r['extra']}\n"
+            "[Install]\nWantedBy=multi-user.target\n")
+
+
+def _exec_word(path: str) -> str:
+    # '%' and '$' are specifier and variable expansion in unit files; spaces need quotes.
+    word = path.replace("%", "%%").replace("$", "$$")
+    if re.search(r"[\s\"'\\]", word):
+        word = '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return word
+
+
+def render_sysusers() -> str:
+    # The same text whichever role writes it, so the second role finds it unchanged.
+    return ("# Written by `clusterctl agent|coordinator install`: the user the clusterd daemons\n"
+            "# run as, created by systemd-sysusers (removed with the last role; the user stays).\n"
+            f'u {USER} - "clusterd daemons" /var/lib/clusterd\n')
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, dict):
+        items = (f"{k if re.fullmatch(r'[A-Za-z0-9_-]+', k) else _toml_value(k)} = {_toml_value(v)}"
+                 for k, v in sorted(value.items()))
+        return "{ " + ", ".join(items) + " }" if value else "{}"
+    # JSON string escapes are valid TOML; TOML also wants DEL escaped.
+    return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def render_config(role: str, cfg: object, given: set[str]) -> str:
+    """TOML with `zk`, `cluster` and every setting given, named as cluster/config.py reads them."""
+    shared = [f.name for f in fields(config.Common)]
+    top = [k for k in shared if k in ("zk", "cluster") or k in given]
+    section = [f.name for f in fields(cfg) if f.name not in shared and f.name in given]
+    lines = [f"{MARK} {role} install`; run it again to change this file",
+             f"# (every setting: configs/{role}.toml).", ""]
+    lines += [f"{k} = {_toml_value(getattr(cfg, k))}" for k in top]
+    lines += ["", f"[{role}]"] + [f"{k} = {_toml_value(getattr(cfg, k))}" for k in section]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ validation
+
+def build_config(role: str, flags: dict) -> tuple[object, str]:
+    """Settings from the flags alone (not this shell's CLUSTER_* environment: the file
+    must say everything), checked, rendered, and loaded back the way the daemon will."""
+    given = {k for k, v in flags.items() if v is not None and v is not False}
+    cfg = config.load(ROLES[role], None, flags, environ={})
+    if not cfg.keys and not cfg.insecure:
+        raise ValueError("give --keys DIR (see `clusterctl keys generate`) or --insecure: "
+                         "the daemon refuses to start without one")
+    if cfg.keys and cfg.insecure:
+        raise ValueError("--keys and --insecure contradict each other: give one")
+    if role == "agent":
+        w = cfg.workers.strip().lower()
+        if w != "auto" and not (w.isascii() and w.isdigit() and int(w) > 0):
+            raise ValueError(f"--workers must be 'auto' or a positive integer, got {cfg.workers!r}")
+    if not cfg.bind.startswith("tcp://"):
+        raise ValueError(f"--bind must look like tcp://HOST:PORT, got {cfg.bind!r}")
+    if cfg.metrics_port > 65535:
+        raise ValueError(f"--metrics-port must be a port number (up to 65535; 0 = off), got {cfg.metrics_port}")
+    text = render_config(role, cfg, given)
+    with tempfile.NamedTemporaryFile("w", suffix=".toml") as tmp:
+        tmp.write(text)
+        tmp.flush()
+        if config.load(ROLES[role], tmp.name, environ={}) != cfg:  # pragma: no cover - a rendering bug
+            raise ValueError(f"internal error: the rendered {role} config does not load back as given")
+    return cfg, text
+
+
+def default_exec() -> str:
+    # The clusterctl beside this interpreter: a venv's own, not whatever is on PATH.
+    return os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "clusterctl")
+
+
+def check_exec(path: str, given: bool, root: Optional[Path]) -> str:
+    if not os.path.isabs(path):
+        raise ValueError(f"--exec must be an absolute path, got {path!r}")
+    if any(path == h or path.startswith(h + "/") for h in HIDDEN):
+        raise ValueError(f"{path} is under {', '.join(HIDDEN)}, which the unit's ProtectHome=yes hides: "
+                         "install the venv elsewhere (e.g. /opt/clusterd/venv) or pass --exec")
+    if not (given and root) and not os.access(path, os.X_OK):
+        hint = "" if given else " (run the clusterctl of the venv to install, or pass --exec PATH)"
+        raise ValueError(f"{path} is not an executable file{hint}")
+    return path
+
+
+# ------------------------------------------------------------------ applying
+
+WOULD = {"created": "would create", "updated": "would update", "removed": "would remove"}
+
+
+@dataclass
+class Run:
+    """What one install or uninstall did (or would do): printed as it goes, and as --json."""
+    role: str
+    operation: str
+    root: Optional[Path]
+    dry_run: bool
+    json_out: bool
+    files: list = field(default_factory=list)
+    commands: list = field(default_factory=list)
+
+    def target(self, path: Path) -> Path:
+        return self.root / path.relative_to("/") if self.root else path
+
+    def say(self, text: str) -> None:
+        if not self.json_out:
+            typer.echo(text)
+
+    def file(self, path: Path, action: str, detail: str = "") -> None:
+        self.files.append({"path": str(path), "action": action})
+        verb = WOULD.get(action, action) if self.dry_run else action
+        self.say(f"{verb:<13}{path}{detail}")
+
+    def command(self, argv: list[str]) -> None:
+        text = " ".join(argv)
+        if self.root:
+            status = "skipped"  # --root stages files for another system: never touch this one's systemd
+        elif self.dry_run:
+            status = "would run"
+        else:
+            status = "ran"
+            # Their chatter goes to stderr (fd 2), so stdout stays the report (or the JSON).
+            sys.stdout.flush()
+            res = subprocess.run(argv, stdout=2, stdin=subprocess.DEVNULL)
+            if res.returncode != 0:
+                self.commands.append({"command": text, "status": "failed"})
+                self.report()
+                hint = f"; see journalctl -u {unit_name(self.role)}" if argv[0] == "systemctl" else ""
+                raise common.fail(f"`{text}` failed with exit status {res.returncode}{hint}", common.EXIT_FAILED)
+        self.commands.append({"command": text, "status": status})
+        self.say(f"{status:<13}{text}" + ("  (--root: run nothing here)" if self.root else ""))
+
+    def report(self) -> None:
+        if self.json_out:
+            common.print_json({"role": self.role, "operation": self.operation, "dry_run": self.dry_run,
+                               "root": str(self.root) if self.root else None,
+                               "files": self.files, "commands": self.commands})
+
+
+def _mode(path: Path) -> Optional[int]:
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return None
+
+
+def _group_id() -> Optional[int]:
+    try:
+        return grp.getgrnam(USER).gr_gid
+    except KeyError:
+        return None
+
+
+def write_file(run: Run, path: Path, text: str, mode: int, group: bool = False) -> bool:
+    """Write only if the bytes, mode or owner differ; True if something changed."""
+    dest = run.target(path)
+    data = text.encode()
+    old = dest.read_bytes() if dest.is_file() else None
+    # root:clusterd when we are root on the real system: the daemon may read it but not
+    # change it, and other users need not see the cluster's layout. Under --root: the mode.
+    chown = group and run.root is None and os.geteuid() == 0
+    gid = _group_id() if chown else None
+    if chown and gid is None and not run.dry_run:  # systemd-sysusers ran just before
+        raise ValueError(f"group {USER!r} does not exist: systemd-sysusers did not create it")
+    st = dest.stat() if old is not None else None
+    owner_ok = not chown or (st is not None and (st.st_uid, st.st_gid) == (0, gid))
+    if old == data and _mode(dest) == mode and owner_ok:
+        run.file(dest, "unchanged")
+        return False
+    detail = f" ({mode:04o}{' root:' + USER if chown else ''})"
+    if old is None:
+        run.file(dest, "created", detail)
+    else:
+        run.file(dest, "updated", detail if old == data else detail + _diffstat(old, data))
+    if run.dry_run:
+        if not run.json_out:
+            body = text.splitlines() if old is None else list(difflib.unified_diff(
+                old.decode(errors="replace").splitlines(), text.splitlines(), "before", "after", lineterm=""))[2:]
+            typer.echo("".join(f"    {line}\n" for line in body), nl=False)
+        return True
+    _makedirs(dest.parent)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, mode)
+        if gid is not None:
+            os.chown(tmp, 0, gid)
+        os.replace(tmp, dest)  # atomic: a daemon (re)starting never reads half a file
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True
+
+
+def _diffstat(old: bytes, new: bytes) -> str:
+    diff = list(difflib.ndiff(old.decode(errors="replace").splitlines(), new.decode().splitlines()))
+    return f", +{sum(d.startswith('+ ') for d in diff)} -{sum(d.startswith('- ') for d in diff)} lines"
+
+
+def _makedirs(path: Path) -> None:
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for d in reversed(missing):
+        d.mkdir()
+        d.chmod(0o755)  # not the caller's umask: the clusterd user must reach /etc/clusterd
+
+
+def remove_file(run: Run, path: Path, ours: bool = True) -> bool:
+    dest = run.target(path)
+    if not dest.exists():
+        run.file(dest, "absent")
+        return False
+    if not ours:
+        run.file(dest, "kept", " (not written by clusterctl install)")
+        return False
+    run.file(dest, "removed")
+    if not run.dry_run:
+        dest.unlink()
+        _prune(run, dest.parent)
+    return True
+
+
+def _prune(run: Run, directory: Path) -> None:
+    """Remove directories left empty. On a live system only /etc/clusterd is ours; under
+    --root (a staging tree) every directory up to DIR that is left empty goes, which undoes
+    what install created (and would take an empty one that was there before)."""
+    stop = run.root if run.root else Path("/etc")
+    while directory != stop and stop in directory.parents:
+        if run.root is None and directory != Path("/etc/clusterd"):
+            return
+        try:
+            directory.rmdir()  # only if empty: keys and anything else stay
+        except OSError:
+            return
+        directory = directory.parent
+
+
+def _check_privileges(root: Optional[Path], dry_run: bool) -> None:
+    if root is None and not dry_run and os.geteuid() != 0:
+        raise ValueError("installing a service needs root (or --root DIR to stage files, --dry-run to look)")
+
+
+def install(role: str, flags: dict, exec_path: Optional[str], root: Optional[Path], dry_run: bool,
+            json_out: bool) -> None:
+    with common.clear_errors():
+        # Everything is checked before anything is written.
+        _check_privileges(root, dry_run)
+        for key in ("keys", "zk_auth"):
+            if flags.get(key):
+                flags[key] = os.path.abspath(flags[key])  # the unit's working directory is not ours
+        cfg, toml = build_config(role, flags)
+        unit = render_unit(role, check_exec(exec_path or default_exec(), exec_path is not None, root))
+        run = Run(role, "install", root.resolve() if root else None, dry_run, json_out)
+        for path in filter(None, (cfg.keys, cfg.zk_auth)):
+            if not run.target(Path(path)).exists():
+                if root is None:
+                    raise ValueError(f"{path} does not exist: put the keys and credentials in place first")
+                typer.echo(f"clusterctl: warning: {run.target(Path(path))} does not exist yet", err=True)
+
+        write_file(run, SYSUSERS, render_sysusers(), 0o644)
+        run.command(["systemd-sysusers", str(SYSUSERS)])  # before the config: its group must exist
+        config_changed = write_file(run, config_path(role), toml, 0o640, group=True)
+        existed = run.target(unit_path(role)).exists()
+        unit_changed = write_file(run, unit_path(role), unit, 0o644)
+        if unit_changed:
+            run.command(["systemctl", "daemon-reload"])
+        if existed and (config_changed or unit_changed):
+            run.command(["systemctl", "try-restart", unit_name(role)])  # a running daemon reads the new settings
+        run.command(["systemctl", "enable", "--now", unit_name(role)])
+        run.report()
+
+
+def uninstall(role: str, root: Optional[Path], dry_run: bool, json_out: bool) -> None:
+    with common.clear_errors():
+        _check_privileges(root, dry_run)
+        run = Run(role, "uninstall", root.resolve() if root else None, dry_run, json_out)
+        if run.target(unit_path(role)).exists():
+            run.command(["systemctl", "disable", "--now", unit_name(role)])
+        unit_removed = remove_file(run, unit_path(role))
+        conf = run.target(config_path(role))
+        remove_file(run, config_path(role), ours=not conf.is_file() or conf.read_text(errors="replace").startswith(MARK))
+        other = next(r for r in ROLES if r != role)
+        if run.target(unit_path(other)).exists() and run.target(SYSUSERS).exists():
+            run.file(run.target(SYSUSERS), "kept", f" (the {other} is still installed)")
+        else:
+            snippet = run.target(SYSUSERS)
+            remove_file(run, SYSUSERS, ours=not snippet.is_file() or snippet.read_text().startswith(MARK))
+        if unit_removed:
+            run.command(["systemctl", "daemon-reload"])
+        run.report()
+
+
+# ------------------------------------------------------------------ commands
+
+ZK = typer.Option(None, "--zk", help="ZooKeeper connect string (default 127.0.0.1:2181).", show_default=False)
+CLUSTER = typer.Option(None, "--cluster", help="Cluster name (default 'default').", show_default=False)
+KEYS = typer.Option(None, "--keys", help="Directory of this host's CURVE keys (referenced, not copied).",
+                    show_default=False)
+INSECURE = typer.Option(False, "--insecure", help="No CURVE keys: trusted networks only.")
+ZK_AUTH = typer.Option(None, "--zk-auth", help="File (0600) with user:password for ZooKeeper ACLs.", show_default=False)
+BIND = typer.Option(None, "--bind", help="Endpoint to bind (default tcp://0.0.0.0:0, a free port).", show_default=False)
+ADVERTISE = typer.Option(None, "--advertise", help="Host others use to reach this node.", show_default=False)
+METRICS = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics on this port (off).", show_default=False)
+EXEC = typer.Option(None, "--exec", help="clusterctl for ExecStart (default: the one running this command).",
+                    show_default=False)
+ROOT = typer.Option(None, "--root", help="Write under DIR (DIR/etc/...) and run no command.", show_default=False)
+DRY_RUN = typer.Option(False, "--dry-run", help="Print the files and commands; change nothing.")
+JSON = typer.Option(False, "--json", help="Print what was done as JSON: files (path, action) and commands.")
+
+
+def agent_install(
+    zk: Optional[str] = ZK, cluster: Optional[str] = CLUSTER, keys: Optional[str] = KEYS,
+    insecure: bool = INSECURE, zk_auth: Optional[str] = ZK_AUTH,
+    label: List[str] = typer.Option([], "--label", help="key=value label; repeatable."),
+    workers: Optional[str] = typer.Option(None, "--workers", help="'auto' (usable cores) or a number."),
+    node_id: Optional[str] = typer.Option(None, "--node-id", help="Unique node id (default: the host name)."),
+    bind: Optional[str] = BIND, advertise: Optional[str] = ADVERTISE, metrics_port: Optional[str] = METRICS,
+    exec_path: Optional[str] = EXEC, root: Optional[Path] = ROOT, dry_run: bool = DRY_RUN, json_out: bool = JSON,
+) -> None:
+    """Install this node's agent as the systemd service cluster-agent.
+
+    Writes /etc/clusterd/agent.toml, /etc/systemd/system/cluster-agent.service and
+    /etc/sysusers.d/clusterd.conf, then runs systemd-sysusers, systemctl daemon-reload and
+    systemctl enable --now cluster-agent. Again with the same options: nothing changes.
+
+    Examples:
+
+      clusterctl agent install --zk zk1:2181,zk2:2181,zk3:2181 --cluster prod --keys /etc/clusterd/keys --label rack=r12 --metrics-port 9464
+
+      clusterctl agent install --zk zk1:2181 --insecure --workers 8 --dry-run
+
+      clusterctl agent install --zk zk1:2181 --keys /etc/clusterd/keys --root /tmp/image --exec /opt/clusterd/venv/bin/clusterctl
+    """
+    with common.clear_errors():
+        labels = config.parse_labels(label) if label else None
+    install("agent", dict(zk=zk, cluster=cluster, keys=keys, insecure=insecure, zk_auth=zk_auth, labels=labels,
+                          workers=workers, node_id=node_id, bind=bind, advertise=advertise, metrics_port=metrics_port),
+            exec_path, root, dry_run, json_out)
+
+
+def coordinator_install(
+    zk: Optional[str] = ZK, cluster: Optional[str] = CLUSTER, keys: Optional[str] = KEYS,
+    insecure: bool = INSECURE, zk_auth: Optional[str] = ZK_AUTH,
+    bind: Optional[str] = BIND, advertise: Optional[str] = ADVERTISE, metrics_port: Optional[str] = METRICS,
+    exec_path: Optional[str] = EXEC, root: Optional[Path] = ROOT, dry_run: bool = DRY_RUN, json_out: bool = JSON,
+) -> None:
+    """Install this host's coordinator as the systemd service cluster-coordinator.
+
+    Writes /etc/clusterd/coordinator.toml, /etc/systemd/system/cluster-coordinator.service
+    and /etc/sysusers.d/clusterd.conf, then runs systemd-sysusers, systemctl daemon-reload
+    and systemctl enable --now cluster-coordinator. Install it on two or three hosts.
+
+    Examples:
+
+      clusterctl coordinator install --zk zk1:2181,zk2:2181,zk3:2181 --cluster prod --keys /etc/clusterd/keys --bind tcp://0.0.0.0:5555 --metrics-port 9465
+
+      clusterctl coordinator install --zk zk1:2181 --insecure --dry-run --json
+    """
+    install("coordinator", dict(zk=zk, cluster=cluster, keys=keys, insecure=insecure, zk_auth=zk_auth, bind=bind,
+                                advertise=advertise, metrics_port=metrics_port), exec_path, root, dry_run, json_out)
+
+
+def agent_uninstall(root: Optional[Path] = ROOT, dry_run: bool = DRY_RUN, json_out: bool = JSON) -> None:
+    """Stop, disable and remove the cluster-agent service and /etc/clusterd/agent.toml.
+
+    Keys are never deleted; the clusterd user snippet goes only with the last role.
+
+    Examples:
+
+      clusterctl agent uninstall
+
+      clusterctl agent uninstall --dry-run
+    """
+    uninstall("agent", root, dry_run, json_out)
+
+
+def coordinator_uninstall(root: Optional[Path] = ROOT, dry_run: bool = DRY_RUN, json_out: bool = JSON) -> None:
+    """Stop, disable and remove the cluster-coordinator service and /etc/clusterd/coordinator.toml.
+
+    Keys are never deleted; the clusterd user snippet goes only with the last role.
+
+    Examples:
+
+      clusterctl coordinator uninstall
+
+      clusterctl coordinator uninstall --root /tmp/image
+    """
+    uninstall("coordinator", root, dry_run, json_out)
+
+
+def add_commands(app: typer.Typer, role: str) -> None:
+    """`install` and `uninstall` under `clusterctl ROLE`."""
+    inst, uninst = (agent_install, agent_uninstall) if role == "agent" else (coordinator_install, coordinator_uninstall)
+    app.command("install", help=inst.__doc__)(inst)
+    app.command("uninstall", help=uninst.__doc__)(uninst)
+
+
+# `clusterctl agent install ...` lands here: the agent itself is another program.
+agent_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
+add_commands(agent_app, "agent")
