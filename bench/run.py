@@ -1,120 +1,450 @@
-"""`make bench`: this project against multiprocessing.Pool, same machine, same run.
+"""`make bench`: this project side by side with multiprocessing.Pool,
+concurrent.futures.ProcessPoolExecutor, Dask distributed, IPython Parallel and
+Ray, one worker process per core each, in one run on the same machine; plus
+the raw ZeroMQ ceiling. Prints a table per workload (figures, ratios to
+clusterd and to mp.Pool) and the targets of issue 6, MET / NOT MET.
 
-Workloads (see ../shared/PEERS.md for the peers' figures on this kind of machine):
-  W1  20,000 no-op tasks submitted one by one (tasks/s)
-  W3  500 sequential single-task round trips (p50 / p99 latency)
-  W2  the classic CPU-bound example, 8 tasks (speedup over serial)
+Workloads (bench/workloads.py has the exact definitions; docs/benchmarks.md
+what each figure means):
+  W1  20,000 no-op tasks submitted one by one: tasks/s, CPU-µs per task;
+      also through `clusterctl submit --range 0 20000` (tasks/s from its wall time)
+  W2  the classic CPU-bound example, 8 x sum([random.randint(1, 100) for i in
+      range(1000000)]): speedup over serial, CPU utilisation of the cores,
+      clusterd's coordinator + agent CPU as % of one core
+  W3  500 sequential single-task round trips: p50 / p99
+  W4  2,000 tasks echoing 1 MiB bytes (32 in flight): MiB/s, both directions counted
+  ZMQ raw pyzmq DEALER/ROUTER over tcp loopback: round trips/s (sequential and
+      pipelined, 16-byte messages) and MiB/s with 1 MiB messages
 
-Usage: python bench/run.py [--workers N] [--json]
+Every system runs in its own subprocess (python -m bench.peers SYSTEM), one
+after the other. A peer that is not installed (the `bench` extra) or fails to
+start is reported as "skipped: <reason>" and the run goes on.
+
+Usage: python bench/run.py [--quick | --scale S] [--workers N] [--systems a,b] [--json FILE]
+Env:   BENCH_SCALE=S  shrinks every workload (counts and the CPU-bound task size);
+       --quick is BENCH_SCALE=0.1.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
-import multiprocessing
 import os
-import random
+import platform
+import shutil
+import subprocess
 import sys
+import tempfile
+import textwrap
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
-from cluster import Executor  # noqa: E402
-from cluster.localstack import LocalStack  # noqa: E402
+import psutil  # noqa: E402
 
-N_NOOP = 20_000
-N_LATENCY = 500
-N_CLASSIC = 8
+from agents.resources import usable_cpus  # noqa: E402
+from bench.workloads import Sizes  # noqa: E402
 
-
-def noop(x):
-    return x
-
-
-def classic(_):
-    return sum([random.randint(1, 100) for i in range(1000000)])
+ORDER = ["serial", "zmq", "mp.Pool", "ProcessPoolExecutor", "clusterd", "dask", "ipyparallel", "ray"]
+DISTRIBUTED = ("dask", "ipyparallel", "ray")
+SHORT = {"clusterd": "clusterd", "clusterd-cli": "clusterd (clusterctl submit)", "mp.Pool": "mp.Pool apply_async",
+         "ProcessPoolExecutor": "ProcessPoolExecutor", "dask": "Dask distributed", "ipyparallel": "IPython Parallel",
+         "ray": "Ray", "serial": "serial (1 process)", "zmq": "raw ZeroMQ"}
+QUICK_SCALE = 0.1
 
 
-def percentile(values, q):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
-def progress(text):
-    if sys.stderr.isatty():
-        sys.stderr.write(f"\r{text:<60}")
-        sys.stderr.flush()
+# ------------------------------------------------------------------ running
+
+def run_system(name: str, workers: int, sizes: Sizes, logdir: str, timeout: float) -> dict:
+    """One system in its own process (and session); whatever it leaves behind
+    (processes it started that outlive it) is killed by pid afterwards."""
+    out = os.path.join(logdir, f"{name}.json")
+    log = os.path.join(logdir, f"{name}.log")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p),
+               PYTHONUNBUFFERED="1")
+    argv = [sys.executable, "-m", "bench.peers", name, "--workers", str(workers), "--scale", str(sizes.scale),
+            "--out", out]
+    started = time.monotonic()
+    with open(log, "w") as logf:
+        child = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=logf,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+    seen: dict[int, float] = {}  # every descendant ever seen: pid -> create time
+    me = psutil.Process(child.pid)
+    timed_out = False
+    while child.poll() is None:
+        try:
+            for p in me.children(recursive=True):
+                seen.setdefault(p.pid, p.create_time())
+        except psutil.Error:
+            pass
+        if time.monotonic() - started > timeout:
+            timed_out = True
+            child.kill()
+            child.wait()
+            break
+        time.sleep(0.5)
+    elapsed = time.monotonic() - started
+    leftovers = 0
+    for pid, created in seen.items():
+        try:
+            p = psutil.Process(pid)
+            if p.create_time() == created:
+                p.kill()
+                leftovers += 1
+        except psutil.Error:
+            pass
+    try:
+        with open(out) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        record = {"system": name}
+    record["elapsed_s"] = elapsed
+    if leftovers:
+        record["leftover_processes_killed"] = leftovers
+    if timed_out:
+        record.update(status="failed", reason=f"timed out after {timeout:.0f} s (figures up to then kept)")
+    elif child.returncode != 0 and record.get("status") != "skipped":
+        record.update(status="failed", reason=f"exit status {child.returncode}: {tail(log)}")
+    elif record.get("status") not in ("ok", "skipped"):
+        record.update(status="failed", reason=f"ended without finishing: {tail(log)}")
+    if record.get("status") == "failed":
+        record["log"] = log
+    return record
+
+
+def tail(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            lines = [line.strip() for line in f if line.strip() and not line.startswith("---")]
+        return lines[-1][:200] if lines else "(no output)"
+    except OSError:
+        return "(no log)"
+
+
+# ---------------------------------------------------------------- reporting
+
+def get(results: dict, name: str, *keys):
+    """A figure, or None when the system or workload did not produce it."""
+    value = results.get(name)
+    for key in keys:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def status_text(results: dict, name: str, workload: str, brief: bool = False) -> str | None:
+    """Why a row has no figures: skipped / failed / the workload's error
+    (``brief``: the reason is already in the W1 table)."""
+    rec = results.get(name)
+    if rec is None:
+        return "not run"
+    if rec.get("status") == "skipped":
+        return "skipped (see W1)" if brief else f"skipped: {rec.get('reason', '?')}"
+    w = rec.get(workload)
+    if isinstance(w, dict) and "error" in w:
+        return f"error: {w['error']}"
+    if w is None:
+        return f"{rec.get('status', 'failed')}: {rec.get('reason', 'no figures')}"
+    return None
+
+
+def num(value, fmt: str) -> str:
+    return "—" if value is None else format(value, fmt)
+
+
+def ratio(a, b) -> str:
+    return "—" if a is None or not b else f"{a / b:.2f}x"
+
+
+def table(title: str, headers: list[str], rows: list[list[str]], note: str = "", left: int = 1) -> str:
+    """Columns before ``left`` are left-aligned, the rest right-aligned; a row
+    of two cells (a system with no figures) spans the figure columns."""
+    width = [max([len(h), *(len(r[i]) for r in rows if len(r) == len(headers) or i == 0)])
+             for i, h in enumerate(headers)]
+
+    def cells(row: list[str]) -> str:
+        return "  ".join(c.ljust(width[i]) if i < left else c.rjust(width[i]) for i, c in enumerate(row)).rstrip()
+
+    out = [title, cells(headers)]
+    out.append("-" * len(out[-1]))
+    for r in rows:
+        out.append(f"{r[0].ljust(width[0])}  {r[1]}" if len(r) == 2 and len(headers) > 2 else cells(r))
+    for paragraph in note.split("\n") if note else ():
+        out.extend(textwrap.wrap(paragraph, 100))
+    return "\n".join(out)
+
+
+def label(results: dict, name: str) -> str:
+    """The system's short name and, for the peers and this project, its version
+    (the standard library's is the Python version in the header)."""
+    version = get(results, "clusterd" if name == "clusterd-cli" else name, "version")
+    if name in ("clusterd", "clusterd-cli", *DISTRIBUTED) and version:
+        return f"{SHORT[name]} {version}" if name != "clusterd-cli" else SHORT[name]
+    return SHORT.get(name, name)
+
+
+def pct(value) -> str:
+    return "—" if value is None else f"{value * 100:.0f}%"
+
+
+DISPLAY = ["clusterd", "mp.Pool", "ProcessPoolExecutor", "dask", "ipyparallel", "ray"]
+
+
+def systems_in(results: dict) -> list[str]:
+    return [n for n in DISPLAY if n in results]
+
+
+def report(results: dict, meta: dict) -> tuple[str, list[dict]]:
+    cores = meta["workers"]
+    lines = []
+    quick = " — QUICK RUN (scale %g): not the figures to quote" % meta["scale"] if meta["scale"] != 1 else ""
+    lines.append(f"clusterd benchmark, {meta['date']}{quick}")
+    lines.append(f"{meta['cpu_model']}; {meta['cpus']} CPUs, {cores} worker processes per system (one per core); "
+                 f"Python {meta['python']}; load average at start {meta['loadavg_start']:.2f}, "
+                 f"at end {meta['loadavg_end']:.2f}")
+    if max(meta["loadavg_start"], meta["loadavg_end"]) > 0.5:
+        lines.append("warning: the machine was not quiet (load average above 0.5): other work skews every figure, "
+                     "W2 most of all")
+    sizes = meta["sizes"]
+    lines.append("")
+
+    # W1
+    ref, pool = get(results, "clusterd", "w1", "tasks_per_s"), get(results, "mp.Pool", "w1", "tasks_per_s")
+    rows = []
+    for name in systems_in(results):
+        why = status_text(results, name, "w1")
+        if why:
+            rows.append([label(results, name), why])
+            continue
+        v = get(results, name, "w1", "tasks_per_s")
+        rows.append([label(results, name), num(v, ",.0f"), num(get(results, name, "w1", "cpu_us_per_task"), ",.0f"),
+                     ratio(v, ref), ratio(v, pool)])
+        if name == "clusterd":
+            why = status_text(results, name, "w1_cli")
+            if why:
+                rows.append([label(results, "clusterd-cli"), why])
+            else:
+                cli = get(results, name, "w1_cli", "tasks_per_s")
+                rows.append([label(results, "clusterd-cli"), num(cli, ",.0f"),
+                             num(get(results, name, "w1_cli", "cpu_us_per_task"), ",.0f"), ratio(cli, ref),
+                             ratio(cli, pool)])
+    why = status_text(results, "zmq", "zmq")
+    if why and "zmq" in results:
+        rows.append(["raw ZeroMQ ceiling", why])
+    elif not why:
+        v = get(results, "zmq", "zmq", "pipelined", "round_trips_per_s")
+        rows.append(["raw ZeroMQ round trips, pipelined", num(v, ",.0f"),
+                     num(get(results, "zmq", "zmq", "pipelined", "cpu_us_per_round_trip"), ",.0f"), ratio(v, ref),
+                     ratio(v, pool)])
+    note = ("CPU-µs/task: CPU time of the client and of every process of the system (clusterd: coordinator,"
+            " agent, workers; clusterctl: its own process too) / tasks. Higher tasks/s is better.")
+    own = get(results, "clusterd", "w1_cli", "reported_tasks_per_s")
+    if own:
+        note += (f"\nclusterctl submit: tasks/s from the wall time of the whole command (interpreter start and "
+                 f"ZooKeeper look-up included); its own summary line says {own:,.0f} tasks/s.")
+    lines.append(table(f"W1 throughput: {sizes['w1_tasks']:,} no-op tasks submitted one by one",
+                       ["system", "tasks/s", "CPU-µs/task", "÷ clusterd", "÷ mp.Pool"], rows, note))
+    lines.append("")
+
+    # W2
+    serial = get(results, "serial", "w2", "wall_s")
+    walls = {n: get(results, n, "w2", "wall_s") for n in systems_in(results)}
+    speed = {n: serial / w if serial and w else None for n, w in walls.items()}
+    rows = []
+    if serial is None:
+        rows.append(["serial (1 process)", status_text(results, "serial", "w2") or "no figure"])
     else:
-        print(text, file=sys.stderr)
+        rows.append(["serial (1 process)", num(serial, ".2f"), "1.00", "—", "—", "—", "—"])
+    for name in systems_in(results):
+        why = status_text(results, name, "w2", brief=True)
+        if why:
+            rows.append([label(results, name), why])
+            continue
+        util = get(results, name, "w2", "cpu_util_of_cores")
+        mutil = get(results, name, "w2", "machine_util")
+        rows.append([label(results, name), num(walls[name], ".2f"), num(speed[name], ".2f"),
+                     pct(util), pct(mutil),
+                     ratio(speed[name], speed.get("clusterd")), ratio(speed[name], speed.get("mp.Pool"))])
+    daemons = get(results, "clusterd", "w2", "daemons_pct_of_one_core") or {}
+    total = get(results, "clusterd", "w2", "daemons_pct_of_one_core_total")
+    note = ("CPU util: CPU time of the system's processes / (wall x cores); machine: every process on the machine "
+            "(other load shows there).")
+    if total is not None:
+        note += (f"\nclusterd coordinator + agent during W2: {total:.2f}% of one core (coordinator "
+                 f"{daemons.get('coordinator', 0):.2f}%, agent {daemons.get('agent', 0):.2f}%).")
+    lines.append(table(f"W2 classic CPU-bound: {sizes['w2_tasks']} x sum(randint) over {sizes['w2_items']:,} items",
+                       ["system", "wall s", "speedup", "CPU util", "machine", "÷ clusterd", "÷ mp.Pool"], rows, note))
+    lines.append("")
+
+    # W3
+    ref, pool = get(results, "clusterd", "w3", "p50_ms"), get(results, "mp.Pool", "w3", "p50_ms")
+    rows = []
+    for name in systems_in(results):
+        why = status_text(results, name, "w3", brief=True)
+        if why:
+            rows.append([label(results, name), why])
+            continue
+        v = get(results, name, "w3", "p50_ms")
+        rows.append([label(results, name), num(v, ".3f"), num(get(results, name, "w3", "p99_ms"), ".3f"),
+                     ratio(v, ref), ratio(v, pool)])
+    if not status_text(results, "zmq", "zmq"):
+        v = get(results, "zmq", "zmq", "sequential", "p50_ms")
+        rows.append(["raw ZeroMQ round trip", num(v, ".3f"),
+                     num(get(results, "zmq", "zmq", "sequential", "p99_ms"), ".3f"), ratio(v, ref), ratio(v, pool)])
+    lines.append(table(f"W3 latency: {sizes['w3_round_trips']:,} sequential single-task round trips",
+                       ["system", "p50 ms", "p99 ms", "p50 ÷ clusterd", "p50 ÷ mp.Pool"], rows,
+                       "Lower is better: a ratio above 1 is slower than the reference."))
+    lines.append("")
+
+    # W4
+    ref, pool = get(results, "clusterd", "w4", "mib_per_s"), get(results, "mp.Pool", "w4", "mib_per_s")
+    rows = []
+    for name in systems_in(results):
+        why = status_text(results, name, "w4", brief=True)
+        if why:
+            rows.append([label(results, name), why])
+            continue
+        v = get(results, name, "w4", "mib_per_s")
+        per_mib = get(results, name, "w4", "cpu_us_per_task")
+        rows.append([label(results, name), num(v, ",.0f"), num(per_mib and per_mib / 2 / 1000, ".1f"),
+                     ratio(v, ref), ratio(v, pool)])
+    if not status_text(results, "zmq", "zmq"):
+        v = get(results, "zmq", "zmq", "payload", "mib_per_s")
+        rows.append(["raw ZeroMQ 1 MiB echo", num(v, ",.0f"), "—", ratio(v, ref), ratio(v, pool)])
+    lines.append(table(f"W4 payload: {sizes['w4_tasks']:,} tasks echoing 1 MiB bytes, {sizes['w4_window']} in flight",
+                       ["system", "MiB/s", "CPU-ms/MiB", "÷ clusterd", "÷ mp.Pool"], rows,
+                       "MiB/s counts both directions (2 x tasks x 1 MiB / wall), the same for every system."))
+    lines.append("")
+
+    # Targets
+    targets = []
+
+    def target(text: str, measured: str, met: bool | None) -> None:
+        targets.append({"target": text, "measured": measured, "met": met})
+
+    w1 = get(results, "clusterd", "w1", "tasks_per_s")
+    peers = {n: get(results, n, "w1", "tasks_per_s") for n in DISTRIBUTED}
+    peers = {n: v for n, v in peers.items() if v}
+    if w1 and peers:
+        best = max(peers, key=peers.get)
+        target("W1 >= 3x the fastest distributed peer",
+               f"{w1:,.0f} vs {SHORT[best]} {peers[best]:,.0f} = {w1 / peers[best]:.2f}x", w1 >= 3 * peers[best])
+    else:
+        target("W1 >= 3x the fastest distributed peer", "no figure (clusterd or every distributed peer missing)", None)
+    if w1 and pool_w1(results):
+        p = pool_w1(results)
+        target("W1 >= 0.5x mp.Pool apply_async", f"{w1:,.0f} vs {p:,.0f} = {w1 / p:.2f}x", w1 >= 0.5 * p)
+    else:
+        target("W1 >= 0.5x mp.Pool apply_async", "no figure", None)
+    s = speed.get("clusterd")
+    target(f"W2 speedup >= 0.95 x cores ({0.95 * cores:.2f})", num(s, ".2f"), None if s is None else s >= 0.95 * cores)
+    target("W2 coordinator + agent < 3% of one core", "—" if total is None else f"{total:.2f}%",
+           None if total is None else total < 3)
+    p50, p99 = get(results, "clusterd", "w3", "p50_ms"), get(results, "clusterd", "w3", "p99_ms")
+    target("W3 p50 <= 0.5 ms", "—" if p50 is None else f"{p50:.3f} ms", None if p50 is None else p50 <= 0.5)
+    target("W3 p99 <= 2 ms", "—" if p99 is None else f"{p99:.3f} ms", None if p99 is None else p99 <= 2)
+    w4, p4 = get(results, "clusterd", "w4", "mib_per_s"), get(results, "mp.Pool", "w4", "mib_per_s")
+    target("W4 >= mp.Pool MiB/s", "—" if not (w4 and p4) else f"{w4:,.0f} vs {p4:,.0f} MiB/s = {w4 / p4:.2f}x",
+           None if not (w4 and p4) else w4 >= p4)
+    rows = [[t["target"], t["measured"], {True: "MET", False: "NOT MET", None: "n/a"}[t["met"]]] for t in targets]
+    lines.append(table("Targets (issue 6), for clusterd", ["target", "measured", "result"], rows,
+                       "" if not quick else "Quick run: the counts are too small for the targets to mean much.",
+                       left=3))
+    return "\n".join(lines), targets
 
 
-def measure(submit_one, run_map, label):
-    progress(f"{label}: W1 no-op throughput")
-    started = time.perf_counter()
-    futures = [submit_one(noop, i) for i in range(N_NOOP)]
-    for f in futures:
-        f.result() if hasattr(f, "result") else f.get()
-    w1 = N_NOOP / (time.perf_counter() - started)
-    progress(f"{label}: W3 round-trip latency")
-    lat = []
-    for i in range(N_LATENCY):
-        t = time.perf_counter()
-        f = submit_one(noop, i)
-        f.result() if hasattr(f, "result") else f.get()
-        lat.append(time.perf_counter() - t)
-    progress(f"{label}: W2 classic example")
-    started = time.perf_counter()
-    run_map(classic, range(N_CLASSIC))
-    w2_wall = time.perf_counter() - started
-    return {"w1_tasks_per_s": w1, "w3_p50_ms": percentile(lat, 0.5) * 1e3, "w3_p99_ms": percentile(lat, 0.99) * 1e3,
-            "w2_wall_s": w2_wall}
+def pool_w1(results: dict):
+    return get(results, "mp.Pool", "w1", "tasks_per_s")
 
 
-def main() -> None:
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# --------------------------------------------------------------------- main
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", type=int, default=os.cpu_count())
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--workers", type=int, default=usable_cpus(),
+                        help="worker processes for every system (default: usable cores)")
+    parser.add_argument("--quick", action="store_true", help=f"every workload at scale {QUICK_SCALE}")
+    parser.add_argument("--scale", type=float, default=None, help="shrink (or grow) every workload; env BENCH_SCALE")
+    parser.add_argument("--systems", default=",".join(ORDER),
+                        help=f"comma-separated subset of {','.join(ORDER)} (default: all)")
+    parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON to FILE ('-': stdout)")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds one system may take before it is killed (default: 900 x scale, at least 180)")
+    parser.add_argument("--logs", metavar="DIR", help="keep each system's log and figures in DIR")
     args = parser.parse_args()
 
-    progress("serial: classic example")
-    started = time.perf_counter()
-    for i in range(N_CLASSIC):
-        classic(i)
-    serial = time.perf_counter() - started
+    if args.scale is not None:
+        scale = args.scale
+    elif os.environ.get("BENCH_SCALE"):
+        scale = float(os.environ["BENCH_SCALE"])
+    else:
+        scale = QUICK_SCALE if args.quick else 1.0
+    if scale <= 0:
+        parser.error("the scale must be positive")
+    names = [n.strip() for n in args.systems.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ORDER]
+    if unknown:
+        parser.error(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(ORDER)}")
+    names = [n for n in ORDER if n in names]
+    timeout = args.timeout or max(180.0, 900.0 * scale)
+    sizes = Sizes(scale)
+    logdir = args.logs or tempfile.mkdtemp(prefix="clusterd-bench-")
+    os.makedirs(logdir, exist_ok=True)
 
-    with multiprocessing.get_context("fork").Pool(args.workers) as pool:
-        pool.map(noop, range(100))
-        mp = measure(lambda fn, x: pool.apply_async(fn, (x,)),
-                     lambda fn, xs: pool.map(fn, xs, chunksize=1), "multiprocessing.Pool")
+    meta = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "cpu_model": cpu_model(),
+            "cpus": os.cpu_count(), "usable_cpus": usable_cpus(), "workers": args.workers,
+            "python": platform.python_version(), "platform": platform.platform(), "scale": scale,
+            "sizes": sizes.as_dict(), "loadavg_start": os.getloadavg()[0]}
+    say(f"benchmark: {len(names)} systems, {args.workers} workers each, scale {scale:g}; logs in {logdir}")
+    results: dict[str, dict] = {}
+    started = time.monotonic()
+    for i, name in enumerate(names, 1):
+        say(f"[{i}/{len(names)}] {name} ...")
+        rec = run_system(name, args.workers, sizes, logdir, timeout)
+        results[name] = rec
+        state = rec.get("status")
+        detail = f": {rec.get('reason')}" if state != "ok" else ""
+        say(f"[{i}/{len(names)}] {name} {state} in {rec['elapsed_s']:.1f} s{detail}")
+    meta["loadavg_end"] = os.getloadavg()[0]
+    meta["wall_s"] = time.monotonic() - started
 
-    with LocalStack(workers=str(args.workers), cluster="bench") as stack:
-        with Executor(zk=stack.zk, cluster="bench") as ex:
-            list(ex.map(noop, range(100)))  # warm-up: workers connected, function cached
-            ours = measure(ex.submit, lambda fn, xs: list(ex.map(fn, xs)), "clusterd")
-    progress("done")
-    if sys.stderr.isatty():
-        sys.stderr.write("\n")
-    for r in (mp, ours):
-        r["w2_speedup"] = serial / r["w2_wall_s"]
-    report = {"workers": args.workers, "serial_classic_s": serial, "clusterd": ours, "multiprocessing.Pool": mp}
+    text, targets = report(results, meta)
+    print(text)
     if args.json:
-        print(json.dumps(report, indent=2))
-        return
-    rows = [
-        ("W1 no-op tasks/s (20,000 submits)", "w1_tasks_per_s", "{:,.0f}", True),
-        ("W3 round trip p50 (ms)", "w3_p50_ms", "{:.2f}", False),
-        ("W3 round trip p99 (ms)", "w3_p99_ms", "{:.2f}", False),
-        ("W2 classic speedup (8 tasks)", "w2_speedup", "{:.2f}", True),
-    ]
-    print(f"{args.workers} workers, serial classic example {serial:.2f} s")
-    print(f"{'workload':<36}{'clusterd':>12}{'mp.Pool':>12}{'clusterd/Pool':>15}")
-    for label, key, fmt, higher_better in rows:
-        ratio = ours[key] / mp[key] if mp[key] else float("nan")
-        print(f"{label:<36}{fmt.format(ours[key]):>12}{fmt.format(mp[key]):>12}{ratio:>14.2f}x")
-    print("Peers on this kind of machine (../shared/PEERS.md): Ray 1,590 tasks/s, Parsl HTEX 1,220, "
-          "Dask 600, IPython Parallel 390; p50 latency Ray 1.95 ms, Parsl 1.71 ms.")
+        doc = json.dumps({"meta": meta, "systems": results, "targets": targets}, indent=2, default=str)
+        if args.json == "-":
+            print(doc)
+        else:
+            with open(args.json, "w") as f:
+                f.write(doc + "\n")
+            say(f"figures written to {args.json}")
+    failed = [n for n, r in results.items() if r.get("status") == "failed"]
+    if not args.logs:
+        if failed:
+            say(f"logs of the failed systems kept in {logdir}")
+        else:
+            shutil.rmtree(logdir, ignore_errors=True)
+    # The project itself failing is an error; a peer failing or skipped is a reported fact.
+    return 1 if "clusterd" in names and results["clusterd"].get("status") != "ok" else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
