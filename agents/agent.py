@@ -42,6 +42,9 @@ from .resources import detect, parse_workers
 log = logging.getLogger("agents.agent")
 
 MAX_RESULTS_PER_MESSAGE = 256
+# Results are held back at most this long while the agent still has queued work, so a
+# busy agent answers in batches; one that is about to run dry answers at once.
+FLUSH_DELAY = 0.002
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class Agent:
         self.jobs: dict[str, JobInfo] = {}
         self.queue: collections.deque[QueuedTask] = collections.deque()
         self.outbox: list[tuple[tuple[str, int, int], int, bytes]] = []
+        self._flush_due: float | None = None  # when held results must go at the latest
         self.leader: bytes | None = None  # routing id of the coordinator we work for
         self.max_epoch = 0
         self.leader_liveness = Liveness(cfg.heartbeat_interval, cfg.heartbeat_misses)
@@ -181,7 +185,8 @@ class Agent:
         next_tick = 0.0
         next_beat = 0.0
         while not self._stopping:
-            ready = dict(poller.poll(max(0.0, next_tick - time.monotonic()) * 1000))
+            wake = min(next_tick, self._flush_due) if self._flush_due is not None else next_tick
+            ready = dict(poller.poll(max(0.0, wake - time.monotonic()) * 1000))
             if self.waker.fd in ready:
                 for kind, value in self.waker.drain():
                     self._on_event(kind, value)
@@ -394,7 +399,17 @@ class Agent:
 
     def _flush(self) -> None:
         if not self.outbox or self.leader is None:
+            self._flush_due = None  # nothing to send, or nobody to send it to: no early wake-ups
             return
+        now = time.monotonic()
+        if self._flush_due is None:
+            self._flush_due = now + FLUSH_DELAY
+        # Hold results only while workers have queued tasks to go on with; a drain,
+        # a worker about to go idle or a full message sends them now.
+        starving = len(self.queue) < self.workers or self.draining
+        if not starving and len(self.outbox) < MAX_RESULTS_PER_MESSAGE and now < self._flush_due:
+            return
+        self._flush_due = None
         while self.outbox:
             chunk = self.outbox[:MAX_RESULTS_PER_MESSAGE]
             items = [[job, index, attempt, status] for (job, index, attempt), status, _ in chunk]

@@ -59,6 +59,12 @@ class AgentSlot:
     def free(self) -> int:
         return 0 if self.draining else max(0, self.capacity - len(self.in_flight))
 
+    @property
+    def refill(self) -> int:
+        """The least prefetch credit worth a message: half of the agent's prefetch slots.
+        One message per freed credit would make every hop carry one task at a time."""
+        return max(1, (self.capacity - self.workers) // 2)
+
 
 @dataclasses.dataclass(frozen=True)
 class Batch:
@@ -275,6 +281,8 @@ class Scheduler:
                 limit = slot.free - have
                 if phase == "idle":
                     limit = min(limit, slot.workers - len(slot.in_flight) - have)
+                elif not have and limit < slot.refill:
+                    continue  # its queue is still half full: top it up later, in one batch
                 take = min(max(0, limit), budget)
                 if take:
                     grants[slot.node_id] = have + take
