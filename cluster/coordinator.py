@@ -64,6 +64,7 @@ class Coordinator:
         self.waker = loop.Waker()
         self._stopping = False
         self._first_dispatch = False
+        self._next_beat = 0.0  # heartbeats go every heartbeat_interval, not every (shorter) timer tick
         self.notifier = Notifier()
         self.metrics = None
         self._warned_bad: set[bytes] = set()
@@ -275,11 +276,15 @@ class Coordinator:
                 log.warning("agent %s silent for %.1f s: %d tasks requeued", node_id,
                             self.agent_liveness.deadline, requeued)
                 peer.up = False
-        beat = wire.Heartbeat(self.id, self.epoch)
+        beat = wire.Heartbeat(self.id, self.epoch).encode()  # once for every agent
         hello = wire.Hello(self.id, self.epoch, self.cfg.heartbeat_interval)
+        beating = now >= self._next_beat
+        if beating:
+            self._next_beat = max(self._next_beat + self.cfg.heartbeat_interval, now)
         for peer in self.peers.values():
             if peer.up:
-                loop.send(self.agents, beat, peer.identity)
+                if beating:
+                    loop.send_frames(self.agents, beat, peer.identity)
             elif now >= peer.next_hello:
                 loop.send(self.agents, hello, peer.identity)
                 peer.next_hello = now + HELLO_RETRY
