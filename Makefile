@@ -43,6 +43,13 @@ $(BENCH_STAMP): pyproject.toml $(STAMP)
 		done; }
 	touch $(BENCH_STAMP)
 
+# The coordinator and ZooKeeper against 100, 1,000 and 5,000 simulated agents
+# (docs/performance.md); e.g. make scale SCALE_ARGS='--agents 1000 --json'.
+SCALE_ARGS ?= --agents 100 1000 5000
+.PHONY: scale
+scale: venv zookeeper
+	$(VENV)/bin/python bench/scale.py $(SCALE_ARGS)
+
 # A longer soak of the chaos scenarios: bigger jobs, several rounds.
 CHAOS_ROUNDS ?= 5
 chaos: venv zookeeper

@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from . import common, coordinator_cmd, drain, install, keys, nodes, status, submit, up
+from . import bench, common, coordinator_cmd, drain, install, keys, nodes, status, submit, up
 
 app = typer.Typer(
     help="Run Python functions and shell commands over a cluster of machines.\n\n"
@@ -61,6 +61,7 @@ app.command(name="up", help=up.__doc__)(up.up)
 app.command(name="drain", help=drain.__doc__)(drain.drain)
 app.command(name="status", help=status.__doc__)(status.status)
 app.add_typer(keys.app, name="keys", help="CURVE keys for a secured cluster (`clusterctl keys generate --out DIR`).")
+app.add_typer(bench.app, name="bench", help="Benchmarks on this machine: `clusterctl bench scale --agents 1000` simulates a fleet.")
 
 
 def main() -> None:
