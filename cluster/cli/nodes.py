@@ -60,10 +60,12 @@ def read_members(client, cluster: str) -> list[AgentRecord]:
         children = client.get_children(path)
     except NoNodeError:
         return []
+    # All reads in flight at once: 5,000 agents cost one pipelined burst, not 5,000 round trips.
+    pending = [client.get_async(f"{path}/{child}") for child in sorted(children)]
     records = []
-    for child in sorted(children):
+    for result in pending:
         try:
-            data, _ = client.get(f"{path}/{child}")
+            data, _ = result.get()
             records.append(AgentRecord.from_bytes(data))
         except (NoNodeError, BadRecord):
             continue  # left meanwhile, or garbage: not a member
