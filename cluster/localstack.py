@@ -15,6 +15,7 @@ import tempfile
 import time
 
 from . import election, layout
+from .lifeline import dies_with_parent
 from .zk import close as zk_close
 from .zk import connect as zk_connect
 
@@ -43,8 +44,11 @@ class LocalStack:
             self.zk = self.server.connect_string
             base = ["--zk", self.zk, "--cluster", self.cluster, "--log-level", self.log_level,
                     "--bind", "tcp://127.0.0.1:0", "--insecure"]
-            self.children.append(subprocess.Popen([sys.executable, "-m", "cluster.cli.main", "coordinator", *base]))
-            self.children.append(subprocess.Popen([sys.executable, "-m", "agents", *base, "--workers", self.workers]))
+            # SIGTERM if we are killed: the agent drains and the coordinator stops, as on Ctrl-C.
+            self.children.append(subprocess.Popen([sys.executable, "-m", "cluster.cli.main", "coordinator", *base],
+                                                  preexec_fn=dies_with_parent()))
+            self.children.append(subprocess.Popen([sys.executable, "-m", "agents", *base, "--workers", self.workers],
+                                                  preexec_fn=dies_with_parent()))
             self._wait_ready()
         except BaseException:
             self.stop()

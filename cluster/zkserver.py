@@ -17,6 +17,8 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
+from .lifeline import dies_with_parent
+
 ZOOKEEPER_JAR = "/usr/share/java/zookeeper.jar"
 # zookeeper.jar's manifest Class-Path brings its runtime deps but no SLF4J
 # binding; without these two the server logs nothing at all.
@@ -92,7 +94,8 @@ def _start_all(servers: list[ZooKeeperServer], timeout: float, repick: Callable[
     raise RuntimeError(f"ZooKeeper did not start ({why}); last log lines:\n{tails}")
 
 
-# start_new_session shields the JVMs from Ctrl-C (we stop them in order); this stops them if the caller dies.
+# start_new_session shields the JVMs from Ctrl-C (we stop them in order); this stops them when
+# the caller exits, and dies_with_parent when it is killed.
 _LIVE: set[ZooKeeperServer] = set()
 atexit.register(lambda: [s.stop() for s in list(_LIVE)])
 
@@ -152,7 +155,8 @@ class ZooKeeperServer:
                 [java, "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
                  f"-Dlog4j.configuration=file:{self.dir / 'log4j.properties'}",
                  "-cp", cp, "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(cfg)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                preexec_fn=dies_with_parent())
         _LIVE.add(self)
 
     def wait_ready(self, deadline: float) -> bool:

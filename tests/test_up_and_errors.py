@@ -49,6 +49,30 @@ def test_up_stops_everything_on_sigterm():
             proc.wait()
 
 
+def test_up_killed_with_sigkill_leaves_nothing_behind():
+    proc = subprocess.Popen([PY, "-m", "cluster.cli.main", "up", "--workers", "1"], cwd=ROOT, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    lines = LineReader(proc.stderr)
+    family: list[psutil.Process] = []
+    try:
+        while "is up" not in lines.next(60):
+            pass
+        family = psutil.Process(proc.pid).children(recursive=True)
+        names = " ".join(" ".join(p.cmdline()) for p in family)
+        assert "QuorumPeerMain" in names and "coordinator" in names and "agents" in names
+        proc.kill()  # no chance to clean up: the kernel tells its children
+        proc.wait(10)
+        wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family), 45,
+                 what="ZooKeeper, the coordinator, the agent and its worker to exit")
+    finally:
+        for p in [psutil.Process(proc.pid), *family] if proc.poll() is None else family:
+            try:
+                p.kill()  # only what this test started, by pid
+            except psutil.Error:
+                pass
+
+
 def test_daemons_and_commands_report_an_unreachable_zookeeper(free_port):
     env = dict(os.environ, PYTHONPATH=str(ROOT), CLUSTER_ZK=f"127.0.0.1:{free_port}", CLUSTER_INSECURE="1")
     commands = {
