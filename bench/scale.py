@@ -21,7 +21,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cluster.cli.bench import render, run_scale  # noqa: E402
+from cluster.scalebench.run import render, run_scale  # noqa: E402
 
 
 def main() -> int:

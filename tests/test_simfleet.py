@@ -12,7 +12,7 @@ import subprocess
 import threading
 
 from cluster import layout, loop, payload, wire
-from cluster.cli.bench import StatusProbe, ready
+from cluster.scalebench.fleet import StatusProbe, ready
 from cluster.client import ClusterClient
 from cluster.executor import Executor
 from cluster.layout import AgentRecord

@@ -1,0 +1,1 @@
+"""The scale benchmark behind `clusterctl bench scale` and `make scale`."""

@@ -1,0 +1,159 @@
+"""The processes of a scale benchmark and how it reads them: simulated-agent
+processes, a probe of the leader's status, ZooKeeper's four-letter words."""
+
+from __future__ import annotations
+
+import json
+import math
+import queue
+import resource
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from .. import payload, wire
+
+PY = sys.executable
+ROOT = Path(__file__).resolve().parents[2]  # the source tree, so `python -m agents.simfleet` resolves there too
+FUNCTION = payload.pack_reference("builtins", "tuple")  # never run: simulated workers echo their arguments
+
+
+def progress(msg: str) -> None:
+    print(f"[scale] {time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, max(0, math.ceil(q / 100 * len(values)) - 1))]
+
+
+def raise_fd_limit() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+# ------------------------------------------------------------------ ZooKeeper
+
+
+def zk_words(connect: str, word: str) -> dict[str, str]:
+    """A 4-letter word's reply: ``mntr`` is tab separated, ``srvr`` colon separated."""
+    host, port = connect.split(",")[0].rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=2.0) as s:
+            s.sendall(word.encode())
+            text = b"".join(iter(lambda: s.recv(65536), b"")).decode(errors="replace")
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("\t") if "\t" in line else line.partition(":")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def zxid(connect: str) -> int | None:
+    value = zk_words(connect, "srvr").get("Zxid")
+    return int(value, 16) if value else None
+
+
+# ----------------------------------------------------------------- processes
+
+
+class Sim:
+    """One `python -m agents.simfleet` process and its JSON-lines control channel."""
+
+    def __init__(self, name: str, argv: list[str], env: dict, log: Path):
+        self.name = name
+        self.log = open(log, "wb")
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+                                     env=env, cwd=ROOT, text=True, bufsize=1)
+        self.events: queue.Queue = queue.Queue()
+        self._ids = iter(range(1, 1 << 62))
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            try:
+                self.events.put(json.loads(line))
+            except ValueError:
+                pass
+        self.events.put({"ev": "exit"})
+
+    def wait_event(self, ev: str, timeout: float, id: int | None = None) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                event = self.events.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise RuntimeError(f"simulator {self.name}: no {ev!r} within {timeout:g} s") from None
+            if event.get("ev") == "exit":
+                raise RuntimeError(f"simulator {self.name} exited (code {self.proc.poll()}); see {self.log.name}")
+            if id is not None and event.get("id") != id:
+                continue
+            if event.get("ev") in (ev, "error"):
+                if event.get("ev") == "error":
+                    raise RuntimeError(f"simulator {self.name}: {event.get('error')}")
+                return event
+
+    def send(self, **cmd: Any) -> int:
+        cmd["id"] = next(self._ids)
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return cmd["id"]
+
+    def ask(self, ev: str = "ok", timeout: float = 60.0, **cmd: Any) -> dict:
+        return self.wait_event(ev, timeout, self.send(**cmd))
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.send(op="stop")
+                self.proc.wait(30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+class StatusProbe:
+    """Asks the leader for its status over the wire (what `clusterctl status --json` prints)."""
+
+    def __init__(self, endpoint: str):
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, -1)
+        self.sock.connect(endpoint)
+
+    def ask(self, timeout: float = 10.0) -> dict | None:
+        while self.sock.poll(0):
+            self.sock.recv_multipart()  # a late answer to an earlier question
+        self.sock.send_multipart(wire.StatusRequest().encode())
+        if not self.sock.poll(timeout * 1000):
+            return None
+        reply = wire.decode(self.sock.recv_multipart())
+        return reply.status if isinstance(reply, wire.StatusReply) else None
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+
+
+def ready(status: dict | None) -> int:
+    return (status or {}).get("nodes", {}).get("ready", 0)
