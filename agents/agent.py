@@ -138,7 +138,7 @@ class Agent:
             if self.cfg.metrics_port:
                 from cluster.metrics import Metrics  # only daemons that export metrics need the library
 
-                self.metrics = Metrics("agent", self.cfg.metrics_port, loop.bind_host(self.cfg.bind))
+                self.metrics = Metrics(self.cfg.metrics_port, loop.bind_host(self.cfg.bind))
                 log.info("metrics on port %d", self.metrics.port)
             self.zk = zk
             self.notifier.ready(f"registered as {self.node_id} at {self.endpoint} with {self.workers} workers")

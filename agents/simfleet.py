@@ -45,7 +45,6 @@ import json
 import logging
 import os
 import random
-import resource
 import select
 import socket
 import sys
@@ -54,10 +53,12 @@ import time
 
 import psutil
 import zmq
-from kazoo.exceptions import NoNodeError, NodeExistsError
+from kazoo.exceptions import NodeExistsError
 
 from cluster import layout, loop, payload, wire
 from cluster.layout import AgentRecord
+from cluster.liveness import Liveness
+from cluster.scalebench.fleet import raise_fd_limit
 from cluster.version import PROTOCOL_VERSION, __version__
 from cluster.zk import close as zk_close
 from cluster.zk import connect as zk_connect
@@ -70,21 +71,18 @@ _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # plain ints: enum arithmet
 
 
 class SimAgent:
-    __slots__ = ("node_id", "ident", "sock", "fd", "endpoint", "record", "leader", "max_epoch", "leader_seen",
-                 "leader_deadline", "jobs", "queue", "running", "outbox", "draining", "alive", "registered",
-                 "next_beat")
+    __slots__ = ("node_id", "sock", "fd", "endpoint", "record", "leader", "max_epoch", "leader_liveness", "jobs",
+                 "queue", "running", "outbox", "draining", "alive", "registered", "next_beat")
 
     def __init__(self, node_id: str, sock: zmq.Socket, endpoint: str):
         self.node_id = node_id
-        self.ident = node_id.encode()
         self.sock = sock
         self.fd = sock.getsockopt(zmq.FD)
         self.endpoint = endpoint
         self.record: AgentRecord | None = None
         self.leader: bytes | None = None
         self.max_epoch = 0
-        self.leader_seen = 0.0
-        self.leader_deadline = 0.0
+        self.leader_liveness: Liveness | None = None  # set with the leader, by its Hello
         self.jobs: dict[str, dict] = {}
         self.queue: collections.deque[tuple[str, int, int, bytes]] = collections.deque()
         self.running: dict[tuple[str, int, int], bytes] = {}
@@ -111,6 +109,7 @@ class Fleet:
         self.misses = args.heartbeat_misses
         self.host = socket.gethostname()
         self.memory = psutil.virtual_memory().total
+        self.me = psutil.Process()
         self.ctx = zmq.Context(io_threads=1)
         self.ctx.set(zmq.MAX_SOCKETS, 1_000_000)
         self.epoll = select.epoll()
@@ -153,8 +152,8 @@ class Fleet:
         loop.configure(sock, hwm=10_000)
         sock.setsockopt(zmq.ROUTING_ID, node_id.encode())
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        sock.bind(f"tcp://{self.args.bind}:*")  # an ephemeral port the kernel picks
-        endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        # As the real agent: an ephemeral port the kernel picks, advertised as others reach it.
+        endpoint = loop.advertised(loop.bind(sock, f"tcp://{self.args.bind}:0"), "", self.args.zk)
         agent = SimAgent(node_id, sock, endpoint)
         agent.record = AgentRecord(node_id=node_id, host=self.host, endpoint=endpoint, workers=self.workers,
                                    cores=self.workers, memory=self.memory, version=__version__,
@@ -235,21 +234,12 @@ class Fleet:
             agent = self.check.pop()
             if not agent.alive:
                 continue
-            sock = agent.sock
-            for _ in range(1000):
-                if not sock.getsockopt(_EVENTS) & _POLLIN:
-                    break
-                frames = loop.recv_frames(sock)
-                try:
-                    msg = wire.decode(frames[1:])
-                except wire.ProtocolError:
-                    self.counters["dropped_messages"] += 1
-                    continue
-                self._on_message(agent, frames[0].bytes, msg)
-                if not agent.alive:
-                    break
-            else:
+            loop.read_router(agent.sock, lambda identity, msg: self._on_message(agent, identity, msg), self._bad)
+            if agent.sock.getsockopt(_EVENTS) & _POLLIN:
                 self.check.add(agent)  # more waiting: come back after the others
+
+    def _bad(self, identity: bytes, why: str) -> None:
+        self.counters["dropped_messages"] += 1
 
     def _send(self, agent: SimAgent, msg: wire.Message, identity: bytes) -> bool:
         ok = loop.send(agent.sock, msg, identity)
@@ -268,12 +258,12 @@ class Fleet:
         kind = type(msg)
         if kind is wire.Heartbeat:
             if identity == agent.leader:
-                agent.leader_seen = time.monotonic()
+                agent.leader_liveness.beat(identity, time.monotonic())
             self.counters["heartbeats_received"] += 1
         elif kind is wire.Hello:
             agent.max_epoch, agent.leader = msg.epoch, identity
-            agent.leader_seen = time.monotonic()
-            agent.leader_deadline = msg.heartbeat_interval * self.misses
+            agent.leader_liveness = Liveness(msg.heartbeat_interval, self.misses)
+            agent.leader_liveness.beat(identity, time.monotonic())
             welcome = wire.Welcome(agent.node_id, msg.epoch, self.workers, self.capacity, agent.held(),
                                    agent.draining)
             self._send(agent, welcome, identity)
@@ -360,7 +350,7 @@ class Fleet:
             self.beats.append(agent)
             if agent.leader is None:
                 continue
-            if now - agent.leader_seen > agent.leader_deadline:
+            if agent.leader in agent.leader_liveness.expired(now):
                 agent.leader = None  # the coordinator went silent; wait for a Hello
                 self.counters["leader_lost"] += 1
                 continue
@@ -401,14 +391,15 @@ class Fleet:
         elif op == "stats":
             alive = [a for a in self.agents.values() if a.alive]
             self.out(ev="stats", id=cmd.get("id"), alive=len(alive), connected=sum(1 for a in alive if a.leader),
-                     held=sum(len(a.held()) for a in alive), cpu=round(sum(psutil.Process().cpu_times()[:2]), 3),
-                     rss=psutil.Process().memory_info().rss, **self.counters)
+                     held=sum(len(a.held()) for a in alive), cpu=round(sum(self.me.cpu_times()[:2]), 3),
+                     rss=self.me.memory_info().rss, **self.counters)
         elif op == "stop":
             self.stopping = True
         else:
             self.out(ev="error", error=f"unknown op {op!r}", id=cmd.get("id"))
 
-    def _close(self, agent: SimAgent) -> None:
+    def _detach(self, agent: SimAgent) -> None:
+        """Out of the fleet and the poller; the socket is the caller's to close."""
         agent.alive = False
         self.agents.pop(agent.node_id, None)
         self.by_fd.pop(agent.fd, None)
@@ -416,6 +407,9 @@ class Fleet:
             self.epoll.unregister(agent.fd)
         except OSError:
             pass
+
+    def _close(self, agent: SimAgent) -> None:
+        self._detach(agent)
         agent.sock.close(0)
 
     def _delete_znode(self, agent: SimAgent) -> None:
@@ -447,24 +441,12 @@ class Fleet:
 
     def _leave_drained(self, agent: SimAgent) -> None:
         self._delete_znode(agent)
-        try:
-            self.zk.delete_async(layout.drain_path(self.args.cluster, agent.node_id))
-        except NoNodeError:
-            pass
+        # When there is no drain request, the NoNodeError stays in the async result, unread.
+        self.zk.delete_async(layout.drain_path(self.args.cluster, agent.node_id))
         self.counters["drained"] += 1
         # Results just handed to ZeroMQ still have to reach the wire: close a moment later.
-        agent.alive = False
-        self.agents.pop(agent.node_id, None)
-        self.by_fd.pop(agent.fd, None)
-        self.epoll.unregister(agent.fd)
+        self._detach(agent)
         heapq.heappush(self.later, (time.monotonic() + 1.0, next(self.seq), lambda: agent.sock.close(0)))
-
-
-def raise_fd_limit() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,6 @@ window before that is armed and kernels without it.
 from __future__ import annotations
 
 import collections
-import ctypes
 import os
 import signal
 import sys
@@ -18,20 +17,10 @@ from typing import Callable
 
 import zmq
 
-from cluster import payload, wire
+from cluster import lifeline, payload, wire
 
 FUNCTION_CACHE = 64
 PARENT_CHECK_MS = 500
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(0)
 
 
 def run_task(functions: collections.OrderedDict, msg: wire.RunTask) -> tuple[int, bytes]:
@@ -69,7 +58,7 @@ def _function(functions: collections.OrderedDict, digest: str, blob: bytes) -> C
 
 def main(argv: list[str]) -> int:
     endpoint, slot, parent_pid = argv[0], int(argv[1]), int(argv[2])
-    _die_with_parent(parent_pid)
+    lifeline.die_with(parent_pid, signal.SIGKILL)
     # Ctrl-C in a terminal signals the whole process group; the agent decides
     # when its workers stop, so they ignore it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

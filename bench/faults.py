@@ -35,10 +35,12 @@ TASKS = "import os, time\n\ndef square(x):\n    time.sleep(0.004)\n    return x 
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*")
 
 
-def log_time(path: Path, needle: str, after: float = 0.0) -> float | None:
+def log_time(path: Path, needle: str | tuple[str, ...], after: float = 0.0) -> float | None:
+    """The time of the first line from ``after`` on with ``needle`` (or any of several) in it."""
+    needles = (needle,) if isinstance(needle, str) else needle
     for line in path.read_text(errors="replace").splitlines():
         m = STAMP.match(line)
-        if m and needle in line:
+        if m and any(n in line for n in needles):
             t = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
             if t >= after:
                 return t
@@ -146,9 +148,8 @@ def main() -> None:
                 report[label] = {"job_s": round(wall, 2)}
                 if fault is stop_agent:
                     # Heartbeats and the ZooKeeper session (both 2 s here) race; either writes it off.
-                    seen = [t for needle in ("agent a1 silent", "agent a1 left")
-                            if (t := log_time(cluster.log("c1"), needle, fault_at))]
-                    report[label]["detection_s"] = round(min(seen) - fault_at, 2) if seen else None
+                    seen = log_time(cluster.log("c1"), ("agent a1 silent", "agent a1 left"), fault_at)
+                    report[label]["detection_s"] = round(seen - fault_at, 2) if seen else None
                 if fault is kill_leader:
                     new = cluster.leader_name()
                     first = log_time(cluster.log(new), "first dispatch as leader", fault_at)

@@ -149,9 +149,9 @@ class Clusterd(System):
 
             subprocess.run(argv(100), env=self.stack.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            timeout=120)  # warm-up: the OS caches, not the job (each run is a new job)
-            coordinator, agent = self.coordinator, self.agent
-            groups = {"clusterctl": lambda: [], "coordinator": lambda: [coordinator], "agent": lambda: [agent],
-                      "workers": lambda: descendants(agent)}
+            # The client is the clusterctl subprocess: RUSAGE_CHILDREN has its CPU once it is reaped.
+            groups = {"clusterctl": lambda: [], **self.cpu_groups()}
+            del groups["client"]
             meter = workloads.CpuMeter(groups, children_rusage="clusterctl").start()
             started = time.perf_counter()
             proc = subprocess.run(argv(n), env=self.stack.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

@@ -184,9 +184,9 @@ def table(title: str, headers: list[str], rows: list[list[str]], note: str = "",
 def label(results: dict, name: str) -> str:
     """The system's short name and, for the peers and this project, its version
     (the standard library's is the Python version in the header)."""
-    version = get(results, "clusterd" if name == "clusterd-cli" else name, "version")
-    if name in ("clusterd", "clusterd-cli", *DISTRIBUTED) and version:
-        return f"{SHORT[name]} {version}" if name != "clusterd-cli" else SHORT[name]
+    version = get(results, name, "version")
+    if name in ("clusterd", *DISTRIBUTED) and version:
+        return f"{SHORT[name]} {version}"
     return SHORT.get(name, name)
 
 
@@ -194,11 +194,44 @@ def pct(value) -> str:
     return "—" if value is None else f"{value * 100:.0f}%"
 
 
-DISPLAY = ["clusterd", "mp.Pool", "ProcessPoolExecutor", "dask", "ipyparallel", "ray"]
+DISPLAY = ["clusterd", "mp.Pool", "ProcessPoolExecutor", "dask", "ipyparallel", "ray"]  # clusterd, the reference, first
 
 
 def systems_in(results: dict) -> list[str]:
     return [n for n in DISPLAY if n in results]
+
+
+def compared_rows(results: dict, workload: str, figure: str, second: str, fmts: tuple[str, str],
+                  zmq: tuple[str, str, str, str | None], *, brief: bool = True, cli: str | None = None,
+                  per: float = 1) -> list[list[str]]:
+    """The rows [system, figure, second figure, ÷ clusterd, ÷ mp.Pool] of W1, W3
+    and W4: every system that ran, then the raw ZeroMQ row ``zmq`` (its label,
+    its part of the zmq figures, and the keys of its two figures there).
+    ``cli``: clusterd's clusterctl submit figures, a row under clusterd's;
+    ``per`` divides the second figure; ``brief``: a skipped system's reason is in
+    another table (W1's), which is also the one that says why ZeroMQ has no row."""
+    ref, pool = get(results, "clusterd", workload, figure), get(results, "mp.Pool", workload, figure)
+
+    def row(text: str, v, s) -> list[str]:
+        return [text, num(v, fmts[0]), num(s and s / per, fmts[1]), ratio(v, ref), ratio(v, pool)]
+
+    rows = []
+    for name in systems_in(results):
+        keys = [(workload, name), (cli, "clusterd-cli")] if cli and name == "clusterd" else [(workload, name)]
+        for key, shown in keys:
+            why = status_text(results, name, key, brief)
+            if why:
+                rows.append([label(results, shown), why])
+                break  # no clusterctl row under a clusterd without figures
+            rows.append(row(label(results, shown), get(results, name, key, figure), get(results, name, key, second)))
+    text, part, zfigure, zsecond = zmq
+    why = status_text(results, "zmq", "zmq")
+    if not why:
+        rows.append(row(text, get(results, "zmq", "zmq", part, zfigure),
+                        zsecond and get(results, "zmq", "zmq", part, zsecond)))
+    elif not brief and "zmq" in results:
+        rows.append(["raw ZeroMQ ceiling", why])
+    return rows
 
 
 def report(results: dict, meta: dict) -> tuple[str, list[dict]]:
@@ -216,33 +249,9 @@ def report(results: dict, meta: dict) -> tuple[str, list[dict]]:
     lines.append("")
 
     # W1
-    ref, pool = get(results, "clusterd", "w1", "tasks_per_s"), get(results, "mp.Pool", "w1", "tasks_per_s")
-    rows = []
-    for name in systems_in(results):
-        why = status_text(results, name, "w1")
-        if why:
-            rows.append([label(results, name), why])
-            continue
-        v = get(results, name, "w1", "tasks_per_s")
-        rows.append([label(results, name), num(v, ",.0f"), num(get(results, name, "w1", "cpu_us_per_task"), ",.0f"),
-                     ratio(v, ref), ratio(v, pool)])
-        if name == "clusterd":
-            why = status_text(results, name, "w1_cli")
-            if why:
-                rows.append([label(results, "clusterd-cli"), why])
-            else:
-                cli = get(results, name, "w1_cli", "tasks_per_s")
-                rows.append([label(results, "clusterd-cli"), num(cli, ",.0f"),
-                             num(get(results, name, "w1_cli", "cpu_us_per_task"), ",.0f"), ratio(cli, ref),
-                             ratio(cli, pool)])
-    why = status_text(results, "zmq", "zmq")
-    if why and "zmq" in results:
-        rows.append(["raw ZeroMQ ceiling", why])
-    elif not why:
-        v = get(results, "zmq", "zmq", "pipelined", "round_trips_per_s")
-        rows.append(["raw ZeroMQ round trips, pipelined", num(v, ",.0f"),
-                     num(get(results, "zmq", "zmq", "pipelined", "cpu_us_per_round_trip"), ",.0f"), ratio(v, ref),
-                     ratio(v, pool)])
+    rows = compared_rows(results, "w1", "tasks_per_s", "cpu_us_per_task", (",.0f", ",.0f"),
+                         ("raw ZeroMQ round trips, pipelined", "pipelined", "round_trips_per_s",
+                          "cpu_us_per_round_trip"), brief=False, cli="w1_cli")
     note = ("CPU-µs/task: CPU time of the client and of every process of the system (clusterd: coordinator,"
             " agent, workers; clusterctl: its own process too) / tasks. Higher tasks/s is better.")
     own = get(results, "clusterd", "w1_cli", "reported_tasks_per_s")
@@ -284,40 +293,16 @@ def report(results: dict, meta: dict) -> tuple[str, list[dict]]:
     lines.append("")
 
     # W3
-    ref, pool = get(results, "clusterd", "w3", "p50_ms"), get(results, "mp.Pool", "w3", "p50_ms")
-    rows = []
-    for name in systems_in(results):
-        why = status_text(results, name, "w3", brief=True)
-        if why:
-            rows.append([label(results, name), why])
-            continue
-        v = get(results, name, "w3", "p50_ms")
-        rows.append([label(results, name), num(v, ".3f"), num(get(results, name, "w3", "p99_ms"), ".3f"),
-                     ratio(v, ref), ratio(v, pool)])
-    if not status_text(results, "zmq", "zmq"):
-        v = get(results, "zmq", "zmq", "sequential", "p50_ms")
-        rows.append(["raw ZeroMQ round trip", num(v, ".3f"),
-                     num(get(results, "zmq", "zmq", "sequential", "p99_ms"), ".3f"), ratio(v, ref), ratio(v, pool)])
+    rows = compared_rows(results, "w3", "p50_ms", "p99_ms", (".3f", ".3f"),
+                         ("raw ZeroMQ round trip", "sequential", "p50_ms", "p99_ms"))
     lines.append(table(f"W3 latency: {sizes['w3_round_trips']:,} sequential single-task round trips",
                        ["system", "p50 ms", "p99 ms", "p50 ÷ clusterd", "p50 ÷ mp.Pool"], rows,
                        "Lower is better: a ratio above 1 is slower than the reference."))
     lines.append("")
 
-    # W4
-    ref, pool = get(results, "clusterd", "w4", "mib_per_s"), get(results, "mp.Pool", "w4", "mib_per_s")
-    rows = []
-    for name in systems_in(results):
-        why = status_text(results, name, "w4", brief=True)
-        if why:
-            rows.append([label(results, name), why])
-            continue
-        v = get(results, name, "w4", "mib_per_s")
-        per_mib = get(results, name, "w4", "cpu_us_per_task")
-        rows.append([label(results, name), num(v, ",.0f"), num(per_mib and per_mib / 2 / 1000, ".1f"),
-                     ratio(v, ref), ratio(v, pool)])
-    if not status_text(results, "zmq", "zmq"):
-        v = get(results, "zmq", "zmq", "payload", "mib_per_s")
-        rows.append(["raw ZeroMQ 1 MiB echo", num(v, ",.0f"), "—", ratio(v, ref), ratio(v, pool)])
+    # W4: CPU-µs per task (1 MiB each way) / 2,000 = CPU-ms per MiB moved
+    rows = compared_rows(results, "w4", "mib_per_s", "cpu_us_per_task", (",.0f", ".1f"),
+                         ("raw ZeroMQ 1 MiB echo", "payload", "mib_per_s", None), per=2000)
     lines.append(table(f"W4 payload: {sizes['w4_tasks']:,} tasks echoing 1 MiB bytes, {sizes['w4_window']} in flight",
                        ["system", "MiB/s", "CPU-ms/MiB", "÷ clusterd", "÷ mp.Pool"], rows,
                        "MiB/s counts both directions (2 x tasks x 1 MiB / wall), the same for every system."))
@@ -329,7 +314,7 @@ def report(results: dict, meta: dict) -> tuple[str, list[dict]]:
     def target(text: str, measured: str, met: bool | None) -> None:
         targets.append({"target": text, "measured": measured, "met": met})
 
-    w1 = get(results, "clusterd", "w1", "tasks_per_s")
+    w1, p1 = get(results, "clusterd", "w1", "tasks_per_s"), get(results, "mp.Pool", "w1", "tasks_per_s")
     peers = {n: get(results, n, "w1", "tasks_per_s") for n in DISTRIBUTED}
     peers = {n: v for n, v in peers.items() if v}
     if w1 and peers:
@@ -338,9 +323,8 @@ def report(results: dict, meta: dict) -> tuple[str, list[dict]]:
                f"{w1:,.0f} vs {SHORT[best]} {peers[best]:,.0f} = {w1 / peers[best]:.2f}x", w1 >= 3 * peers[best])
     else:
         target("W1 >= 3x the fastest distributed peer", "no figure (clusterd or every distributed peer missing)", None)
-    if w1 and pool_w1(results):
-        p = pool_w1(results)
-        target("W1 >= 0.5x mp.Pool apply_async", f"{w1:,.0f} vs {p:,.0f} = {w1 / p:.2f}x", w1 >= 0.5 * p)
+    if w1 and p1:
+        target("W1 >= 0.5x mp.Pool apply_async", f"{w1:,.0f} vs {p1:,.0f} = {w1 / p1:.2f}x", w1 >= 0.5 * p1)
     else:
         target("W1 >= 0.5x mp.Pool apply_async", "no figure", None)
     s = speed.get("clusterd")
@@ -360,10 +344,6 @@ def report(results: dict, meta: dict) -> tuple[str, list[dict]]:
     return "\n".join(lines), targets
 
 
-def pool_w1(results: dict):
-    return get(results, "mp.Pool", "w1", "tasks_per_s")
-
-
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -378,8 +358,9 @@ def cpu_model() -> str:
 # --------------------------------------------------------------------- main
 
 def main() -> int:
+    cpus = usable_cpus()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", type=int, default=usable_cpus(),
+    parser.add_argument("--workers", type=int, default=cpus,
                         help="worker processes for every system (default: usable cores)")
     parser.add_argument("--quick", action="store_true", help=f"every workload at scale {QUICK_SCALE}")
     parser.add_argument("--scale", type=float, default=None, help="shrink (or grow) every workload; env BENCH_SCALE")
@@ -410,7 +391,7 @@ def main() -> int:
     os.makedirs(logdir, exist_ok=True)
 
     meta = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "cpu_model": cpu_model(),
-            "cpus": os.cpu_count(), "usable_cpus": usable_cpus(), "workers": args.workers,
+            "cpus": os.cpu_count(), "usable_cpus": cpus, "workers": args.workers,
             "python": platform.python_version(), "platform": platform.platform(), "scale": scale,
             "sizes": sizes.as_dict(), "loadavg_start": os.getloadavg()[0]}
     say(f"benchmark: {len(names)} systems, {args.workers} workers each, scale {scale:g}; logs in {logdir}")

@@ -99,14 +99,6 @@ class Sizes:
 Group = Callable[[], list]  # returns the psutil.Process objects of one group, now
 
 
-def tree(proc: psutil.Process) -> list[psutil.Process]:
-    """A process and all its descendants."""
-    try:
-        return [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return [proc]
-
-
 def descendants(proc: psutil.Process) -> list[psutil.Process]:
     try:
         return proc.children(recursive=True)
@@ -183,13 +175,11 @@ class CpuMeter:
     def start(self) -> CpuMeter:
         self._machine0 = psutil.cpu_times()
         self._rusage0 = self._rusage()
-        self._t0 = time.perf_counter()
         self._before = self._snapshot()
         return self
 
     def stop(self) -> dict[str, float]:
         after = self._snapshot()
-        wall = time.perf_counter() - self._t0
         machine1 = psutil.cpu_times()
         out = {}
         for name, procs in after.items():
@@ -200,7 +190,6 @@ class CpuMeter:
         busy0 = sum(self._machine0) - self._machine0.idle - getattr(self._machine0, "iowait", 0.0)
         busy1 = sum(machine1) - machine1.idle - getattr(machine1, "iowait", 0.0)
         self.machine_busy_s = busy1 - busy0
-        self.wall = wall
         return out
 
 

@@ -116,7 +116,7 @@ class Coordinator:
         if self.cfg.metrics_port:
             from .metrics import Metrics  # only daemons that export metrics need the library
 
-            self.metrics = Metrics("coordinator", self.cfg.metrics_port, loop.bind_host(self.cfg.bind))
+            self.metrics = Metrics(self.cfg.metrics_port, loop.bind_host(self.cfg.bind))
             self.scheduler.latencies = []
             log.info("metrics on port %d", self.metrics.port)
         log.info("coordinator %s: client endpoint %s; standing for election", self.id, self.endpoint)
@@ -330,9 +330,11 @@ class Coordinator:
         job.client, job.last_seen = identity, time.monotonic()
         limit = self.cfg.max_payload
         if any(len(f) > limit for f in msg.frames):  # only a client that skipped its own check
-            fits = [(i, f) for i, f in zip(msg.indices, msg.frames) if len(f) <= limit]
+            fits = []
             for index, frame in zip(msg.indices, msg.frames):
-                if len(frame) > limit:
+                if len(frame) <= limit:
+                    fits.append((index, frame))
+                else:
                     job.outbox.append((index, wire.ERROR, payload.failure(
                         "PayloadTooLarge", f"arguments are {_mib(len(frame))}; the limit is {_mib(limit)}")))
             self.scheduler.add_tasks(job, [i for i, _ in fits], tuple(f for _, f in fits))

@@ -1,13 +1,16 @@
 """Children that die with the process that started them, even when it is SIGKILLed.
 
-PR_SET_PDEATHSIG asks the kernel to signal a child when the thread that forked it
-exits. It is set between fork and exec, so it works for any program (the ZooKeeper
-JVM too). Start such children from a thread that lives as long as they should.
+PR_SET_PDEATHSIG asks the kernel to signal a process when the thread that forked it
+exits. A child can ask for itself (``die_with``, the agent's workers do), or the
+parent can ask for it between fork and exec (``dies_with_parent``, for programs that
+are not ours, such as the ZooKeeper JVM). Start such children from a thread that
+lives as long as they should.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import signal
 from typing import Callable
@@ -20,15 +23,14 @@ except (OSError, AttributeError):  # not Linux: children outlive a killed parent
     _prctl = None
 
 
+def die_with(parent: int, sig: int) -> None:
+    """In the child: get ``sig`` when ``parent`` dies; exit now if it already has."""
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, int(sig))
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(0)
+
+
 def dies_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
     """A ``preexec_fn`` for subprocess.Popen, or None where the kernel cannot do it."""
-    if _prctl is None:
-        return None
-    parent = os.getpid()
-
-    def arm() -> None:
-        _prctl(PR_SET_PDEATHSIG, int(sig))
-        if os.getppid() != parent:  # the parent died before the request took effect
-            os._exit(1)
-
-    return arm
+    return functools.partial(die_with, os.getpid(), sig) if _prctl is not None else None

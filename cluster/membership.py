@@ -16,6 +16,7 @@ from typing import Callable
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import NoNodeError
+from kazoo.protocol.states import EventType, WatchedEvent
 
 from . import layout
 from .layout import AgentRecord, BadRecord
@@ -38,7 +39,6 @@ class Membership:
         self._lock = threading.Lock()
         self._members: dict[str, AgentRecord] = {}
         self._watched: set[str] = set()
-        self._watchers: dict[str, Callable] = {}
         self._warned: set[tuple[str, bytes]] = set()
         self._stopped = False
 
@@ -66,8 +66,9 @@ class Membership:
         return None
 
     def _on_state(self, state: str) -> None:
-        # Reconnected: watches of an expired session are gone, so read every known
-        # agent again (as kazoo's DataWatch does); reads that find no change emit nothing.
+        # Reconnected: kazoo drops every watch when the connection is lost (SUSPENDED, not
+        # only an expired session), so read every known agent again, as kazoo's DataWatch
+        # does; reads that find no change emit nothing.
         if state == KazooState.CONNECTED and not self._stopped:
             self._zk.handler.spawn(self._reread)
 
@@ -83,20 +84,15 @@ class Membership:
         after the other (kazoo's DataWatch reads synchronously, which made the
         coordinator take 6 s to learn 5,000 agents ZooKeeper had listed in 1 s)."""
         path = f"{self._path}/{node_id}"
-        self._zk.get_async(path, watch=self._watcher(node_id)).rawlink(lambda res: self._on_read(node_id, res))
+        self._zk.get_async(path, watch=self._on_watch).rawlink(lambda res: self._on_read(node_id, res))
 
-    def _watcher(self, node_id: str) -> Callable:
-        # One function per node: kazoo keeps a path's watchers in a set, so re-arming
-        # the same function never piles up duplicate callbacks.
-        with self._lock:
-            watcher = self._watchers.get(node_id)
-            if watcher is None:
-                def watcher(event: object) -> None:
-                    if not self._stopped:
-                        self._read(node_id)
-
-                self._watchers[node_id] = watcher
-            return watcher
+    def _on_watch(self, event: WatchedEvent) -> None:
+        # One watcher for every node (the event names the path): kazoo keeps a path's
+        # watchers in a set and a bound method compares equal to itself, so re-arming
+        # never piles up duplicate callbacks. A NONE event is kazoo dropping its watches
+        # on a lost connection: the reread on CONNECTED covers those, once.
+        if event.type != EventType.NONE and not self._stopped:
+            self._read(event.path.rsplit("/", 1)[1])
 
     def _on_read(self, node_id: str, result) -> None:
         if self._stopped:
@@ -122,7 +118,7 @@ class Membership:
         # As kazoo's DataWatch does: watch for it coming back, since a quick rejoin
         # can be folded into a children list that still shows it.
         path = f"{self._path}/{node_id}"
-        self._zk.exists_async(path, watch=self._watcher(node_id)).rawlink(
+        self._zk.exists_async(path, watch=self._on_watch).rawlink(
             lambda res: self._on_exists(node_id, res))
 
     def _on_exists(self, node_id: str, result) -> None:

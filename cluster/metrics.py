@@ -2,7 +2,7 @@
 
 prometheus_client serves them from its own thread. That thread never reads the
 loop's data structures: the loop copies its figures into the metrics on each
-timer tick (``update``), and metrics are thread-safe. Counters follow the loop's
+timer tick (their ``_export``), and metrics are thread-safe. Counters follow the loop's
 own monotonically growing counters by adding the difference since the last tick.
 """
 
@@ -17,13 +17,12 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 
 
 class Metrics:
-    def __init__(self, role: str, port: int, host: str = "0.0.0.0"):
+    def __init__(self, port: int, host: str = "0.0.0.0"):
         self.registry = CollectorRegistry()
         self._gauges: dict[str, Gauge] = {}
         self._counters: dict[str, Counter] = {}
         self._histograms: dict[str, Histogram] = {}
         self._seen: dict[tuple[str, tuple], float] = {}
-        self.role = role
         self.server, self.thread = start_http_server(port, addr=host, registry=self.registry)
         self.port = self.server.server_port
 

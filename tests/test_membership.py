@@ -13,6 +13,7 @@ import time
 
 from cluster import layout
 from cluster.layout import AgentRecord
+from cluster.zkserver import free_ports
 from helpers import PY, ROOT, LineReader, wait_for
 
 
@@ -198,13 +199,10 @@ def test_status_reports_the_leaders_view(running_cluster):
     assert text.returncode == 0 and "2 ready; workers 0 busy, 4 idle of 4" in text.stdout, text.stdout
 
 
-def test_prometheus_metrics_from_agent_and_coordinator(local_cluster, free_port):
-    import socket
+def test_prometheus_metrics_from_agent_and_coordinator(local_cluster):
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        agent_port = s.getsockname()[1]
+    free_port, agent_port = free_ports(2)
     coordinator = local_cluster.coordinator("--metrics-port", str(free_port))
     local_cluster.agent("m1", 2, "--metrics-port", str(agent_port))
     local_cluster.wait_ready(coordinator, ["m1"])

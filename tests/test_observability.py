@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
-import time
 import urllib.request
 
+from cluster.zkserver import free_ports
 from helpers import PY, ROOT, wait_for
 
 TASKS, SLEEP = 40, 0.3
@@ -27,12 +26,6 @@ def f(x):
 '''
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def scrape(port: int) -> dict[str, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     samples = {}
@@ -44,7 +37,7 @@ def scrape(port: int) -> dict[str, float]:
 
 
 def test_status_and_metrics_match_a_running_job(local_cluster, tmp_path):
-    ports = {"coordinator": _port(), "o1": _port(), "o2": _port()}
+    ports = dict(zip(("coordinator", "o1", "o2"), free_ports(3)))
     coordinator = local_cluster.coordinator("--metrics-port", str(ports["coordinator"]))
     for node in ("o1", "o2"):
         local_cluster.agent(node, 2, "--metrics-port", str(ports[node]))

@@ -6,64 +6,33 @@ race the scale benchmark found in the loop's Waker."""
 
 from __future__ import annotations
 
-import json
 import select
-import subprocess
 import threading
 
 from cluster import layout, loop, payload, wire
-from cluster.scalebench.fleet import StatusProbe, ready
+from cluster.scalebench.fleet import Sim, StatusProbe, ready
 from cluster.client import ClusterClient
 from cluster.executor import Executor
 from cluster.layout import AgentRecord
-from helpers import PY, ROOT, LineReader, wait_for
+from helpers import PY, wait_for
 
 AGENTS = 50
 
 
-class Fleet:
-    def __init__(self, cluster, count: int, *extra: str):
-        self.proc = subprocess.Popen(
-            [PY, "-m", "agents.simfleet", "--zk", cluster.zk, "--cluster", cluster.name, "--prefix", "sim-",
-             "--count", str(count), "--workers", "2", "--register", *extra],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(cluster.tmp / "simfleet.log", "wb"),
-            env=cluster.env, cwd=ROOT, text=True)
-        self.lines = LineReader(self.proc.stdout)
-        self.ids = 0
-
-    def event(self, ev: str, timeout: float = 30.0) -> dict:
-        while True:
-            event = json.loads(self.lines.next(timeout))
-            if event["ev"] == ev:
-                return event
-
-    def ask(self, ev: str = "ok", **cmd) -> dict:
-        self.ids += 1
-        self.proc.stdin.write(json.dumps(dict(cmd, id=self.ids)) + "\n")
-        self.proc.stdin.flush()
-        while True:
-            event = self.event(ev)
-            if event.get("id") == self.ids:
-                return event
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.write('{"op": "stop"}\n')
-            self.proc.stdin.flush()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+def start_fleet(cluster, count: int, *extra: str) -> Sim:
+    """The simulator under the benchmark's own control channel (JSON lines)."""
+    return Sim("sim", [PY, "-m", "agents.simfleet", "--zk", cluster.zk, "--cluster", cluster.name, "--prefix", "sim-",
+                       "--count", str(count), "--workers", "2", "--register", *extra],
+               cluster.env, cluster.tmp / "simfleet.log")
 
 
 def test_fifty_simulated_agents_run_a_job_exactly_once_through_churn(local_cluster):
     coordinator = local_cluster.coordinator("--log-level", "info")
-    fleet = Fleet(local_cluster, AGENTS, "--session-timeout", "3")
+    fleet = start_fleet(local_cluster, AGENTS, "--session-timeout", "3")
     probe = None
     try:
-        assert fleet.event("ready")["n"] == AGENTS
-        assert fleet.event("registered")["n"] == AGENTS
+        assert fleet.wait_event("ready", 30)["n"] == AGENTS
+        assert fleet.wait_event("registered", 30)["n"] == AGENTS
         wait_for(lambda: len(local_cluster.agents()) == AGENTS, what="50 znodes")
         data, stat = local_cluster.kazoo.get(layout.agent_path(local_cluster.name, "sim-00007"))
         record = AgentRecord.from_bytes(data)

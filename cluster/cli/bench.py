@@ -1,13 +1,12 @@
-"""Benchmarks against a real cluster on this machine.
+"""Simulate N agents against a real coordinator and ZooKeeper and measure how it scales.
 
-`clusterctl bench scale --agents N` starts a private ZooKeeper (or uses --zk), a
-real coordinator process (`clusterctl coordinator --insecure`) and N simulated
-agents (`python -m agents.simfleet`: real znodes, real sockets, real protocol and
-heartbeats; only the workers are simulated), then measures membership
-convergence, dispatch throughput and latency, the coordinator's CPU, memory and
-file descriptors per agent, ZooKeeper writes at steady state, a job under 10%
-churn per minute (every result exactly once), and how fast 10% of the fleet
-leaving at once is noticed. Progress goes to stderr; --json prints the figures.
+Starts a private ZooKeeper (or uses --zk), `clusterctl coordinator --insecure` and
+N simulated agents (`python -m agents.simfleet`, 1,000 per process, one ZooKeeper
+session per process), then reports membership convergence, idle coordinator CPU,
+memory and file descriptors per agent, ZooKeeper writes at steady state, dispatch
+throughput and latency (against --baseline agents), a job under churn with every
+result checked exactly once, and 10% of the fleet leaving at once.
+See docs/performance.md.
 
 Examples:
 
@@ -30,25 +29,7 @@ app = typer.Typer(help="Benchmarks against a real cluster on this machine.", no_
                   add_completion=False, pretty_exceptions_enable=False)
 
 
-SCALE_HELP = """Simulate N agents against a real coordinator and ZooKeeper and measure how it scales.
-
-Starts a private ZooKeeper (or uses --zk), `clusterctl coordinator --insecure` and
-N simulated agents (`python -m agents.simfleet`, 1,000 per process, one ZooKeeper
-session per process), then reports membership convergence, idle coordinator CPU,
-memory and file descriptors per agent, ZooKeeper writes at steady state, dispatch
-throughput and latency (against --baseline agents), a job under churn with every
-result checked exactly once, and 10% of the fleet leaving at once.
-See docs/performance.md.
-
-Examples:
-
-  clusterctl bench scale --agents 1000
-
-  clusterctl bench scale --agents 100 --agents 1000 --agents 5000 --json > scale.json
-"""
-
-
-@app.command(help=SCALE_HELP)
+@app.command(help=__doc__)
 def scale(
     agents: List[int] = typer.Option([100], "--agents", help="Fleet size; repeat for several (100, 1000, 5000)."),
     workers: int = typer.Option(8, help="Simulated workers per agent."),

@@ -10,10 +10,13 @@ import sys
 from typing import Iterator, Optional
 
 import typer
+from kazoo.client import KazooClient
 
 from ..client import ClusterUnavailable
-from ..config import ConfigError
+from ..config import Common, ConfigError
 from ..zk import ZooKeeperUnreachable
+from ..zk import close as zk_close
+from ..zk import connect as zk_connect
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -71,6 +74,18 @@ def clear_errors() -> Iterator[None]:
         yield
     except (ConfigError, ZooKeeperUnreachable, ClusterUnavailable, ValueError, OSError) as exc:
         raise fail(str(exc)) from None
+
+
+@contextlib.contextmanager
+def zookeeper(cfg: Common, timeout: float = 10.0) -> Iterator[KazooClient]:
+    """A session for one command: an unreachable ensemble is one clear line, and the
+    session is closed however the command ends."""
+    with clear_errors():
+        client = zk_connect(cfg.zk, timeout=timeout, auth_file=cfg.zk_auth)
+    try:
+        yield client
+    finally:
+        zk_close(client)
 
 
 def print_json(obj: object) -> None:

@@ -19,8 +19,6 @@ import typer
 from kazoo.exceptions import NodeExistsError
 
 from .. import config, layout
-from ..zk import close as zk_close
-from ..zk import connect as zk_connect
 from . import common
 
 
@@ -36,8 +34,7 @@ def drain(
     with common.clear_errors():
         cfg = config.load(config.Common, config_file, dict(zk=zk, cluster=cluster, zk_auth=zk_auth))
         agent = layout.agent_path(cfg.cluster, node_id)
-        client = zk_connect(cfg.zk, timeout=10.0, auth_file=cfg.zk_auth)
-    try:
+    with common.zookeeper(cfg) as client:
         if not client.exists(agent):
             raise common.fail(f"no agent {node_id!r} in cluster {cfg.cluster!r} (see `clusterctl nodes`)")
         try:
@@ -53,5 +50,3 @@ def drain(
                 raise common.fail(f"{node_id} is still draining after {timeout:g} s", common.EXIT_FAILED)
             time.sleep(0.2)
         typer.echo(f"clusterctl: {node_id} has drained and left", err=True)
-    finally:
-        zk_close(client)

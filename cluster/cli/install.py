@@ -26,7 +26,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import typer
 
@@ -55,9 +55,9 @@ class Run:
     def target(self, path: Path) -> Path:
         return self.root / path.relative_to("/") if self.root else path
 
-    def say(self, text: str) -> None:
+    def say(self, text: str, nl: bool = True) -> None:
         if not self.json_out:
-            typer.echo(text)
+            typer.echo(text, nl=nl)
 
     def file(self, path: Path, action: str, detail: str = "") -> None:
         self.files.append({"path": str(path), "action": action})
@@ -90,13 +90,6 @@ class Run:
                                "files": self.files, "commands": self.commands})
 
 
-def _mode(path: Path) -> Optional[int]:
-    try:
-        return path.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        return None
-
-
 def _group_id() -> Optional[int]:
     try:
         return grp.getgrnam(USER).gr_gid
@@ -117,19 +110,21 @@ def write_file(run: Run, path: Path, text: str, mode: int, group: bool = False) 
         raise ValueError(f"group {USER!r} does not exist: systemd-sysusers did not create it")
     st = dest.stat() if old is not None else None
     owner_ok = not chown or (st is not None and (st.st_uid, st.st_gid) == (0, gid))
-    if old == data and _mode(dest) == mode and owner_ok:
+    if old == data and st.st_mode & 0o7777 == mode and owner_ok:
         run.file(dest, "unchanged")
         return False
     detail = f" ({mode:04o}{' root:' + USER if chown else ''})"
     if old is None:
+        body = text.splitlines()
         run.file(dest, "created", detail)
     else:
-        run.file(dest, "updated", detail if old == data else detail + _diffstat(old, data))
+        # The hunks without the ---/+++ header: shown by --dry-run, counted in the report.
+        body = list(difflib.unified_diff(old.decode(errors="replace").splitlines(), text.splitlines(),
+                                         lineterm=""))[2:]
+        stat = f", +{sum(d.startswith('+') for d in body)} -{sum(d.startswith('-') for d in body)} lines"
+        run.file(dest, "updated", detail if old == data else detail + stat)
     if run.dry_run:
-        if not run.json_out:
-            body = text.splitlines() if old is None else list(difflib.unified_diff(
-                old.decode(errors="replace").splitlines(), text.splitlines(), "before", "after", lineterm=""))[2:]
-            typer.echo("".join(f"    {line}\n" for line in body), nl=False)
+        run.say("".join(f"    {line}\n" for line in body), nl=False)
         return True
     _makedirs(dest.parent)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
@@ -146,11 +141,6 @@ def write_file(run: Run, path: Path, text: str, mode: int, group: bool = False) 
     return True
 
 
-def _diffstat(old: bytes, new: bytes) -> str:
-    diff = list(difflib.ndiff(old.decode(errors="replace").splitlines(), new.decode().splitlines()))
-    return f", +{sum(d.startswith('+ ') for d in diff)} -{sum(d.startswith('- ') for d in diff)} lines"
-
-
 def _makedirs(path: Path) -> None:
     missing = []
     while not path.exists():
@@ -161,12 +151,13 @@ def _makedirs(path: Path) -> None:
         d.chmod(0o755)  # not the caller's umask: the clusterd user must reach /etc/clusterd
 
 
-def remove_file(run: Run, path: Path, ours: bool = True) -> bool:
+def remove_file(run: Run, path: Path, marked: bool = False) -> bool:
+    """Remove path; a `marked` file only if it starts with MARK (else someone else wrote it)."""
     dest = run.target(path)
     if not dest.exists():
         run.file(dest, "absent")
         return False
-    if not ours:
+    if marked and dest.is_file() and not dest.read_bytes().startswith(MARK.encode()):
         run.file(dest, "kept", " (not written by clusterctl install)")
         return False
     run.file(dest, "removed")
@@ -180,10 +171,8 @@ def _prune(run: Run, directory: Path) -> None:
     """Remove directories left empty. On a live system only /etc/clusterd is ours; under
     --root (a staging tree) every directory up to DIR that is left empty goes, which undoes
     what install created (and would take an empty one that was there before)."""
-    stop = run.root if run.root else Path("/etc")
-    while directory != stop and stop in directory.parents:
-        if run.root is None and directory != Path("/etc/clusterd"):
-            return
+    stop = run.root or Path("/etc")
+    while stop in directory.parents and (run.root or directory == Path("/etc/clusterd")):
         try:
             directory.rmdir()  # only if empty: keys and anything else stay
         except OSError:
@@ -191,27 +180,30 @@ def _prune(run: Run, directory: Path) -> None:
         directory = directory.parent
 
 
-def _check_privileges(root: Optional[Path], dry_run: bool) -> None:
+def _begin(role: str, operation: str, root: Optional[Path], dry_run: bool, json_out: bool) -> Run:
     if root is None and not dry_run and os.geteuid() != 0:
         raise ValueError("installing a service needs root (or --root DIR to stage files, --dry-run to look)")
+    return Run(role, operation, root.resolve() if root else None, dry_run, json_out)
 
 
 def install(role: str, flags: dict, exec_path: Optional[str], root: Optional[Path], dry_run: bool,
             json_out: bool) -> None:
     with common.clear_errors():
         # Everything is checked before anything is written.
-        _check_privileges(root, dry_run)
+        if flags.get("labels"):
+            flags["labels"] = config.parse_labels(flags["labels"])
+        run = _begin(role, "install", root, dry_run, json_out)
         for key in ("keys", "zk_auth"):
             if flags.get(key):
                 flags[key] = os.path.abspath(flags[key])  # the unit's working directory is not ours
         cfg, toml = build_config(role, flags)
         unit = render_unit(role, check_exec(exec_path or default_exec(), exec_path is not None, root))
-        run = Run(role, "install", root.resolve() if root else None, dry_run, json_out)
         for path in filter(None, (cfg.keys, cfg.zk_auth)):
-            if not run.target(Path(path)).exists():
+            staged = run.target(Path(path))
+            if not staged.exists():
                 if root is None:
                     raise ValueError(f"{path} does not exist: put the keys and credentials in place first")
-                typer.echo(f"clusterctl: warning: {run.target(Path(path))} does not exist yet", err=True)
+                typer.echo(f"clusterctl: warning: {staged} does not exist yet", err=True)
 
         write_file(run, SYSUSERS, render_sysusers(), 0o644)
         run.command(["systemd-sysusers", str(SYSUSERS)])  # before the config: its group must exist
@@ -228,19 +220,16 @@ def install(role: str, flags: dict, exec_path: Optional[str], root: Optional[Pat
 
 def uninstall(role: str, root: Optional[Path], dry_run: bool, json_out: bool) -> None:
     with common.clear_errors():
-        _check_privileges(root, dry_run)
-        run = Run(role, "uninstall", root.resolve() if root else None, dry_run, json_out)
+        run = _begin(role, "uninstall", root, dry_run, json_out)
         if run.target(unit_path(role)).exists():
             run.command(["systemctl", "disable", "--now", unit_name(role)])
         unit_removed = remove_file(run, unit_path(role))
-        conf = run.target(config_path(role))
-        remove_file(run, config_path(role), ours=not conf.is_file() or conf.read_text(errors="replace").startswith(MARK))
+        remove_file(run, config_path(role), marked=True)
         other = next(r for r in ROLES if r != role)
         if run.target(unit_path(other)).exists() and run.target(SYSUSERS).exists():
             run.file(run.target(SYSUSERS), "kept", f" (the {other} is still installed)")
         else:
-            snippet = run.target(SYSUSERS)
-            remove_file(run, SYSUSERS, ours=not snippet.is_file() or snippet.read_text().startswith(MARK))
+            remove_file(run, SYSUSERS, marked=True)
         if unit_removed:
             run.command(["systemctl", "daemon-reload"])
         run.report()
@@ -287,11 +276,9 @@ def agent_install(
 
       clusterctl agent install --zk zk1:2181 --keys /etc/clusterd/keys --root /tmp/image --exec /opt/clusterd/venv/bin/clusterctl
     """
-    with common.clear_errors():
-        labels = config.parse_labels(label) if label else None
-    install("agent", dict(zk=zk, cluster=cluster, keys=keys, insecure=insecure, zk_auth=zk_auth, labels=labels,
-                          workers=workers, node_id=node_id, bind=bind, advertise=advertise, metrics_port=metrics_port),
-            exec_path, root, dry_run, json_out)
+    install("agent", dict(zk=zk, cluster=cluster, keys=keys, insecure=insecure, zk_auth=zk_auth,
+                          labels=label or None, workers=workers, node_id=node_id, bind=bind, advertise=advertise,
+                          metrics_port=metrics_port), exec_path, root, dry_run, json_out)
 
 
 def coordinator_install(
@@ -316,41 +303,28 @@ def coordinator_install(
                                 advertise=advertise, metrics_port=metrics_port), exec_path, root, dry_run, json_out)
 
 
-def agent_uninstall(root: Optional[Path] = ROOT, dry_run: bool = DRY_RUN, json_out: bool = JSON) -> None:
-    """Stop, disable and remove the cluster-agent service and /etc/clusterd/agent.toml.
+def _uninstall_command(role: str, example: str) -> Callable[..., None]:
+    def uninstall_command(root: Optional[Path] = ROOT, dry_run: bool = DRY_RUN, json_out: bool = JSON) -> None:
+        uninstall(role, root, dry_run, json_out)
+
+    uninstall_command.__doc__ = f"""Stop, disable and remove the cluster-{role} service and /etc/clusterd/{role}.toml.
 
     Keys are never deleted; the clusterd user snippet goes only with the last role.
 
     Examples:
 
-      clusterctl agent uninstall
+      clusterctl {role} uninstall
 
-      clusterctl agent uninstall --dry-run
+      clusterctl {role} uninstall {example}
     """
-    uninstall("agent", root, dry_run, json_out)
+    return uninstall_command
 
 
-def coordinator_uninstall(root: Optional[Path] = ROOT, dry_run: bool = DRY_RUN, json_out: bool = JSON) -> None:
-    """Stop, disable and remove the cluster-coordinator service and /etc/clusterd/coordinator.toml.
-
-    Keys are never deleted; the clusterd user snippet goes only with the last role.
-
-    Examples:
-
-      clusterctl coordinator uninstall
-
-      clusterctl coordinator uninstall --root /tmp/image
-    """
-    uninstall("coordinator", root, dry_run, json_out)
+COMMANDS = {"agent": (agent_install, _uninstall_command("agent", "--dry-run")),
+            "coordinator": (coordinator_install, _uninstall_command("coordinator", "--root /tmp/image"))}
 
 
 def add_commands(app: typer.Typer, role: str) -> None:
     """`install` and `uninstall` under `clusterctl ROLE`."""
-    inst, uninst = (agent_install, agent_uninstall) if role == "agent" else (coordinator_install, coordinator_uninstall)
-    app.command("install", help=inst.__doc__)(inst)
-    app.command("uninstall", help=uninst.__doc__)(uninst)
-
-
-# `clusterctl agent install ...` lands here: the agent itself is another program.
-agent_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
-add_commands(agent_app, "agent")
+    for name, command in zip(("install", "uninstall"), COMMANDS[role]):
+        app.command(name, help=command.__doc__)(command)

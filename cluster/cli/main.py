@@ -28,7 +28,9 @@ app = typer.Typer(
 def agent(ctx: typer.Context) -> None:
     if ctx.args[:1] in (["install"], ["uninstall"]):
         # Installing is client-side file work (cluster.cli.install), not the agent program.
-        install.agent_app(args=ctx.args, prog_name="clusterctl agent")
+        service = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+        install.add_commands(service, "agent")
+        service(args=ctx.args, prog_name="clusterctl agent")  # exits: never reaches the execv
     # The agent is node-side code (package `agents`), which the client side never
     # imports; it runs as its own program with its own options and --help.
     os.execv(sys.executable, [sys.executable, "-m", "agents", *ctx.args])

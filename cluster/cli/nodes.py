@@ -25,8 +25,6 @@ from kazoo.exceptions import NoNodeError
 from .. import config, layout
 from ..layout import AgentRecord, BadRecord
 from ..membership import MemberEvent, Membership
-from ..zk import close as zk_close
-from ..zk import connect as zk_connect
 from . import common
 
 COLUMNS = ("NODE", "HOST", "ENDPOINT", "STATE", "WORKERS", "CORES", "MEMORY", "VERSION", "UPTIME")
@@ -44,14 +42,11 @@ def nodes(
 ) -> None:
     with common.clear_errors():
         cfg = config.load(config.Common, config_file, dict(zk=zk, cluster=cluster, zk_auth=zk_auth))
-        client = zk_connect(cfg.zk, timeout=timeout, auth_file=cfg.zk_auth)
-    try:
+    with common.zookeeper(cfg, timeout) as client:
         if watch:
             _watch(client, cfg.cluster, as_json)
         else:
             _list(client, cfg.cluster, as_json)
-    finally:
-        zk_close(client)
 
 
 def read_members(client, cluster: str) -> list[AgentRecord]:

@@ -17,8 +17,6 @@ import typer
 import zmq
 
 from .. import config, election, layout, security, wire
-from ..zk import close as zk_close
-from ..zk import connect as zk_connect
 from . import common
 
 
@@ -33,13 +31,10 @@ def status(
 ) -> None:
     with common.clear_errors():
         cfg = config.load(config.Common, config_file, dict(zk=zk, cluster=cluster, keys=keys, zk_auth=zk_auth))
-        client = zk_connect(cfg.zk, timeout=timeout, auth_file=cfg.zk_auth)
-    try:
+    with common.zookeeper(cfg, timeout) as client:
         leader = election.read_leader(client, cfg.cluster)
         path = layout.election_path(cfg.cluster)
         candidates = len(client.get_children(path)) if client.exists(path) else 0
-    finally:
-        zk_close(client)
     if leader is None:
         raise common.fail(f"no coordinator leads cluster {cfg.cluster!r}")
     with common.clear_errors():

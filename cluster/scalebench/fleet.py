@@ -18,6 +18,7 @@ from typing import Any
 import zmq
 
 from .. import payload, wire
+from ..zkserver import srvr
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[2]  # the source tree, so `python -m agents.simfleet` resolves there too
@@ -45,25 +46,25 @@ def raise_fd_limit() -> int:
 # ------------------------------------------------------------------ ZooKeeper
 
 
-def zk_words(connect: str, word: str) -> dict[str, str]:
-    """A 4-letter word's reply: ``mntr`` is tab separated, ``srvr`` colon separated."""
+def _first_server(connect: str) -> tuple[str, int]:
     host, port = connect.split(",")[0].rsplit(":", 1)
+    return host, int(port)
+
+
+def zk_mntr(connect: str) -> dict[str, str]:
+    """``mntr``: tab separated, which ``zkserver.four_letter`` (``:`` or ``=``) does not split."""
     try:
-        with socket.create_connection((host, int(port)), timeout=2.0) as s:
-            s.sendall(word.encode())
+        with socket.create_connection(_first_server(connect), timeout=2.0) as s:
+            s.sendall(b"mntr")
             text = b"".join(iter(lambda: s.recv(65536), b"")).decode(errors="replace")
     except OSError:
         return {}
-    out = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("\t") if "\t" in line else line.partition(":")
-        if sep:
-            out[key.strip()] = value.strip()
-    return out
+    return {key.strip(): value.strip() for key, _, value in (line.partition("\t") for line in text.splitlines())
+            if value}
 
 
 def zxid(connect: str) -> int | None:
-    value = zk_words(connect, "srvr").get("Zxid")
+    value = (srvr(*_first_server(connect), timeout=2.0) or {}).get("Zxid")
     return int(value, 16) if value else None
 
 

@@ -24,8 +24,8 @@ from .. import election, layout, payload, wire
 from ..client import ClusterClient
 from ..zk import close as zk_close
 from ..zk import connect as zk_connect
-from .fleet import (FUNCTION, PY, ROOT, Sim, StatusProbe, percentile, progress, raise_fd_limit, ready, zk_words,
-                    zxid)
+from ..zkserver import ZooKeeperServer
+from .fleet import FUNCTION, PY, ROOT, Sim, StatusProbe, percentile, progress, raise_fd_limit, ready, zk_mntr, zxid
 
 
 # ---------------------------------------------------------------- one fleet
@@ -166,7 +166,7 @@ class ScaleRun:
         a, z0, sims0 = self.sample(), zxid(self.zk), self.sim_stats()
         time.sleep(secs)
         b, z1, sims1 = self.sample(), zxid(self.zk), self.sim_stats()
-        mntr = zk_words(self.zk, "mntr")
+        mntr = zk_mntr(self.zk)
         st = self.probe.ask()
         cpu = (b["cpu"] - a["cpu"]) / (b["t"] - a["t"])
         writes = (z1 - z0) if z0 is not None and z1 is not None else None
@@ -487,9 +487,8 @@ def _delta(before: list[dict], after: list[dict], key: str) -> int:
 
 
 def _ratio(before: list[dict], after: list[dict], num: str, den: str) -> float | None:
-    n = sum(s.get(num, 0) for s in after) - sum(s.get(num, 0) for s in before)
-    d = sum(s.get(den, 0) for s in after) - sum(s.get(den, 0) for s in before)
-    return round(n / d, 1) if d else None
+    d = _delta(before, after, den)
+    return round(_delta(before, after, num) / d, 1) if d else None
 
 
 def _r(value: float | None) -> float | None:
@@ -530,8 +529,6 @@ def run_scale(sizes: list[int], *, zk: str = "", workers: int = 8, baseline: int
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "fd_limit": limit}, "runs": []}
     try:
         if not zk:
-            from ..zkserver import ZooKeeperServer
-
             server = ZooKeeperServer(data_dir=str(workdir / "zk")).start()
             zk = server.connect_string
             progress(f"private ZooKeeper at {zk}")
