@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 from kazoo.client import KazooClient
+from kazoo.retry import KazooRetry
 
 from cluster import election, layout
 
@@ -114,7 +115,9 @@ class LocalCluster:
         self.zk, self.name, self.tmp = zk, name, tmp
         self.procs: list[Proc] = []
         self.extra_env: dict[str, str] = {}
-        self.kazoo = KazooClient(hosts=zk)
+        # The observer's own session may expire while a chaos test stops ZooKeeper; its reads retry
+        # for a while rather than fail the test for something the test did to it.
+        self.kazoo = KazooClient(hosts=zk, command_retry=KazooRetry(max_tries=40, delay=0.1, max_delay=1.0))
         self.kazoo.start(timeout=10)
 
     @property
@@ -140,7 +143,7 @@ class LocalCluster:
 
     def agents(self) -> list[str]:
         path = layout.agents_path(self.name)
-        return sorted(self.kazoo.get_children(path)) if self.kazoo.exists(path) else []
+        return self.kazoo.retry(lambda: sorted(self.kazoo.get_children(path)) if self.kazoo.exists(path) else [])
 
     def leader(self):
         return election.read_leader(self.kazoo, self.name)
