@@ -12,6 +12,7 @@ is reachable, so a leader change loses nothing the agent already ran.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import os
 import shutil
@@ -35,6 +36,7 @@ from cluster.version import PROTOCOL_VERSION, __version__
 from cluster.zk import close as zk_close
 from cluster.zk import connect as zk_connect
 
+from .marker import Marker
 from .pool import WorkerPool
 from .registration import Registration
 from .resources import detect, parse_workers
@@ -45,6 +47,11 @@ MAX_RESULTS_PER_MESSAGE = 256
 # Results are held back at most this long while the agent still has queued work, so a
 # busy agent answers in batches; one that is about to run dry answers at once.
 FLUSH_DELAY = 0.002
+# A worker is handed several tasks at once only when its job's tasks are this short:
+# then the message per task matters, and a slow task holds back few others.
+PIPELINE_BELOW = 0.005
+PIPELINE_SAMPLES = 3  # results seen before a job's tasks count as short
+STEAL_AFTER = 2 * PIPELINE_BELOW  # a worker silent this long with tasks queued behind is stuck
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,16 @@ class JobInfo:
     digest: str
     options: dict
     function: bytes
+    service: float = 0.0  # moving average of a task's time on a worker, seconds
+    samples: int = 0
+
+    def note_service(self, seconds: float) -> None:
+        self.service = seconds if not self.samples else 0.8 * self.service + 0.2 * seconds
+        self.samples += 1
+
+    @property
+    def short(self) -> bool:
+        return self.samples >= PIPELINE_SAMPLES and self.service < PIPELINE_BELOW
 
 
 class Agent:
@@ -74,7 +91,10 @@ class Agent:
         resources = detect()
         self.workers = parse_workers(cfg.workers, resources.usable_cpus)
         self.resources = resources
-        self.capacity = self.workers * (1 + cfg.prefetch)
+        self.capacity = self.workers * (1 + cfg.prefetch)  # tasks this agent asks to hold
+        self.depth = 1 + cfg.prefetch  # tasks one worker may hold when they are short
+        self._announced = self.capacity  # the capacity the leader knows
+        self._seq = itertools.count(1)
         self.waker = loop.Waker()
         self.jobs: dict[str, JobInfo] = {}
         self.queue: collections.deque[QueuedTask] = collections.deque()
@@ -121,7 +141,8 @@ class Agent:
         self.back_endpoint = f"ipc://{self.tmpdir}/workers"
         self.back.bind(self.back_endpoint)
         zk = None
-        self.pool = WorkerPool(self.workers, self._spawn, backoff_max=self.cfg.restart_backoff_max)
+        markers = [Marker(self._marker_path(i), create=True) for i in range(self.workers)]
+        self.pool = WorkerPool(self.workers, self._spawn, backoff_max=self.cfg.restart_backoff_max, markers=markers)
         try:
             bound = loop.bind(self.front, self.cfg.bind)
             self.endpoint = loop.advertised(bound, self.cfg.advertise, self.cfg.zk)
@@ -158,6 +179,8 @@ class Agent:
             if self.metrics is not None:
                 self.metrics.stop()
             ctx.term()
+            for marker in markers:
+                marker.close()
             shutil.rmtree(self.tmpdir, ignore_errors=True)
             self.waker.close()
         return 0
@@ -170,9 +193,12 @@ class Agent:
             state="ready",
         )
 
+    def _marker_path(self, index: int) -> str:
+        return os.path.join(self.tmpdir, f"worker-{index}.running")
+
     def _spawn(self, index: int) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "agents.worker", self.back_endpoint, str(index),
-                                 str(os.getpid())], stdin=subprocess.DEVNULL, close_fds=True)
+                                 str(os.getpid()), self._marker_path(index)], stdin=subprocess.DEVNULL, close_fds=True)
 
     # ----------------------------------------------------------------- loop
 
@@ -199,6 +225,7 @@ class Agent:
                 self.notifier.pet(now)
                 if self.metrics is not None:
                     self._export(now)
+                self.pool.observe(now)
                 self._enforce_limits(now)
                 self._reap(now)
                 self.pool.converge(now)
@@ -209,6 +236,7 @@ class Agent:
                 if self.draining:
                     self._check_drain(now)
             self._assign()
+            self._rebalance(now)
             self._flush()
 
     def _bad(self, identity: bytes, why: str) -> None:
@@ -246,7 +274,7 @@ class Agent:
 
     def _held(self) -> list[list]:
         keys = [list(t.key) for t in self.queue]
-        keys += [list(s.task.key) for s in self.pool.slots if s.task is not None]
+        keys += [list(t.key) for s in self.pool.slots for t in s.tasks.values()]
         keys += [list(key) for key, _, _ in self.outbox]
         return keys
 
@@ -276,6 +304,7 @@ class Agent:
         self.max_epoch, self.leader = msg.epoch, identity
         self.leader_liveness = Liveness(msg.heartbeat_interval, self.cfg.heartbeat_misses)
         self.leader_liveness.beat(identity, time.monotonic())
+        self._announced = self.capacity
         welcome = wire.Welcome(self.node_id, msg.epoch, self.workers, self.capacity, self._held(), self.draining)
         loop.send(self.front, welcome, identity)
 
@@ -285,6 +314,7 @@ class Agent:
 
     def _on_job_spec(self, identity: bytes, msg: wire.JobSpec) -> None:
         self.jobs[msg.job_id] = JobInfo(msg.digest, msg.options, msg.frames[0])
+        self._retune()
 
     def _on_dispatch(self, identity: bytes, msg: wire.Dispatch) -> None:
         if msg.job_id not in self.jobs:
@@ -299,6 +329,21 @@ class Agent:
     def _on_end_job(self, identity: bytes, msg: wire.EndJob) -> None:
         if self.jobs.pop(msg.job_id, None) is not None:
             self._drop(lambda job_id, index: job_id == msg.job_id)
+            self._retune()
+
+    def _retune(self) -> None:
+        """Deeper queues while every job held has short tasks: a message then carries
+        several tasks on every hop. A job of longer (or not yet timed) tasks brings
+        them back to ``prefetch``, so no slow task waits behind many others."""
+        if len(self.jobs) == 1:
+            short = next(iter(self.jobs.values())).short
+        else:  # only jobs with tasks here count, and those not yet timed
+            held = {t.job_id for t in self.queue} | {t.job_id for s in self.pool.slots for t in s.tasks.values()}
+            short = bool(self.jobs) and all(job.short for job_id, job in self.jobs.items()
+                                            if job_id in held or job.samples < PIPELINE_SAMPLES)
+        prefetch = max(self.cfg.prefetch, self.cfg.prefetch_short) if short else self.cfg.prefetch
+        self.depth = 1 + prefetch
+        self.capacity = self.workers * self.depth
 
     def _on_drop_tasks(self, identity: bytes, msg: wire.DropTasks) -> None:
         doomed = set(msg.indices)
@@ -309,24 +354,30 @@ class Agent:
         self.queue = collections.deque(t for t in self.queue if not doomed(t.job_id, t.index))
         self.outbox = [r for r in self.outbox if not doomed(r[0][0], r[0][1])]
         for slot in self.pool.busy():
-            if doomed(slot.task.job_id, slot.task.index):
-                self._stop_task(slot)
-
-    def _stop_task(self, slot) -> None:
-        slot.task = None  # so its exit reports no lost task; reaping restarts the worker
-        self.pool.kill(slot)
+            running = self.pool.running_seq(slot)
+            skip = []
+            for seq, task in list(slot.tasks.items()):
+                if doomed(task.job_id, task.index):
+                    self.pool.forget(slot, seq)  # should it still start, its result is ignored
+                    if seq == running:
+                        self.pool.kill(slot)  # the others it held run again on another worker
+                    else:
+                        skip.append(seq)
+            if skip and not slot.killed:
+                loop.send(self.back, wire.SkipTasks(skip), slot.identity)
 
     def _enforce_limits(self, now: float) -> None:
         for slot in self.pool.busy():
-            job = self.jobs.get(slot.task.job_id)
+            seq = slot.running
+            task = slot.tasks.get(seq)
+            job = self.jobs.get(task.job_id) if task is not None else None
             if job is None:
                 continue
             timeout = job.options.get("timeout")
             if isinstance(timeout, (int, float)) and 0 < timeout < now - slot.task_started:
                 err = payload.failure("TaskTimeout", f"task ran longer than its {timeout:g} s timeout; "
                                                      "its worker was killed")
-                self.outbox.append((slot.task.key, wire.ERROR, err))
-                self._stop_task(slot)
+                self._charge(slot, seq, wire.ERROR, err)
                 continue
             limit = job.options.get("max_memory")
             if isinstance(limit, int) and limit > 0:
@@ -334,8 +385,13 @@ class Agent:
                 if rss > limit:
                     err = payload.lost_error(f"worker exceeded the task memory limit ({rss / 2**20:.0f} MiB > "
                                              f"{limit / 2**20:.0f} MiB) and was killed")
-                    self.outbox.append((slot.task.key, wire.LOST, err))
-                    self._stop_task(slot)
+                    self._charge(slot, seq, wire.LOST, err)
+
+    def _charge(self, slot, seq: int, status: int, err: bytes) -> None:
+        """Fail the task the worker is running and kill the worker; reaping requeues the rest."""
+        self.outbox.append((slot.tasks[seq].key, status, err))
+        self.pool.forget(slot, seq)
+        self.pool.kill(slot)
 
     def _on_drain_request(self, data: bytes | None, stat: object) -> bool | None:
         if data is not None:
@@ -358,44 +414,108 @@ class Agent:
                 self.counters["dropped_messages"] += 1
             return
         slot = self.pool.by_identity(identity)
-        if not isinstance(msg, wire.TaskDone) or slot is None or slot.task is None:
+        if not isinstance(msg, wire.TasksDone) or slot is None:
             self.counters["dropped_messages"] += 1
             return
-        key = (msg.job_id, msg.index, msg.attempt)
-        if key != slot.task.key:
-            self.counters["dropped_messages"] += 1
-            return
-        task = self.pool.done(slot)
-        if msg.status == wire.NEED_FUNCTION:  # the worker evicted it: send it again
-            slot.digests.clear()
-            self.queue.appendleft(task)
-            return
-        self.outbox.append((key, msg.status, msg.frames[0]))
-        self.outcomes[wire.OUTCOMES.get(msg.status, "other")] += 1
+        now = time.monotonic()
+        again = []
+        for (job_id, index, attempt, status), body in zip(msg.items, msg.frames):
+            key = (job_id, index, attempt)
+            task = self.pool.done(slot, key)
+            if task is None:
+                continue  # cancelled, or charged with a timeout, while it ran: already answered
+            job = self.jobs.get(job_id)
+            if job is not None:
+                job.note_service(now - slot.busy_since)
+            slot.busy_since = now
+            if status == wire.NEED_FUNCTION:  # the worker evicted it: send it again
+                slot.digests.clear()
+                again.append(task)
+                continue
+            self.outbox.append((key, status, body))
+            self.outcomes[wire.OUTCOMES.get(status, "other")] += 1
+        self.queue.extendleft(reversed(again))
 
     def _reap(self, now: float) -> None:
         for ex in self.pool.reap(now):
             if ex.task is not None:
                 log.warning("job %s task %d (attempt %d) lost its worker: %s", *ex.task.key, ex.reason)
                 self.outbox.append((ex.task.key, wire.LOST, payload.lost_error(ex.reason)))
+            # The worker never started these, or their results died with it: run them again, free.
+            self.queue.extendleft(reversed(ex.requeue))
 
     def _assign(self) -> None:
+        """Hand queued tasks to workers: one to each idle worker first; then, for jobs of
+        short tasks, as many as fit (``depth``) to the least loaded worker, then the next,
+        so that one message carries several tasks."""
         if not self.queue:
             return
-        for slot in self.pool.idle():
-            if not self.queue:
-                return
-            task = self.queue.popleft()
-            job = self.jobs.get(task.job_id)
-            if job is None:
+        live = self.pool.live()
+        plan: dict[int, list[QueuedTask]] = {}
+        for slot in live:
+            if not slot.tasks and self._next_job() is not None:
+                plan[slot.index] = [self.queue.popleft()]
+        for slot in sorted(live, key=lambda s: len(s.tasks) + len(plan.get(s.index, ()))):
+            held = plan.setdefault(slot.index, [])
+            while len(slot.tasks) + len(held) < self.depth and (job := self._next_job()) is not None and job.short:
+                held.append(self.queue.popleft())
+        for index, tasks in plan.items():
+            if tasks:
+                self._run(self.pool.slots[index], tasks)
+
+    def _rebalance(self, now: float) -> None:
+        """Move tasks off a worker stuck on a long one while another worker has nothing:
+        short tasks are pipelined on the strength of a guess, and a task much longer than
+        its job's earlier ones must not hold up the tasks queued behind it. A moved task
+        that its first worker starts anyway runs twice; only one result is kept."""
+        if self.queue:
+            return
+        live = self.pool.live()
+        if all(s.tasks for s in live):
+            return
+        moved = 0
+        for slot in live:
+            if len(slot.tasks) < 2 or now - slot.busy_since < STEAL_AFTER:
                 continue
+            seqs = self.pool.unstarted(slot)
+            if not seqs:
+                continue
+            loop.send(self.back, wire.SkipTasks(seqs), slot.identity)
+            self.queue.extend(slot.tasks[seq] for seq in seqs)
+            for seq in seqs:
+                self.pool.forget(slot, seq)
+            moved += len(seqs)
+        if moved:
+            self.counters["tasks_moved"] += moved
+            self._assign()
+
+    def _next_job(self) -> JobInfo | None:
+        """The job of the first queued task, dropping tasks whose job has ended."""
+        while self.queue:
+            job = self.jobs.get(self.queue[0].job_id)
+            if job is not None:
+                return job
+            self.queue.popleft()
+        return None
+
+    def _run(self, slot, tasks: list[QueuedTask]) -> None:
+        """Send a worker its tasks, one RunTasks per run of tasks of the same job."""
+        now = time.monotonic()
+        for job_id, group in itertools.groupby(tasks, key=lambda t: t.job_id):
+            group = list(group)
+            job = self.jobs[job_id]
+            seqs = [next(self._seq) for _ in group]
             fn = b"" if job.digest in slot.digests else job.function
-            msg = wire.RunTask(task.job_id, task.index, task.attempt, job.digest, job.options, frames=(fn, task.args))
+            msg = wire.RunTasks(job_id, job.digest, job.options, [[t.index, t.attempt, seq] for t, seq in
+                                                                   zip(group, seqs)],
+                                frames=(fn, *(t.args for t in group)))
             if not loop.send(self.back, msg, slot.identity):
-                self.queue.appendleft(task)
+                self.queue.extendleft(reversed(group))
                 continue
             slot.digests.add(job.digest)
-            self.pool.assign(slot, task, time.monotonic())
+            self.counters["worker_messages"] += 1
+            for seq, task in zip(seqs, group):
+                self.pool.assign(slot, seq, task, now)
 
     def _flush(self) -> None:
         if not self.outbox or self.leader is None:
@@ -410,12 +530,15 @@ class Agent:
         if not starving and len(self.outbox) < MAX_RESULTS_PER_MESSAGE and now < self._flush_due:
             return
         self._flush_due = None
+        self._retune()
         while self.outbox:
             chunk = self.outbox[:MAX_RESULTS_PER_MESSAGE]
             items = [[job, index, attempt, status] for (job, index, attempt), status, _ in chunk]
-            msg = wire.Results(self.max_epoch, items, frames=tuple(body for _, _, body in chunk))
+            capacity = self.capacity if self.capacity != self._announced else 0
+            msg = wire.Results(self.max_epoch, items, capacity, frames=tuple(body for _, _, body in chunk))
             if not loop.send(self.front, msg, self.leader):
                 return  # keep them until a coordinator is reachable
+            self._announced = self.capacity
             del self.outbox[:MAX_RESULTS_PER_MESSAGE]
 
     def _export(self, now: float) -> None:
@@ -433,6 +556,9 @@ class Agent:
         m.total("dropped_messages_total", "Malformed or unexpected messages dropped", self.counters["dropped_messages"])
         m.total("fenced_messages_total", "Messages from deposed coordinators dropped", self.counters["fenced_messages"])
         m.total("worker_restarts_total", "Worker processes restarted", sum(s.restarts for s in self.pool.slots))
+        m.total("worker_messages_total", "Messages that carried tasks to workers (short tasks share one)",
+                self.counters["worker_messages"])
+        m.total("tasks_moved_total", "Tasks moved off a worker stuck on a long task", self.counters["tasks_moved"])
 
     def _beat(self, now: float) -> None:
         if self.leader is None:
@@ -441,7 +567,7 @@ class Agent:
             log.warning("coordinator silent; holding %d results until a coordinator says Hello", len(self.outbox))
             self.leader = None
             return
-        free = max(0, self.capacity - len(self.queue) - sum(1 for s in self.pool.slots if s.task is not None))
+        free = max(0, self.capacity - len(self.queue) - sum(len(s.tasks) for s in self.pool.slots))
         loop.send(self.front, wire.Heartbeat(self.node_id, self.max_epoch, free), self.leader)
 
 

@@ -3,6 +3,10 @@
     (spawn) -> STARTING --WorkerReady--> IDLE <--assign/done--> BUSY
     STARTING, IDLE, BUSY --process exited--> BACKOFF --due--> (spawn) STARTING
 
+A BUSY worker may hold several tasks (short ones are pipelined, see the
+agent); they run in the order given, and the worker's marker (marker.py) says
+which one is running, so a death is charged to that task alone.
+
 A worker that dies while starting backs off exponentially (a broken
 environment must not fork-bomb the node); one that dies under a task is
 restarted at once, because the task, not the worker, is the likely cause and
@@ -33,6 +37,14 @@ class State(enum.Enum):
     BACKOFF = "backoff"
 
 
+class Task(Protocol):
+    key: tuple
+
+
+class RunningMarker(Protocol):
+    def get(self) -> int: ...
+
+
 class Process(Protocol):
     pid: int
 
@@ -48,8 +60,12 @@ class Slot:
     state: State = State.BACKOFF
     proc: Process | None = None
     identity: bytes = b""
-    task: Any = None  # the task while BUSY; None once it was cancelled or timed out
+    tasks: dict[int, Any] = dataclasses.field(default_factory=dict)  # seq -> task, in the order they run
+    marker: RunningMarker | None = None
+    running: int = 0  # seq of the task last seen running, and since when
     task_started: float = 0.0
+    busy_since: float = 0.0  # when the task now at the head started, as far as the agent can tell
+    killed: bool = False  # the agent killed it: nothing it held is charged
     started: float = 0.0
     retry_at: float = 0.0
     backoff: float = 0.0
@@ -60,7 +76,8 @@ class Slot:
 @dataclasses.dataclass(frozen=True)
 class Exit:
     slot: Slot
-    task: Any  # the task it was running, or None
+    task: Any  # the task it was running, charged with its death; or None
+    requeue: list  # tasks it held that did not kill it: they run again free
     reason: str
 
 
@@ -76,8 +93,9 @@ def exit_reason(code: int) -> str:
 
 
 class WorkerPool:
-    def __init__(self, size: int, spawn: Callable[[int], Process], *, backoff_max: float = 30.0):
-        self.slots = [Slot(i) for i in range(size)]
+    def __init__(self, size: int, spawn: Callable[[int], Process], *, backoff_max: float = 30.0,
+                 markers: list[RunningMarker] | None = None):
+        self.slots = [Slot(i, marker=markers[i] if markers else None) for i in range(size)]
         self._spawn = spawn
         self.backoff_max = backoff_max
 
@@ -101,8 +119,9 @@ class WorkerPool:
         slot.state, slot.identity = State.IDLE, identity
         return True
 
-    def idle(self) -> list[Slot]:
-        return [s for s in self.slots if s.state is State.IDLE]
+    def live(self) -> list[Slot]:
+        """Workers that said they are ready and have not died since."""
+        return [s for s in self.slots if s.state in (State.IDLE, State.BUSY)]
 
     def by_identity(self, identity: bytes) -> Slot | None:
         for slot in self.slots:
@@ -110,15 +129,56 @@ class WorkerPool:
                 return slot
         return None
 
-    def assign(self, slot: Slot, task: Any, now: float) -> None:
-        slot.state, slot.task, slot.task_started = State.BUSY, task, now
+    def assign(self, slot: Slot, seq: int, task: Any, now: float) -> None:
+        if not slot.tasks:
+            slot.running, slot.task_started, slot.busy_since = seq, now, now
+        slot.tasks[seq] = task
+        slot.state = State.BUSY
 
     def busy(self) -> list[Slot]:
-        return [s for s in self.slots if s.state is State.BUSY and s.task is not None]
+        return [s for s in self.slots if s.tasks]
 
-    def done(self, slot: Slot) -> Any:
-        task, slot.task, slot.state = slot.task, None, State.IDLE
+    def done(self, slot: Slot, key: tuple) -> Any:
+        """The task with this key leaves the worker; None if it was no longer its (cancelled)."""
+        for seq, task in slot.tasks.items():
+            if task.key == key:
+                del slot.tasks[seq]
+                break
+        else:
+            return None
+        if not slot.tasks and slot.state is State.BUSY:
+            slot.state = State.IDLE
         return task
+
+    def forget(self, slot: Slot, seq: int) -> None:
+        """Stop expecting a task (cancelled, or already answered for); a late result is ignored."""
+        slot.tasks.pop(seq, None)
+        if not slot.tasks and slot.state is State.BUSY:
+            slot.state = State.IDLE
+
+    def running_seq(self, slot: Slot) -> int | None:
+        """The seq of the task the worker is running now, if it is one it holds."""
+        if slot.marker is None:  # no shared marker: a worker runs its oldest task first
+            return next(iter(slot.tasks), None)
+        seq = slot.marker.get()
+        return seq if seq in slot.tasks else None
+
+    def unstarted(self, slot: Slot) -> list[int]:
+        """Seqs of the tasks queued in the worker behind the one it runs; none when
+        it is between tasks (then it is unknown which of them are done)."""
+        running = self.running_seq(slot)
+        if running is None:
+            return []
+        seqs = list(slot.tasks)
+        return seqs[seqs.index(running) + 1:]
+
+    def observe(self, now: float) -> None:
+        """Note when each busy worker moved on to its next task (timeouts count from then)."""
+        for slot in self.slots:
+            if slot.tasks:
+                seq = self.running_seq(slot)
+                if seq is not None and seq != slot.running:
+                    slot.running, slot.task_started = seq, now
 
     def reap(self, now: float) -> list[Exit]:
         """Notice dead workers at once (no heartbeat needed: we are their parent)."""
@@ -130,25 +190,26 @@ class WorkerPool:
             if code is None:
                 continue
             reason = exit_reason(code)
-            exits.append(Exit(slot, slot.task, reason))
+            seq = None if slot.killed else self.running_seq(slot)
+            task = slot.tasks.get(seq) if seq is not None else None
+            exits.append(Exit(slot, task, [t for t in slot.tasks.values() if t is not task], reason))
             log.warning("worker %d (pid %d) %s%s", slot.index, slot.proc.pid, reason,
-                        " while running a task" if slot.task is not None else "")
+                        " while running a task" if task is not None else "")
             self._back_off(slot, now, quick=slot.state is State.STARTING or now - slot.started < STABLE_AFTER
-                           and slot.task is None)
+                           and task is None)
         return exits
 
     def kill(self, slot: Slot) -> None:
         """Stop a worker now (its task was cancelled or timed out); reap restarts it."""
+        slot.killed = True
         if slot.proc is not None and slot.proc.poll() is None:
             slot.proc.kill()
 
     def _back_off(self, slot: Slot, now: float, *, quick: bool) -> None:
         slot.backoff = min(self.backoff_max, max(FIRST_BACKOFF, slot.backoff * 2)) if quick else 0.0
-        slot.state, slot.task, slot.retry_at, slot.identity = State.BACKOFF, None, now + slot.backoff, b""
+        slot.state, slot.retry_at, slot.identity = State.BACKOFF, now + slot.backoff, b""
+        slot.tasks, slot.killed = {}, False
         slot.restarts += 1
-
-    def alive(self) -> int:
-        return sum(1 for s in self.slots if s.state in (State.IDLE, State.BUSY))
 
     def stop(self, grace: float = 3.0) -> None:
         """terminate, wait with a deadline, then kill: no worker outlives the agent."""

@@ -1,6 +1,6 @@
-"""A worker process: runs one task at a time for its agent.
+"""A worker process: runs its agent's tasks one at a time, in the order given.
 
-Started by the agent as ``python -m agents.worker ENDPOINT SLOT PARENT_PID``.
+Started by the agent as ``python -m agents.worker ENDPOINT SLOT PARENT_PID MARKER``.
 It is the only place besides the client that deserializes user payloads. It
 exits by itself when its agent is gone, even after a SIGKILL of the agent:
 the kernel sends it SIGKILL (PR_SET_PDEATHSIG), and a ppid check covers the
@@ -10,30 +10,64 @@ window before that is armed and kernels without it.
 from __future__ import annotations
 
 import collections
+import contextlib
+import dataclasses
 import os
 import signal
 import sys
+import threading
+import time
 from typing import Callable
 
 import zmq
 
 from cluster import lifeline, payload, wire
 
+from .marker import IDLE, Marker, NoMarker
+
 FUNCTION_CACHE = 64
 PARENT_CHECK_MS = 500
+# Results of tasks that follow each other closely go back together, held at most this
+# long or this many; a worker that runs out of tasks sends what it has at once.
+HOLD = 0.002
+MAX_HELD = 64
 
 
-def run_task(functions: collections.OrderedDict, msg: wire.RunTask) -> tuple[int, bytes]:
-    fmt = msg.options.get("result_format", payload.RESULT_PICKLE)
-    fn_frame, args_frame = msg.frames
+@dataclasses.dataclass
+class Item:
+    """One task as the worker runs it, whichever message it came in."""
+
+    job_id: str
+    index: int
+    attempt: int
+    seq: int
+    digest: str
+    options: dict
+    function: bytes  # b"" when the worker should have it cached
+    args: bytes
+    legacy: bool = False  # came as a RunTask: answered alone, with a TaskDone
+
+
+def items_of(msg: wire.Message) -> list[Item]:
+    if isinstance(msg, wire.RunTasks):
+        fn, *args = msg.frames
+        return [Item(msg.job_id, index, attempt, seq, msg.digest, msg.options, fn, a)
+                for (index, attempt, seq), a in zip(msg.tasks, args)]
+    if isinstance(msg, wire.RunTask):
+        return [Item(msg.job_id, msg.index, msg.attempt, 0, msg.digest, msg.options, *msg.frames, legacy=True)]
+    return []
+
+
+def run_task(functions: collections.OrderedDict, item: Item) -> tuple[int, bytes]:
+    fmt = item.options.get("result_format", payload.RESULT_PICKLE)
     try:
-        fn = _function(functions, msg.digest, fn_frame)
+        fn = _function(functions, item.digest, item.function)
         if fn is None:
             return wire.NEED_FUNCTION, b""
-        args, kwargs = payload.load_args(args_frame)
+        args, kwargs = payload.load_args(item.args)
         value = fn(*args, **kwargs)
         body = payload.pack_result(value, fmt)
-        limit = msg.options.get("max_payload", wire.MAX_PAYLOAD_DEFAULT)
+        limit = item.options.get("max_payload", wire.MAX_PAYLOAD_DEFAULT)
         if isinstance(limit, int) and len(body) > limit:
             return wire.ERROR, payload.failure(
                 "ResultTooLarge", f"the result is {len(body) / 2**20:.1f} MiB; the limit is {limit / 2**20:.1f} MiB")
@@ -56,12 +90,94 @@ def _function(functions: collections.OrderedDict, digest: str, blob: bytes) -> C
     return fn
 
 
+class Results:
+    """Finished tasks on their way back: one message for all that finished close together.
+
+    A task that runs much longer than the ones before it must not hold their results
+    back, so while a task runs, a flusher thread sends what has been held for ``HOLD``.
+    One thread at a time uses the socket: the flusher only while a task runs, under
+    ``lock``, which the main thread takes when the task returns."""
+
+    def __init__(self, sock: zmq.Socket):
+        self.sock = sock
+        self.items: list[list] = []
+        self.bodies: list[bytes] = []
+        self.since = 0.0
+        self.lock = threading.Condition()
+        self.running = False
+        threading.Thread(target=self._flusher, name="results-flusher", daemon=True).start()
+
+    def add(self, item: Item, status: int, body: bytes) -> None:
+        if item.legacy:
+            self.sock.send_multipart(wire.TaskDone(item.job_id, item.index, item.attempt, status,
+                                                   frames=(body,)).encode())
+            return
+        first = not self.items
+        self.items.append([item.job_id, item.index, item.attempt, status])
+        self.bodies.append(body)
+        if first:
+            with self.lock:
+                self.since = time.monotonic()
+                self.lock.notify()
+
+    def due(self, more_to_run: bool) -> bool:
+        return bool(self.items) and (not more_to_run or len(self.items) >= MAX_HELD
+                                     or time.monotonic() - self.since >= HOLD)
+
+    def send(self) -> None:
+        self.sock.send_multipart(wire.TasksDone(self.items, frames=tuple(self.bodies)).encode())
+        self.items, self.bodies = [], []
+
+    @contextlib.contextmanager
+    def task(self):
+        with self.lock:
+            self.running = True
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.running = False
+
+    def _flusher(self) -> None:
+        with self.lock:
+            while True:
+                if not self.items:
+                    self.lock.wait()
+                    continue
+                wait = self.since + HOLD - time.monotonic()
+                if wait > 0:
+                    self.lock.wait(wait)
+                elif self.running:
+                    self.send()
+                else:
+                    self.lock.wait()  # the main thread sends them before its next task
+
+
+def receive(sock: zmq.Socket, inbox: collections.deque) -> collections.deque:
+    """Take every message already waiting, without blocking; returns the new inbox."""
+    while True:
+        try:
+            frames = sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return inbox
+        try:
+            msg = wire.decode(frames)
+        except wire.ProtocolError:
+            continue  # only our agent talks to us; a bad frame is dropped, not fatal
+        if isinstance(msg, wire.SkipTasks):
+            skip = set(msg.seqs)
+            inbox = collections.deque(item for item in inbox if item.seq not in skip)
+        else:
+            inbox.extend(items_of(msg))
+
+
 def main(argv: list[str]) -> int:
     endpoint, slot, parent_pid = argv[0], int(argv[1]), int(argv[2])
     lifeline.die_with(parent_pid, signal.SIGKILL)
     # Ctrl-C in a terminal signals the whole process group; the agent decides
     # when its workers stop, so they ignore it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    running = Marker(argv[3]) if len(argv) > 3 else NoMarker()
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -70,20 +186,22 @@ def main(argv: list[str]) -> int:
     sock.connect(endpoint)
     sock.send_multipart(wire.WorkerReady(slot, os.getpid()).encode())
     functions: collections.OrderedDict = collections.OrderedDict()
+    inbox: collections.deque[Item] = collections.deque()
+    results = Results(sock)
     while True:
-        if not sock.poll(PARENT_CHECK_MS):
-            if os.getppid() != parent_pid:
+        inbox = receive(sock, inbox)
+        if results.due(more_to_run=bool(inbox)):
+            results.send()
+        if not inbox:
+            if not sock.poll(PARENT_CHECK_MS) and os.getppid() != parent_pid:
                 return 0
             continue
-        frames = sock.recv_multipart()
-        try:
-            msg = wire.decode(frames)
-        except wire.ProtocolError:
-            continue  # only our agent talks to us; a bad frame is dropped, not fatal
-        if not isinstance(msg, wire.RunTask):
-            continue
-        status, body = run_task(functions, msg)
-        sock.send_multipart(wire.TaskDone(msg.job_id, msg.index, msg.attempt, status, frames=(body,)).encode())
+        item = inbox.popleft()
+        running.set(item.seq)
+        with results.task():
+            status, body = run_task(functions, item)
+        running.set(IDLE)
+        results.add(item, status, body)
 
 
 if __name__ == "__main__":

@@ -436,6 +436,7 @@ class Coordinator:
     def _on_results(self, peer: AgentPeer, msg: wire.Results) -> None:
         if peer.up:
             self.agent_liveness.beat(peer.node_id, time.monotonic())
+            self.scheduler.agent_capacity(peer.node_id, msg.capacity)
         for (job_id, index, attempt, status), frame in zip(msg.items, msg.frames):
             self.scheduler.on_result(peer.node_id, job_id, index, attempt, status, frame)
             if status == wire.LOST:

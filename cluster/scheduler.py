@@ -180,6 +180,11 @@ class Scheduler:
             if job_id not in self.jobs:
                 self.orphan_held[(job_id, index)] = (node_id, attempt)
 
+    def agent_capacity(self, node_id: str, capacity: int) -> None:
+        slot = self.agents.get(node_id)
+        if slot is not None and capacity > 0:
+            slot.capacity = capacity
+
     def agent_draining(self, node_id: str) -> None:
         if node_id in self.agents:
             self.agents[node_id].draining = True

@@ -149,6 +149,17 @@ def _rows(value: list, arity: int, what: str) -> None:
             raise ProtocolError(f"{what}: each item must be a list of {arity}")
 
 
+def _result_items(items: list, frames: tuple, what: str) -> None:
+    """[[job, index, attempt, status], ...] with one payload frame each."""
+    _rows(items, 4, f"{what}.items")
+    for job, *nums in items:
+        if not isinstance(job, str):
+            raise ProtocolError(f"{what}.items: job id must be a string")
+        _ints(nums, f"{what}.items")
+    if len(items) != len(frames):
+        raise ProtocolError(f"{what}: one frame per item")
+
+
 def _ints(row: list, what: str) -> None:
     for v in row:
         if not isinstance(v, int) or isinstance(v, bool):
@@ -349,20 +360,17 @@ class Dispatch(Message):
 
 @dataclasses.dataclass(frozen=True)
 class Results(Message):
-    """Finished tasks. items = [[job, index, attempt, status], ...]; frames[i] = payload."""
+    """Finished tasks. items = [[job, index, attempt, status], ...]; frames[i] = payload.
+    ``capacity``, when not 0, replaces the one the agent gave in its Welcome: it asks
+    for deeper queues while its jobs' tasks are short."""
 
     KIND = 24
     epoch: int
     items: list
+    capacity: int = 0
 
     def validate(self) -> None:
-        _rows(self.items, 4, "Results.items")
-        for job, *nums in self.items:
-            if not isinstance(job, str):
-                raise ProtocolError("Results.items: job id must be a string")
-            _ints(nums, "Results.items")
-        if len(self.items) != len(self.frames):
-            raise ProtocolError("Results: one frame per item")
+        _result_items(self.items, self.frames, "Results")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -405,6 +413,54 @@ class WorkerReady(Message):
     pid: int
 
 
+@dataclasses.dataclass(frozen=True)
+class RunTasks(Message):
+    """Tasks of one job for a worker to run in order. tasks = [[index, attempt, seq], ...];
+    frames = [function blob or b"" when the worker has it cached, arguments of each task].
+    ``seq`` is what the worker writes to its running marker (agents/marker.py)."""
+
+    KIND = 33
+    job_id: str
+    digest: str
+    options: dict
+    tasks: list
+
+    def validate(self) -> None:
+        _rows(self.tasks, 3, "RunTasks.tasks")
+        for row in self.tasks:
+            _ints(row, "RunTasks.tasks")
+        if not self.tasks or len(self.frames) != len(self.tasks) + 1:
+            raise ProtocolError("RunTasks carries [function, arguments per task]")
+
+
+@dataclasses.dataclass(frozen=True)
+class TasksDone(Message):
+    """Finished tasks in the order they ran. items = [[job, index, attempt, status], ...]."""
+
+    KIND = 34
+    items: list
+
+    def validate(self) -> None:
+        _result_items(self.items, self.frames, "TasksDone")
+        for _, _, _, status in self.items:
+            if status not in STATUSES:
+                raise ProtocolError("TasksDone: unknown status")
+
+
+@dataclasses.dataclass(frozen=True)
+class SkipTasks(Message):
+    """Agent to worker: do not start these (by seq); they were cancelled or moved to another worker."""
+
+    KIND = 35
+    seqs: list
+
+    def validate(self) -> None:
+        _ints(self.seqs, "SkipTasks.seqs")
+
+
+# Agents of release 0.1.0 sent one RunTask per task and expected one TaskDone back; workers
+# still answer them, because a package upgrade under a running agent restarts its
+# workers from the new code.
 @dataclasses.dataclass(frozen=True)
 class RunTask(Message):
     """frames = [function blob or b"" when the worker has it cached, arguments]."""

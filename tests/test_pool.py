@@ -3,8 +3,23 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 from agents.pool import FIRST_BACKOFF, State, WorkerPool, exit_reason
+
+
+@dataclass(frozen=True)
+class Task:
+    key: tuple
+
+
+class FakeMarker:
+    """Stands in for the shared running marker a real worker writes."""
+
+    value = 0
+
+    def get(self):
+        return self.value
 
 
 class FakeProc:
@@ -27,7 +42,7 @@ class FakeProc:
         return self.code
 
 
-def make(size=2):
+def make(size=2, markers=None):
     procs = []
 
     def spawn(index):
@@ -35,7 +50,13 @@ def make(size=2):
         procs.append(proc)
         return proc
 
-    return WorkerPool(size, spawn, backoff_max=8.0), procs
+    return WorkerPool(size, spawn, backoff_max=8.0, markers=markers), procs
+
+
+def ready_slot(pool, procs):
+    pool.converge(0.0)
+    pool.on_ready(0, procs[0].pid, b"w0")
+    return pool.slots[0]
 
 
 def test_converges_on_size_and_becomes_idle_on_ready():
@@ -44,20 +65,75 @@ def test_converges_on_size_and_becomes_idle_on_ready():
     assert [s.state for s in pool.slots] == [State.STARTING] * 2
     assert not pool.on_ready(0, 99999, b"w0")  # wrong pid: ignored
     assert pool.on_ready(0, procs[0].pid, b"w0") and pool.on_ready(1, procs[1].pid, b"w1")
-    assert len(pool.idle()) == 2 and pool.alive() == 2
+    assert len(pool.live()) == 2
 
 
 def test_death_under_a_task_reports_it_and_restarts_at_once():
     pool, procs = make(1)
-    pool.converge(0.0)
-    pool.on_ready(0, procs[0].pid, b"w0")
-    slot = pool.idle()[0]
-    pool.assign(slot, "task-1", 0.5)
+    slot = ready_slot(pool, procs)
+    task = Task(("j", 1, 1))
+    pool.assign(slot, 7, task, 0.5)
     procs[0].code = -9
     (ex,) = pool.reap(1.0)
-    assert ex.task == "task-1" and "signal 9 (SIGKILL)" in ex.reason
+    assert ex.task == task and ex.requeue == [] and "signal 9 (SIGKILL)" in ex.reason
     pool.converge(1.0)
-    assert slot.state is State.STARTING and len(procs) == 2
+    assert slot.state is State.STARTING and len(procs) == 2 and not slot.tasks
+
+
+def test_a_death_is_charged_to_the_task_the_marker_names_and_the_others_run_again():
+    marker = FakeMarker()
+    pool, procs = make(1, [marker])
+    slot = ready_slot(pool, procs)
+    tasks = [Task(("j", i, 1)) for i in range(3)]
+    for seq, task in zip((11, 12, 13), tasks):
+        pool.assign(slot, seq, task, 0.0)
+    assert pool.done(slot, ("j", 0, 1)) == tasks[0]
+    assert pool.done(slot, ("j", 0, 1)) is None  # answered once only
+    marker.value = 12  # the worker runs the second; the third waits behind it
+    procs[0].code = -9
+    (ex,) = pool.reap(1.0)
+    assert ex.task == tasks[1] and ex.requeue == [tasks[2]]
+
+
+def test_a_death_between_tasks_or_by_the_agents_hand_charges_nobody():
+    marker = FakeMarker()
+    pool, procs = make(1, [marker])
+    slot = ready_slot(pool, procs)
+    pool.assign(slot, 1, Task(("j", 0, 1)), 0.0)
+    pool.assign(slot, 2, Task(("j", 1, 1)), 0.0)
+    marker.value = 0  # between tasks: the first's result may have died unsent
+    procs[0].code = -9
+    (ex,) = pool.reap(1.0)
+    assert ex.task is None and [t.key for t in ex.requeue] == [("j", 0, 1), ("j", 1, 1)]
+
+    pool.converge(5.0)
+    pool.on_ready(0, procs[1].pid, b"w0b")
+    pool.assign(slot, 3, Task(("j", 2, 1)), 5.0)
+    pool.assign(slot, 4, Task(("j", 3, 1)), 5.0)
+    marker.value = 3
+    pool.forget(slot, 3)  # the agent answered for it (a timeout) and kills the worker
+    pool.kill(slot)
+    marker.value = 4  # the worker moved on before the signal landed: still not its fault
+    (ex,) = pool.reap(5.1)
+    assert ex.task is None and [t.key for t in ex.requeue] == [("j", 3, 1)]
+
+
+def test_observe_times_each_task_from_when_the_worker_reached_it():
+    marker = FakeMarker()
+    pool, procs = make(1, [marker])
+    slot = ready_slot(pool, procs)
+    pool.assign(slot, 1, Task(("j", 0, 1)), 1.0)
+    pool.assign(slot, 2, Task(("j", 1, 1)), 1.0)
+    assert (slot.running, slot.task_started) == (1, 1.0)
+    marker.value = 1
+    pool.observe(2.0)
+    assert (slot.running, slot.task_started) == (1, 1.0)
+    pool.done(slot, ("j", 0, 1))
+    marker.value = 2
+    pool.observe(3.0)
+    assert (slot.running, slot.task_started) == (2, 3.0)
+    pool.done(slot, ("j", 1, 1))
+    assert slot.state is State.IDLE
 
 
 def test_crash_while_starting_backs_off_exponentially_up_to_the_cap():

@@ -32,6 +32,8 @@ SAMPLES = [
     wire.Draining("n1"),
     wire.WorkerReady(0, 1234),
     wire.RunTask("job1", 3, 1, "d", {}, frames=(b"", b"args")),
+    wire.RunTasks("job1", "d", {"timeout": 2}, [[3, 1, 17], [4, 1, 18]], frames=(b"fn", b"a3", b"a4")),
+    wire.TasksDone([["job1", 3, 1, wire.OK], ["job1", 4, 1, wire.ERROR]], frames=(b"r3", b"e4")),
     wire.TaskDone("job1", 3, 1, wire.LOST, frames=(b"err",)),
 ]
 
@@ -61,6 +63,10 @@ def header(*fields):
     [header(wire.Results.KIND, 1, [["j", 1, 1]]), b"x"],  # short row
     [header(wire.Results.KIND, 1, [[5, 1, 1, 0]]), b"x"],  # job id not a string
     [header(wire.TaskDone.KIND, "j", 1, 1, 99), b"x"],  # unknown status
+    [header(wire.TasksDone.KIND, [["j", 1, 1, 99]]), b"x"],  # unknown status
+    [header(wire.RunTasks.KIND, "j", "d", {}, [[1, 1, 5]]), b"fn"],  # no arguments frame
+    [header(wire.RunTasks.KIND, "j", "d", {}, []), b"fn"],  # no task
+    [header(wire.RunTasks.KIND, "j", "d", {}, [[1, 1]]), b"fn", b"a"],  # row without seq
     [header(wire.SubmitJob.KIND, "j", "d", {})],  # no function frame
     [header(wire.Welcome.KIND, "n", 1, 1, 1, [1, 2], False)],  # held rows not lists
 ])

@@ -1,0 +1,105 @@
+"""Short tasks travel to workers several per message (agents/agent.py, _assign). These
+tests make sure that costs nothing in correctness: a death, a timeout or a slow task in
+the middle of a pipeline is charged to the one task that caused it, and the tasks queued
+behind it neither fail nor wait for it.
+
+Each test warms a job up with 2 ms tasks (so the agent knows them as short), then submits
+a burst of them with the culprit third: the agent's first worker gets task 0, the culprit
+and the tasks right behind it in one message, the second worker task 1 and the ones after.
+When the culprit starts, task 0 has run and its result still waits in the worker (results
+of close tasks go back together), so blaming the oldest task instead of the one running
+would fail task 0."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import textwrap
+
+import pytest
+
+from cluster.zkserver import free_ports
+from helpers import PY, ROOT
+from test_observability import scrape
+
+BURST = 40
+
+
+def _run(cluster, tmp_path, culprit: str, options: str) -> list:
+    """Outcomes in completion order: [index, "ok" | error type, seconds after the burst
+    was submitted] per task of the burst."""
+    burst = [0, 1, "culprit", *range(2, BURST)]
+    script = tmp_path / "burst.py"
+    script.write_text(textwrap.dedent(f"""
+        import concurrent.futures, json, os, time
+        from cluster import Executor
+
+        def step(i):
+            if i == "culprit":
+                {culprit}
+            time.sleep(0.002)
+            return i
+
+        BURST = {burst!r}
+
+        if __name__ == "__main__":
+            with Executor(zk={cluster.zk!r}, cluster={cluster.name!r}, {options}) as ex:
+                for _ in range(3):
+                    assert [f.result() for f in [ex.submit(step, i) for i in range(50)]] == list(range(50))
+                start = time.monotonic()
+                futures = {{ex.submit(step, i): i for i in BURST}}
+                done = []
+                for f in concurrent.futures.as_completed(futures):
+                    error = f.exception()
+                    done.append([futures[f], "ok" if error is None else type(error).__name__,
+                                 time.monotonic() - start])
+                print(json.dumps(done))
+    """))
+    res = subprocess.run([PY, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                         env=dict(cluster.env, PYTHONPATH=str(ROOT)))
+    assert res.returncode == 0, res.stderr
+    done = json.loads(res.stdout)
+    assert sorted(map(str, (d[0] for d in done))) == sorted(map(str, burst))  # each result once
+    return done
+
+
+@pytest.fixture
+def one_agent(local_cluster):
+    """One agent with two workers: the tasks behind a culprit share its worker or the other one."""
+    port = free_ports(1)[0]
+    coordinator = local_cluster.coordinator()
+    local_cluster.agent("p1", 2, "--metrics-port", str(port))
+    local_cluster.wait_ready(coordinator, ["p1"])
+    local_cluster.metrics_port = port
+    return local_cluster
+
+
+def _pipelined(cluster) -> dict[str, float]:
+    metrics = scrape(cluster.metrics_port)
+    tasks = sum(v for k, v in metrics.items() if k.startswith("clusterd_tasks_total{"))
+    # The premise of these tests: most messages to the workers carried several tasks.
+    assert metrics["clusterd_worker_messages_total"] < tasks / 2, metrics
+    return metrics
+
+
+def test_a_death_in_a_pipeline_fails_only_the_task_that_ran(one_agent, tmp_path):
+    done = _run(one_agent, tmp_path, "os._exit(3)", "retries=0")
+    # retries=0: a task wrongly charged with the death would fail too.
+    assert [d[:2] for d in done if d[1] != "ok"] == [["culprit", "WorkerLost"]]
+    _pipelined(one_agent)
+
+
+def test_a_timeout_in_a_pipeline_fails_only_the_task_that_hung(one_agent, tmp_path):
+    done = _run(one_agent, tmp_path, "time.sleep(30)", "retries=0, timeout=1")
+    assert [d[:2] for d in done if d[1] != "ok"] == [["culprit", "TaskTimeout"]]
+    _pipelined(one_agent)
+
+
+def test_tasks_queued_behind_a_slow_task_move_to_the_idle_worker(one_agent, tmp_path):
+    done = _run(one_agent, tmp_path, "time.sleep(3)", "retries=0")
+    assert all(outcome == "ok" for _, outcome, _ in done)
+    # Everything else finishes while the slow task runs its 3 s, task 0 included: it ran
+    # just before the slow task on the same worker, and its result must not wait for it.
+    assert done[-1][0] == "culprit", done
+    assert max(seconds for index, _, seconds in done[:-1]) < 1.5 <= done[-1][2], done
+    assert _pipelined(one_agent)["clusterd_tasks_moved_total"] >= 1
