@@ -125,7 +125,7 @@ class Results:
                                      or time.monotonic() - self.since >= HOLD)
 
     def send(self) -> None:
-        self.sock.send_multipart(wire.TasksDone(self.items, frames=tuple(self.bodies)).encode())
+        self.sock.send_multipart(wire.TasksDone(self.items, frames=tuple(self.bodies)).encode(), copy=False)
         self.items, self.bodies = [], []
 
     @contextlib.contextmanager
@@ -157,7 +157,7 @@ def receive(sock: zmq.Socket, inbox: collections.deque) -> collections.deque:
     """Take every message already waiting, without blocking; returns the new inbox."""
     while True:
         try:
-            frames = sock.recv_multipart(zmq.NOBLOCK)
+            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
         except zmq.Again:
             return inbox
         try:

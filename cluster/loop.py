@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import zmq
 
 from . import wire
-from .wire import Message
+from .wire import ZERO_COPY_MIN, Message
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +72,15 @@ def send(sock: zmq.Socket, msg: Message, identity: bytes | None = None) -> bool:
 
 
 def send_frames(sock: zmq.Socket, frames: list[bytes], identity: bytes | None = None) -> bool:
-    """``send`` of an already encoded message: one heartbeat encoded once goes to thousands of peers."""
-    copy = len(frames) + (identity is not None) < 8
+    """``send`` of an already encoded message: one heartbeat encoded once goes to thousands of peers.
+    Large frames go by reference: a payload received as a view (wire._payload) is
+    forwarded without a copy."""
     try:
         if identity is not None:
-            sock.send(identity, _MORE, copy=copy)
+            sock.send(identity, _MORE)
         for frame in frames[:-1]:
-            sock.send(frame, _MORE, copy=copy)
-        sock.send(frames[-1], _LAST, copy=copy)
+            sock.send(*_zero_copy(frame, _MORE))
+        sock.send(*_zero_copy(frames[-1], _LAST))
         return True
     except zmq.Again:
         return False
@@ -87,6 +88,14 @@ def send_frames(sock: zmq.Socket, frames: list[bytes], identity: bytes | None = 
         if exc.errno == zmq.EHOSTUNREACH:
             return False
         raise
+
+
+def _zero_copy(frame: Any, flags: int) -> tuple[Any, int, bool]:
+    if len(frame) < ZERO_COPY_MIN:
+        return frame, flags, True
+    if isinstance(frame, memoryview) and isinstance(frame.obj, zmq.Frame):
+        return frame.obj, flags, False  # libzmq shares the received message: no copy, no tracking
+    return frame, flags, False
 
 
 def recv_frames(sock: zmq.Socket) -> list[zmq.Frame]:

@@ -100,7 +100,7 @@ def load_function(blob: bytes) -> Callable:
         except AttributeError:
             raise AttributeError(f"module {ref['module']!r} has no function {ref['func']!r}") from None
     if kind == b"S":
-        return _shell_runner(body.decode())
+        return _shell_runner(bytes(body).decode())
     raise ValueError(f"unknown function blob kind {kind!r}")
 
 
@@ -185,7 +185,7 @@ def pack_result(value: Any, fmt: str) -> bytes:
 
 def load_result(blob: bytes, fmt: str) -> Any:
     if fmt == RESULT_JSON:
-        return json.loads(blob)
+        return json.loads(bytes(blob))  # json takes no memoryview (large frames arrive as one)
     return pickle.loads(blob)
 
 

@@ -41,6 +41,9 @@ OUTCOMES = {OK: "ok", ERROR: "error", LOST: "lost"}  # names for logs and metric
 
 MAX_HEADER_BYTES = 8 * 1024 * 1024
 MAX_PAYLOAD_DEFAULT = 64 * 1024 * 1024  # one task's arguments, function or result
+# Frames this large travel by reference (pyzmq's own copy threshold); smaller ones are
+# cheaper to copy than to track.
+ZERO_COPY_MIN = 64 * 1024
 
 _REGISTRY: dict[int, type[Message]] = {}
 
@@ -94,12 +97,21 @@ def decode(frames: list[bytes] | list[Any]) -> Message:
     for field, value in zip(fields, values):
         if not _type_ok(value, _hints(cls)[field.name]):
             raise ProtocolError(f"{cls.__name__}.{field.name}: bad value of type {type(value).__name__}")
-    payload = tuple(f.bytes if hasattr(f, "bytes") else f for f in frames[1:])
+    payload = tuple(_payload(f) for f in frames[1:])
     msg = cls(*values, frames=payload)
     check = getattr(msg, "validate", None)
     if check is not None:
         check()
     return msg
+
+
+def _payload(frame: Any) -> bytes | memoryview:
+    """A received payload frame as bytes, or, when large, as a view of the received
+    message (``view.obj`` is the zmq.Frame): daemons forward large payloads without
+    copying them (loop.send_frames)."""
+    if not hasattr(frame, "bytes"):
+        return frame
+    return frame.buffer if len(frame) >= ZERO_COPY_MIN else frame.bytes
 
 
 _FIELDS_CACHE: dict[type, tuple[dataclasses.Field, ...]] = {}
