@@ -438,12 +438,10 @@ class Coordinator:
             self.agent_liveness.beat(peer.node_id, time.monotonic())
             self.scheduler.agent_capacity(peer.node_id, msg.capacity)
         for (job_id, index, attempt, status), frame in zip(msg.items, msg.frames):
-            self.scheduler.on_result(peer.node_id, job_id, index, attempt, status, frame)
-            if status == wire.LOST:
-                job = self.scheduler.jobs.get(job_id)
-                task = job.tasks.get(index) if job else None
+            retried = self.scheduler.on_result(peer.node_id, job_id, index, attempt, status, frame)
+            if retried is not None:
                 log.warning("job %s task %d (attempt %d): its worker died on %s; %s", job_id, index, attempt,
-                            peer.node_id, "retrying" if task is not None and task.queued else "no retry")
+                            peer.node_id, "retrying" if retried else "no retry")
 
     # ------------------------------------------------------------ dispatch
 

@@ -41,11 +41,17 @@ class Membership:
         self._watched: set[str] = set()
         self._warned: set[tuple[str, bytes]] = set()
         self._stopped = False
+        self._generation = 0  # of the children watch; an older one ends at its next event
 
     def start(self) -> None:
+        """Start watching; again after a re-election, when the old children watch may have
+        died with the agents folder or may still be alive: a new one replaces it either way."""
         self._zk.ensure_path(self._path)
         self._zk.add_listener(self._on_state)
-        self._zk.ChildrenWatch(self._path, self._on_children)
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
+        self._zk.ChildrenWatch(self._path, lambda children: self._on_children(children, generation))
 
     def stop(self) -> None:
         self._stopped = True
@@ -55,9 +61,9 @@ class Membership:
         with self._lock:
             return dict(self._members)
 
-    def _on_children(self, children: list[str]) -> bool | None:
-        if self._stopped:
-            return False
+    def _on_children(self, children: list[str], generation: int) -> bool | None:
+        if self._stopped or generation != self._generation:
+            return False  # kazoo drops a watch whose function returns False
         with self._lock:
             new = [c for c in children if c not in self._watched]
             self._watched.update(new)

@@ -214,7 +214,10 @@ class Scheduler:
 
     # --------------------------------------------------------------- results
 
-    def on_result(self, node_id: str, job_id: str, index: int, attempt: int, status: int, frame: bytes) -> None:
+    def on_result(self, node_id: str, job_id: str, index: int, attempt: int, status: int,
+                  frame: bytes) -> bool | None:
+        """Take a result. For a worker death of the task's current attempt, returns whether
+        the task is retried; None otherwise."""
         slot = self.agents.get(node_id)
         if slot is not None:
             slot.in_flight.discard((job_id, index, attempt))
@@ -222,11 +225,11 @@ class Scheduler:
         if job is None:
             if status in (wire.OK, wire.ERROR):
                 self._keep_orphan(job_id, index, status, frame)
-            return
+            return None
         task = job.tasks.get(index)
         if task is None:
             self.counters["duplicate_results"] += 1
-            return
+            return None
         if status in (wire.OK, wire.ERROR):
             self._deliver(job, index, status, frame)
         elif status == wire.LOST and attempt == task.attempt and task.node == node_id:
@@ -234,11 +237,13 @@ class Scheduler:
             task.crashes += 1
             if task.crashes > job.retries:
                 self._deliver(job, index, wire.LOST, frame)
-            else:
-                self._enqueue(job, index, task, front=True)
-                self.counters["retries"] += 1
+                return False
+            self._enqueue(job, index, task, front=True)
+            self.counters["retries"] += 1
+            return True
         else:
             self.counters["stale_results"] += 1
+        return None
 
     def _enqueue(self, job: Job, index: int, task: Task, front: bool = False) -> None:
         (job.queue.appendleft if front else job.queue.append)(index)

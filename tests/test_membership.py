@@ -229,3 +229,30 @@ def test_json_logs_are_one_object_per_line(local_cluster):
     events = [json.loads(line) for line in agent.text().splitlines() if line.startswith("{")]
     assert any(e["logger"] == "agents.agent" and "registered" in e["message"] for e in events)
     assert all({"time", "level", "logger", "message"} <= set(e) for e in events)
+
+
+def test_a_second_start_replaces_the_children_watch(kazoo_client, cluster_name):
+    """A coordinator elected again calls start() again; the agents must not then be listed
+    twice for every join and leave (the first watch ends at its next event)."""
+    from cluster.membership import Membership
+
+    listings, events = [], []
+
+    class Counting(Membership):
+        def _on_children(self, children, *generation):
+            result = super()._on_children(children, *generation)
+            if result is None:  # a watch that did the work, as opposed to one that ended
+                listings.append(sorted(children))
+            return result
+
+    membership = Counting(kazoo_client, cluster_name, events.append)
+    membership.start()
+    membership.start()  # as after a re-election
+    wait_for(lambda: listings, what="the first listing")
+    listings.clear()
+    record = AgentRecord(node_id="x1", host="h", endpoint="tcp://127.0.0.1:1", workers=1, cores=1, memory=1,
+                         version="0", protocol=1, pid=1, started=0.0, labels={}, state="ready")
+    kazoo_client.create(layout.agent_path(cluster_name, "x1"), record.to_bytes(), ephemeral=True)
+    wait_for(lambda: [e.kind for e in events] == ["joined"], what="the join")
+    assert listings == [["x1"]]
+    membership.stop()

@@ -50,10 +50,11 @@ def test_first_result_wins_and_duplicates_are_dropped():
 
 def test_lost_worker_is_retried_then_reported():
     s, job = make(1, retries=1, agents=(("a", 1, 1),))
-    for attempt in (1, 2):
+    for attempt, retried in ((1, True), (2, False)):
         (batch,) = s.plan()
         assert batch.tasks[0][1] == attempt
-        s.on_result("a", "j", 0, attempt, wire.LOST, b"worker exited with signal 9")
+        assert s.on_result("a", "j", 0, attempt, wire.LOST, b"worker exited with signal 9") is retried
+    assert s.on_result("a", "j", 0, 1, wire.LOST, b"an old attempt, reported late") is None
     assert job.outbox == [(0, wire.LOST, b"worker exited with signal 9")]
     assert s.plan() == [] and s.queued == 0
 
