@@ -296,6 +296,8 @@ class Agent:
             if isinstance(msg, wire.Hello):
                 loop.send(self.front, wire.Refused(f"epoch {epoch} is older than {self.max_epoch}"), identity)
             return
+        if identity == self.leader:  # any message from the leader proves it alive, not only heartbeats
+            self.leader_liveness.beat(identity, time.monotonic())
         handler(identity, msg)
 
     def _on_hello(self, identity: bytes, msg: wire.Hello) -> None:
@@ -309,8 +311,7 @@ class Agent:
         loop.send(self.front, welcome, identity)
 
     def _on_heartbeat(self, identity: bytes, msg: wire.Heartbeat) -> None:
-        if identity == self.leader:
-            self.leader_liveness.beat(identity, time.monotonic())
+        pass  # _on_front noted the leader's liveness
 
     def _on_job_spec(self, identity: bytes, msg: wire.JobSpec) -> None:
         self.jobs[msg.job_id] = JobInfo(msg.digest, msg.options, msg.frames[0])

@@ -256,9 +256,9 @@ class Fleet:
                 self._send(agent, wire.Refused(f"epoch {epoch} is older than {agent.max_epoch}"), identity)
             return
         kind = type(msg)
+        if identity == agent.leader:  # any message from the leader proves it alive, as in the real agent
+            agent.leader_liveness.beat(identity, time.monotonic())
         if kind is wire.Heartbeat:
-            if identity == agent.leader:
-                agent.leader_liveness.beat(identity, time.monotonic())
             self.counters["heartbeats_received"] += 1
         elif kind is wire.Hello:
             agent.max_epoch, agent.leader = msg.epoch, identity

@@ -94,17 +94,20 @@ class Results:
     """Finished tasks on their way back: one message for all that finished close together.
 
     A task that runs much longer than the ones before it must not hold their results
-    back, so while a task runs, a flusher thread sends what has been held for ``HOLD``.
-    One thread at a time uses the socket: the flusher only while a task runs, under
-    ``lock``, which the main thread takes when the task returns."""
+    back, so while results are held, a flusher thread looks every ``HOLD`` and sends
+    them if a task has been running meanwhile. One thread at a time uses the socket:
+    the flusher only while a task runs, under ``lock``, which the main thread takes
+    when the task returns. Nothing signals the flusher per task or per batch (a thread
+    wake-up costs more than a short task): it sleeps on ``held`` only when nothing is."""
 
     def __init__(self, sock: zmq.Socket):
         self.sock = sock
         self.items: list[list] = []
         self.bodies: list[bytes] = []
         self.since = 0.0
-        self.lock = threading.Condition()
+        self.lock = threading.Lock()
         self.running = False
+        self.held = threading.Event()
         threading.Thread(target=self._flusher, name="results-flusher", daemon=True).start()
 
     def add(self, item: Item, status: int, body: bytes) -> None:
@@ -113,12 +116,12 @@ class Results:
                                                    frames=(body,)).encode())
             return
         first = not self.items
+        if first:
+            self.since = time.monotonic()
         self.items.append([item.job_id, item.index, item.attempt, status])
         self.bodies.append(body)
         if first:
-            with self.lock:
-                self.since = time.monotonic()
-                self.lock.notify()
+            self.held.set()  # after the append: the flusher clears, then looks at items again
 
     def due(self, more_to_run: bool) -> bool:
         return bool(self.items) and (not more_to_run or len(self.items) >= MAX_HELD
@@ -139,18 +142,16 @@ class Results:
                 self.running = False
 
     def _flusher(self) -> None:
-        with self.lock:
-            while True:
-                if not self.items:
-                    self.lock.wait()
-                    continue
-                wait = self.since + HOLD - time.monotonic()
-                if wait > 0:
-                    self.lock.wait(wait)
-                elif self.running:
+        while True:
+            self.held.wait()
+            time.sleep(HOLD)
+            with self.lock:
+                if self.running and self.items and time.monotonic() - self.since >= HOLD:
                     self.send()
-                else:
-                    self.lock.wait()  # the main thread sends them before its next task
+                if not self.items:
+                    self.held.clear()
+                    if self.items:  # added between the check and the clear
+                        self.held.set()
 
 
 def receive(sock: zmq.Socket, inbox: collections.deque) -> collections.deque:
