@@ -142,14 +142,21 @@ _SCALARS = frozenset({int, float, str, bytes, bool, type(None)})
 
 
 def _plain(value: Any, depth: int = 0) -> bool:
-    """Builtin data that pickle writes exactly as cloudpickle would (no code, no classes)."""
+    """Builtin data that pickle writes exactly as cloudpickle would (no code, no classes).
+    Plain loops, no generators: this runs for every task's arguments and result."""
     kind = type(value)
     if kind in _SCALARS:
         return True
     if depth >= 2 or kind not in (tuple, list, dict) or len(value) > 64:
         return False
-    items = value.items() if kind is dict else ((v, None) for v in value)
-    return all(_plain(k, depth + 1) and _plain(v, depth + 1) for k, v in items)
+    for member in (value if kind is not dict else value.keys()):
+        if type(member) not in _SCALARS and not _plain(member, depth + 1):
+            return False
+    if kind is dict:
+        for member in value.values():
+            if type(member) not in _SCALARS and not _plain(member, depth + 1):
+                return False
+    return True
 
 
 def dumps(value: Any) -> bytes:
