@@ -161,3 +161,20 @@ def test_stop_terminates_every_live_worker():
 def test_exit_reasons():
     assert exit_reason(3) == "worker exited with status 3"
     assert exit_reason(-11) == "worker exited with signal 11 (SIGSEGV)"
+
+
+def test_a_job_is_short_after_three_quick_results_and_stops_being_short_at_once():
+    from agents.agent import JobInfo
+
+    job = JobInfo("d", {}, b"")
+    for _ in range(2):
+        job.note_service(0.001)
+    assert not job.short  # not timed enough yet
+    job.note_service(0.001)
+    assert job.short
+    job.note_service(0.3)  # one slow task: stop pipelining now, not after many
+    assert not job.short
+    steady = JobInfo("d", {}, b"")
+    for _ in range(50):
+        steady.note_service(0.006)  # 6 ms tasks, each timed with its share of a batch
+    assert not steady.short
