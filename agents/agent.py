@@ -91,8 +91,7 @@ class Agent:
         resources = detect()
         self.workers = parse_workers(cfg.workers, resources.usable_cpus)
         self.resources = resources
-        self.capacity = self.workers * (1 + cfg.prefetch)  # tasks this agent asks to hold
-        self.depth = 1 + cfg.prefetch  # tasks one worker may hold when they are short
+        self.depth = 1 + cfg.prefetch  # tasks one worker may hold when they are short (see _retune)
         self._announced = self.capacity  # the capacity the leader knows
         self._seq = itertools.count(1)
         self.waker = loop.Waker()
@@ -119,6 +118,11 @@ class Agent:
             wire.EndJob: self._on_end_job,
             wire.DropTasks: self._on_drop_tasks,
         }
+
+    @property
+    def capacity(self) -> int:
+        """Tasks this agent asks to hold."""
+        return self.workers * self.depth
 
     # ------------------------------------------------------------ lifecycle
 
@@ -344,7 +348,6 @@ class Agent:
                                             if job_id in held or job.samples < PIPELINE_SAMPLES)
         prefetch = max(self.cfg.prefetch, self.cfg.prefetch_short) if short else self.cfg.prefetch
         self.depth = 1 + prefetch
-        self.capacity = self.workers * self.depth
 
     def _on_drop_tasks(self, identity: bytes, msg: wire.DropTasks) -> None:
         doomed = set(msg.indices)
@@ -356,16 +359,13 @@ class Agent:
         self.outbox = [r for r in self.outbox if not doomed(r[0][0], r[0][1])]
         for slot in self.pool.busy():
             running = self.pool.running_seq(slot)
-            skip = []
-            for seq, task in list(slot.tasks.items()):
-                if doomed(task.job_id, task.index):
-                    self.pool.forget(slot, seq)  # should it still start, its result is ignored
-                    if seq == running:
-                        self.pool.kill(slot)  # the others it held run again on another worker
-                    else:
-                        skip.append(seq)
-            if skip and not slot.killed:
-                loop.send(self.back, wire.SkipTasks(skip), slot.identity)
+            doomed_seqs = [seq for seq, task in slot.tasks.items() if doomed(task.job_id, task.index)]
+            if running in doomed_seqs or slot.killed:
+                for seq in doomed_seqs:
+                    self.pool.forget(slot, seq)
+                self.pool.kill(slot)  # the others it held run again on another worker
+            else:
+                self._withdraw(slot, doomed_seqs)  # should one still start, its result is ignored
 
     def _enforce_limits(self, now: float) -> None:
         for slot in self.pool.busy():
@@ -482,17 +482,22 @@ class Agent:
         for slot in live:
             if len(slot.tasks) < 2 or now - slot.busy_since < STEAL_AFTER:
                 continue
-            seqs = self.pool.unstarted(slot)
-            if not seqs:
-                continue
-            loop.send(self.back, wire.SkipTasks(seqs), slot.identity)
-            self.queue.extend(slot.tasks[seq] for seq in seqs)
-            for seq in seqs:
-                self.pool.forget(slot, seq)
-            moved += len(seqs)
+            withdrawn = self._withdraw(slot, self.pool.unstarted(slot))
+            self.queue.extend(withdrawn)
+            moved += len(withdrawn)
         if moved:
             self.counters["tasks_moved"] += moved
             self._assign()
+
+    def _withdraw(self, slot, seqs: list[int]) -> list[QueuedTask]:
+        """Take back tasks a worker holds and has not started: it is told to skip them."""
+        if not seqs:
+            return []
+        loop.send(self.back, wire.SkipTasks(seqs), slot.identity)
+        tasks = [slot.tasks[seq] for seq in seqs]
+        for seq in seqs:
+            self.pool.forget(slot, seq)
+        return tasks
 
     def _next_job(self) -> JobInfo | None:
         """The job of the first queued task, dropping tasks whose job has ended."""

@@ -142,13 +142,9 @@ class WorkerPool:
         """The task with this key leaves the worker; None if it was no longer its (cancelled)."""
         for seq, task in slot.tasks.items():
             if task.key == key:
-                del slot.tasks[seq]
-                break
-        else:
-            return None
-        if not slot.tasks and slot.state is State.BUSY:
-            slot.state = State.IDLE
-        return task
+                self.forget(slot, seq)
+                return task
+        return None
 
     def forget(self, slot: Slot, seq: int) -> None:
         """Stop expecting a task (cancelled, or already answered for); a late result is ignored."""

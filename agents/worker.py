@@ -100,8 +100,9 @@ class Results:
     when the task returns. Nothing signals the flusher per task or per batch (a thread
     wake-up costs more than a short task): it sleeps on ``held`` only when nothing is."""
 
-    def __init__(self, sock: zmq.Socket):
+    def __init__(self, sock: zmq.Socket, marker: Marker | NoMarker):
         self.sock = sock
+        self.marker = marker
         self.items: list[list] = []
         self.bodies: list[bytes] = []
         self.since = 0.0
@@ -132,7 +133,9 @@ class Results:
         self.items, self.bodies = [], []
 
     @contextlib.contextmanager
-    def task(self):
+    def task(self, seq: int):
+        """While a task runs: the agent sees its seq in the marker, the flusher may send."""
+        self.marker.set(seq)
         with self.lock:
             self.running = True
         try:
@@ -140,6 +143,7 @@ class Results:
         finally:
             with self.lock:
                 self.running = False
+            self.marker.set(IDLE)
 
     def _flusher(self) -> None:
         while True:
@@ -178,7 +182,6 @@ def main(argv: list[str]) -> int:
     # Ctrl-C in a terminal signals the whole process group; the agent decides
     # when its workers stop, so they ignore it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    running = Marker(argv[3]) if len(argv) > 3 else NoMarker()
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -188,7 +191,7 @@ def main(argv: list[str]) -> int:
     sock.send_multipart(wire.WorkerReady(slot, os.getpid()).encode())
     functions: collections.OrderedDict = collections.OrderedDict()
     inbox: collections.deque[Item] = collections.deque()
-    results = Results(sock)
+    results = Results(sock, Marker(argv[3]) if len(argv) > 3 else NoMarker())
     while True:
         inbox = receive(sock, inbox)
         if results.due(more_to_run=bool(inbox)):
@@ -198,10 +201,8 @@ def main(argv: list[str]) -> int:
                 return 0
             continue
         item = inbox.popleft()
-        running.set(item.seq)
-        with results.task():
+        with results.task(item.seq):
             status, body = run_task(functions, item)
-        running.set(IDLE)
         results.add(item, status, body)
 
 
