@@ -1,8 +1,8 @@
 """The node agent: one poller loop that owns its sockets.
 
 Coordinators connect to ``front`` (a ROUTER bound on the advertised endpoint,
-whose routing id is the node id); workers connect to ``back`` (a ROUTER on an
-ipc socket in a private temp dir). Each turn: events from other threads,
+whose routing id is the node id); each worker has a channel (channel.py, a
+socketpair it inherits). Each turn: events from other threads,
 coordinator messages, worker messages, timers (reaping and restarting workers,
 heartbeats, leader liveness, drain), then assigning queued tasks to idle
 workers and flushing results. Results wait in ``outbox`` while no coordinator
@@ -36,6 +36,7 @@ from cluster.version import PROTOCOL_VERSION, __version__
 from cluster.zk import close as zk_close
 from cluster.zk import connect as zk_connect
 
+from .channel import Channel, Closed, pair
 from .marker import Marker
 from .pool import WorkerPool
 from .registration import Registration
@@ -139,11 +140,10 @@ class Agent:
         if self.keys:
             security.serve(self.front, self.keys, "coordinators")
             auth, self.zap = security.start_authenticator(ctx, {"coordinators": {self.keys.coordinator}})
-        self.back = loop.configure(ctx.socket(zmq.ROUTER), max_payload=self.cfg.max_payload)
-        self.back.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.tmpdir = tempfile.mkdtemp(prefix="clusterd-agent-")
-        self.back_endpoint = f"ipc://{self.tmpdir}/workers"
-        self.back.bind(self.back_endpoint)
+        self.poller = zmq.Poller()
+        self.channels: dict[int, Channel] = {}  # fd -> a worker's channel
+        self.links: dict[int, Channel] = {}  # slot index -> the channel of its current process
         zk = None
         markers = [Marker(self._marker_path(i), create=True) for i in range(self.workers)]
         self.pool = WorkerPool(self.workers, self._spawn, backoff_max=self.cfg.restart_backoff_max, markers=markers)
@@ -177,7 +177,8 @@ class Agent:
             self.pool.stop()
             zk_close(zk)
             self.front.close(0)
-            self.back.close(0)
+            for fd in list(self.channels):
+                self._close_channel(fd)
             if auth is not None:
                 auth.stop()
             if self.metrics is not None:
@@ -201,20 +202,72 @@ class Agent:
         return os.path.join(self.tmpdir, f"worker-{index}.running")
 
     def _spawn(self, index: int) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "agents.worker", self.back_endpoint, str(index),
-                                 str(os.getpid()), self._marker_path(index)], stdin=subprocess.DEVNULL, close_fds=True)
+        old = self.links.pop(index, None)
+        if old is not None and old.fileno() in self.channels:  # its previous process: nothing it still says counts
+            self._close_channel(old.fileno())
+        ours, theirs = pair()
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "agents.worker", f"fd:{theirs.fileno()}", str(index),
+                                     str(os.getpid()), self._marker_path(index)], stdin=subprocess.DEVNULL,
+                                    close_fds=True, pass_fds=(theirs.fileno(),))
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ch = Channel(ours, index, max_frame=self.cfg.max_payload + (1 << 20))
+        self.channels[ch.fileno()] = self.links[index] = ch
+        self.poller.register(ch.fileno(), zmq.POLLIN)
+        return proc
+
+    def _close_channel(self, fd: int) -> None:
+        ch = self.channels.pop(fd)
+        if self.links.get(ch.slot) is ch:
+            del self.links[ch.slot]
+        self.poller.unregister(fd)
+        ch.close()
+
+    def _read_channel(self, fd: int) -> None:
+        ch = self.channels[fd]
+        slot = self.pool.slots[ch.slot]
+        try:
+            messages = ch.receive()
+        except Closed:
+            messages = []
+            self._next_tick = 0.0  # reap it now, not at the next tick
+        for frames in messages:
+            try:
+                msg = wire.decode(frames)
+            except wire.ProtocolError as exc:
+                self._bad(b"worker %d" % ch.slot, str(exc))
+                continue
+            self._on_back(slot, msg)
+        if ch.reader.corrupt is not None and slot.proc is not None and slot.proc.poll() is None:
+            # The stream cannot be resynchronised. Killing the process without marking it
+            # killed by us charges its death to the task it was running, as any crash is.
+            log.warning("worker %d wrote a corrupt message (%s); killing it", ch.slot, ch.reader.corrupt)
+            slot.proc.kill()
+            ch.closed = True
+            self._next_tick = 0.0
+        if ch.closed:
+            self._close_channel(fd)
+
+    def _send_worker(self, slot, msg: wire.Message) -> bool:
+        ch = self.links.get(slot.index)
+        return ch is not None and ch.send(msg.encode())
 
     # ----------------------------------------------------------------- loop
 
     def _loop(self) -> None:
-        poller = zmq.Poller()
+        poller = self.poller
         poller.register(self.front, zmq.POLLIN)
-        poller.register(self.back, zmq.POLLIN)
         poller.register(self.waker.fd, zmq.POLLIN)
         tick = min(0.1, self.cfg.heartbeat_interval)
-        next_tick = 0.0
+        self._next_tick = 0.0
         next_beat = 0.0
+        writing: set[int] = set()  # channels polled for room to write
         while not self._stopping:
+            next_tick = self._next_tick
             wake = min(next_tick, self._flush_due) if self._flush_due is not None else next_tick
             ready = dict(poller.poll(max(0.0, wake - time.monotonic()) * 1000))
             if self.waker.fd in ready:
@@ -222,10 +275,16 @@ class Agent:
                     self._on_event(kind, value)
             if self.front in ready:
                 loop.read_router(self.front, self._on_front, self._bad)
-            if self.back in ready:
-                loop.read_router(self.back, self._on_back, self._bad)
+            for fd, events in ready.items():
+                ch = self.channels.get(fd) if isinstance(fd, int) else None
+                if ch is None:
+                    continue
+                if events & zmq.POLLOUT:
+                    ch.flush()
+                if events & (zmq.POLLIN | zmq.POLLERR):
+                    self._read_channel(fd)
             now = time.monotonic()
-            if now >= next_tick:
+            if now >= self._next_tick:
                 self.notifier.pet(now)
                 if self.metrics is not None:
                     self._export(now)
@@ -233,7 +292,7 @@ class Agent:
                 self._enforce_limits(now)
                 self._reap(now)
                 self.pool.converge(now)
-                next_tick = now + tick
+                self._next_tick = now + tick
                 if now >= next_beat:
                     self._beat(now)
                     next_beat = now + self.cfg.heartbeat_interval
@@ -242,6 +301,12 @@ class Agent:
             self._assign()
             self._rebalance(now)
             self._flush()
+            # Poll for room only while a worker's channel has bytes it could not take yet.
+            for fd, ch in self.channels.items():
+                if bool(ch.pending) != (fd in writing):
+                    poller.register(fd, zmq.POLLIN | zmq.POLLOUT if ch.pending else zmq.POLLIN)
+                    writing ^= {fd}
+            writing &= self.channels.keys()
 
     def _bad(self, identity: bytes, why: str) -> None:
         self.counters["dropped_messages"] += 1
@@ -409,13 +474,12 @@ class Agent:
 
     # -------------------------------------------------------------- workers
 
-    def _on_back(self, identity: bytes, msg: wire.Message) -> None:
+    def _on_back(self, slot, msg: wire.Message) -> None:
         if isinstance(msg, wire.WorkerReady):
-            if not self.pool.on_ready(msg.slot, msg.pid, identity):
+            if msg.slot != slot.index or not self.pool.on_ready(msg.slot, msg.pid):
                 self.counters["dropped_messages"] += 1
             return
-        slot = self.pool.by_identity(identity)
-        if not isinstance(msg, wire.TasksDone) or slot is None:
+        if not isinstance(msg, wire.TasksDone) or not self.pool.is_live(slot):
             self.counters["dropped_messages"] += 1
             return
         now = time.monotonic()
@@ -493,7 +557,7 @@ class Agent:
         """Take back tasks a worker holds and has not started: it is told to skip them."""
         if not seqs:
             return []
-        loop.send(self.back, wire.SkipTasks(seqs), slot.identity)
+        self._send_worker(slot, wire.SkipTasks(seqs))
         tasks = [slot.tasks[seq] for seq in seqs]
         for seq in seqs:
             self.pool.forget(slot, seq)
@@ -519,7 +583,7 @@ class Agent:
             msg = wire.RunTasks(job_id, job.digest, job.options, [[t.index, t.attempt, seq] for t, seq in
                                                                    zip(group, seqs)],
                                 frames=(fn, *(t.args for t in group)))
-            if not loop.send(self.back, msg, slot.identity):
+            if not self._send_worker(slot, msg):
                 self.queue.extendleft(reversed(group))
                 continue
             slot.digests.add(job.digest)

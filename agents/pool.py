@@ -59,7 +59,6 @@ class Slot:
     index: int
     state: State = State.BACKOFF
     proc: Process | None = None
-    identity: bytes = b""
     tasks: dict[int, Any] = dataclasses.field(default_factory=dict)  # seq -> task, in the order they run
     marker: RunningMarker | None = None
     running: int = 0  # seq of the task last seen running, and since when
@@ -109,25 +108,23 @@ class WorkerPool:
                     log.error("cannot start worker %d: %s", slot.index, exc)
                     self._back_off(slot, now, quick=True)
                     continue
-                slot.state, slot.started, slot.identity = State.STARTING, now, b""
+                slot.state, slot.started = State.STARTING, now
                 slot.digests = set()
 
-    def on_ready(self, index: int, pid: int, identity: bytes) -> bool:
+    def on_ready(self, index: int, pid: int) -> bool:
         slot = self.slots[index] if 0 <= index < len(self.slots) else None
         if slot is None or slot.state is not State.STARTING or slot.proc is None or slot.proc.pid != pid:
             return False
-        slot.state, slot.identity = State.IDLE, identity
+        slot.state = State.IDLE
         return True
 
     def live(self) -> list[Slot]:
         """Workers that said they are ready and have not died since."""
-        return [s for s in self.slots if s.state in (State.IDLE, State.BUSY)]
+        return [s for s in self.slots if self.is_live(s)]
 
-    def by_identity(self, identity: bytes) -> Slot | None:
-        for slot in self.slots:
-            if slot.identity == identity and slot.state in (State.IDLE, State.BUSY):
-                return slot
-        return None
+    @staticmethod
+    def is_live(slot: Slot) -> bool:
+        return slot.state in (State.IDLE, State.BUSY)
 
     def assign(self, slot: Slot, seq: int, task: Any, now: float) -> None:
         if not slot.tasks:
@@ -203,7 +200,7 @@ class WorkerPool:
 
     def _back_off(self, slot: Slot, now: float, *, quick: bool) -> None:
         slot.backoff = min(self.backoff_max, max(FIRST_BACKOFF, slot.backoff * 2)) if quick else 0.0
-        slot.state, slot.retry_at, slot.identity = State.BACKOFF, now + slot.backoff, b""
+        slot.state, slot.retry_at = State.BACKOFF, now + slot.backoff
         slot.tasks, slot.killed = {}, False
         slot.restarts += 1
 

@@ -1,7 +1,9 @@
 """A worker process: runs its agent's tasks one at a time, in the order given.
 
-Started by the agent as ``python -m agents.worker ENDPOINT SLOT PARENT_PID MARKER``.
-It is the only place besides the client that deserializes user payloads. It
+Started by the agent as ``python -m agents.worker fd:N SLOT PARENT_PID MARKER``, N
+being its end of a socketpair (channel.py); an ipc:// endpoint in place of fd:N is
+how an agent of an older release started it, and still works. It is the only
+place besides the client that deserializes user payloads. It
 exits by itself when its agent is gone, even after a SIGKILL of the agent:
 the kernel sends it SIGKILL (PR_SET_PDEATHSIG), and a ppid check covers the
 window before that is armed and kernels without it.
@@ -13,16 +15,19 @@ import collections
 import contextlib
 import dataclasses
 import os
+import select
 import signal
+import socket
 import sys
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import zmq
 
 from cluster import lifeline, payload, wire
 
+from . import channel
 from .marker import IDLE, Marker, NoMarker
 
 FUNCTION_CACHE = 64
@@ -100,8 +105,8 @@ class Results:
     when the task returns. Nothing signals the flusher per task or per batch (a thread
     wake-up costs more than a short task): it sleeps on ``held`` only when nothing is."""
 
-    def __init__(self, sock: zmq.Socket, marker: Marker | NoMarker):
-        self.sock = sock
+    def __init__(self, link: PairLink | ZmqLink, marker: Marker | NoMarker):
+        self.link = link
         self.marker = marker
         self.items: list[list] = []
         self.bodies: list[bytes] = []
@@ -113,8 +118,7 @@ class Results:
 
     def add(self, item: Item, status: int, body: bytes) -> None:
         if item.legacy:
-            self.sock.send_multipart(wire.TaskDone(item.job_id, item.index, item.attempt, status,
-                                                   frames=(body,)).encode())
+            self.link.send(wire.TaskDone(item.job_id, item.index, item.attempt, status, frames=(body,)).encode())
             return
         first = not self.items
         if first:
@@ -129,7 +133,7 @@ class Results:
                                      or time.monotonic() - self.since >= HOLD)
 
     def send(self) -> None:
-        self.sock.send_multipart(wire.TasksDone(self.items, frames=tuple(self.bodies)).encode(), copy=False)
+        self.link.send(wire.TasksDone(self.items, frames=tuple(self.bodies)).encode())
         self.items, self.bodies = [], []
 
     @contextlib.contextmanager
@@ -158,13 +162,56 @@ class Results:
                         self.held.set()
 
 
-def receive(sock: zmq.Socket, inbox: collections.deque) -> collections.deque:
+class PairLink:
+    """The worker's end of its socketpair with the agent."""
+
+    def __init__(self, fd: int):
+        self.sock = socket.socket(fileno=fd)
+        self.reader = channel.Reader()  # only our agent writes here: no limit to enforce
+        self.poller = select.poll()
+        self.poller.register(fd, select.POLLIN)
+
+    def receive(self) -> list[list[Any]]:
+        records = self.reader.read(self.sock)  # Closed when the agent is gone: the worker exits
+        if self.reader.corrupt is not None:
+            raise self.reader.corrupt  # the agent never writes one; better dead than out of step
+        return records
+
+    def wait(self, ms: int) -> bool:
+        return bool(self.poller.poll(ms))
+
+    def send(self, frames: list) -> None:
+        channel.send_blocking(self.sock, frames)
+
+
+class ZmqLink:
+    """A DEALER to an older agent's ipc ROUTER (it spawned us with an endpoint)."""
+
+    def __init__(self, endpoint: str, slot: int):
+        self.sock = zmq.Context().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, -1)
+        self.sock.setsockopt(zmq.ROUTING_ID, f"{slot}:{os.getpid()}".encode())
+        self.sock.connect(endpoint)
+
+    def receive(self) -> list[list[Any]]:
+        out = []
+        while True:
+            try:
+                out.append(self.sock.recv_multipart(zmq.NOBLOCK, copy=False))
+            except zmq.Again:
+                return out
+
+    def wait(self, ms: int) -> bool:
+        return bool(self.sock.poll(ms))
+
+    def send(self, frames: list) -> None:
+        self.sock.send_multipart(frames, copy=False)
+
+
+def receive(link: PairLink | ZmqLink, inbox: collections.deque) -> collections.deque:
     """Take every message already waiting, without blocking; returns the new inbox."""
-    while True:
-        try:
-            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            return inbox
+    for frames in link.receive():
         try:
             msg = wire.decode(frames)
         except wire.ProtocolError:
@@ -174,30 +221,30 @@ def receive(sock: zmq.Socket, inbox: collections.deque) -> collections.deque:
             inbox = collections.deque(item for item in inbox if item.seq not in skip)
         else:
             inbox.extend(items_of(msg))
+    return inbox
 
 
 def main(argv: list[str]) -> int:
-    endpoint, slot, parent_pid = argv[0], int(argv[1]), int(argv[2])
+    slot, parent_pid = int(argv[1]), int(argv[2])
     lifeline.die_with(parent_pid, signal.SIGKILL)
     # Ctrl-C in a terminal signals the whole process group; the agent decides
     # when its workers stop, so they ignore it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.MAXMSGSIZE, -1)  # only its own agent talks to it, over a private ipc socket
-    sock.setsockopt(zmq.ROUTING_ID, f"{slot}:{os.getpid()}".encode())
-    sock.connect(endpoint)
-    sock.send_multipart(wire.WorkerReady(slot, os.getpid()).encode())
+    endpoint = argv[0]
+    link = PairLink(int(endpoint[3:])) if endpoint.startswith("fd:") else ZmqLink(endpoint, slot)
+    link.send(wire.WorkerReady(slot, os.getpid()).encode())
     functions: collections.OrderedDict = collections.OrderedDict()
     inbox: collections.deque[Item] = collections.deque()
-    results = Results(sock, Marker(argv[3]) if len(argv) > 3 else NoMarker())
+    results = Results(link, Marker(argv[3]) if len(argv) > 3 else NoMarker())
     while True:
-        inbox = receive(sock, inbox)
+        try:
+            inbox = receive(link, inbox)
+        except channel.Closed:
+            return 0  # the agent let go of us
         if results.due(more_to_run=bool(inbox)):
             results.send()
         if not inbox:
-            if not sock.poll(PARENT_CHECK_MS) and os.getppid() != parent_pid:
+            if not link.wait(PARENT_CHECK_MS) and os.getppid() != parent_pid:
                 return 0
             continue
         item = inbox.popleft()

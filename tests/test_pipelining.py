@@ -103,3 +103,12 @@ def test_tasks_queued_behind_a_slow_task_move_to_the_idle_worker(one_agent, tmp_
     assert done[-1][0] == "culprit", done
     assert max(seconds for index, _, seconds in done[:-1]) < 1.5 <= done[-1][2], done
     assert _pipelined(one_agent)["clusterd_tasks_moved_total"] >= 1
+
+
+def test_garbage_written_into_the_channel_fails_only_the_task_that_wrote_it(one_agent, tmp_path):
+    # User code can write to any descriptor its worker has, the agent's channel included
+    # (argv[1] is "fd:N"). The agent must neither crash nor lose the tasks queued behind.
+    done = _run(one_agent, tmp_path, 'import sys; os.write(int(sys.argv[1][3:]), b"\\xff" * 64); time.sleep(5)',
+                "retries=0")
+    assert [d[:2] for d in done if d[1] != "ok"] == [["culprit", "WorkerLost"]]
+    assert max(seconds for _, _, seconds in done) < 4, "the culprit's worker was killed, not waited for"

@@ -55,7 +55,7 @@ def make(size=2, markers=None):
 
 def ready_slot(pool, procs):
     pool.converge(0.0)
-    pool.on_ready(0, procs[0].pid, b"w0")
+    pool.on_ready(0, procs[0].pid)
     return pool.slots[0]
 
 
@@ -63,8 +63,8 @@ def test_converges_on_size_and_becomes_idle_on_ready():
     pool, procs = make(2)
     pool.converge(0.0)
     assert [s.state for s in pool.slots] == [State.STARTING] * 2
-    assert not pool.on_ready(0, 99999, b"w0")  # wrong pid: ignored
-    assert pool.on_ready(0, procs[0].pid, b"w0") and pool.on_ready(1, procs[1].pid, b"w1")
+    assert not pool.on_ready(0, 99999)  # wrong pid: ignored
+    assert pool.on_ready(0, procs[0].pid) and pool.on_ready(1, procs[1].pid)
     assert len(pool.live()) == 2
 
 
@@ -107,7 +107,7 @@ def test_a_death_between_tasks_or_by_the_agents_hand_charges_nobody():
     assert ex.task is None and [t.key for t in ex.requeue] == [("j", 0, 1), ("j", 1, 1)]
 
     pool.converge(5.0)
-    pool.on_ready(0, procs[1].pid, b"w0b")
+    pool.on_ready(0, procs[1].pid)
     pool.assign(slot, 3, Task(("j", 2, 1)), 5.0)
     pool.assign(slot, 4, Task(("j", 3, 1)), 5.0)
     marker.value = 3
