@@ -41,6 +41,38 @@ class ClusterUnavailable(RuntimeError):
     """No coordinator could be reached in time."""
 
 
+class Window:
+    """How many more tasks a job may have without a result; ``take`` blocks while none.
+
+    A blocked submitter is woken once a batch of room is free, not at every result:
+    waking it per result made the submitting thread and the IO thread trade the GIL
+    once per task whenever a job outran its window."""
+
+    def __init__(self, size: int):
+        self.size = self.free = size
+        self.wake_at = min(BATCH, max(1, size // 8))
+        self._cond = threading.Condition(threading.Lock())
+        self._waiting = False
+
+    def take(self, timeout: float | None = None) -> bool:
+        with self._cond:
+            if not self.free:
+                self._waiting = True
+                if not self._cond.wait_for(lambda: self.free > 0, timeout):
+                    return False
+            self.free -= 1
+            return True
+
+    def give(self, n: int = 1) -> None:
+        with self._cond:
+            self.free += n
+            # Every task without a result gives its room back in the end, so free
+            # reaches size >= wake_at: a waiter is never left behind.
+            if self._waiting and self.free >= self.wake_at:
+                self._waiting = False
+                self._cond.notify_all()
+
+
 class JobHandle:
     def __init__(self, client: ClusterClient, function: bytes, options: dict, on_result: ResultCallback):
         self.client = client
@@ -54,7 +86,7 @@ class JobHandle:
         self.workers = 0
         self.max_payload = 0  # from JobAccepted
         self.failure: str | None = None
-        self._slots = threading.Semaphore(self.window)
+        self._room = Window(self.window)
         self._lock = threading.Lock()
         self._new: collections.deque[tuple[int, bytes]] = collections.deque()
         self.outstanding: dict[int, bytes] = {}  # owned by the IO thread
@@ -66,10 +98,10 @@ class JobHandle:
         if self.max_payload and len(args) > self.max_payload:
             raise payload.PayloadTooLarge(f"task {index}: arguments are {len(args) / 2**20:.1f} MiB; the cluster "
                                           f"accepts at most {self.max_payload / 2**20:.1f} MiB per task")
-        if not self._slots.acquire(timeout=timeout):
+        if not self._room.take(timeout):
             return False
         if self.closed:
-            self._slots.release()
+            self._room.give()
             raise RuntimeError("job is closed")
         with self._lock:
             was_empty = not self._new
@@ -97,11 +129,15 @@ class JobHandle:
             self._new.clear()
         return out
 
-    def _result(self, index: int, status: int, body: bytes) -> None:
-        if self.outstanding.pop(index, None) is None:
-            return  # a duplicate (resubmission raced a late result): already delivered
-        self._slots.release()
-        self.on_result(index, status, body)
+    def _results(self, items: list, bodies: tuple) -> None:
+        delivered = 0
+        for (index, status), body in zip(items, bodies):
+            if self.outstanding.pop(index, None) is None:
+                continue  # a duplicate (resubmission raced a late result): already delivered
+            delivered += 1
+            self.on_result(index, status, body)
+        if delivered:
+            self._room.give(delivered)
 
 
 class ClusterClient:
@@ -247,7 +283,7 @@ class ClusterClient:
             job, index = value  # type: ignore[misc]
             self._send_new()  # so the task is outstanding (and its cancel follows its submit)
             if job.outstanding.pop(index, None) is not None:
-                job._slots.release()
+                job._room.give()
                 loop.send(self.sock, wire.CancelTasks(job.job_id, [index]))
         elif kind == "leader":
             record: LeaderRecord = value  # type: ignore[assignment]
@@ -307,15 +343,14 @@ class ClusterClient:
             elif isinstance(msg, wire.TaskResults):
                 job = self.jobs.get(msg.job_id)
                 if job is not None:
-                    for (index, status), body in zip(msg.items, msg.frames):
-                        job._result(index, status, body)
+                    job._results(msg.items, msg.frames)
             elif isinstance(msg, wire.JobAccepted):
                 job = self.jobs.get(msg.job_id)
                 if job is not None and not job.accepted.is_set():
                     # Nothing was submitted yet (open_job waits for this), so the
                     # window can still be replaced by the coordinator's answer.
                     job.window = msg.window
-                    job._slots = threading.Semaphore(msg.window)
+                    job._room = Window(msg.window)
                     job.workers = msg.workers
                     job.max_payload = msg.max_payload
                     job.accepted.set()
