@@ -621,6 +621,7 @@ class Agent:
         for state in ("starting", "idle", "busy", "backoff"):
             m.gauge("workers", "Worker processes by state", states.get(state, 0), state=state)
         m.gauge("queue_depth", "Tasks queued on this agent", len(self.queue))
+        m.gauge("jobs", "Jobs whose function this agent holds", len(self.jobs))
         m.gauge("results_held", "Results waiting for a coordinator", len(self.outbox))
         m.gauge("draining", "1 while draining", 1.0 if self.draining else 0.0)
         m.gauge("zookeeper_connected", "1 while the ZooKeeper session is connected", 1.0 if self.zk.connected else 0.0)

@@ -110,6 +110,11 @@ class JobHandle:
             self.client._wake()
         return True
 
+    @property
+    def idle(self) -> bool:
+        """No task without its result (nor a submit about to add one: see the window)."""
+        return self._room.free == self._room.size
+
     def cancel(self, index: int) -> None:
         """Drop one task: the cluster forgets it (stopping it if it runs) and its
         window slot is freed. Safe from any thread."""

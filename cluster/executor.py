@@ -6,7 +6,10 @@
 
 Functions travel by value with cloudpickle, so lambdas and functions defined in
 ``__main__`` or a notebook work. Each distinct function is one job on the
-cluster (its blob is sent to each agent once, not once per task).
+cluster (its blob is sent to each agent once, not once per task). A job with no
+task in flight stays open for its function's next task, but only the
+``MAX_IDLE_JOBS`` most recently used do: an executor that lives for days and
+sees a new lambda per call must not grow the cluster's jobs without bound.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from . import payload, wire
 from .client import ClusterClient, JobHandle
 
 FUNCTION_CACHE = 256
+MAX_IDLE_JOBS = 32
 
 
 class Executor(cf.Executor):
@@ -43,7 +47,9 @@ class Executor(cf.Executor):
                          "timeout": timeout, "max_memory": max_memory}
         self._lock = threading.Lock()
         self._digests: collections.OrderedDict[int, tuple[Callable, str]] = collections.OrderedDict()
-        self._jobs: dict[str, JobHandle] = {}  # by function digest: one cluster job per function
+        # By function digest: one cluster job per function, least recently used first.
+        self._jobs: collections.OrderedDict[str, JobHandle] = collections.OrderedDict()
+        self._submitting: collections.Counter[str] = collections.Counter()  # submits under way, by digest
         self._futures: dict[int, cf.Future] = {}
         self._counter = itertools.count()
         self._shutdown = False
@@ -58,13 +64,15 @@ class Executor(cf.Executor):
         job = self._job_for(fn)
         future: cf.Future = cf.Future()
         index = next(self._counter)
-        args_blob = payload.pack_args(args, kwargs)
         self._futures[index] = future
         try:
-            job.submit(index, args_blob)
+            job.submit(index, payload.pack_args(args, kwargs))
         except BaseException:  # refused (too large) or interrupted: no future is left pending
             self._futures.pop(index, None)
             raise
+        finally:
+            with self._lock:
+                self._submitting[job.digest] -= 1
         future.add_done_callback(lambda f: f.cancelled() and self._cancelled(job, index, f))
         return future
 
@@ -109,8 +117,11 @@ class Executor(cf.Executor):
     # -------------------------------------------------------------- internals
 
     def _job_for(self, fn: Callable) -> JobHandle:
+        """The job for fn's tasks, opened if need be; counted as submitting until
+        submit() is done with it, so it is not closed under the caller."""
         with self._lock:
             cached = self._digests.get(id(fn))
+            blob = None
             if cached is not None and cached[0] is fn:
                 digest = cached[1]
             else:
@@ -120,9 +131,21 @@ class Executor(cf.Executor):
                 self._digests[id(fn)] = (fn, digest)
                 if len(self._digests) > FUNCTION_CACHE:
                     self._digests.popitem(last=False)
-                if digest not in self._jobs:
-                    self._jobs[digest] = self._client.open_job(blob, self._options, self._on_result)
-            return self._jobs[digest]
+            job = self._jobs.get(digest)
+            if job is None:
+                self._close_idle_jobs()
+                job = self._client.open_job(blob or payload.pack_callable(fn), self._options, self._on_result)
+                self._jobs[digest] = job
+            self._jobs.move_to_end(digest)
+            self._submitting[digest] += 1
+            return job
+
+    def _close_idle_jobs(self) -> None:
+        """Close the least recently used jobs with nothing in flight, beyond MAX_IDLE_JOBS."""
+        idle = [d for d, job in self._jobs.items() if not self._submitting[d] and job.idle]
+        for digest in idle[:max(0, len(idle) - MAX_IDLE_JOBS + 1)]:
+            self._jobs.pop(digest).close()
+            del self._submitting[digest]
 
     def _on_result(self, index: int, status: int, body: bytes) -> None:
         """Runs on the client's IO thread, like a process pool's result thread."""

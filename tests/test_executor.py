@@ -102,3 +102,23 @@ def test_cancelled_future_is_not_resolved(executor):
     assert last.cancel()
     cf.wait(futures[:-1], timeout=60)
     assert last.cancelled()
+
+
+def test_a_new_lambda_per_call_does_not_grow_the_clusters_jobs_without_bound(local_cluster):
+    """Each distinct function is a job; an executor that lives long and sees a new closure
+    per call must close the idle ones, on the coordinator and on the agents alike."""
+    from cluster import executor as executor_module
+    from cluster.zkserver import free_ports
+    from helpers import wait_for
+    from test_observability import scrape
+
+    cport, aport = free_ports(2)
+    coordinator = local_cluster.coordinator("--metrics-port", str(cport))
+    local_cluster.agent("j1", 2, "--metrics-port", str(aport))
+    local_cluster.wait_ready(coordinator, ["j1"])
+    limit = executor_module.MAX_IDLE_JOBS
+    with Executor(zk=local_cluster.zk, cluster=local_cluster.name) as ex:
+        for k in range(3 * limit):
+            assert ex.submit(lambda x, k=k: x + k, 1).result(timeout=30) == 1 + k
+        wait_for(lambda: scrape(cport)["clusterd_jobs"] <= limit + 1, 10, what="the coordinator to end idle jobs")
+        wait_for(lambda: scrape(aport)["clusterd_jobs"] <= limit + 1, 10, what="the agent to drop idle jobs")
