@@ -193,7 +193,5 @@ class Channel:
 
 
 def pair() -> tuple[socket.socket, socket.socket]:
-    """(agent end, worker end); the worker end is inheritable, for pass_fds."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    theirs.set_inheritable(True)
-    return ours, theirs
+    """(agent end, worker end); the worker end goes to the worker through pass_fds."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)

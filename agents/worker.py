@@ -166,6 +166,7 @@ class PairLink:
     """The worker's end of its socketpair with the agent."""
 
     def __init__(self, fd: int):
+        os.set_inheritable(fd, False)  # a process the task starts must not hold the agent's channel open
         self.sock = socket.socket(fileno=fd)
         self.reader = channel.Reader()  # only our agent writes here: no limit to enforce
         self.poller = select.poll()
