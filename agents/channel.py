@@ -70,11 +70,14 @@ class Reader:
         self.filled = 0
         self.count = 0
         self.corrupt: Corrupt | None = None  # set at the first bad record; nothing is read after it
+        self.ended = False  # end of stream seen after records still to hand out
 
     def read(self, sock: socket.socket) -> list[list[Any]]:
         """Every whole record the socket has now, up to a corrupt one (then ``corrupt``
         says why). Raises Closed at end of stream."""
         out: list[list[Any]] = []
+        if self.ended:
+            raise Closed("the other end closed the channel")
         while self.corrupt is None:
             try:
                 if self.body is not None:
@@ -87,6 +90,9 @@ class Reader:
             except ConnectionResetError:
                 raise Closed("the other end closed the channel") from None
             if n == 0:
+                if out:  # a worker's last results, then its exit: the results first
+                    self.ended = True
+                    return out
                 raise Closed("the other end closed the channel")
             if self.body is not None:
                 self.filled += n

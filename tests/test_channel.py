@@ -94,6 +94,21 @@ def test_the_end_of_the_stream_is_closed(pair):
         channel.Reader().read(b)
 
 
+def test_records_before_the_end_of_the_stream_come_out_before_it_is_reported(pair):
+    """A worker that sends its last (large) results and exits: the results are not lost."""
+    a, b = pair
+    big = os.urandom(1 << 20)
+    writer = threading.Thread(target=lambda: (channel.send_blocking(a, [b"last", big]), a.close()))
+    writer.start()
+    reader, got = channel.Reader(), []
+    with pytest.raises(channel.Closed):
+        while True:
+            select.select([b], [], [], 10)
+            got += reader.read(b)
+    writer.join(10)
+    assert len(got) == 1 and got[0][1] == big
+
+
 def test_a_write_to_a_dead_peer_marks_the_channel_closed_instead_of_raising(pair):
     a, b = pair
     ch = channel.Channel(a, 0)
