@@ -86,6 +86,11 @@ class Scheduler:
         self.orphan_results: collections.OrderedDict[tuple[str, int], tuple[int, bytes]] = collections.OrderedDict()
         self.orphan_held: dict[tuple[str, int], tuple[str, int]] = {}
         self.agents: dict[str, AgentSlot] = {}
+        # Agents that may have credit to use. plan() drops those it finds unable to take
+        # anything, and whatever gives an agent credit back puts it here again: with
+        # thousands of agents and a queue that outruns them, scanning every agent on
+        # every loop turn cost more than dispatching (see docs/performance.md).
+        self._open: dict[str, None] = {}
         self.max_batch = max_batch
         self.max_node_losses = max_node_losses
         self._rotation: collections.deque[str] = collections.deque()  # jobs, for round-robin
@@ -148,6 +153,7 @@ class Scheduler:
                 slot = self.agents.get(task.node)
                 if slot is not None:
                     slot.in_flight.discard((job_id, index, task.attempt))
+                    self._open[task.node] = None
         return dict(running)
 
     def end_job(self, job_id: str) -> list[str]:
@@ -162,7 +168,10 @@ class Scheduler:
         for agent in self.agents.values():
             agent.jobs.discard(job_id)
             # The agent drops the job's tasks without answering: free their credit now.
+            held = len(agent.in_flight)
             agent.in_flight = {key for key in agent.in_flight if key[0] != job_id}
+            if len(agent.in_flight) < held:
+                self._open[agent.node_id] = None
         return nodes
 
     def pending(self, job_id: str) -> int:
@@ -176,6 +185,7 @@ class Scheduler:
         # Tasks it already holds use its credit until their results come back.
         slot.in_flight = {(str(j), int(i), int(a)) for j, i, a in held}
         self.agents[node_id] = slot
+        self._open[node_id] = None
         for job_id, index, attempt in slot.in_flight:
             if job_id not in self.jobs:
                 self.orphan_held[(job_id, index)] = (node_id, attempt)
@@ -184,6 +194,7 @@ class Scheduler:
         slot = self.agents.get(node_id)
         if slot is not None and capacity > 0:
             slot.capacity = capacity
+            self._open[node_id] = None
 
     def agent_draining(self, node_id: str) -> None:
         if node_id in self.agents:
@@ -192,6 +203,7 @@ class Scheduler:
     def agent_down(self, node_id: str) -> int:
         """Requeue what a lost agent held; returns how many tasks went back."""
         slot = self.agents.pop(node_id, None)
+        self._open.pop(node_id, None)
         if slot is None:
             return 0
         for key in [k for k, (node, _) in self.orphan_held.items() if node == node_id]:
@@ -221,6 +233,7 @@ class Scheduler:
         slot = self.agents.get(node_id)
         if slot is not None:
             slot.in_flight.discard((job_id, index, attempt))
+            self._open[node_id] = None
         job = self.jobs.get(job_id)
         if job is None:
             if status in (wire.OK, wire.ERROR):
@@ -279,15 +292,19 @@ class Scheduler:
         """Hand queued tasks to agents with credit: idle workers first, across
         all agents, then prefetch slots, so a short job spreads over the cluster
         instead of filling the first agent's queue."""
-        if self.queued <= 0 or not self.agents:
+        if self.queued <= 0 or not self._open:
             return []
         grants: dict[str, int] = {}
         budget = self.queued
+        looked: list[AgentSlot] = []  # seen in the prefetch phase: every chance they had this round
         for phase in ("idle", "prefetch"):
-            for slot in self.agents.values():
+            for node_id in self._open:
                 if budget <= 0:
                     break
-                have = grants.get(slot.node_id, 0)
+                slot = self.agents[node_id]
+                if phase == "prefetch":
+                    looked.append(slot)
+                have = grants.get(node_id, 0)
                 limit = slot.free - have
                 if phase == "idle":
                     limit = min(limit, slot.workers - len(slot.in_flight) - have)
@@ -295,12 +312,15 @@ class Scheduler:
                     continue  # its queue is still half full: top it up later, in one batch
                 take = min(max(0, limit), budget)
                 if take:
-                    grants[slot.node_id] = have + take
+                    grants[node_id] = have + take
                     budget -= take
         batches: list[Batch] = []
         now = self.clock()
         for node_id, count in grants.items():
             batches.extend(self._fill(self.agents[node_id], count, now))
+        for slot in looked:
+            if not slot.free or (slot.free < slot.refill and len(slot.in_flight) >= slot.workers):
+                del self._open[slot.node_id]  # it would take nothing until credit comes back
         return batches
 
     def _fill(self, slot: AgentSlot, count: int, now: float) -> list[Batch]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cluster import wire
-from cluster.scheduler import Scheduler
+from cluster.scheduler import AgentSlot, Scheduler
 
 
 def make(n_tasks=10, retries=2, agents=(("a", 2, 4),)):
@@ -158,3 +158,25 @@ def test_no_latencies_are_kept_when_nobody_reads_them():
     s.plan()
     s.on_result("a", "j", 0, 1, wire.OK, b"r")
     assert s.latencies is None
+
+
+def test_a_full_fleet_is_not_scanned_again_until_credit_comes_back(monkeypatch):
+    looked: list[str] = []
+    free = AgentSlot.free
+    monkeypatch.setattr(AgentSlot, "free", property(lambda slot: looked.append(slot.node_id) or free.fget(slot)))
+    s, job = make(5000, agents=[(f"a{i}", 1, 2) for i in range(500)])
+    assert sum(len(b.tasks) for b in s.plan()) == 1000  # every credit of every agent used
+    looked.clear()
+    assert s.plan() == []
+    assert not looked, "a full fleet was scanned again with no credit back"
+    # Each way credit comes back puts its agent in the running again, and only it.
+    index = next(i for i, t in job.tasks.items() if t.node == "a7")
+    s.on_result("a7", "j", index, 1, wire.OK, b"r")
+    assert dispatched(s.plan()) == {"a7": [1000]}
+    assert set(looked) == {"a7"}
+    s.agent_capacity("a9", 3)
+    assert list(dispatched(s.plan())) == ["a9"]
+    s.cancel_tasks("j", [next(i for i, t in job.tasks.items() if t.node == "a11")])
+    assert list(dispatched(s.plan())) == ["a11"]
+    s.agent_up("new", 1, 2, [])
+    assert list(dispatched(s.plan())) == ["new"]
