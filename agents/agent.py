@@ -15,11 +15,9 @@ import collections
 import itertools
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -140,12 +138,11 @@ class Agent:
         if self.keys:
             security.serve(self.front, self.keys, "coordinators")
             auth, self.zap = security.start_authenticator(ctx, {"coordinators": {self.keys.coordinator}})
-        self.tmpdir = tempfile.mkdtemp(prefix="clusterd-agent-")
         self.poller = zmq.Poller()
         self.channels: dict[int, Channel] = {}  # fd -> a worker's channel
         self.links: dict[int, Channel] = {}  # slot index -> the channel of its current process
         zk = None
-        markers = [Marker(self._marker_path(i), create=True) for i in range(self.workers)]
+        self.markers = markers = [Marker.create() for _ in range(self.workers)]
         self.pool = WorkerPool(self.workers, self._spawn, backoff_max=self.cfg.restart_backoff_max, markers=markers)
         try:
             bound = loop.bind(self.front, self.cfg.bind)
@@ -186,7 +183,6 @@ class Agent:
             ctx.term()
             for marker in markers:
                 marker.close()
-            shutil.rmtree(self.tmpdir, ignore_errors=True)
             self.waker.close()
         return 0
 
@@ -198,18 +194,16 @@ class Agent:
             state="ready",
         )
 
-    def _marker_path(self, index: int) -> str:
-        return os.path.join(self.tmpdir, f"worker-{index}.running")
-
     def _spawn(self, index: int) -> subprocess.Popen:
         old = self.links.pop(index, None)
         if old is not None and old.fileno() in self.channels:  # its previous process: nothing it still says counts
             self._close_channel(old.fileno())
         ours, theirs = pair()
+        marker = self.markers[index].fd
         try:
             proc = subprocess.Popen([sys.executable, "-m", "agents.worker", f"fd:{theirs.fileno()}", str(index),
-                                     str(os.getpid()), self._marker_path(index)], stdin=subprocess.DEVNULL,
-                                    close_fds=True, pass_fds=(theirs.fileno(),))
+                                     str(os.getpid()), f"fd:{marker}"], stdin=subprocess.DEVNULL,
+                                    close_fds=True, pass_fds=(theirs.fileno(), marker))
         except BaseException:
             ours.close()
             raise

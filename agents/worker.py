@@ -1,8 +1,9 @@
 """A worker process: runs its agent's tasks one at a time, in the order given.
 
-Started by the agent as ``python -m agents.worker fd:N SLOT PARENT_PID MARKER``, N
-being its end of a socketpair (channel.py); an ipc:// endpoint in place of fd:N is
-how an agent of an older release started it, and still works. It is the only
+Started by the agent as ``python -m agents.worker fd:N SLOT PARENT_PID fd:M``, N
+being its end of a socketpair (channel.py) and M its running marker (marker.py);
+an ipc:// endpoint in place of fd:N and a file in place of fd:M are how agents of
+older releases started it, and still work. It is the only
 place besides the client that deserializes user payloads. It
 exits by itself when its agent is gone, even after a SIGKILL of the agent:
 the kernel sends it SIGKILL (PR_SET_PDEATHSIG), and a ppid check covers the
@@ -236,7 +237,7 @@ def main(argv: list[str]) -> int:
     link.send(wire.WorkerReady(slot, os.getpid()).encode())
     functions: collections.OrderedDict = collections.OrderedDict()
     inbox: collections.deque[Item] = collections.deque()
-    results = Results(link, Marker(argv[3]) if len(argv) > 3 else NoMarker())
+    results = Results(link, Marker.attach(argv[3]) if len(argv) > 3 else NoMarker())
     while True:
         try:
             inbox = receive(link, inbox)

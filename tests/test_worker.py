@@ -38,12 +38,19 @@ class AgentEnd:
 
 
 def _spawn(tmp_path, target: str):
-    marker_path = str(tmp_path / "marker")
-    marker = Marker(marker_path, create=True)
+    """A worker as this agent starts it ("pair"), or as the previous release did: an
+    ipc endpoint, and its marker in a file."""
     ours, theirs = channel.pair()
-    arg = f"fd:{theirs.fileno()}" if target == "pair" else target
-    proc = subprocess.Popen([PY, "-m", "agents.worker", arg, "0", str(os.getpid()), marker_path], cwd=ROOT,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)), pass_fds=(theirs.fileno(),))
+    if target == "pair":
+        marker = Marker.create()
+        args, fds = [f"fd:{theirs.fileno()}", f"fd:{marker.fd}"], (theirs.fileno(), marker.fd)
+    else:
+        path = tmp_path / "marker"
+        path.write_bytes(bytes(8))
+        marker = Marker.attach(str(path))
+        args, fds = [target, str(path)], ()
+    proc = subprocess.Popen([PY, "-m", "agents.worker", args[0], "0", str(os.getpid()), args[1]], cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)), pass_fds=fds)
     theirs.close()
     return proc, ours, marker
 
@@ -134,7 +141,7 @@ def test_the_worker_leaves_when_the_agent_closes_its_end(tmp_path):
         marker.close()
 
 
-def test_a_worker_started_by_a_0_1_0_agent_speaks_over_its_ipc_socket(tmp_path):
+def test_a_worker_started_by_an_older_agent_speaks_over_its_ipc_socket_and_marks_its_file(tmp_path):
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     endpoint = f"ipc://{tmp_path}/w"
@@ -150,6 +157,15 @@ def test_a_worker_started_by_a_0_1_0_agent_speaks_over_its_ipc_socket(tmp_path):
         _, *frames = sock.recv_multipart()
         done = wire.decode(frames)
         assert isinstance(done, wire.TaskDone) and payload.load_result(done.frames[0], payload.RESULT_PICKLE) == 42
+
+        def nap(i):
+            import time
+            time.sleep(2)
+            return i
+
+        sock.send_multipart([identity, *wire.RunTasks("j", "d6", {}, [[0, 1, 77]], frames=(
+            payload.pack_callable(nap), payload.pack_args((0,)))).encode()])
+        wait_for(lambda: marker.get() == 77, 10, what="the worker to mark its task in the marker file")
     finally:
         proc.kill()
         proc.wait()
