@@ -31,6 +31,7 @@ BENCH_ARGS ?=
 bench: venv zookeeper $(BENCH_STAMP)
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 	$(VENV)/bin/python bench/faults.py
+	$(VENV)/bin/python bench/hop.py
 
 $(BENCH_STAMP): pyproject.toml $(STAMP)
 	@out=$$($(VENV)/bin/python -m pip install -q --disable-pip-version-check -e '.[test,bench]' 2>&1) || { \
