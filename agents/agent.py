@@ -51,6 +51,7 @@ FLUSH_DELAY = 0.002
 PIPELINE_BELOW = 0.005
 PIPELINE_SAMPLES = 3  # results seen before a job's tasks count as short
 STEAL_AFTER = 2 * PIPELINE_BELOW  # a worker silent this long with tasks queued behind is stuck
+MESSAGE_BYTES = 256 * 1024  # arguments per message to a worker, beyond its first task
 
 
 @dataclass(frozen=True)
@@ -567,19 +568,21 @@ class Agent:
         return None
 
     def _run(self, slot, tasks: list[QueuedTask]) -> None:
-        """Send a worker its tasks, one RunTasks per run of tasks of the same job."""
+        """Send a worker its tasks: one RunTasks per run of tasks of the same job, up to
+        MESSAGE_BYTES of arguments each. A worker starts on a message only once all of it
+        has arrived, so large arguments go a few at a time, not sixteen megabytes at once."""
         now = time.monotonic()
-        for job_id, group in itertools.groupby(tasks, key=lambda t: t.job_id):
-            group = list(group)
+        messages = list(_messages(tasks))
+        for n, (job_id, group) in enumerate(messages):
             job = self.jobs[job_id]
             seqs = [next(self._seq) for _ in group]
             fn = b"" if job.digest in slot.digests else job.function
             msg = wire.RunTasks(job_id, job.digest, job.options, [[t.index, t.attempt, seq] for t, seq in
                                                                    zip(group, seqs)],
                                 frames=(fn, *(t.args for t in group)))
-            if not self._send_worker(slot, msg):
-                self.queue.extendleft(reversed(group))
-                continue
+            if not self._send_worker(slot, msg):  # the worker is gone: every task not sent waits for another
+                self.queue.extendleft(reversed([t for _, rest in messages[n:] for t in rest]))
+                return
             slot.digests.add(job.digest)
             self.counters["worker_messages"] += 1
             for seq, task in zip(seqs, group):
@@ -638,6 +641,21 @@ class Agent:
             return
         free = max(0, self.capacity - len(self.queue) - sum(len(s.tasks) for s in self.pool.slots))
         loop.send(self.front, wire.Heartbeat(self.node_id, self.max_epoch, free), self.leader)
+
+
+def _messages(tasks: list[QueuedTask]):
+    """(job id, tasks) runs of one job each, with at most MESSAGE_BYTES of arguments
+    (or a single task)."""
+    for job_id, group in itertools.groupby(tasks, key=lambda t: t.job_id):
+        run: list[QueuedTask] = []
+        size = 0
+        for task in group:
+            if run and size + len(task.args) > MESSAGE_BYTES:
+                yield job_id, run
+                run, size = [], 0
+            run.append(task)
+            size += len(task.args)
+        yield job_id, run
 
 
 def _rss(pid: int) -> int:

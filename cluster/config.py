@@ -38,7 +38,7 @@ class AgentConfig(Common):
     advertise: str = ""  # host others use to reach us; default: the address that routes to ZooKeeper
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
     prefetch: int = 2  # tasks queued per worker beyond the one it runs; hides round trips
-    prefetch_short: int = 8  # the same while every job it holds has tasks under 5 ms: fewer, larger messages
+    prefetch_short: int = 16  # the same while every job it holds has tasks under 5 ms: fewer, larger messages
     heartbeat_interval: float = 0.5
     heartbeat_misses: int = 4
     drain_timeout: float = 30.0

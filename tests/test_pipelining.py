@@ -112,3 +112,16 @@ def test_garbage_written_into_the_channel_fails_only_the_task_that_wrote_it(one_
                 "retries=0")
     assert [d[:2] for d in done if d[1] != "ok"] == [["culprit", "WorkerLost"]]
     assert max(seconds for _, _, seconds in done) < 4, "the culprit's worker was killed, not waited for"
+
+
+def test_large_arguments_go_a_few_per_message_and_small_ones_together():
+    """A worker starts on a message only once all of it has arrived: a pipeline of 1 MiB
+    arguments in one RunTasks would make it wait for sixteen of them."""
+    from agents.agent import MESSAGE_BYTES, QueuedTask, _messages
+
+    small = [QueuedTask("a", i, 1, b"x" * 100) for i in range(10)]
+    large = [QueuedTask("b", i, 1, b"x" * (1 << 20)) for i in range(3)]
+    mixed = [QueuedTask("c", i, 1, b"x" * (MESSAGE_BYTES // 3)) for i in range(7)]
+    runs = [(job, [t.index for t in tasks]) for job, tasks in _messages(small + large + mixed)]
+    assert runs == [("a", list(range(10))), ("b", [0]), ("b", [1]), ("b", [2]),
+                    ("c", [0, 1, 2]), ("c", [3, 4, 5]), ("c", [6])]
