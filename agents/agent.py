@@ -52,6 +52,7 @@ PIPELINE_BELOW = 0.005
 PIPELINE_SAMPLES = 3  # results seen before a job's tasks count as short
 STEAL_AFTER = 2 * PIPELINE_BELOW  # a worker silent this long with tasks queued behind is stuck
 MESSAGE_BYTES = 256 * 1024  # arguments per message to a worker, beyond its first task
+LARGE_ARGS = 64 * 1024  # a job with arguments this large gets no deep queues (see JobInfo.deep)
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class JobInfo:
     function: bytes
     service: float = 0.0  # moving average of a task's time on a worker, seconds
     samples: int = 0
+    large: bool = False  # a task of it carried LARGE_ARGS of arguments or more
 
     def note_service(self, seconds: float) -> None:
         self.service = seconds if not self.samples else 0.8 * self.service + 0.2 * seconds
@@ -81,6 +83,12 @@ class JobInfo:
     @property
     def short(self) -> bool:
         return self.samples >= PIPELINE_SAMPLES and self.service < PIPELINE_BELOW
+
+    @property
+    def deep(self) -> bool:
+        """Worth deep queues: short tasks whose arguments are small (deep queues of
+        large ones would hold workers x prefetch_short of them in the agent's memory)."""
+        return self.short and not self.large
 
 
 class Agent:
@@ -388,8 +396,12 @@ class Agent:
             err = payload.lost_error("the agent had no function for this job")
             self.outbox.extend(((msg.job_id, i, a), wire.LOST, err) for i, a in msg.tasks)
             return
+        job = self.jobs[msg.job_id]
         for (index, attempt), args in zip(msg.tasks, msg.frames):
             self.queue.append(QueuedTask(msg.job_id, index, attempt, args))
+            if len(args) >= LARGE_ARGS and not job.large:
+                job.large = True
+                self._retune()
 
     def _on_end_job(self, identity: bytes, msg: wire.EndJob) -> None:
         if self.jobs.pop(msg.job_id, None) is not None:
@@ -397,14 +409,15 @@ class Agent:
             self._retune()
 
     def _retune(self) -> None:
-        """Deeper queues while every job held has short tasks: a message then carries
-        several tasks on every hop. A job of longer (or not yet timed) tasks brings
-        them back to ``prefetch``, so no slow task waits behind many others."""
+        """Deeper queues while every job held has short tasks with small arguments: a
+        message then carries several tasks on every hop. A job of longer (or not yet
+        timed) tasks brings them back to ``prefetch``, so no slow task waits behind many
+        others; so does one of large arguments, which the agent would hold too many of."""
         if len(self.jobs) == 1:
-            short = next(iter(self.jobs.values())).short
+            short = next(iter(self.jobs.values())).deep
         else:  # only jobs with tasks here count, and those not yet timed
             held = {t.job_id for t in self.queue} | {t.job_id for s in self.pool.slots for t in s.tasks.values()}
-            short = bool(self.jobs) and all(job.short for job_id, job in self.jobs.items()
+            short = bool(self.jobs) and all(job.deep for job_id, job in self.jobs.items()
                                             if job_id in held or job.samples < PIPELINE_SAMPLES)
         prefetch = max(self.cfg.prefetch, self.cfg.prefetch_short) if short else self.cfg.prefetch
         self.depth = 1 + prefetch

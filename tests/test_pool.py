@@ -178,3 +178,26 @@ def test_a_job_is_short_after_three_quick_results_and_stops_being_short_at_once(
     for _ in range(50):
         steady.note_service(0.006)  # 6 ms tasks, each timed with its share of a batch
     assert not steady.short
+
+
+def test_deep_queues_only_for_short_tasks_with_small_arguments():
+    """An agent asks for workers x (1 + prefetch_short) tasks only while its jobs are short
+    and their arguments small: deep queues of 1 MiB arguments would sit in its memory."""
+    from agents.agent import LARGE_ARGS, Agent
+    from cluster import wire
+    from cluster.config import AgentConfig
+
+    agent = Agent(AgentConfig(workers="2", insecure=True, prefetch=2, prefetch_short=16))
+    agent.pool = WorkerPool(2, lambda index: None)
+    assert agent.capacity == 2 * 3
+    agent._on_job_spec(b"", wire.JobSpec(1, "small", "d1", {}, frames=(b"fn",)))
+    for _ in range(3):
+        agent.jobs["small"].note_service(0.001)
+    agent._retune()
+    assert agent.capacity == 2 * 17
+    agent._on_job_spec(b"", wire.JobSpec(1, "large", "d2", {}, frames=(b"fn",)))
+    for _ in range(3):
+        agent.jobs["large"].note_service(0.001)
+    agent._on_dispatch(b"", wire.Dispatch(1, "large", [[0, 1]], frames=(b"x" * LARGE_ARGS,)))
+    assert agent.jobs["large"].short and not agent.jobs["large"].deep
+    assert agent.capacity == 2 * 3  # its tasks are held here: back to prefetch
