@@ -16,6 +16,7 @@ import datetime
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -156,6 +157,7 @@ def main() -> None:
                     report[label]["failover_s"] = round(first - fault_at, 2) if first else None
             finally:
                 cluster.stop()
+                shutil.rmtree(tmp, ignore_errors=True)  # its logs were read above
         print("running: leader kill -9 with the default 10 s session", file=sys.stderr)
         tmp = Path(tempfile.mkdtemp(prefix="clusterd-faults-"))
         cluster = Cluster(zk.connect_string, tmp, "faults-default", "10", 2)
@@ -170,6 +172,7 @@ def main() -> None:
             report["failover_s_default_session"] = round(first - at, 2) if first else None
         finally:
             cluster.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
     base = report["fault-free"]["job_s"]
     for label, row in report.items():
         if isinstance(row, dict):
