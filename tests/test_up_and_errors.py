@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import signal
 import subprocess
+import tempfile
 import time
 
 import psutil
 
+from cluster.localstack import OWNER, clear_stale_workdirs
 from helpers import PY, ROOT, LineReader, wait_for
+
+
 def test_up_runs_a_command_against_its_cluster_and_cleans_up(tmp_path):
     script = tmp_path / "job.sh"
     script.write_text(f"{PY} -m cluster.cli.main nodes --json && "
@@ -49,6 +54,14 @@ def test_up_stops_everything_on_sigterm():
             proc.wait()
 
 
+def _owner(workdir: str) -> int | None:
+    try:
+        with open(os.path.join(workdir, OWNER)) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
 def test_up_killed_with_sigkill_leaves_nothing_behind():
     proc = subprocess.Popen([PY, "-m", "cluster.cli.main", "up", "--workers", "1"], cwd=ROOT, text=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -65,6 +78,11 @@ def test_up_killed_with_sigkill_leaves_nothing_behind():
         proc.wait(10)
         wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family), 45,
                  what="ZooKeeper, the coordinator, the agent and its worker to exit")
+        # Its work dir (ZooKeeper's data and logs) had to stay; the next local cluster clears it.
+        left = [d for d in glob.glob(os.path.join(tempfile.gettempdir(), "clusterd-up-*"))
+                if _owner(d) == proc.pid]
+        assert len(left) == 1
+        assert left[0] in clear_stale_workdirs() and not os.path.exists(left[0])
     finally:
         for p in [psutil.Process(proc.pid), *family] if proc.poll() is None else family:
             try:
