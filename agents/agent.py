@@ -414,12 +414,12 @@ class Agent:
         timed) tasks brings them back to ``prefetch``, so no slow task waits behind many
         others; so does one of large arguments, which the agent would hold too many of."""
         if len(self.jobs) == 1:
-            short = next(iter(self.jobs.values())).deep
+            deep = next(iter(self.jobs.values())).deep
         else:  # only jobs with tasks here count, and those not yet timed
             held = {t.job_id for t in self.queue} | {t.job_id for s in self.pool.slots for t in s.tasks.values()}
-            short = bool(self.jobs) and all(job.deep for job_id, job in self.jobs.items()
-                                            if job_id in held or job.samples < PIPELINE_SAMPLES)
-        prefetch = max(self.cfg.prefetch, self.cfg.prefetch_short) if short else self.cfg.prefetch
+            deep = bool(self.jobs) and all(job.deep for job_id, job in self.jobs.items()
+                                           if job_id in held or job.samples < PIPELINE_SAMPLES)
+        prefetch = max(self.cfg.prefetch, self.cfg.prefetch_short) if deep else self.cfg.prefetch
         self.depth = 1 + prefetch
 
     def _on_drop_tasks(self, identity: bytes, msg: wire.DropTasks) -> None:
