@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 import uuid
 from collections.abc import Iterator
@@ -23,6 +24,13 @@ ZK_LOG_LINES = 50
 # fixtures (local_cluster, running_cluster) are available to every test.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 pytest_plugins = ["helpers"]
+
+# Several tests send SIGINT to a command (Ctrl-C) and expect it to stop. A shell that
+# starts the suite in the background without job control (`(make test &)`, nohup) makes
+# SIGINT ignored, and an ignored signal stays ignored in every process started from here.
+# A handler, unlike SIG_IGN, is reset to the default on exec, so the commands get Ctrl-C back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
