@@ -53,6 +53,7 @@ PIPELINE_SAMPLES = 3  # results seen before a job's tasks count as short
 STEAL_AFTER = 2 * PIPELINE_BELOW  # a worker silent this long with tasks queued behind is stuck
 MESSAGE_BYTES = 256 * 1024  # arguments per message to a worker, beyond its first task
 LARGE_ARGS = 64 * 1024  # a job with arguments this large gets no deep queues (see JobInfo.deep)
+NEW_JOB = 1.0  # seconds an untimed job with no task here still counts against deep queues
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class JobInfo:
     service: float = 0.0  # moving average of a task's time on a worker, seconds
     samples: int = 0
     large: bool = False  # a task of it carried LARGE_ARGS of arguments or more
+    since: float = 0.0  # when its JobSpec came
 
     def note_service(self, seconds: float) -> None:
         self.service = seconds if not self.samples else 0.8 * self.service + 0.2 * seconds
@@ -386,7 +388,7 @@ class Agent:
         pass  # _on_front noted the leader's liveness
 
     def _on_job_spec(self, identity: bytes, msg: wire.JobSpec) -> None:
-        self.jobs[msg.job_id] = JobInfo(msg.digest, msg.options, msg.frames[0])
+        self.jobs[msg.job_id] = JobInfo(msg.digest, msg.options, msg.frames[0], since=time.monotonic())
         self._retune()
 
     def _on_dispatch(self, identity: bytes, msg: wire.Dispatch) -> None:
@@ -415,10 +417,13 @@ class Agent:
         others; so does one of large arguments, which the agent would hold too many of."""
         if len(self.jobs) == 1:
             deep = next(iter(self.jobs.values())).deep
-        else:  # only jobs with tasks here count, and those not yet timed
+        else:  # only jobs with tasks here count, and new ones whose tasks may be on their way
             held = {t.job_id for t in self.queue} | {t.job_id for s in self.pool.slots for t in s.tasks.values()}
+            # A job kept open with a task or two run long ago (an Executor keeps idle jobs)
+            # must not keep every other job's queues shallow for ever.
+            fresh = time.monotonic() - NEW_JOB
             deep = bool(self.jobs) and all(job.deep for job_id, job in self.jobs.items()
-                                           if job_id in held or job.samples < PIPELINE_SAMPLES)
+                                           if job_id in held or job.samples < PIPELINE_SAMPLES and job.since > fresh)
         prefetch = max(self.cfg.prefetch, self.cfg.prefetch_short) if deep else self.cfg.prefetch
         self.depth = 1 + prefetch
 

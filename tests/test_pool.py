@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+from agents.agent import QueuedTask
 from agents.pool import FIRST_BACKOFF, State, WorkerPool, exit_reason
 
 
@@ -201,3 +202,24 @@ def test_deep_queues_only_for_short_tasks_with_small_arguments():
     agent._on_dispatch(b"", wire.Dispatch(1, "large", [[0, 1]], frames=(b"x" * LARGE_ARGS,)))
     assert agent.jobs["large"].short and not agent.jobs["large"].deep
     assert agent.capacity == 2 * 3  # its tasks are held here: back to prefetch
+
+
+
+def test_an_idle_job_timed_by_a_task_or_two_long_ago_does_not_keep_queues_shallow():
+    from agents.agent import NEW_JOB, Agent
+    from cluster import wire
+    from cluster.config import AgentConfig
+
+    agent = Agent(AgentConfig(workers="2", insecure=True, prefetch=2, prefetch_short=16))
+    agent.pool = WorkerPool(2, lambda index: None)
+    agent._on_job_spec(b"", wire.JobSpec(1, "once", "d1", {}, frames=(b"fn",)))
+    agent.jobs["once"].note_service(0.001)  # one task, then nothing: an Executor keeps the job open
+    agent._on_job_spec(b"", wire.JobSpec(1, "busy", "d2", {}, frames=(b"fn",)))
+    for _ in range(3):
+        agent.jobs["busy"].note_service(0.001)
+    agent.queue.append(QueuedTask("busy", 0, 1, b"x"))
+    agent._retune()
+    assert agent.capacity == 2 * 3  # "once" is new: its tasks may be on their way, untimed
+    agent.jobs["once"].since -= NEW_JOB + 0.1
+    agent._retune()
+    assert agent.capacity == 2 * 17
