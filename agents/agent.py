@@ -418,12 +418,17 @@ class Agent:
         if len(self.jobs) == 1:
             deep = next(iter(self.jobs.values())).deep
         else:  # only jobs with tasks here count, and new ones whose tasks may be on their way
-            held = {t.job_id for t in self.queue} | {t.job_id for s in self.pool.slots for t in s.tasks.values()}
-            # A job kept open with a task or two run long ago (an Executor keeps idle jobs)
-            # must not keep every other job's queues shallow for ever.
-            fresh = time.monotonic() - NEW_JOB
-            deep = bool(self.jobs) and all(job.deep for job_id, job in self.jobs.items()
-                                           if job_id in held or job.samples < PIPELINE_SAMPLES and job.since > fresh)
+            # Runs at every flush: which jobs have tasks here is looked up only when some
+            # job is not deep, and only for those.
+            shallow = [job_id for job_id, job in self.jobs.items() if not job.deep]
+            if shallow:
+                held = {t.job_id for t in self.queue} | {t.job_id for s in self.pool.slots for t in s.tasks.values()}
+                # A job kept open with a task or two run long ago (an Executor keeps idle jobs)
+                # must not keep every other job's queues shallow for ever.
+                fresh = time.monotonic() - NEW_JOB
+                shallow = [job_id for job_id in shallow if job_id in held
+                           or self.jobs[job_id].samples < PIPELINE_SAMPLES and self.jobs[job_id].since > fresh]
+            deep = bool(self.jobs) and not shallow
         prefetch = max(self.cfg.prefetch, self.cfg.prefetch_short) if deep else self.cfg.prefetch
         self.depth = 1 + prefetch
 
@@ -550,8 +555,8 @@ class Agent:
         short tasks are pipelined on the strength of a guess, and a task much longer than
         its job's earlier ones must not hold up the tasks queued behind it. A moved task
         that its first worker starts anyway runs twice; only one result is kept."""
-        if self.queue:
-            return
+        if self.queue or not any(len(s.tasks) > 1 for s in self.pool.slots):
+            return  # runs every loop turn: the common case costs one pass over the slots
         live = self.pool.live()
         if all(s.tasks for s in live):
             return
@@ -665,15 +670,8 @@ def _messages(tasks: list[QueuedTask]):
     """(job id, tasks) runs of one job each, with at most MESSAGE_BYTES of arguments
     (or a single task)."""
     for job_id, group in itertools.groupby(tasks, key=lambda t: t.job_id):
-        run: list[QueuedTask] = []
-        size = 0
-        for task in group:
-            if run and size + len(task.args) > MESSAGE_BYTES:
-                yield job_id, run
-                run, size = [], 0
-            run.append(task)
-            size += len(task.args)
-        yield job_id, run
+        for run in loop.batches(group, lambda t: len(t.args), MESSAGE_BYTES):
+            yield job_id, run
 
 
 def _rss(pid: int) -> int:

@@ -311,15 +311,7 @@ class ClusterClient:
 
     def _send_tasks(self, job: JobHandle, items: list[tuple[int, bytes]]) -> None:
         """In messages of at most BATCH tasks and about BATCH_BYTES."""
-        chunk: list[tuple[int, bytes]] = []
-        size = 0
-        for item in items:
-            if chunk and (len(chunk) == BATCH or size + len(item[1]) > BATCH_BYTES):
-                loop.send(self.sock, wire.SubmitTasks(job.job_id, [i for i, _ in chunk], frames=tuple(a for _, a in chunk)))
-                chunk, size = [], 0
-            chunk.append(item)
-            size += len(item[1])
-        if chunk:
+        for chunk in loop.batches(items, lambda item: len(item[1]), BATCH_BYTES, BATCH):
             loop.send(self.sock, wire.SubmitTasks(job.job_id, [i for i, _ in chunk], frames=tuple(a for _, a in chunk)))
 
     def _send_new(self) -> None:

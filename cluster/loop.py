@@ -13,7 +13,7 @@ import logging
 import os
 import queue
 import socket
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 from urllib.parse import urlsplit
 
 import zmq
@@ -133,6 +133,25 @@ def read_router(sock: zmq.Socket, handle: Callable[[bytes, Message], None],
             bad(identity, str(exc))
             continue
         handle(identity, msg)
+
+
+T = TypeVar("T")
+
+
+def batches(items: Iterable[T], size: Callable[[T], int], max_bytes: int, max_count: int = 0) -> Iterator[list[T]]:
+    """Consecutive runs of items for one message each: at most ``max_count`` items (0: any
+    number) and ``max_bytes`` by ``size``, except that an item larger than that goes alone."""
+    run: list[T] = []
+    total = 0
+    for item in items:
+        n = size(item)
+        if run and (len(run) == max_count or total + n > max_bytes):
+            yield run
+            run, total = [], 0
+        run.append(item)
+        total += n
+    if run:
+        yield run
 
 
 def bind(sock: zmq.Socket, address: str) -> str:

@@ -136,16 +136,9 @@ def _payload(frame: Any) -> bytes | memoryview:
     return frame.buffer if len(frame) >= ZERO_COPY_MIN else frame.bytes
 
 
-_FIELDS_CACHE: dict[type, tuple[dataclasses.Field, ...]] = {}
-_HINTS_CACHE: dict[type, dict[str, Any]] = {}
-
-
+@functools.cache
 def _header_fields(cls: type) -> tuple[dataclasses.Field, ...]:
-    fields = _FIELDS_CACHE.get(cls)
-    if fields is None:
-        fields = tuple(f for f in dataclasses.fields(cls) if f.name != "frames")
-        _FIELDS_CACHE[cls] = fields
-    return fields
+    return tuple(f for f in dataclasses.fields(cls) if f.name != "frames")
 
 
 @functools.cache
@@ -155,19 +148,12 @@ def _required(cls: type) -> int:
                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    hints = _HINTS_CACHE.get(cls)
-    if hints is None:
-        hints = typing.get_type_hints(cls)
-        _HINTS_CACHE[cls] = hints
-    return hints
-
-
 @functools.cache
 def _checks(cls: type) -> tuple[Callable[[Any], bool], ...]:
     """One type check per header field, chosen once per message class: decoding runs
     for every message on every hop (a heartbeat from each of 5,000 agents a second)."""
-    return tuple(_check(_hints(cls)[f.name]) for f in _header_fields(cls))
+    hints = typing.get_type_hints(cls)
+    return tuple(_check(hints[f.name]) for f in _header_fields(cls))
 
 
 def _check(hint: Any) -> Callable[[Any], bool]:
