@@ -103,8 +103,10 @@ class Results:
     back, so while results are held, a flusher thread looks every ``HOLD`` and sends
     them if a task has been running meanwhile. One thread at a time uses the socket:
     the flusher only while a task runs, under ``lock``, which the main thread takes
-    when the task returns. Nothing signals the flusher per task or per batch (a thread
-    wake-up costs more than a short task): it sleeps on ``held`` only when nothing is."""
+    when the task returns. Nothing signals the flusher per task (a thread wake-up
+    costs more than a short task), nor when results go back at once, as each one does
+    when tasks come one at a time: ``hold`` wakes it only when a batch starts to wait,
+    and it sleeps on ``held`` again once nothing is."""
 
     def __init__(self, link: PairLink | ZmqLink, marker: Marker | NoMarker):
         self.link = link
@@ -121,17 +123,20 @@ class Results:
         if item.legacy:
             self.link.send(wire.TaskDone(item.job_id, item.index, item.attempt, status, frames=(body,)).encode())
             return
-        first = not self.items
-        if first:
+        if not self.items:
             self.since = time.monotonic()
         self.items.append([item.job_id, item.index, item.attempt, status])
         self.bodies.append(body)
-        if first:
-            self.held.set()  # after the append: the flusher clears, then looks at items again
 
     def due(self, more_to_run: bool) -> bool:
         return bool(self.items) and (not more_to_run or len(self.items) >= MAX_HELD
                                      or time.monotonic() - self.since >= HOLD)
+
+    def hold(self) -> None:
+        """Results stay for the next task's: have the flusher watch them. After they were
+        added: the flusher clears ``held``, then looks at items again."""
+        if not self.held.is_set():
+            self.held.set()
 
     def send(self) -> None:
         self.link.send(wire.TasksDone(self.items, frames=tuple(self.bodies)).encode())
@@ -245,6 +250,8 @@ def main(argv: list[str]) -> int:
             return 0  # the agent let go of us
         if results.due(more_to_run=bool(inbox)):
             results.send()
+        elif results.items:
+            results.hold()
         if not inbox:
             if not link.wait(PARENT_CHECK_MS) and os.getppid() != parent_pid:
                 return 0
