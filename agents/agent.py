@@ -274,7 +274,7 @@ class Agent:
         while not self._stopping:
             next_tick = self._next_tick
             wake = min(next_tick, self._flush_due) if self._flush_due is not None else next_tick
-            ready = dict(poller.poll(max(0.0, wake - time.monotonic()) * 1000))
+            ready = dict(poller.poll(loop.poll_ms(wake)))
             if self.waker.fd in ready:
                 for kind, value in self.waker.drain():
                     self._on_event(kind, value)

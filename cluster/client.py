@@ -255,7 +255,7 @@ class ClusterClient:
         next_beat = 0.0
         try:
             while not self._stopping:
-                ready = dict(self.poller.poll(max(0.0, next_beat - time.monotonic()) * 1000))
+                ready = dict(self.poller.poll(loop.poll_ms(next_beat)))
                 if self._waker.fd in ready:
                     for kind, value in self._waker.drain():
                         self._on_event(kind, value)

@@ -177,8 +177,7 @@ class Coordinator:
         poller.register(self.waker.fd, zmq.POLLIN)
         next_tick = 0.0
         while not self._stopping:
-            timeout = max(0.0, next_tick - time.monotonic()) * 1000
-            ready = dict(poller.poll(timeout))
+            ready = dict(poller.poll(loop.poll_ms(next_tick)))
             if self.waker.fd in ready:
                 for kind, value in self.waker.drain():
                     self._on_event(kind, value)

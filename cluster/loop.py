@@ -10,9 +10,11 @@ threads may poke it and a ZeroMQ socket must not be shared between threads.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import socket
+import time
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 from urllib.parse import urlsplit
 
@@ -57,6 +59,12 @@ class Waker:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def poll_ms(deadline: float) -> int:
+    """Milliseconds from now to ``deadline`` for a poll, rounded up: pyzmq truncates
+    0.7 ms to 0, and a loop would spin through the last millisecond before each timer."""
+    return max(0, math.ceil((deadline - time.monotonic()) * 1000))
 
 
 # Plain ints: pyzmq's send_multipart ORs enum flags for every frame, a quarter of
