@@ -112,6 +112,8 @@ class Agent:
         self.leader: bytes | None = None  # routing id of the coordinator we work for
         self.max_epoch = 0
         self.leader_liveness = Liveness(cfg.heartbeat_interval, cfg.heartbeat_misses)
+        self.beat_interval = cfg.heartbeat_interval  # the leader's, once it says Hello: it is the judge
+        self._next_beat = 0.0
         self.counters: collections.Counter = collections.Counter()
         self.outcomes: collections.Counter = collections.Counter()  # tasks finished here, by outcome
         self.draining = False
@@ -269,7 +271,6 @@ class Agent:
         poller.register(self.waker.fd, zmq.POLLIN)
         tick = min(0.1, self.cfg.heartbeat_interval)
         self._next_tick = 0.0
-        next_beat = 0.0
         writing: set[int] = set()  # channels polled for room to write
         while not self._stopping:
             next_tick = self._next_tick
@@ -298,9 +299,9 @@ class Agent:
                 self._reap(now)
                 self.pool.converge(now)
                 self._next_tick = now + tick
-                if now >= next_beat:
+                if now >= self._next_beat:
                     self._beat(now)
-                    next_beat = now + self.cfg.heartbeat_interval
+                    self._next_beat = now + self.beat_interval
                 if self.draining:
                     self._check_drain(now)
             self._assign()
@@ -380,12 +381,23 @@ class Agent:
         self.max_epoch, self.leader = msg.epoch, identity
         self.leader_liveness = Liveness(msg.heartbeat_interval, self.cfg.heartbeat_misses)
         self.leader_liveness.beat(identity, time.monotonic())
+        self._follow_interval(msg.heartbeat_interval)
         self._announced = self.capacity
         welcome = wire.Welcome(self.node_id, msg.epoch, self.workers, self.capacity, self._held(), self.draining)
         loop.send(self.front, welcome, identity)
 
     def _on_heartbeat(self, identity: bytes, msg: wire.Heartbeat) -> None:
-        pass  # _on_front noted the leader's liveness
+        # _on_front noted the leader's liveness
+        if identity == self.leader and msg.interval and msg.interval != self.beat_interval:
+            self.leader_liveness.set_interval(msg.interval)
+            self._follow_interval(msg.interval)
+
+    def _follow_interval(self, interval: float) -> None:
+        """Beat as often as the leader asks: it stretches the interval for large fleets."""
+        if interval != self.beat_interval:
+            log.info("heartbeats every %.2f s, as the leader asks", interval)
+        self.beat_interval = interval
+        self._next_beat = min(self._next_beat, time.monotonic() + interval)
 
     def _on_job_spec(self, identity: bytes, msg: wire.JobSpec) -> None:
         self.jobs[msg.job_id] = JobInfo(msg.digest, msg.options, msg.frames[0], since=time.monotonic())
@@ -642,6 +654,7 @@ class Agent:
             m.gauge("workers", "Worker processes by state", states.get(state, 0), state=state)
         m.gauge("queue_depth", "Tasks queued on this agent", len(self.queue))
         m.gauge("jobs", "Jobs whose function this agent holds", len(self.jobs))
+        m.gauge("heartbeat_interval_seconds", "Seconds between heartbeats, as the leader asks", self.beat_interval)
         m.gauge("results_held", "Results waiting for a coordinator", len(self.outbox))
         m.gauge("draining", "1 while draining", 1.0 if self.draining else 0.0)
         m.gauge("zookeeper_connected", "1 while the ZooKeeper session is connected", 1.0 if self.zk.connected else 0.0)

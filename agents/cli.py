@@ -44,7 +44,7 @@ def agent(
     bind: Optional[str] = typer.Option(None, "--bind", help="Endpoint to bind (tcp://0.0.0.0:0, a free port)."),
     advertise: Optional[str] = typer.Option(None, "--advertise", help="Host others use to reach this node."),
     label: List[str] = typer.Option([], "--label", help="key=value label; repeatable."),
-    heartbeat_interval: Optional[float] = typer.Option(None, help="Seconds between heartbeats (0.5)."),
+    heartbeat_interval: Optional[float] = typer.Option(None, help="Seconds between heartbeats until the coordinator sets them (0.5)."),
     heartbeat_misses: Optional[int] = typer.Option(None, help="Missed heartbeats before the coordinator is lost (4)."),
     drain_timeout: Optional[float] = typer.Option(None, help="Seconds a drain waits for held tasks (30)."),
     zk_session_timeout: Optional[float] = typer.Option(None, help="ZooKeeper session timeout; our znode goes this long after we vanish (10)."),

@@ -260,10 +260,14 @@ class Fleet:
             agent.leader_liveness.beat(identity, time.monotonic())
         if kind is wire.Heartbeat:
             self.counters["heartbeats_received"] += 1
+            if identity == agent.leader and msg.interval:
+                agent.leader_liveness.set_interval(msg.interval)
+                self._follow_interval(msg.interval)
         elif kind is wire.Hello:
             agent.max_epoch, agent.leader = msg.epoch, identity
             agent.leader_liveness = Liveness(msg.heartbeat_interval, self.misses)
             agent.leader_liveness.beat(identity, time.monotonic())
+            self._follow_interval(msg.heartbeat_interval)
             welcome = wire.Welcome(agent.node_id, msg.epoch, self.workers, self.capacity, agent.held(),
                                    agent.draining)
             self._send(agent, welcome, identity)
@@ -340,6 +344,17 @@ class Fleet:
                 self.dirty.add(agent)
             if agent.draining and not agent.queue and not agent.running and not agent.outbox:
                 self._leave_drained(agent)
+
+    def _follow_interval(self, interval: float) -> None:
+        """Beat as often as the leader asks, as the real agent does. One interval for the
+        whole process (all its agents have the same leader). Pulling every due time in
+        to at most one new interval keeps ``beats`` in due order."""
+        if interval == self.interval:
+            return
+        self.interval = interval
+        latest = time.monotonic() + interval
+        for agent in self.beats:
+            agent.next_beat = min(agent.next_beat, latest)
 
     def _beat(self, now: float) -> None:
         while self.beats and self.beats[0].next_beat <= now:

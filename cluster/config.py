@@ -52,8 +52,9 @@ class AgentConfig(Common):
 class CoordinatorConfig(Common):
     bind: str = "tcp://0.0.0.0:0"  # the client endpoint
     advertise: str = ""
-    heartbeat_interval: float = 0.5
+    heartbeat_interval: float = 0.5  # the shortest; stretched past heartbeat_interval x heartbeat_budget agents
     heartbeat_misses: int = 4
+    heartbeat_budget: float = 4000.0  # heartbeats a second from agents (and as many to them); 0 = never stretch
     job_window: int = 10000  # most tasks a job may have queued or running at once
     max_batch: int = 256  # most tasks in one Dispatch or TaskResults message
     max_payload: int = 64 * 2**20  # bytes of one task's arguments, function or result

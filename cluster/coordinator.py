@@ -23,7 +23,7 @@ import zmq
 from . import election, loop, payload, security, wire
 from .config import CoordinatorConfig
 from .layout import LeaderRecord
-from .liveness import Liveness
+from .liveness import BeatInterval, Liveness
 from .membership import MemberEvent, Membership
 from .rate import Throughput
 from .scheduler import Scheduler
@@ -60,11 +60,12 @@ class Coordinator:
         self.throughput = Throughput(RATE_WINDOW)
         self.peers: dict[str, AgentPeer] = {}
         self.agent_liveness = Liveness(cfg.heartbeat_interval, cfg.heartbeat_misses)
+        self.beats = BeatInterval(cfg.heartbeat_interval, cfg.heartbeat_budget, cfg.heartbeat_misses)
         self.counters: collections.Counter = collections.Counter()
         self.waker = loop.Waker()
         self._stopping = False
         self._first_dispatch = False
-        self._next_beat = 0.0  # heartbeats go every heartbeat_interval, not every (shorter) timer tick
+        self._next_beat = 0.0  # heartbeats go every beats.interval, not every (shorter) timer tick
         self.notifier = Notifier()
         self.metrics = None
         self._warned_bad: set[bytes] = set()
@@ -148,6 +149,8 @@ class Coordinator:
         m.gauge("queue_depth", "Tasks waiting for an agent", s.queued)
         m.gauge("tasks_running", "Tasks held by agents", sum(len(a.in_flight) for a in s.agents.values()))
         m.gauge("jobs", "Open jobs", len(s.jobs))
+        m.gauge("heartbeat_interval_seconds", "Seconds between heartbeats, both ways (stretched with the fleet)",
+                self.beats.interval)
         for node_id in s.agents:
             age = self.agent_liveness.age(node_id, now)
             if age is not None:
@@ -267,6 +270,10 @@ class Coordinator:
             self._export(now)
         if not self.leading:
             return
+        if self.beats.update(len(self.peers), now):
+            log.info("heartbeats every %.2f s for %d agents; one unheard for %.1f s is lost",
+                     self.beats.interval, len(self.peers), self.beats.interval * self.cfg.heartbeat_misses)
+        self.agent_liveness.deadline = self.beats.deadline(now)
         for node_id in self.agent_liveness.expired(now):
             peer = self.peers.get(node_id)
             if peer is not None and peer.up:
@@ -275,11 +282,12 @@ class Coordinator:
                 log.warning("agent %s silent for %.1f s: %d tasks requeued", node_id,
                             self.agent_liveness.deadline, requeued)
                 peer.up = False
-        beat = wire.Heartbeat(self.id, self.epoch).encode()  # once for every agent
-        hello = wire.Hello(self.id, self.epoch, self.cfg.heartbeat_interval)
+        # Each beat tells the agents the interval, so they follow it when it changes.
+        beat = wire.Heartbeat(self.id, self.epoch, 0, self.beats.interval).encode()  # once for every agent
+        hello = wire.Hello(self.id, self.epoch, self.beats.interval)
         beating = now >= self._next_beat
         if beating:
-            self._next_beat = max(self._next_beat + self.cfg.heartbeat_interval, now)
+            self._next_beat = max(self._next_beat + self.beats.interval, now)
         for peer in self.peers.values():
             if peer.up:
                 if beating:
@@ -383,6 +391,7 @@ class Coordinator:
             "delivered": s.counters["delivered"], "outcomes": dict(s.outcomes),
             "failed": sum(n for outcome, n in s.outcomes.items() if outcome != "ok"),
             "tasks_per_second": round(self.throughput.rate(now, s.counters["delivered"]), 1),
+            "heartbeat_interval": self.beats.interval,
             "counters": dict(self.counters + s.counters),
         }
 

@@ -199,12 +199,19 @@ def _ints(row: list, what: str) -> None:
 @dataclasses.dataclass(frozen=True)
 class Heartbeat(Message):
     """Liveness, both ways. ``epoch`` fences deposed coordinators; ``free`` is
-    the sender's spare capacity (agents) or 0."""
+    the sender's spare capacity (agents) or 0; ``interval``, from a coordinator to its
+    agents, the seconds between beats from now on, both ways (0: unchanged; older
+    coordinators send none)."""
 
     KIND = 1
     sender: str
     epoch: int
     free: int = 0
+    interval: float = 0.0
+
+    def validate(self) -> None:
+        if self.interval and not 0.01 <= self.interval <= 60:
+            raise ProtocolError("Heartbeat: interval out of range")
 
 
 @dataclasses.dataclass(frozen=True)

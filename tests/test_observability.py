@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
+import time
 import urllib.request
 
 from cluster.zkserver import free_ports
@@ -99,3 +101,33 @@ def test_status_text_names_every_figure(running_cluster):
     assert re.search(r"2 ready; workers 0 busy, 4 idle of 4", res.stdout)
     assert re.search(r"0 done \(0 failed\), 0 tasks/s over the last minute", res.stdout)
     assert re.search(r"a1\s+ready\s+workers 0/2\s+busy", res.stdout)
+
+
+def test_a_coordinator_stretches_heartbeats_agents_follow_and_a_hung_agent_is_still_found(local_cluster):
+    """With a budget of 2 heartbeats a second, 2 agents beat every 1 s instead of every
+    0.2 s: the agents follow the leader, the leader gives them 3 misses of 1 s instead of
+    0.6 s, and an agent that stops answering is still written off for silence, well
+    before its ZooKeeper session (10 s) expires."""
+    ports = dict(zip(("coordinator", "b1", "b2"), free_ports(3)))
+    coordinator = local_cluster.coordinator("--heartbeat-interval", "0.2", "--heartbeat-misses", "3", "--heartbeat-budget", "2",
+                                            "--metrics-port", str(ports["coordinator"]))
+    agents = {node: local_cluster.agent(node, 1, "--metrics-port", str(ports[node])) for node in ("b1", "b2")}
+    local_cluster.wait_ready(coordinator, ["b1", "b2"])
+    for node in ("b1", "b2"):
+        wait_for(lambda: scrape(ports[node]).get("clusterd_heartbeat_interval_seconds") == 1.0, 15,
+                 what=f"{node} to beat every second, as the leader asks")
+    wait_for(lambda: scrape(ports["coordinator"]).get("clusterd_heartbeat_interval_seconds") == 1.0, 10,
+             what="the coordinator to export its interval")
+    res = local_cluster.clusterctl("status", "--json")
+    assert res.returncode == 0 and json.loads(res.stdout)["heartbeat_interval"] == 1.0, res.stderr
+    time.sleep(3)  # five of the old deadlines: agents beating once a second would have been written off
+    assert " silent " not in coordinator.text()
+
+    stopped = time.monotonic()
+    agents["b2"].signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: "agent b2 silent" in coordinator.text(), 15, what="the coordinator to write b2 off")
+        assert time.monotonic() - stopped < 8  # silence (3 s and a tick), not the 10 s session
+        assert "agent b1 silent" not in coordinator.text()
+    finally:
+        agents["b2"].signal(signal.SIGCONT)

@@ -77,12 +77,20 @@ def test_malformed_is_a_protocol_error(frames):
 
 def test_fields_a_newer_peer_appends_are_ignored():
     # A compatible change within a protocol version only appends fields.
-    msg = wire.decode([header(wire.Heartbeat.KIND, "c1", 1, 3, "added later", [1, 2])])
-    assert msg == wire.Heartbeat("c1", 1, 3)
+    msg = wire.decode([header(wire.Heartbeat.KIND, "c1", 1, 3, 1.25, "added later", [1, 2])])
+    assert msg == wire.Heartbeat("c1", 1, 3, 1.25)
 
 
 def test_fields_with_defaults_may_be_missing_from_an_older_peer():
     assert wire.decode([header(wire.Heartbeat.KIND, "c1", 1)]) == wire.Heartbeat("c1", 1)
+    # A coordinator of the release before stretched heartbeats: no interval, "unchanged".
+    assert wire.decode([header(wire.Heartbeat.KIND, "c1", 1, 0)]).interval == 0
+
+
+@pytest.mark.parametrize("interval", [-1.0, 0.001, 61, float("nan"), float("inf")])
+def test_a_heartbeat_interval_out_of_range_is_refused(interval):
+    with pytest.raises(wire.ProtocolError, match="interval"):
+        wire.decode([header(wire.Heartbeat.KIND, "c1", 1, 0, interval)])
 
 
 def test_other_protocol_version_is_named():

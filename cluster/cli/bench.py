@@ -43,6 +43,8 @@ def scale(
     churn_rate: float = typer.Option(0.10, help="Fraction of the fleet replaced per minute during churn."),
     churn_task_seconds: float = typer.Option(1.0, help="Run time of each task during churn."),
     heartbeat_interval: float = typer.Option(0.5, help="Heartbeat interval of the coordinator and the agents."),
+    heartbeat_budget: float = typer.Option(
+        4000.0, help="The coordinator's heartbeats/s from agents, at most (0: every agent beats every interval)."),
     session_timeout: float = typer.Option(10.0, help="The simulators' ZooKeeper session timeout."),
     profile: Optional[str] = typer.Option(None, help="Run the coordinator under cProfile (DIR/coordinator-N.prof)."),
     keep: bool = typer.Option(False, help="Keep the work dir (logs of every process)."),
@@ -52,7 +54,8 @@ def scale(
         results = run_scale(agents, zk=zk or "", workers=workers, baseline=baseline, per_process=per_process,
                             tasks=tasks, steady_seconds=steady_seconds, churn_seconds=churn_seconds,
                             churn_rate=churn_rate, churn_task_seconds=churn_task_seconds,
-                            heartbeat_interval=heartbeat_interval, session_timeout=session_timeout,
+                            heartbeat_interval=heartbeat_interval,
+                            heartbeat_budget=heartbeat_budget, session_timeout=session_timeout,
                             profile=profile or "", keep=keep, window=window)
     except (RuntimeError, ValueError) as exc:
         typer.echo(f"clusterctl bench scale: {exc}", err=True)

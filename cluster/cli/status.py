@@ -51,7 +51,8 @@ def render(state: dict) -> str:
     nodes = ", ".join(f"{n} {k}" for k, n in sorted(state["nodes"].items())) or "no nodes"
     lines = [
         f"leader {state['coordinator']} (epoch {state['epoch']}) at {state['endpoint']}; {state['standbys']} standby",
-        f"{nodes}; workers {w['busy']} busy, {w['idle']} idle of {w['total']}",
+        f"{nodes}; workers {w['busy']} busy, {w['idle']} idle of {w['total']}"
+        + (f"; heartbeats every {state['heartbeat_interval']:g}s" if "heartbeat_interval" in state else ""),
         f"{state['jobs']} jobs, {state['queued']} queued, {state['running']} running; "
         f"{state['delivered']} done ({state['failed']} failed), {state['tasks_per_second']:g} tasks/s over the last minute",
     ]

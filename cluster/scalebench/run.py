@@ -53,7 +53,8 @@ class ScaleRun:
     def start_coordinator(self) -> None:
         argv = [PY, "-m", "cluster.cli.main", "coordinator", "--zk", self.zk, "--cluster", self.cluster,
                 "--insecure", "--bind", "tcp://127.0.0.1:0", "--log-level", "info",
-                "--heartbeat-interval", str(self.o["heartbeat_interval"])]
+                "--heartbeat-interval", str(self.o["heartbeat_interval"]),
+                "--heartbeat-budget", str(self.o["heartbeat_budget"])]
         if self.o["profile"]:
             Path(self.o["profile"]).mkdir(parents=True, exist_ok=True)
             argv[1:1] = ["-m", "cProfile", "-o", str(Path(self.o["profile"]) / f"coordinator-{self.n}.prof")]
@@ -508,15 +509,15 @@ def _int(value: str | None) -> int | None:
 def run_scale(sizes: list[int], *, zk: str = "", workers: int = 8, baseline: int = 10, per_process: int = 1000,
               tasks: int = 100_000, round_trips: int = 200, steady_seconds: float = 20.0,
               churn_seconds: float = 60.0, churn_rate: float = 0.10, churn_task_seconds: float = 1.0,
-              churn_submit_rate: float = 5000.0, heartbeat_interval: float = 0.5, session_timeout: float = 10.0,
-              converge_timeout: float = 120.0, job_timeout: float = 300.0, profile: str = "",
+              churn_submit_rate: float = 5000.0, heartbeat_interval: float = 0.5, heartbeat_budget: float = 4000.0,
+              session_timeout: float = 10.0, converge_timeout: float = 120.0, job_timeout: float = 300.0, profile: str = "",
               keep: bool = False, window: int = 10_000) -> dict:
     """Run every size (and the baseline size for the throughput ratio); returns the figures."""
     opts = dict(workers=workers, per_process=per_process, tasks=tasks, round_trips=round_trips,
                 steady_seconds=steady_seconds, churn_seconds=churn_seconds, churn_rate=churn_rate,
                 churn_task_seconds=churn_task_seconds, churn_submit_rate=churn_submit_rate,
-                heartbeat_interval=heartbeat_interval, session_timeout=session_timeout,
-                converge_timeout=converge_timeout, job_timeout=job_timeout, profile=profile, window=window)
+                heartbeat_interval=heartbeat_interval, heartbeat_budget=heartbeat_budget,
+                session_timeout=session_timeout, converge_timeout=converge_timeout, job_timeout=job_timeout, profile=profile, window=window)
     limit = raise_fd_limit()
     sizes = sorted(set(sizes) | ({baseline} if baseline else set()))
     need = max(sizes) + 200
