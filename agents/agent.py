@@ -110,6 +110,7 @@ class Agent:
         self.outbox: list[tuple[tuple[str, int, int], int, bytes]] = []
         self._flush_due: float | None = None  # when held results must go at the latest
         self.leader: bytes | None = None  # routing id of the coordinator we work for
+        self.leader_takes_back = False  # it accepts ReturnTasks (its Hello says so)
         self.max_epoch = 0
         self.leader_liveness = Liveness(cfg.heartbeat_interval, cfg.heartbeat_misses)
         self.beat_interval = cfg.heartbeat_interval  # the leader's, once it says Hello: it is the judge
@@ -305,6 +306,7 @@ class Agent:
                 if self.draining:
                     self._check_drain(now)
             self._assign()
+            self._give_back()
             self._rebalance(now)
             self._flush()
             # Poll for room only while a worker's channel has bytes it could not take yet.
@@ -379,6 +381,7 @@ class Agent:
         if msg.epoch > self.max_epoch or self.leader != identity:
             log.info("coordinator %s (epoch %d) is the leader", msg.coordinator_id, msg.epoch)
         self.max_epoch, self.leader = msg.epoch, identity
+        self.leader_takes_back = msg.takes_back
         self.leader_liveness = Liveness(msg.heartbeat_interval, self.cfg.heartbeat_misses)
         self.leader_liveness.beat(identity, time.monotonic())
         self._follow_interval(msg.heartbeat_interval)
@@ -416,6 +419,8 @@ class Agent:
             if len(args) >= LARGE_ARGS and not job.large:
                 job.large = True
                 self._retune()
+        if not job.deep and self.depth > 1 + self.cfg.prefetch:
+            self._retune()  # a job of long tasks is back among short ones: shallow queues now, not at the next flush
 
     def _on_end_job(self, identity: bytes, msg: wire.EndJob) -> None:
         if self.jobs.pop(msg.job_id, None) is not None:
@@ -562,6 +567,30 @@ class Agent:
             if tasks:
                 self._run(self.pool.slots[index], tasks)
 
+    def _give_back(self) -> None:
+        """When the agent's capacity shrinks (see _retune), tell the leader at once, and
+        give back the queued tasks beyond it: they were sent on the deeper credit, and
+        kept here they would wait behind each other while other agents have room (a job
+        of long tasks sent to an agent that had just run short ones went 11 to 1)."""
+        if self.leader is None:
+            return
+        excess = 0
+        if self.queue and self.leader_takes_back and not self.draining:
+            assigned = sum(len(s.tasks) for s in self.pool.slots)
+            excess = min(len(self.queue), len(self.queue) + assigned - self.capacity)
+        if excess <= 0 and self.capacity >= self._announced:
+            return
+        back = [self.queue.pop() for _ in range(max(0, excess))][::-1]
+        if back:
+            msg: wire.Message = wire.ReturnTasks(self.max_epoch, [list(t.key) for t in back], self.capacity)
+        else:  # a Results with no result carries a new capacity to coordinators of any release
+            msg = wire.Results(self.max_epoch, [], self.capacity)
+        if loop.send(self.front, msg, self.leader):
+            self._announced = self.capacity
+            self.counters["tasks_returned"] += len(back)
+        else:
+            self.queue.extend(back)
+
     def _rebalance(self, now: float) -> None:
         """Move tasks off a worker stuck on a long one while another worker has nothing:
         short tasks are pipelined on the strength of a guess, and a task much longer than
@@ -667,6 +696,8 @@ class Agent:
         m.total("worker_messages_total", "Messages that carried tasks to workers (short tasks share one)",
                 self.counters["worker_messages"])
         m.total("tasks_moved_total", "Tasks moved off a worker stuck on a long task", self.counters["tasks_moved"])
+        m.total("tasks_returned_total", "Queued tasks given back to the leader when this agent's capacity shrank",
+                self.counters["tasks_returned"])
 
     def _beat(self, now: float) -> None:
         if self.leader is None:

@@ -80,6 +80,7 @@ class Coordinator:
         self.agent_handlers = {
             wire.Welcome: self._on_welcome,
             wire.Results: self._on_results,
+            wire.ReturnTasks: self._on_return_tasks,
             wire.Heartbeat: self._on_agent_heartbeat,
             wire.Draining: self._on_draining,
             wire.Refused: self._on_agent_refused,
@@ -284,7 +285,7 @@ class Coordinator:
                 peer.up = False
         # Each beat tells the agents the interval, so they follow it when it changes.
         beat = wire.Heartbeat(self.id, self.epoch, 0, self.beats.interval).encode()  # once for every agent
-        hello = wire.Hello(self.id, self.epoch, self.beats.interval)
+        hello = wire.Hello(self.id, self.epoch, self.beats.interval, takes_back=True)
         beating = now >= self._next_beat
         if beating:
             self._next_beat = max(self._next_beat + self.beats.interval, now)
@@ -450,6 +451,14 @@ class Coordinator:
             if retried is not None:
                 log.warning("job %s task %d (attempt %d): its worker died on %s; %s", job_id, index, attempt,
                             peer.node_id, "retrying" if retried else "no retry")
+
+    def _on_return_tasks(self, peer: AgentPeer, msg: wire.ReturnTasks) -> None:
+        if not peer.up:
+            return  # written off: what it held is queued again already
+        self.agent_liveness.beat(peer.node_id, time.monotonic())
+        self.scheduler.agent_capacity(peer.node_id, msg.capacity)  # first, or they come straight back
+        for job_id, index, attempt in reversed(msg.items):  # each goes to the front: keep their order
+            self.scheduler.on_returned(peer.node_id, job_id, index, attempt)
 
     # ------------------------------------------------------------ dispatch
 

@@ -258,6 +258,23 @@ class Scheduler:
             self.counters["stale_results"] += 1
         return None
 
+    def on_returned(self, node_id: str, job_id: str, index: int, attempt: int) -> bool:
+        """An agent gives back a task it has not started: queue it again at the front,
+        costing it no retry. False (and nothing changes but the agent's credit) when
+        that attempt is not the task's current one, or the task is done."""
+        slot = self.agents.get(node_id)
+        if slot is not None:
+            slot.in_flight.discard((job_id, index, attempt))
+            self._open[node_id] = None
+        job = self.jobs.get(job_id)
+        task = job.tasks.get(index) if job else None
+        if task is None or task.node != node_id or task.attempt != attempt or task.queued:
+            return False
+        task.node = None
+        self._enqueue(job, index, task, front=True)
+        self.counters["returned"] += 1
+        return True
+
     def _enqueue(self, job: Job, index: int, task: Task, front: bool = False) -> None:
         (job.queue.appendleft if front else job.queue.append)(index)
         task.queued = True

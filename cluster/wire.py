@@ -330,12 +330,14 @@ class JobFailed(Message):
 
 @dataclasses.dataclass(frozen=True)
 class Hello(Message):
-    """A coordinator introduces itself to an agent."""
+    """A coordinator introduces itself to an agent. ``takes_back``: it accepts
+    ReturnTasks (older coordinators do not know the message)."""
 
     KIND = 20
     coordinator_id: str
     epoch: int
     heartbeat_interval: float
+    takes_back: bool = False
 
     def validate(self) -> None:
         if not 0.01 <= self.heartbeat_interval <= 60:
@@ -427,6 +429,25 @@ class DropTasks(Message):
 
     def validate(self) -> None:
         _ints(self.indices, "DropTasks.indices")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReturnTasks(Message):
+    """Agent to coordinator: tasks it holds and has not started, to be queued again.
+    Its credit shrank after they were sent (a job of long or new tasks among short
+    ones), and another agent may start them sooner. items = [[job, index, attempt],
+    ...]; ``capacity`` is the agent's from now on."""
+
+    KIND = 28
+    epoch: int
+    items: list
+    capacity: int
+
+    def validate(self) -> None:
+        for row in self.items:
+            if type(row) is not list or len(row) != 3 or type(row[0]) is not str \
+                    or type(row[1]) is not int or type(row[2]) is not int:
+                raise ProtocolError("ReturnTasks.items: each item must be [job id, index, attempt]")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -125,3 +125,46 @@ def test_large_arguments_go_a_few_per_message_and_small_ones_together():
     runs = [(job, [t.index for t in tasks]) for job, tasks in _messages(small + large + mixed)]
     assert runs == [("a", list(range(10))), ("b", [0]), ("b", [1]), ("b", [2]),
                     ("c", [0, 1, 2]), ("c", [3, 4, 5]), ("c", [6])]
+
+
+def test_a_long_job_after_short_ones_spreads_over_the_agents(local_cluster, tmp_path):
+    """Agents that ran short tasks hold deep queues (prefetch_short), and the credit they
+    announced says so. A job of long tasks sent on that credit must still spread: the
+    agent that got too many gives back what it cannot start soon, at once, whether the
+    job is new or was idle and comes back."""
+    coordinator = local_cluster.coordinator()
+    for node in ("s1", "s2"):
+        local_cluster.agent(node, 1)
+    local_cluster.wait_ready(coordinator, ["s1", "s2"])
+    script = tmp_path / "spread.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, os, time
+        from cluster import Executor
+
+        def quick(i):
+            return i
+
+        def slow(i, first_takes):
+            time.sleep(first_takes if i == 0 else 0.3)
+            return os.getppid()  # the agent that ran it
+
+        if __name__ == "__main__":
+            with Executor(zk={local_cluster.zk!r}, cluster={local_cluster.name!r}) as ex:
+                runs = []
+                for first_takes in (0.3, 3.0):  # a new job of long tasks; the same job, idle meanwhile
+                    for _ in range(3):  # both agents learn the quick job's tasks are short: deep queues
+                        assert list(ex.map(quick, range(300))) == list(range(300))
+                    time.sleep(1.2)  # the long job is no longer new: the agents go deep again
+                    runs.append(list(ex.map(slow, range(12), [first_takes] * 12)))
+                print(json.dumps(runs))
+    """))
+    res = subprocess.run([PY, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                         env=dict(local_cluster.env, PYTHONPATH=str(ROOT)))
+    assert res.returncode == 0, res.stderr
+    new, again = json.loads(res.stdout)
+    # 12 tasks of 0.3 s on two agents of one worker each: 6 and 6 when spread, 11 and 1 when
+    # the first agent keeps what the deep credit brought it.
+    assert len(set(new)) == 2 and min(new.count(pid) for pid in set(new)) >= 4, new
+    # Task 0 takes 3 s: its agent gives the others back before it finishes, not after,
+    # and the other agent runs them meanwhile.
+    assert again.count(again[0]) <= 3, again

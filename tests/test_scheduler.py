@@ -180,3 +180,33 @@ def test_a_full_fleet_is_not_scanned_again_until_credit_comes_back(monkeypatch):
     assert list(dispatched(s.plan())) == ["a11"]
     s.agent_up("new", 1, 2, [])
     assert list(dispatched(s.plan())) == ["new"]
+
+
+def test_returned_tasks_go_back_to_the_front_in_order_without_using_a_retry():
+    s, job = make(10, retries=0, agents=(("a", 2, 8), ("b", 2, 2)))
+    got = dispatched(s.plan())
+    assert len(got["a"]) == 8 and len(got["b"]) == 2
+    returned = sorted(got["a"])[-4:]
+    s.agent_capacity("a", 4)  # what the agent's ReturnTasks says first
+    for index in reversed(returned):  # as the coordinator applies them: each to the front
+        assert s.on_returned("a", "j", index, 1) is True
+    assert s.queued == 4 + 0 and s.counters["returned"] == 4
+    s.on_result("b", "j", got["b"][0], 1, wire.OK, b"r")
+    (batch,) = s.plan()  # a has no credit left (4 held, capacity 4): b gets the first returned task
+    assert batch.node_id == "b" and [t[0] for t in batch.tasks] == [returned[0]]
+    assert batch.tasks[0][1] == 2  # a new attempt, and still runnable with retries=0
+    s.on_result("b", "j", returned[0], 2, wire.OK, b"r")
+    assert job.outbox[-1] == (returned[0], wire.OK, b"r")
+
+
+def test_a_return_of_an_attempt_no_longer_current_changes_nothing_but_credit():
+    s, job = make(1, agents=(("a", 1, 1), ("b", 1, 1)))
+    s.plan()
+    s.agent_down("a")
+    (batch,) = s.plan()  # attempt 2 runs on b
+    assert s.on_returned("a", "j", 0, 1) is False  # a's stale copy
+    assert s.on_returned("b", "j", 0, 1) is False  # wrong attempt
+    assert s.queued == 0 and s.agents["b"].in_flight == {("j", 0, 2)}
+    assert s.on_returned("b", "j", 0, 2) is True and s.queued == 1
+    assert s.on_returned("b", "j", 0, 2) is False  # twice: already queued
+    assert s.on_returned("b", "j", 7, 1) is False and s.on_returned("b", "gone", 0, 1) is False

@@ -117,3 +117,14 @@ def test_random_garbage_never_escapes_as_another_exception():
             wire.decode(frames)
         except wire.ProtocolError:
             pass
+
+
+def test_returned_tasks_and_the_hello_that_allows_them():
+    msg = wire.ReturnTasks(3, [["j", 1, 2], ["j", 5, 1]], 6)
+    assert wire.decode(msg.encode()) == msg
+    assert wire.decode(wire.Hello("c", 1, 0.5, takes_back=True).encode()).takes_back is True
+    # A Hello of a coordinator that does not know ReturnTasks: the agent keeps what it is sent.
+    assert wire.decode([header(wire.Hello.KIND, "c", 1, 0.5)]).takes_back is False
+    for bad in ([["j", 1]], [[1, 1, 1]], [["j", "1", 1]], ["j"]):
+        with pytest.raises(wire.ProtocolError, match="ReturnTasks"):
+            wire.decode([header(wire.ReturnTasks.KIND, 3, bad, 6)])
