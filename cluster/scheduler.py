@@ -266,6 +266,8 @@ class Scheduler:
         if slot is not None:
             slot.in_flight.discard((job_id, index, attempt))
             self._open[node_id] = None
+        if self.orphan_held.get((job_id, index)) == (node_id, attempt):
+            del self.orphan_held[(job_id, index)]  # its client's resubmission must queue it, not adopt it
         job = self.jobs.get(job_id)
         task = job.tasks.get(index) if job else None
         if task is None or task.node != node_id or task.attempt != attempt or task.queued:

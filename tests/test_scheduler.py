@@ -210,3 +210,13 @@ def test_a_return_of_an_attempt_no_longer_current_changes_nothing_but_credit():
     assert s.on_returned("b", "j", 0, 2) is True and s.queued == 1
     assert s.on_returned("b", "j", 0, 2) is False  # twice: already queued
     assert s.on_returned("b", "j", 7, 1) is False and s.on_returned("b", "gone", 0, 1) is False
+
+
+def test_a_task_returned_before_its_client_resubmits_after_a_failover_is_queued_not_adopted():
+    s = Scheduler()
+    s.agent_up("a", 1, 3, [["j", 0, 4], ["j", 1, 4]])  # held under the old leader
+    assert s.on_returned("a", "j", 1, 4) is False  # the job is not known yet
+    job = s.add_job("j", b"client", b"fn", "d", {}, now=0.0)
+    s.add_tasks(job, [0, 1], (b"0", b"1"))
+    assert job.tasks[0].node == "a" and not job.tasks[0].queued  # still held there: adopted
+    assert job.tasks[1].queued and s.queued == 1  # given back: runs again somewhere
