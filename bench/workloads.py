@@ -195,9 +195,9 @@ class CpuMeter:
 
 # ---------------------------------------------------------------- the workloads
 
-def percentile(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
+def percentile(values: list[float], q: int) -> float:
+    """The q-th percentile (1-99) as the stdlib computes it, as bench/scale.py does."""
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 def warm_up(system, sizes: Sizes) -> None:
@@ -256,7 +256,7 @@ def w3_latency(system, sizes: Sizes) -> dict:
         r = system.result(system.submit(noop, i))
         lat.append(time.perf_counter() - t)
         assert r == i, "W3: wrong result"
-    return {"round_trips": len(lat), "p50_ms": percentile(lat, 0.5) * 1e3, "p99_ms": percentile(lat, 0.99) * 1e3,
+    return {"round_trips": len(lat), "p50_ms": percentile(lat, 50) * 1e3, "p99_ms": percentile(lat, 99) * 1e3,
             "mean_ms": statistics.fmean(lat) * 1e3, "max_ms": max(lat) * 1e3}
 
 
@@ -350,8 +350,8 @@ def zmq_ceiling(sizes: Sizes) -> dict:
             sock.recv()
             lat.append(time.perf_counter() - t)
         wall = time.perf_counter() - started
-        out["sequential"] = {"round_trips": n, "round_trips_per_s": n / wall, "p50_ms": percentile(lat, 0.5) * 1e3,
-                             "p99_ms": percentile(lat, 0.99) * 1e3}
+        out["sequential"] = {"round_trips": n, "round_trips_per_s": n / wall, "p50_ms": percentile(lat, 50) * 1e3,
+                             "p99_ms": percentile(lat, 99) * 1e3}
 
         # Pipelined round trips (up to 1,000 in flight): the ceiling over W1.
         n = sizes.noop * 10

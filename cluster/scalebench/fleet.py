@@ -4,10 +4,10 @@ processes, a probe of the leader's status, ZooKeeper's four-letter words."""
 from __future__ import annotations
 
 import json
-import math
 import queue
 import resource
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -29,11 +29,11 @@ def progress(msg: str) -> None:
     print(f"[scale] {time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, max(0, math.ceil(q / 100 * len(values)) - 1))]
+def percentile(values: list[float], q: int) -> float:
+    """The q-th percentile (1-99) as the stdlib computes it, as bench/run.py does; nan for none."""
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 def raise_fd_limit() -> int:
