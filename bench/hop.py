@@ -2,7 +2,8 @@
 built: a Unix socketpair (what agents/channel.py uses) against pyzmq DEALER/ROUTER over
 ipc and over tcp loopback (what it used before). Sequential round trips of a 40-byte
 message: latency and CPU per round trip on each side (the sides' CPU includes libzmq's
-I/O threads).
+I/O threads). Then the whole W3 path with bare relays in place of the daemons: what
+the topology costs before any of our code runs.
 
 Usage: python bench/hop.py [--round-trips N] [--json]
 """
@@ -112,6 +113,111 @@ def zeromq(address: str, n: int) -> dict:
     return r
 
 
+def chain(port_front: int, port_agent: int, n: int) -> dict:
+    """A task's whole round trip with no work and no bookkeeping: here (the client's
+    DEALER) -> a relay (the coordinator: ROUTER in, DEALER on) -> a relay (the agent: ROUTER
+    in, socketpair on) -> an echo (the worker), and back. Four processes, as in W3: the
+    floor under W3 that this machine and this topology set."""
+    worker_end, agent_end = socket.socketpair()
+    pids = []
+
+    def fork(fn) -> None:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                fn()
+            finally:
+                os._exit(0)
+        pids.append(pid)
+
+    def worker():
+        agent_end.close()
+        while True:
+            data = worker_end.recv(65536)
+            if not data or data == b"quit":
+                return
+            worker_end.send(data)
+
+    def agent():
+        worker_end.close()
+        ctx = zmq.Context()
+        front = ctx.socket(zmq.ROUTER)
+        front.bind(f"tcp://127.0.0.1:{port_agent}")
+        poller = zmq.Poller()
+        poller.register(front, zmq.POLLIN)
+        poller.register(agent_end, zmq.POLLIN)
+        peer = b""
+        while True:
+            for what, _ in poller.poll():
+                if what is front:
+                    peer, data = front.recv_multipart()
+                    agent_end.send(data)
+                    if data == b"quit":
+                        front.close(0)
+                        ctx.term()
+                        return
+                else:
+                    front.send_multipart([peer, agent_end.recv(65536)])
+
+    def coordinator():
+        worker_end.close()
+        agent_end.close()
+        ctx = zmq.Context()
+        clients = ctx.socket(zmq.ROUTER)
+        clients.bind(f"tcp://127.0.0.1:{port_front}")
+        agents = ctx.socket(zmq.DEALER)
+        agents.connect(f"tcp://127.0.0.1:{port_agent}")
+        poller = zmq.Poller()
+        poller.register(clients, zmq.POLLIN)
+        poller.register(agents, zmq.POLLIN)
+        client = b""
+        while True:
+            for sock, _ in poller.poll():
+                if sock is clients:
+                    client, data = clients.recv_multipart()
+                    agents.send(data)
+                    if data == b"quit":
+                        clients.close(0)
+                        agents.close(linger=1000)
+                        ctx.term()
+                        return
+                else:
+                    clients.send_multipart([client, agents.recv()])
+
+    for fn in (worker, agent, coordinator):
+        fork(fn)
+    worker_end.close()
+    agent_end.close()
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.connect(f"tcp://127.0.0.1:{port_front}")
+
+    def ping():
+        s.send(MESSAGE)
+        s.recv()
+
+    ping()
+    lat = []
+    cpu = _cpu(resource.RUSAGE_SELF)
+    for _ in range(n):
+        t = time.perf_counter()
+        ping()
+        lat.append(time.perf_counter() - t)
+    cpu = _cpu(resource.RUSAGE_SELF) - cpu
+    s.send(b"quit")
+    s.close(linger=1000)
+    ctx.term()
+    for pid in pids:
+        os.waitpid(pid, 0)
+    return {"lat": lat, "cpu": cpu, "pid": None}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--round-trips", type=int, default=5000)
@@ -119,15 +225,15 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     tmp = tempfile.mkdtemp(prefix="clusterd-hop-")
     rows = {}
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port, port2 = _free_port(), _free_port()
     for name, run in (("socketpair", lambda: socketpair(args.round_trips)),
                       ("zmq ipc", lambda: zeromq(f"ipc://{tmp}/hop", args.round_trips)),
-                      ("zmq tcp", lambda: zeromq(f"tcp://127.0.0.1:{port}", args.round_trips))):
+                      ("zmq tcp", lambda: zeromq(f"tcp://127.0.0.1:{port}", args.round_trips)),
+                      ("W3 path", lambda: chain(port, port2, args.round_trips))):
         child_before = _cpu(resource.RUSAGE_CHILDREN)
         r = run()
-        os.waitpid(r["pid"], 0)
+        if r["pid"] is not None:
+            os.waitpid(r["pid"], 0)
         n = args.round_trips
         rows[name] = {"p50_us": statistics.median(r["lat"]) * 1e6,
                       "p99_us": sorted(r["lat"])[int(0.99 * (n - 1))] * 1e6,
@@ -139,7 +245,8 @@ def main(argv: list[str]) -> int:
         return 0
     print(f"one hop, {args.round_trips:,} sequential round trips of {len(MESSAGE)} bytes "
           f"(load average {os.getloadavg()[0]:.2f})")
-    print(f"{'transport':12} {'p50 us':>8} {'p99 us':>8} {'CPU us here':>12} {'CPU us echo':>12}")
+    print(f"{'transport':12} {'p50 us':>8} {'p99 us':>8} {'CPU us here':>12} {'CPU us echo':>12}"
+          "   (W3 path: client -> relay -> relay -> socketpair echo, 4 processes; echo CPU = the other 3)")
     for name, row in rows.items():
         print(f"{name:12} {row['p50_us']:8.1f} {row['p99_us']:8.1f} {row['cpu_us_here']:12.1f} "
               f"{row['cpu_us_echo']:12.1f}")

@@ -22,7 +22,7 @@ import zmq
 
 from . import election, loop, payload, security, wire
 from .config import CoordinatorConfig
-from .layout import LeaderRecord
+from .layout import AgentRecord, LeaderRecord
 from .liveness import BeatInterval, Liveness
 from .membership import MemberEvent, Membership
 from .rate import Throughput
@@ -45,6 +45,7 @@ class AgentPeer:
     identity: bytes
     up: bool = False
     next_hello: float = 0.0
+    started: float = 0.0  # its process's start (AgentRecord), to tell which of two at one endpoint is live
 
 
 class Coordinator:
@@ -59,6 +60,7 @@ class Coordinator:
         self.scheduler.clock = time.monotonic
         self.throughput = Throughput(RATE_WINDOW)
         self.peers: dict[str, AgentPeer] = {}
+        self._at: dict[str, str] = {}  # endpoint -> the node id connected there
         self.agent_liveness = Liveness(cfg.heartbeat_interval, cfg.heartbeat_misses)
         self.beats = BeatInterval(cfg.heartbeat_interval, cfg.heartbeat_budget, cfg.heartbeat_misses)
         self.counters: collections.Counter = collections.Counter()
@@ -243,12 +245,33 @@ class Coordinator:
         record = ev.record
         assert record is not None
         if ev.node_id not in self.peers:
+            if not self._claim_endpoint(ev.node_id, record):
+                return
             log.info("agent %s joined at %s (%d workers)", ev.node_id, record.endpoint, record.workers)
-            peer = AgentPeer(ev.node_id, record.endpoint, ev.node_id.encode())
+            peer = AgentPeer(ev.node_id, record.endpoint, ev.node_id.encode(), started=record.started)
             self.peers[ev.node_id] = peer
+            self._at[record.endpoint] = ev.node_id
             self.agents.connect(record.endpoint)
         if record.state == "draining":
             self.scheduler.agent_draining(ev.node_id)
+
+    def _claim_endpoint(self, node_id: str, record: AgentRecord) -> bool:
+        """Whether an agent may be connected to at its endpoint. A node replaced within the
+        ZooKeeper session timeout (a rebooted machine, a pod given the old pod's address)
+        brings a new agent up where the dead one's znode still stands. Both cannot be
+        live, so the one started later is, and the other is dropped now: dropping it when
+        its znode goes would disconnect the endpoint, the new agent's connection with it."""
+        other = self.peers.get(self._at.get(record.endpoint, ""))
+        if other is None or other.node_id == node_id:
+            return True
+        if record.started < other.started:
+            log.warning("ignoring agent %s at %s: agent %s, started later, is there now", node_id,
+                        record.endpoint, other.node_id)
+            return False
+        log.warning("agent %s is at %s, where agent %s was: taking %s as gone", node_id, record.endpoint,
+                    other.node_id, other.node_id)
+        self._drop_peer(other.node_id)
+        return True
 
     def _drop_peer(self, node_id: str) -> None:
         peer = self.peers.pop(node_id, None)
@@ -258,10 +281,12 @@ class Coordinator:
         if requeued:
             log.warning("agent %s lost: %d tasks requeued", node_id, requeued)
         self.agent_liveness.forget(node_id)
-        try:
-            self.agents.disconnect(peer.endpoint)
-        except zmq.ZMQError:
-            pass
+        if self._at.get(peer.endpoint) == node_id:
+            del self._at[peer.endpoint]
+            try:
+                self.agents.disconnect(peer.endpoint)
+            except zmq.ZMQError:
+                pass
 
     # --------------------------------------------------------------- timers
 

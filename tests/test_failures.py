@@ -7,8 +7,9 @@ import json
 import re
 import signal
 import subprocess
+import time
 
-
+from cluster.zkserver import free_ports
 from helpers import PY, ROOT, assert_gone, wait_for
 
 CRASHERS = '''
@@ -121,3 +122,26 @@ def test_agent_sigterm_drains_deregisters_and_exits_0(running_cluster, tmp_path)
     assert proc.returncode == 0, stderr
     results = _rows(out.read_text())
     assert sorted(r["index"] for r in results) == list(range(3000))
+
+
+def test_an_agent_on_a_dead_agents_address_stays_connected_when_the_dead_ones_znode_goes(local_cluster, tmp_path):
+    """A node replaced within the ZooKeeper session timeout (a rebooted machine, a pod
+    given the old pod's address) can bring a new agent up on the old agent's endpoint
+    while the dead agent's znode still stands. When that znode finally goes, the
+    coordinator must not cut the new agent's connection with it."""
+    port = free_ports(1)[0]
+    coordinator = local_cluster.coordinator()
+    old = local_cluster.agent("old", 1, "--bind", f"tcp://127.0.0.1:{port}", "--zk-session-timeout", "4")
+    local_cluster.wait_ready(coordinator, ["old"])
+    old.signal(signal.SIGKILL)
+    old.popen.wait(5)
+    local_cluster.agent("new", 1, "--bind", f"tcp://127.0.0.1:{port}")
+    local_cluster.wait_ready(coordinator, ["new"])
+    wait_for(lambda: local_cluster.agents() == ["new"], 20, what="the dead agent's session to expire")
+    time.sleep(3)  # past the 2 s heartbeat deadline
+    (tmp_path / "crashers.py").write_text(CRASHERS)
+    res = local_cluster.clusterctl("submit", f"{tmp_path / 'crashers.py'}:slow_square", "--range", "0", "4",
+                                   timeout=30)
+    assert res.returncode == 0, res.stderr
+    assert sorted(r["result"] for r in _rows(res.stdout)) == [0, 1, 4, 9]
+    assert "agent new silent" not in coordinator.text()
