@@ -32,14 +32,18 @@ def _cpu(who: int) -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _measure(child, ping, n: int) -> dict:
-    """Fork ``child`` as the echo side, run ``ping`` n times here."""
+def _fork(fn) -> int:
     pid = os.fork()
     if pid == 0:
         try:
-            child()
+            fn()
         finally:
             os._exit(0)
+    return pid
+
+
+def _pings(ping, n: int) -> dict:
+    """Latencies of n round trips, and this side's CPU for them."""
     ping()  # the first round trip connects and warms up
     lat = []
     cpu = _cpu(resource.RUSAGE_SELF)
@@ -47,8 +51,13 @@ def _measure(child, ping, n: int) -> dict:
         t = time.perf_counter()
         ping()
         lat.append(time.perf_counter() - t)
-    cpu = _cpu(resource.RUSAGE_SELF) - cpu
-    return {"lat": lat, "cpu": cpu, "pid": pid}
+    return {"lat": lat, "cpu": _cpu(resource.RUSAGE_SELF) - cpu}
+
+
+def _measure(child, ping, n: int) -> dict:
+    """Fork ``child`` as the echo side, run ``ping`` n times here."""
+    pid = _fork(child)
+    return dict(_pings(ping, n), pid=pid)
 
 
 def socketpair(n: int) -> dict:
@@ -119,16 +128,6 @@ def chain(port_front: int, port_agent: int, n: int) -> dict:
     in, socketpair on) -> an echo (the worker), and back. Four processes, as in W3: the
     floor under W3 that this machine and this topology set."""
     worker_end, agent_end = socket.socketpair()
-    pids = []
-
-    def fork(fn) -> None:
-        pid = os.fork()
-        if pid == 0:
-            try:
-                fn()
-            finally:
-                os._exit(0)
-        pids.append(pid)
 
     def worker():
         agent_end.close()
@@ -138,54 +137,42 @@ def chain(port_front: int, port_agent: int, n: int) -> dict:
                 return
             worker_end.send(data)
 
-    def agent():
-        worker_end.close()
-        ctx = zmq.Context()
+    def relay(ctx, port: int, back, send_back, recv_back) -> None:
+        """A daemon reduced to forwarding: a ROUTER in front, ``back`` behind it."""
         front = ctx.socket(zmq.ROUTER)
-        front.bind(f"tcp://127.0.0.1:{port_agent}")
+        front.bind(f"tcp://127.0.0.1:{port}")
         poller = zmq.Poller()
         poller.register(front, zmq.POLLIN)
-        poller.register(agent_end, zmq.POLLIN)
+        poller.register(back, zmq.POLLIN)
         peer = b""
         while True:
             for what, _ in poller.poll():
-                if what is front:
-                    peer, data = front.recv_multipart()
-                    agent_end.send(data)
-                    if data == b"quit":
-                        front.close(0)
-                        ctx.term()
-                        return
-                else:
-                    front.send_multipart([peer, agent_end.recv(65536)])
+                if what is not front:
+                    front.send_multipart([peer, recv_back()])
+                    continue
+                peer, data = front.recv_multipart()
+                send_back(data)
+                if data == b"quit":
+                    front.close(0)
+                    return
+
+    def agent():
+        worker_end.close()
+        ctx = zmq.Context()
+        relay(ctx, port_agent, agent_end, agent_end.send, lambda: agent_end.recv(65536))
+        ctx.term()
 
     def coordinator():
         worker_end.close()
         agent_end.close()
         ctx = zmq.Context()
-        clients = ctx.socket(zmq.ROUTER)
-        clients.bind(f"tcp://127.0.0.1:{port_front}")
         agents = ctx.socket(zmq.DEALER)
         agents.connect(f"tcp://127.0.0.1:{port_agent}")
-        poller = zmq.Poller()
-        poller.register(clients, zmq.POLLIN)
-        poller.register(agents, zmq.POLLIN)
-        client = b""
-        while True:
-            for sock, _ in poller.poll():
-                if sock is clients:
-                    client, data = clients.recv_multipart()
-                    agents.send(data)
-                    if data == b"quit":
-                        clients.close(0)
-                        agents.close(linger=1000)
-                        ctx.term()
-                        return
-                else:
-                    clients.send_multipart([client, agents.recv()])
+        relay(ctx, port_front, agents, agents.send, agents.recv)
+        agents.close(linger=1000)
+        ctx.term()
 
-    for fn in (worker, agent, coordinator):
-        fork(fn)
+    pids = [_fork(fn) for fn in (worker, agent, coordinator)]
     worker_end.close()
     agent_end.close()
     ctx = zmq.Context()
@@ -196,20 +183,13 @@ def chain(port_front: int, port_agent: int, n: int) -> dict:
         s.send(MESSAGE)
         s.recv()
 
-    ping()
-    lat = []
-    cpu = _cpu(resource.RUSAGE_SELF)
-    for _ in range(n):
-        t = time.perf_counter()
-        ping()
-        lat.append(time.perf_counter() - t)
-    cpu = _cpu(resource.RUSAGE_SELF) - cpu
+    r = _pings(ping, n)
     s.send(b"quit")
     s.close(linger=1000)
     ctx.term()
     for pid in pids:
         os.waitpid(pid, 0)
-    return {"lat": lat, "cpu": cpu, "pid": None}
+    return dict(r, pid=None)
 
 
 def _free_port() -> int:
