@@ -32,6 +32,7 @@ bench: venv zookeeper $(BENCH_STAMP)
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 	$(VENV)/bin/python bench/faults.py
 	$(VENV)/bin/python bench/hop.py
+	$(VENV)/bin/python bench/timeline.py
 
 $(BENCH_STAMP): pyproject.toml $(STAMP)
 	@out=$$($(VENV)/bin/python -m pip install -q --disable-pip-version-check -e '.[test,bench]' 2>&1) || { \

@@ -27,19 +27,23 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 HOOK = '''
-import atexit, importlib.abc, importlib.machinery, os, sys, time
+import atexit, importlib.abc, importlib.machinery, os, sys, threading, time
 _out = os.environ["CLUSTERD_TIMELINE"]
 _events = []
 
 def _dump():
+    global _events
+    taken, _events = _events, []
     with open(os.path.join(_out, str(os.getpid())), "a") as f:
-        f.writelines(f"{t} {os.getpid()} {k} {c}\\n" for t, k, c in _events)
-    _events.clear()
+        f.writelines(f"{t} {os.getpid()} {k} {c}\\n" for t, k, c in taken)
+
+def _writer():  # a worker may be killed rather than exit: write what it noted every second
+    while True:
+        time.sleep(1.0)
+        _dump()
 
 def _note(kind, name):
     _events.append((time.monotonic_ns(), kind, name))
-    if len(_events) >= 200:  # workers are killed, not stopped: write as we go
-        _dump()
 
 class _Finder(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
@@ -69,6 +73,7 @@ class _Finder(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, _Finder())
 atexit.register(_dump)
+threading.Thread(target=_writer, daemon=True).start()
 '''
 
 ROLES = {"SubmitTasks": "coordinator", "Dispatch": "agent", "RunTasks": "worker"}  # who receives it
@@ -98,6 +103,7 @@ def run(round_trips: int, out: Path) -> list[tuple[int, int, int]]:
                 t1 = time.monotonic_ns()
                 future.result()
                 marks.append((t0, t1, time.monotonic_ns()))
+            time.sleep(1.5)  # every process writes what it noted
     if sys.stderr.isatty():
         print(file=sys.stderr)
     return marks
