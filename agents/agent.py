@@ -571,13 +571,18 @@ class Agent:
         """When the agent's capacity shrinks (see _retune), tell the leader at once, and
         give back the queued tasks beyond it: they were sent on the deeper credit, and
         kept here they would wait behind each other while other agents have room (a job
-        of long tasks sent to an agent that had just run short ones went 11 to 1)."""
+        of long tasks sent to an agent that had just run short ones went 11 to 1). A
+        draining agent gives back every task no worker has: another agent can start them
+        now, and the drain ends when the tasks its workers hold are done."""
         if self.leader is None:
             return
         excess = 0
-        if self.queue and self.leader_takes_back and not self.draining:
-            assigned = sum(len(s.tasks) for s in self.pool.slots)
-            excess = min(len(self.queue), len(self.queue) + assigned - self.capacity)
+        if self.queue and self.leader_takes_back:
+            if self.draining:
+                excess = len(self.queue)
+            else:
+                assigned = sum(len(s.tasks) for s in self.pool.slots)
+                excess = min(len(self.queue), len(self.queue) + assigned - self.capacity)
         if excess <= 0 and self.capacity >= self._announced:
             return
         back = [self.queue.pop() for _ in range(max(0, excess))][::-1]

@@ -2,8 +2,9 @@
 
 It registers this node in ZooKeeper, starts one worker process per usable core
 (CPU affinity and cgroup quota count), and serves the coordinator. SIGTERM or
-Ctrl-C drains it: no new tasks, held tasks finish (up to --drain-timeout),
-then it deregisters and exits 0.
+Ctrl-C drains it: no new tasks, tasks its workers have not started go back to
+the coordinator, its workers' tasks finish (up to --drain-timeout), then it
+deregisters and exits 0.
 
 Examples:
 

@@ -145,3 +145,32 @@ def test_an_agent_on_a_dead_agents_address_stays_connected_when_the_dead_ones_zn
     assert res.returncode == 0, res.stderr
     assert sorted(r["result"] for r in _rows(res.stdout)) == [0, 1, 4, 9]
     assert "agent new silent" not in coordinator.text()
+
+
+def test_a_draining_agent_gives_back_the_tasks_no_worker_has_started(local_cluster, tmp_path):
+    """Drained with a running task and two queued behind it (2 s each), an agent hands the
+    queued ones back at once: another agent runs them, and the drain takes one task, not
+    three."""
+    coordinator = local_cluster.coordinator()
+    agents = {node: local_cluster.agent(node, 1) for node in ("d1", "d2")}
+    local_cluster.wait_ready(coordinator, ["d1", "d2"])
+    (tmp_path / "slow.py").write_text("import os, time\n\ndef f(x):\n    time.sleep(2)\n    return os.getppid()\n")
+    job = subprocess.Popen([PY, "-m", "cluster.cli.main", "submit", f"{tmp_path / 'slow.py'}:f", "--range", "0", "6"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=local_cluster.env, cwd=ROOT)
+    # A new job's tasks are untimed: each agent holds one running and two queued (prefetch 2).
+    def d1_holds_three() -> bool:
+        res = local_cluster.clusterctl("status", "--json")
+        return res.returncode == 0 and json.loads(res.stdout)["agents"]["d1"]["in_flight"] == 3
+
+    wait_for(d1_holds_three, 20, what="d1 to hold three tasks")
+    time.sleep(0.3)  # its worker has started the first
+    drained_at = time.monotonic()
+    agents["d1"].signal(signal.SIGTERM)
+    assert agents["d1"].popen.wait(30) == 0
+    drain_took = time.monotonic() - drained_at
+    out, err = job.communicate(timeout=60)
+    assert job.returncode == 0, err
+    ran_on = [r["result"] for r in _rows(out)]
+    assert len(ran_on) == 6
+    assert ran_on.count(agents["d1"].pid) == 1, ran_on  # its running task; the queued two went to d2
+    assert drain_took < 3.5  # the one task (2 s), not three (6 s)

@@ -1,4 +1,5 @@
-"""Ask an agent to drain: it takes no new tasks, finishes what it holds, deregisters and exits 0.
+"""Ask an agent to drain: it takes no new tasks, gives back those its workers have not started,
+finishes the rest, deregisters and exits 0.
 
 The request goes through ZooKeeper, so it works from any machine that can reach the
 ensemble, with or without a coordinator. --wait follows the agent until it has left.
