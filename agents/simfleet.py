@@ -17,7 +17,9 @@ have a session each); ZooKeeper then sees a handful of sessions instead of N,
 which is lighter than a real fleet on the ensemble (session pings), but the
 same for the coordinator, which only watches znodes. Killing the process
 (SIGKILL) therefore makes all of its agents vanish together when that one
-session expires: a rack losing power.
+session expires: a rack losing power. When the session is lost while the
+process lives on, its agents register again once ZooKeeper is back, as real
+agents do.
 
 Control is JSON lines on stdin, answers and events are JSON lines on stdout:
 
@@ -30,6 +32,9 @@ Control is JSON lines on stdin, answers and events are JSON lines on stdout:
                                           deregister: delete the znodes now
   {"op": "join", "n": 5}                  new agents with fresh node ids
   {"op": "stats", "id": 1}                counters; answered with the same id
+  {"op": "expire_session"}                end the shared ZooKeeper session from
+                                          outside (every znode goes; the agents
+                                          register again on the next session)
   {"op": "stop"}                          close the session and exit
 
   python -m agents.simfleet --zk 127.0.0.1:2181 --cluster c --prefix sim0- --count 1000
@@ -53,7 +58,9 @@ import time
 
 import psutil
 import zmq
+from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import NodeExistsError
+from kazoo.protocol.states import EventType, WatchedEvent
 
 from cluster import layout, loop, payload, wire
 from cluster.layout import AgentRecord
@@ -128,6 +135,7 @@ class Fleet:
         self.stopping = False
         self.zk = None
         self.path = layout.agents_path(args.cluster)
+        self.rejoin: list[SimAgent] = []  # registered when the session was lost: register again
 
     # ------------------------------------------------------------ lifecycle
 
@@ -139,6 +147,7 @@ class Fleet:
         for _ in range(self.args.count):
             self._new_agent()
         self.zk = zk_connect(self.args.zk, timeout=15.0, session_timeout=self.args.session_timeout)
+        self.zk.add_listener(lambda state: self.waker.post(("zk", state)))
         self.zk.ensure_path(self.path)
         self.zk.ensure_path(layout.cluster_root(self.args.cluster) + "/drain")
         threading.Thread(target=self._read_stdin, name="control", daemon=True).start()
@@ -180,8 +189,13 @@ class Fleet:
             agent.registered = True
         for agent in agents:
             path = layout.drain_path(self.args.cluster, agent.node_id)
-            self.zk.exists_async(path, watch=lambda ev, a=agent: self.waker.post(("drain_request", a)))
+            self.zk.exists_async(path, watch=lambda ev, a=agent: self._on_drain_watch(ev, a))
         return time.monotonic() - started
+
+    def _on_drain_watch(self, event: WatchedEvent, agent: SimAgent) -> None:
+        # A lost session fires every watch with type NONE: that is no drain request.
+        if event.type == EventType.CREATED:
+            self.waker.post(("drain_request", agent))
 
     def run(self) -> int:
         self.start()
@@ -381,6 +395,19 @@ class Fleet:
                 self._start_drain(value)
         elif kind == "cmd":
             self._command(value)
+        elif kind == "zk" and value == KazooState.LOST:
+            # Every ephemeral znode went with the session; the ZooKeeper client makes a new one.
+            self.rejoin += [a for a in self.agents.values() if a.registered]
+            for agent in self.rejoin:
+                agent.registered = False
+            self.counters["sessions_lost"] += 1
+        elif kind == "zk" and value == KazooState.CONNECTED and self.rejoin:
+            todo, self.rejoin = [a for a in self.rejoin if a.alive], []
+            try:
+                self.register(todo)
+                self.counters["registered_again"] += len(todo)
+            except Exception as exc:  # lost again meanwhile: the next LOST lists them again
+                self.out(ev="error", error=f"registering again failed: {exc}")
 
     def _command(self, cmd: dict) -> None:
         op = cmd.get("op")
@@ -408,6 +435,14 @@ class Fleet:
             self.out(ev="stats", id=cmd.get("id"), alive=len(alive), connected=sum(1 for a in alive if a.leader),
                      held=sum(len(a.held()) for a in alive), cpu=round(sum(self.me.cpu_times()[:2]), 3),
                      rss=self.me.memory_info().rss, **self.counters)
+        elif op == "expire_session":
+            # A second client on the same session closes it: the server ends the session
+            # for both, as it would after a partition longer than the session timeout.
+            clone = KazooClient(hosts=self.args.zk, client_id=self.zk.client_id)
+            clone.start(timeout=15)
+            clone.stop()
+            clone.close()
+            self.out(ev="ok", op=op, id=cmd.get("id"))
         elif op == "stop":
             self.stopping = True
         else:

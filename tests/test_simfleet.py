@@ -91,6 +91,33 @@ def test_fifty_simulated_agents_run_a_job_exactly_once_through_churn(local_clust
     wait_for(lambda: local_cluster.agents() == [], timeout=15, what="the znodes to go with the session")
 
 
+def test_simulated_agents_register_again_when_their_session_is_lost(local_cluster):
+    """As real agents do: the session ends (here from outside, as a partition longer than
+    the session timeout would end it), every znode goes, and once the ZooKeeper client
+    has a new session the agents register again and the coordinator takes them back."""
+    local_cluster.coordinator()
+    fleet = start_fleet(local_cluster, 20)
+    probe = None
+    try:
+        assert fleet.wait_event("registered", 30)["n"] == 20
+        probe = StatusProbe(wait_for(local_cluster.leader, what="a leader").endpoint)
+        wait_for(lambda: ready(probe.ask()) == 20, timeout=30, what="the coordinator to connect all 20")
+        fleet.ask(op="expire_session")
+        wait_for(lambda: fleet.ask("stats", op="stats").get("registered_again") == 20, timeout=30,
+                 what="the 20 agents to register again")
+        stats = fleet.ask("stats", op="stats")
+        # A lost session fires every watch; the agents' drain watches must not take it for a request.
+        assert stats["sessions_lost"] == 1 and stats.get("drained", 0) == 0 and stats["alive"] == 20
+        wait_for(lambda: len(local_cluster.agents()) == 20, what="20 znodes again")
+        wait_for(lambda: ready(probe.ask()) == 20, timeout=30, what="the coordinator to take all 20 back")
+        with Executor(zk=local_cluster.zk, cluster=local_cluster.name) as ex:
+            assert list(ex.map(abs, range(100))) == [((i,), {}) for i in range(100)]
+    finally:
+        if probe is not None:
+            probe.close()
+        fleet.stop()
+
+
 def test_waker_never_loses_a_wake_up():
     """Threads posting while the loop drains: every burst must wake the loop. The
     first coalescing version cleared its flag before consuming the eventfd and lost
