@@ -23,7 +23,7 @@ from typing import List, Optional
 
 import typer
 
-from cluster import config
+from cluster import config, malloc
 from cluster.cli import common
 
 from .agent import Agent
@@ -71,6 +71,7 @@ def agent(
 
 
 def main() -> None:
+    malloc.tune()  # payloads one after another: keep freed memory for the next (cluster/malloc.py)
     app(prog_name="clusterctl agent")
 
 

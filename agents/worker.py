@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import zmq
 
-from cluster import lifeline, payload, wire
+from cluster import lifeline, malloc, payload, wire
 
 from . import channel
 from .marker import IDLE, Marker, NoMarker
@@ -233,6 +233,7 @@ def receive(link: PairLink | ZmqLink, inbox: collections.deque) -> collections.d
 
 def main(argv: list[str]) -> int:
     slot, parent_pid = int(argv[1]), int(argv[2])
+    malloc.tune()  # payloads one after another: keep freed memory for the next (cluster/malloc.py)
     lifeline.die_with(parent_pid, signal.SIGKILL)
     # Ctrl-C in a terminal signals the whole process group; the agent decides
     # when its workers stop, so they ignore it.

@@ -5,6 +5,7 @@ The client side (this package) never imports the node side (``agents``).
 """
 
 from .executor import Executor
+from .malloc import tune as tune_malloc
 from .version import __version__
 
-__all__ = ["Executor", "__version__"]
+__all__ = ["Executor", "tune_malloc", "__version__"]

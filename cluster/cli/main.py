@@ -8,6 +8,7 @@ import sys
 
 import typer
 
+from .. import malloc
 from . import bench, common, coordinator_cmd, drain, install, keys, nodes, status, submit, up
 
 app = typer.Typer(
@@ -67,6 +68,7 @@ app.add_typer(bench.app, name="bench", help="Benchmarks on this machine: `cluste
 
 
 def main() -> None:
+    malloc.tune()  # payloads one after another: keep freed memory for the next (cluster/malloc.py)
     app()
 
 
