@@ -262,7 +262,17 @@ class Agent:
 
     def _send_worker(self, slot, msg: wire.Message) -> bool:
         ch = self.links.get(slot.index)
-        return ch is not None and ch.send(msg.encode())
+        if ch is None or not ch.send(msg.encode()):
+            return False
+        self._poll_for_room(ch)
+        return True
+
+    def _poll_for_room(self, ch: Channel) -> None:
+        """Have the poller wait for room to write exactly while the channel has bytes the
+        worker could not take yet."""
+        if bool(ch.pending) != ch.polled_for_room:
+            ch.polled_for_room = bool(ch.pending)
+            self.poller.register(ch.fileno(), zmq.POLLIN | zmq.POLLOUT if ch.pending else zmq.POLLIN)
 
     # ----------------------------------------------------------------- loop
 
@@ -272,7 +282,6 @@ class Agent:
         poller.register(self.waker.fd, zmq.POLLIN)
         tick = min(0.1, self.cfg.heartbeat_interval)
         self._next_tick = 0.0
-        writing: set[int] = set()  # channels polled for room to write
         while not self._stopping:
             next_tick = self._next_tick
             wake = min(next_tick, self._flush_due) if self._flush_due is not None else next_tick
@@ -288,6 +297,7 @@ class Agent:
                     continue
                 if events & zmq.POLLOUT:
                     ch.flush()
+                    self._poll_for_room(ch)
                 if events & (zmq.POLLIN | zmq.POLLERR):
                     self._read_channel(fd)
             now = time.monotonic()
@@ -309,12 +319,6 @@ class Agent:
             self._give_back()
             self._rebalance(now)
             self._flush()
-            # Poll for room only while a worker's channel has bytes it could not take yet.
-            for fd, ch in self.channels.items():
-                if bool(ch.pending) != (fd in writing):
-                    poller.register(fd, zmq.POLLIN | zmq.POLLOUT if ch.pending else zmq.POLLIN)
-                    writing ^= {fd}
-            writing &= self.channels.keys()
 
     def _bad(self, identity: bytes, why: str) -> None:
         self.counters["dropped_messages"] += 1
@@ -391,7 +395,7 @@ class Agent:
 
     def _on_heartbeat(self, identity: bytes, msg: wire.Heartbeat) -> None:
         # _on_front noted the leader's liveness
-        if identity == self.leader and msg.interval and msg.interval != self.beat_interval:
+        if identity == self.leader and msg.interval:
             self.leader_liveness.set_interval(msg.interval)
             self._follow_interval(msg.interval)
 
@@ -416,11 +420,10 @@ class Agent:
         job = self.jobs[msg.job_id]
         for (index, attempt), args in zip(msg.tasks, msg.frames):
             self.queue.append(QueuedTask(msg.job_id, index, attempt, args))
-            if len(args) >= LARGE_ARGS and not job.large:
-                job.large = True
-                self._retune()
+            job.large = job.large or len(args) >= LARGE_ARGS
         if not job.deep and self.depth > 1 + self.cfg.prefetch:
-            self._retune()  # a job of long tasks is back among short ones: shallow queues now, not at the next flush
+            # Long tasks back among short ones, or large arguments: shallow queues now, not at the next flush.
+            self._retune()
 
     def _on_end_job(self, identity: bytes, msg: wire.EndJob) -> None:
         if self.jobs.pop(msg.job_id, None) is not None:

@@ -4,9 +4,9 @@ ZeroMQ carries every hop that may cross the network; this one never does. The
 agent makes a connected pair of Unix stream sockets per worker and the worker
 inherits one end, so nothing else can reach it. A message costs one system call
 and wakes the reader directly, where ZeroMQ hands it through an I/O thread on
-each side: three thread wake-ups per message instead of one. On a 2-vCPU VM one
-round trip takes 83 us and about 30 us of CPU per side this way, 150-160 us and
-70-85 us per side through ZeroMQ over ipc or tcp (``python bench/hop.py``).
+each side: three thread wake-ups per message instead of one. ``python bench/hop.py``
+compares one round trip both ways on this machine (a socketpair took about half the
+time and half the CPU of ZeroMQ over ipc or tcp; docs/benchmarks.md has the figures).
 
 A record is ``<u64 body length><u32 frame count>`` followed by the body: one u64
 length per frame, then the frames. The lengths are checked before anything is
@@ -53,11 +53,16 @@ def _advance(bufs: collections.deque, sent: int) -> None:
         bufs[0] = memoryview(bufs[0]).cast("B")[sent:]
 
 
+def _write(sock: socket.socket, bufs: collections.deque) -> None:
+    """One gathering write of what ``bufs`` holds; what was written leaves it."""
+    _advance(bufs, sock.sendmsg(list(itertools.islice(bufs, IOV_MAX))))
+
+
 def send_blocking(sock: socket.socket, frames: Iterable[Any]) -> None:
     """The worker's send: waits for room (the agent reads whenever it can)."""
     bufs = collections.deque(record(frames))
     while bufs:
-        _advance(bufs, sock.sendmsg(list(itertools.islice(bufs, IOV_MAX))))
+        _write(sock, bufs)
 
 
 class Reader:
@@ -161,6 +166,7 @@ class Channel:
         self.reader = Reader(max_frame)
         self.pending: collections.deque = collections.deque()
         self.closed = False
+        self.polled_for_room = False  # the agent's poller also waits for room to write (see Agent)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -176,14 +182,13 @@ class Channel:
     def flush(self) -> None:
         while self.pending and not self.closed:
             try:
-                sent = self.sock.sendmsg(list(itertools.islice(self.pending, IOV_MAX)))
+                _write(self.sock, self.pending)
             except BlockingIOError:
                 return
             except OSError:  # EPIPE, ECONNRESET: the worker died; reaping deals with its tasks
                 self.closed = True
                 self.pending.clear()
                 return
-            _advance(self.pending, sent)
 
     def receive(self) -> list[list[Any]]:
         try:
