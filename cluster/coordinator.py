@@ -184,13 +184,16 @@ class Coordinator:
         next_tick = 0.0
         while not self._stopping:
             ready = dict(poller.poll(loop.poll_ms(next_tick)))
-            if self.waker.fd in ready:
-                for kind, value in self.waker.drain():
-                    self._on_event(kind, value)
+            # Sockets first: polling a ROUTER reads a message's first frame ahead, and a
+            # disconnect (an agent that left) before the rest is read aborts libzmq
+            # (`!_more`, fq.cpp). Between whole messages, disconnecting is safe.
             if self.clients in ready:
                 loop.read_router(self.clients, self._on_client_message, self._bad)
             if self.agents in ready:
                 loop.read_router(self.agents, self._on_agent_message, self._bad)
+            if self.waker.fd in ready:
+                for kind, value in self.waker.drain():
+                    self._on_event(kind, value)
             now = time.monotonic()
             if now >= next_tick:
                 self.notifier.pet(now)

@@ -144,3 +144,40 @@ def coordinator_status(ctx: zmq.Context, endpoint: str) -> dict:
         return reply.status
     finally:
         sock.close()
+
+
+def test_an_agent_that_leaves_while_its_messages_stream_in_does_not_abort_the_coordinator(local_cluster):
+    """Polling a ROUTER reads a message's first frame ahead; libzmq aborts (`!_more`,
+    fq.cpp) if that peer is disconnected before the rest is read. The coordinator reads
+    its sockets before it acts on a leave: an agent that streams multipart messages
+    and deregisters, again and again, must find it alive."""
+    coordinator = local_cluster.coordinator()
+    wait_for(lambda: local_cluster.leader() is not None, 15, what="a leader")
+    ctx = zmq.Context()
+    try:
+        for round_ in range(5):
+            fake = ctx.socket(zmq.ROUTER)
+            fake.setsockopt(zmq.LINGER, 0)
+            fake.setsockopt(zmq.ROUTING_ID, b"streamer")
+            port = fake.bind_to_random_port("tcp://127.0.0.1")
+            record = AgentRecord(node_id="streamer", host="fuzzhost", endpoint=f"tcp://127.0.0.1:{port}", workers=1,
+                                 cores=1, memory=1, version="0", protocol=PROTOCOL_VERSION, pid=1,
+                                 started=time.time() + round_)
+            path = layout.agent_path(local_cluster.name, "streamer")
+            local_cluster.kazoo.create(path, record.to_bytes(), ephemeral=True)
+            assert fake.poll(10_000), "the coordinator never connected"
+            peer = fake.recv_multipart()[0]
+            deadline = time.monotonic() + 0.5
+            while time.monotonic() < deadline:  # two frames each: the first is read ahead
+                fake.send_multipart([peer, b"\x01", b"payload"], zmq.NOBLOCK)
+            local_cluster.kazoo.delete(path)
+            for _ in range(2000):  # still streaming while the coordinator drops it
+                try:
+                    fake.send_multipart([peer, b"\x01", b"payload"], zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    break
+            fake.close(0)
+            time.sleep(0.3)
+            assert coordinator.popen.poll() is None, coordinator.text()[-2000:]
+    finally:
+        ctx.destroy(linger=0)
