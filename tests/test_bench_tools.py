@@ -38,7 +38,10 @@ def test_hop_measures_each_transport_and_the_w3_path():
     assert all(r["p50_us"] > 0 and r["p99_us"] >= r["p50_us"] for r in rows.values())
 
 
-def test_zmq_floor_answers_every_peer_and_reports_memory_per_peer():
-    res = _run("bench/zmq_floor.py", "--peers", "50", "--rounds", "2")
+def test_zmq_floor_answers_every_peer_and_reports_memory_per_peer_twice():
+    res = _run("bench/zmq_floor.py", "--peers", "50", "--rounds", "2", "--steady-rounds", "20", "--json")
     assert res.returncode == 0, res.stderr
-    assert "50 peers, 100 heartbeats answered" in res.stdout and "KiB of RSS per peer" in res.stdout
+    out = json.loads(res.stdout)
+    assert out["heartbeats_answered"] == 50 * 20 and out["all_answered"]
+    assert out["first"]["rounds"] == 2 and out["steady"]["rounds"] == 20
+    assert out["first"]["kib_per_peer"] > 0 and out["steady"]["kib_per_peer"] > 0
