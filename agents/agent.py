@@ -98,6 +98,8 @@ class Agent:
         self.cfg = cfg
         self.keys = security.for_daemon(cfg.keys, cfg.insecure, "agent")
         self.node_id = cfg.node_id or socket.gethostname()
+        if cfg.relay:
+            layout.check_name(cfg.relay, "relay id")
         resources = detect()
         self.workers = parse_workers(cfg.workers, resources.usable_cpus)
         self.resources = resources
@@ -169,8 +171,9 @@ class Agent:
             self.registration.register()
             self._drain_request = layout.drain_path(self.cfg.cluster, self.node_id)
             zk.DataWatch(self._drain_request, self._on_drain_request)
-            log.info("agent %s registered: endpoint %s, %d workers (%d usable cpus)", self.node_id,
-                     self.endpoint, self.workers, self.resources.usable_cpus)
+            log.info("agent %s registered: endpoint %s, %d workers (%d usable cpus)%s", self.node_id,
+                     self.endpoint, self.workers, self.resources.usable_cpus,
+                     f", reached through relay {self.cfg.relay}" if self.cfg.relay else "")
             if self.cfg.metrics_port:
                 from cluster.metrics import Metrics  # only daemons that export metrics need the library
 
@@ -205,7 +208,7 @@ class Agent:
             node_id=self.node_id, host=socket.gethostname(), endpoint=self.endpoint, workers=self.workers,
             cores=self.resources.cores, memory=self.resources.memory, version=__version__,
             protocol=PROTOCOL_VERSION, pid=os.getpid(), started=_process_start(), labels=dict(self.cfg.labels),
-            state="ready",
+            state="ready", relay=self.cfg.relay,
         )
 
     def _spawn(self, index: int) -> subprocess.Popen:

@@ -12,6 +12,8 @@ Examples:
 
   clusterctl agent --workers 4 --node-id gpu-07 --bind tcp://0.0.0.0:7100 --advertise 10.0.0.7
 
+  clusterctl agent --relay rack-12   (the coordinator reaches it through `clusterctl relay --id rack-12`)
+
 As a systemd service: clusterctl agent install --help / clusterctl agent uninstall --help
 """
 
@@ -45,6 +47,7 @@ def agent(
     bind: Optional[str] = typer.Option(None, "--bind", help="Endpoint to bind (tcp://0.0.0.0:0, a free port)."),
     advertise: Optional[str] = typer.Option(None, "--advertise", help="Host others use to reach this node."),
     label: List[str] = typer.Option([], "--label", help="key=value label; repeatable."),
+    relay: Optional[str] = typer.Option(None, "--relay", help="Id of the relay the coordinator reaches us through (`clusterctl relay`)."),
     heartbeat_interval: Optional[float] = typer.Option(None, help="Seconds between heartbeats until the coordinator sets them (0.5)."),
     heartbeat_misses: Optional[int] = typer.Option(None, help="Missed heartbeats before the coordinator is lost (4)."),
     drain_timeout: Optional[float] = typer.Option(None, help="Seconds a drain waits for held tasks (30)."),
@@ -57,7 +60,7 @@ def agent(
     with common.clear_errors():
         cfg = config.load(config.AgentConfig, config_file, dict(
             zk=zk, cluster=cluster, keys=keys, insecure=insecure, zk_auth=zk_auth, node_id=node_id, workers=workers, bind=bind, advertise=advertise,
-            labels=config.parse_labels(label) if label else None, heartbeat_interval=heartbeat_interval,
+            labels=config.parse_labels(label) if label else None, relay=relay, heartbeat_interval=heartbeat_interval,
             heartbeat_misses=heartbeat_misses, drain_timeout=drain_timeout, zk_session_timeout=zk_session_timeout,
             metrics_port=metrics_port))
         node = Agent(cfg)

@@ -1,4 +1,4 @@
-"""An agent's ephemeral znode: register, refuse duplicates, update state, rejoin.
+"""An agent's (or a relay's) ephemeral znode: register, refuse duplicates, update state, rejoin.
 
 Registering is idempotent (a znode we own already counts as registered), so
 the agent simply calls ``register`` again after its session was lost. A znode
@@ -19,7 +19,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError, NodeExistsError
 
 from cluster import layout
-from cluster.layout import AgentRecord, BadRecord
+from cluster.layout import AgentRecord, BadRecord, RelayRecord
 
 log = logging.getLogger("agents.registration")
 
@@ -29,9 +29,9 @@ class DuplicateNode(RuntimeError):
 
 
 class Registration:
-    def __init__(self, zk: KazooClient, cluster: str, record: AgentRecord):
+    def __init__(self, zk: KazooClient, cluster: str, record: AgentRecord | RelayRecord):
         self.zk = zk
-        self.path = layout.agent_path(cluster, record.node_id)
+        self.path = f"{record.folder(cluster)}/{layout.check_name(record.node_id, 'node id')}"
         self.record = record
 
     def register(self, wait_for_stale: float = 30.0) -> None:
@@ -50,13 +50,15 @@ class Registration:
             if stat.ephemeralOwner == self.zk.client_id[0]:
                 self.zk.set(self.path, self.record.to_bytes())
                 return
-            holder = _describe(data)
-            if not _holder_is_dead(data) or time.monotonic() > deadline:
+            holder = _describe(data, type(self.record))
+            if not _holder_is_dead(data, type(self.record)) or time.monotonic() > deadline:
+                what, flag = ("relay", "--id") if isinstance(self.record, RelayRecord) else ("agent", "--node-id")
+                name = "relay id" if what == "relay" else "node id"
                 raise DuplicateNode(
-                    f"node id {self.record.node_id!r} is already registered by a live agent ({holder}); "
-                    "stop that agent or give this one another --node-id"
+                    f"{name} {self.record.node_id!r} is already registered by a live {what} ({holder}); "
+                    f"stop that {what} or give this one another {flag}"
                 )
-            log.info("node id %s is held by a dead agent (%s); waiting for its session to expire",
+            log.info("id %s is held by a dead process (%s); waiting for its session to expire",
                      self.record.node_id, holder)
             time.sleep(0.5)
 
@@ -74,18 +76,18 @@ class Registration:
             pass
 
 
-def _describe(data: bytes) -> str:
+def _describe(data: bytes, record_type: type) -> str:
     try:
-        other = AgentRecord.from_bytes(data)
+        other = record_type.from_bytes(data)
         return f"host {other.host}, pid {other.pid}, endpoint {other.endpoint}"
     except BadRecord:
         return "unreadable record"
 
 
-def _holder_is_dead(data: bytes) -> bool:
+def _holder_is_dead(data: bytes, record_type: type) -> bool:
     """True only when the holder was on this host and its pid is gone (or reused)."""
     try:
-        other = AgentRecord.from_bytes(data)
+        other = record_type.from_bytes(data)
     except BadRecord:
         return False
     if other.host != socket.gethostname():

@@ -37,6 +37,7 @@ class AgentConfig(Common):
     bind: str = "tcp://0.0.0.0:0"  # port 0 picks a free port; the real one is published
     advertise: str = ""  # host others use to reach us; default: the address that routes to ZooKeeper
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    relay: str = ""  # id of the relay (`clusterctl relay`) the coordinator reaches us through; "" = directly
     prefetch: int = 2  # tasks queued per worker beyond the one it runs; hides round trips
     prefetch_short: int = 16  # the same while every job it holds has tasks under 5 ms: fewer, larger messages
     heartbeat_interval: float = 0.5
@@ -63,7 +64,17 @@ class CoordinatorConfig(Common):
     metrics_port: int = 0  # Prometheus endpoint on the --bind host; 0 = off
 
 
-SECTIONS: dict[type, str] = {AgentConfig: "agent", CoordinatorConfig: "coordinator", Common: ""}
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RelayConfig(Common):
+    relay_id: str = ""  # the id agents name in their `relay` setting; default: the host name
+    bind: str = "tcp://0.0.0.0:0"  # where the coordinator connects; port 0 picks a free port, published
+    advertise: str = ""
+    zk_session_timeout: float = 10.0  # the relay's znode goes this long after it vanishes; its agents then go direct
+    metrics_port: int = 0
+    max_payload: int = 64 * 2**20  # keep equal to the coordinator's
+
+
+SECTIONS: dict[type, str] = {AgentConfig: "agent", CoordinatorConfig: "coordinator", RelayConfig: "relay", Common: ""}
 ENV_SHARED = {"zk": "CLUSTER_ZK", "cluster": "CLUSTER_NAME", "keys": "CLUSTER_KEYS", "insecure": "CLUSTER_INSECURE",
               "zk_auth": "CLUSTER_ZK_AUTH"}
 

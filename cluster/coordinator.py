@@ -22,10 +22,11 @@ import zmq
 
 from . import election, loop, payload, security, wire
 from .config import CoordinatorConfig
-from .layout import AgentRecord, LeaderRecord
+from .layout import AgentRecord, LeaderRecord, RelayRecord
 from .liveness import BeatInterval, Liveness
 from .membership import MemberEvent, Membership
 from .rate import Throughput
+from .relays import RelayTable, relay_identity
 from .scheduler import Scheduler
 from .sdnotify import Notifier
 from .version import PROTOCOL_VERSION, __version__
@@ -46,6 +47,11 @@ class AgentPeer:
     up: bool = False
     next_hello: float = 0.0
     started: float = 0.0  # its process's start (AgentRecord), to tell which of two at one endpoint is live
+    via: str = ""  # the relay it is reached through; "" when connected to directly
+    route: loop.Route = b""
+
+    def __post_init__(self) -> None:
+        self.route = (relay_identity(self.via), self.identity) if self.via else self.identity
 
 
 class Coordinator:
@@ -61,6 +67,7 @@ class Coordinator:
         self.throughput = Throughput(RATE_WINDOW)
         self.peers: dict[str, AgentPeer] = {}
         self._at: dict[str, str] = {}  # endpoint -> the node id connected there
+        self.relays = RelayTable()
         self.agent_liveness = Liveness(cfg.heartbeat_interval, cfg.heartbeat_misses)
         self.beats = BeatInterval(cfg.heartbeat_interval, cfg.heartbeat_budget, cfg.heartbeat_misses)
         self.counters: collections.Counter = collections.Counter()
@@ -114,6 +121,7 @@ class Coordinator:
                         auth_file=self.cfg.zk_auth)
         self.zk = zk
         self.membership = Membership(zk, self.cfg.cluster, lambda ev: self.waker.post(("member", ev)))
+        self.relay_membership = Membership(zk, self.cfg.cluster, lambda ev: self.waker.post(("relay", ev)), RelayRecord)
         self.election = election.LeaderElection(
             zk, self.cfg.cluster, self.id, self._leader_record, lambda kind, epoch: self.waker.post((kind, epoch))
         )
@@ -131,6 +139,7 @@ class Coordinator:
         finally:
             self.election.stop()
             self.membership.stop()
+            self.relay_membership.stop()
             zk_close(zk)
             self.clients.close(0)
             self.agents.close(0)
@@ -190,7 +199,7 @@ class Coordinator:
             if self.clients in ready:
                 loop.read_router(self.clients, self._on_client_message, self._bad)
             if self.agents in ready:
-                loop.read_router(self.agents, self._on_agent_message, self._bad)
+                loop.read_router(self.agents, self._on_agent_message, self._bad, relays=self.relays.ids)
             if self.waker.fd in ready:
                 for kind, value in self.waker.drain():
                     self._on_event(kind, value)
@@ -219,6 +228,9 @@ class Coordinator:
             self.epoch, self.leading = int(value), True
             self._first_dispatch = True
             self.notifier.status(f"leader with epoch {self.epoch}; client endpoint {self.endpoint}")
+            self.relay_membership.start()
+            for relay_id, relay in self.relay_membership.snapshot().items():
+                self._on_relay(MemberEvent("joined", relay_id, relay))
             self.membership.start()
             for node_id, record in self.membership.snapshot().items():
                 self._on_member(MemberEvent("joined", node_id, record))
@@ -228,35 +240,94 @@ class Coordinator:
             self._step_down()
         elif kind == "member" and self.leading:
             self._on_member(value)  # type: ignore[arg-type]
+        elif kind == "relay" and self.leading:
+            self._on_relay(value)  # type: ignore[arg-type]
 
     def _step_down(self) -> None:
         # A newer leader owns the cluster now; our jobs are resubmitted to it by their clients.
         self.leading = False
         for node_id in list(self.peers):
             self._drop_peer(node_id)
+        for relay_id in list(self.relays.records):
+            self._drop_relay(relay_id)
         for job_id in list(self.scheduler.jobs):
             self.scheduler.end_job(job_id)
 
     def _on_member(self, ev: MemberEvent) -> None:
         peer = self.peers.get(ev.node_id)
-        if ev.kind == "left" or (ev.record and peer and peer.endpoint != ev.record.endpoint):
+        record = ev.record
+        moved = record is not None and peer is not None and (
+            peer.endpoint != record.endpoint or peer.via != self.relays.via(record))
+        if ev.kind == "left" or moved:
             if peer is not None:
-                log.info("agent %s left", ev.node_id)
+                log.info("agent %s %s", ev.node_id, "left" if ev.kind == "left" else "moved")
                 self._drop_peer(ev.node_id)
             if ev.kind == "left":
                 return
-        record = ev.record
         assert record is not None
         if ev.node_id not in self.peers:
-            if not self._claim_endpoint(ev.node_id, record):
+            via = self.relays.via(record)
+            if not via and not self._claim_endpoint(ev.node_id, record):
                 return
-            log.info("agent %s joined at %s (%d workers)", ev.node_id, record.endpoint, record.workers)
-            peer = AgentPeer(ev.node_id, record.endpoint, ev.node_id.encode(), started=record.started)
+            log.info("agent %s joined at %s (%d workers)%s", ev.node_id, record.endpoint, record.workers,
+                     f" behind relay {via}" if via else "")
+            peer = AgentPeer(ev.node_id, record.endpoint, ev.node_id.encode(), started=record.started, via=via)
             self.peers[ev.node_id] = peer
-            self._at[record.endpoint] = ev.node_id
-            self.agents.connect(record.endpoint)
+            if via:
+                self._tell_relay(via, connect=[peer])
+            else:
+                self._at[record.endpoint] = ev.node_id
+                self.agents.connect(record.endpoint)
         if record.state == "draining":
             self.scheduler.agent_draining(ev.node_id)
+
+    def _on_relay(self, ev: MemberEvent) -> None:
+        """A relay joined, left or moved: connect to it (or stop), and move the agents that
+        name it. A moved agent is dropped and joined again, so its unfinished tasks are
+        queued again (each result is still delivered once)."""
+        old = self.relays.records.get(ev.node_id)
+        if old is not None and (ev.kind == "left" or old != ev.record):
+            self._drop_relay(ev.node_id)
+        if ev.kind != "left" and ev.node_id not in self.relays.records:
+            record: RelayRecord = ev.record  # type: ignore[assignment]
+            log.info("relay %s joined at %s", ev.node_id, record.endpoint)
+            self.relays.add(record, time.monotonic())
+            self.agents.connect(record.endpoint)
+        self._reroute(ev.node_id)
+
+    def _tell_relay(self, relay_id: str, connect: list[AgentPeer] = (), disconnect: list[AgentPeer] = ()) -> None:
+        """Which agents the relay connects to: the agents whose znodes name it, which we
+        watch anyway (relays add no ZooKeeper load). Repeated with each Hello to an agent
+        that has not answered, so a message lost before the relay was connected costs a retry."""
+        loop.send(self.agents, wire.RelayAgents(self.epoch, [[p.node_id, p.endpoint] for p in connect],
+                                                [[p.node_id, p.endpoint] for p in disconnect]),
+                  (relay_identity(relay_id), b""))
+
+    def _reroute(self, relay_id: str) -> None:
+        for node_id, agent in self.membership.snapshot().items():
+            if agent.relay == relay_id:
+                self._on_member(MemberEvent("changed", node_id, agent))
+
+    def _check_relays(self, now: float) -> None:
+        """A relay answers each of our heartbeats itself. One silent for a liveness deadline
+        while still registered (cut off from us while its ZooKeeper session lives, or hung
+        under a long session timeout) is bypassed: its agents are reached directly. They
+        move back once it answers again."""
+        for relay_id in self.relays.turned(now, self.agent_liveness.deadline):
+            if self.relays.bypassed(relay_id):
+                log.warning("relay %s silent for %.1f s; reaching its agents directly", relay_id,
+                            self.relays.silence(relay_id, now))
+            else:
+                log.info("relay %s answers again; reaching its agents through it", relay_id)
+            self._reroute(relay_id)
+
+    def _drop_relay(self, relay_id: str) -> None:
+        record = self.relays.remove(relay_id)
+        log.info("relay %s left", relay_id)
+        try:
+            self.agents.disconnect(record.endpoint)
+        except zmq.ZMQError:
+            pass
 
     def _claim_endpoint(self, node_id: str, record: AgentRecord) -> bool:
         """Whether an agent may be connected to at its endpoint. A node replaced within the
@@ -284,6 +355,8 @@ class Coordinator:
         if requeued:
             log.warning("agent %s lost: %d tasks requeued", node_id, requeued)
         self.agent_liveness.forget(node_id)
+        if peer.via in self.relays.records:
+            self._tell_relay(peer.via, disconnect=[peer])
         if self._at.get(peer.endpoint) == node_id:
             del self._at[peer.endpoint]
             try:
@@ -303,6 +376,7 @@ class Coordinator:
             log.info("heartbeats every %.2f s for %d agents; one unheard for %.1f s is lost",
                      self.beats.interval, len(self.peers), self.beats.interval * self.cfg.heartbeat_misses)
         self.agent_liveness.deadline = self.beats.deadline(now)
+        self._check_relays(now)
         for node_id in self.agent_liveness.expired(now):
             peer = self.peers.get(node_id)
             if peer is not None and peer.up:
@@ -317,13 +391,24 @@ class Coordinator:
         beating = now >= self._next_beat
         if beating:
             self._next_beat = max(self._next_beat + self.beats.interval, now)
+            for relay_id in self.relays.records:  # a relay answers for itself: see _check_relays
+                loop.send_frames(self.agents, beat, (relay_identity(relay_id), b""))
+        due = []
         for peer in self.peers.values():
             if peer.up:
                 if beating:
-                    loop.send_frames(self.agents, beat, peer.identity)
+                    loop.send_frames(self.agents, beat, peer.route)
             elif now >= peer.next_hello:
-                loop.send(self.agents, hello, peer.identity)
-                peer.next_hello = now + HELLO_RETRY
+                due.append(peer)
+        relayed: dict[str, list[AgentPeer]] = collections.defaultdict(list)
+        for peer in due:
+            if peer.via:
+                relayed[peer.via].append(peer)
+        for relay_id, peers in relayed.items():  # a relay connects to an agent before it can pass a Hello on
+            self._tell_relay(relay_id, connect=peers)
+        for peer in due:
+            loop.send(self.agents, hello, peer.route)
+            peer.next_hello = now + HELLO_RETRY
         cutoff = now - self.cfg.client_timeout
         for job in [j for j in self.scheduler.jobs.values() if j.last_seen < cutoff]:
             log.warning("job %s: client silent for %.0f s; cancelling it", job.job_id, self.cfg.client_timeout)
@@ -384,7 +469,7 @@ class Coordinator:
         for node_id, indices in self.scheduler.cancel_tasks(msg.job_id, msg.indices).items():
             peer = self.peers.get(node_id)
             if peer is not None and peer.up:
-                loop.send(self.agents, wire.DropTasks(self.epoch, msg.job_id, indices), peer.identity)
+                loop.send(self.agents, wire.DropTasks(self.epoch, msg.job_id, indices), peer.route)
 
     def _on_client_heartbeat(self, identity: bytes, msg: wire.Heartbeat) -> None:
         now = time.monotonic()
@@ -399,16 +484,18 @@ class Coordinator:
     def status(self) -> dict:
         s, now = self.scheduler, time.monotonic()
         agents = {}
-        for node_id in self.peers:
+        for node_id, peer in self.peers.items():
             slot = s.agents.get(node_id)
             age = self.agent_liveness.age(node_id, now)
             if slot is None:  # registered in ZooKeeper but not answering (yet, or any more)
                 agents[node_id] = {"state": "unreachable", "workers": 0, "busy": 0, "in_flight": 0,
                                    "heartbeat_age": None if age is None else round(age, 3)}
-                continue
-            agents[node_id] = {"state": "draining" if slot.draining else "ready", "workers": slot.workers,
-                               "busy": min(slot.workers, len(slot.in_flight)), "in_flight": len(slot.in_flight),
-                               "capacity": slot.capacity, "heartbeat_age": round(age or 0.0, 3)}
+            else:
+                agents[node_id] = {"state": "draining" if slot.draining else "ready", "workers": slot.workers,
+                                   "busy": min(slot.workers, len(slot.in_flight)), "in_flight": len(slot.in_flight),
+                                   "capacity": slot.capacity, "heartbeat_age": round(age or 0.0, 3)}
+            if peer.via:
+                agents[node_id]["via"] = peer.via
         workers = sum(a["workers"] for a in agents.values())
         busy = sum(a["busy"] for a in agents.values())
         return {
@@ -421,6 +508,7 @@ class Coordinator:
             "failed": sum(n for outcome, n in s.outcomes.items() if outcome != "ok"),
             "tasks_per_second": round(self.throughput.rate(now, s.counters["delivered"]), 1),
             "heartbeat_interval": self.beats.interval,
+            "relays": {relay_id: r.endpoint for relay_id, r in self.relays.records.items()},
             "counters": dict(self.counters + s.counters),
         }
 
@@ -428,25 +516,32 @@ class Coordinator:
         for node_id in self.scheduler.end_job(job_id):
             peer = self.peers.get(node_id)
             if peer is not None and peer.up:
-                loop.send(self.agents, wire.EndJob(self.epoch, job_id), peer.identity)
+                loop.send(self.agents, wire.EndJob(self.epoch, job_id), peer.route)
 
     # -------------------------------------------------------------- agents
 
-    def _on_agent_message(self, identity: bytes, msg: wire.Message) -> None:
+    def _on_agent_message(self, route: loop.Route, msg: wire.Message) -> None:
+        via = ""
+        identity = route
+        if isinstance(route, tuple):
+            via, identity = self.relays.heard(route[0], time.monotonic()), route[1]
+            if not identity:
+                return  # the relay's own answer to our heartbeat
         node_id = identity.decode(errors="replace")
-        if node_id not in self.peers:
+        peer = self.peers.get(node_id)
+        if peer is None or peer.via != via:  # unknown, or not on the route it is reached by
             if isinstance(msg, wire.Results):
                 # A draining agent's last results can overtake its deregistration;
                 # the scheduler still takes only the first result of each task.
                 self._on_results(AgentPeer(node_id, "", identity), msg)
             else:
-                self._bad(identity, "message from an agent that is not registered")
+                self._bad(identity, "message from an agent that is not registered, or not behind this relay")
             return
         handler = self.agent_handlers.get(type(msg))
         if handler is None:
             self._bad(identity, f"unexpected {type(msg).__name__} on the agent channel")
             return
-        handler(self.peers[node_id], msg)
+        handler(peer, msg)
 
     def _on_welcome(self, peer: AgentPeer, msg: wire.Welcome) -> None:
         if msg.epoch != self.epoch or msg.node_id != peer.node_id:
@@ -499,13 +594,13 @@ class Coordinator:
             job = batch.job
             if batch.send_spec:
                 loop.send(self.agents, wire.JobSpec(self.epoch, job.job_id, job.digest, job.options,
-                                                    frames=(job.function,)), peer.identity)
+                                                    frames=(job.function,)), peer.route)
             if self._first_dispatch:
                 self._first_dispatch = False
                 log.info("first dispatch as leader (epoch %d)", self.epoch)
             tasks = [[index, attempt] for index, attempt, _ in batch.tasks]
             frames = tuple(args for _, _, args in batch.tasks)
-            if not loop.send(self.agents, wire.Dispatch(self.epoch, job.job_id, tasks, frames=frames), peer.identity):
+            if not loop.send(self.agents, wire.Dispatch(self.epoch, job.job_id, tasks, frames=frames), peer.route):
                 # Unreachable right now: treat as lost so the tasks go elsewhere.
                 self.scheduler.agent_down(peer.node_id)
                 peer.up = False

@@ -1,6 +1,7 @@
 """The ZooKeeper layout of a cluster and the records stored in its znodes.
 
     /clusterd/<cluster>/agents/<node-id>        ephemeral, AgentRecord JSON
+    /clusterd/<cluster>/relays/<relay-id>       ephemeral, RelayRecord JSON
     /clusterd/<cluster>/drain/<node-id>         a drain request for that agent
     /clusterd/<cluster>/coordinator/election/   kazoo Election (lock) children
     /clusterd/<cluster>/coordinator/epoch       persistent; its version is the epoch counter
@@ -45,6 +46,14 @@ def agents_path(cluster: str) -> str:
 
 def agent_path(cluster: str, node_id: str) -> str:
     return f"{agents_path(cluster)}/{check_name(node_id, 'node id')}"
+
+
+def relays_path(cluster: str) -> str:
+    return f"{cluster_root(cluster)}/relays"
+
+
+def relay_path(cluster: str, relay_id: str) -> str:
+    return f"{relays_path(cluster)}/{check_name(relay_id, 'relay id')}"
 
 
 def drain_path(cluster: str, node_id: str) -> str:
@@ -112,6 +121,11 @@ class AgentRecord:
     started: float
     state: str = "ready"
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    relay: str = ""  # the relay the coordinator reaches it through while that relay is registered
+
+    @staticmethod
+    def folder(cluster: str) -> str:
+        return agents_path(cluster)
 
     def to_bytes(self) -> bytes:
         return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
@@ -123,10 +137,39 @@ class AgentRecord:
             raise BadRecord(f"agent record: unknown state {record.state!r}")
         if not record.endpoint.startswith("tcp://"):
             raise BadRecord("agent record: endpoint must be tcp://host:port")
+        if record.relay and not _NAME.match(record.relay):
+            raise BadRecord("agent record: relay is not a valid relay id")
         return record
 
     def with_state(self, state: str) -> AgentRecord:
         return dataclasses.replace(self, state=state)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RelayRecord:
+    """A relay (``clusterctl relay``): the coordinator holds one connection to it, not one
+    to each agent that names it, and it forwards their messages both ways."""
+    node_id: str  # the relay id agents name in their ``relay`` setting
+    host: str
+    endpoint: str
+    version: str
+    protocol: int
+    pid: int
+    started: float
+
+    @staticmethod
+    def folder(cluster: str) -> str:
+        return relays_path(cluster)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes | None) -> RelayRecord:
+        record = _build(cls, _load(data, "relay record"), "relay record")
+        if not record.endpoint.startswith("tcp://"):
+            raise BadRecord("relay record: endpoint must be tcp://host:port")
+        return record
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

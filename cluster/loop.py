@@ -15,7 +15,7 @@ import os
 import queue
 import socket
 import time
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Container, Iterable, Iterator, TypeVar
 from urllib.parse import urlsplit
 
 import zmq
@@ -73,18 +73,24 @@ _MORE = int(zmq.SNDMORE) | int(zmq.NOBLOCK)
 _LAST = int(zmq.NOBLOCK)
 
 
-def send(sock: zmq.Socket, msg: Message, identity: bytes | None = None) -> bool:
+Route = bytes | tuple[bytes, ...]  # a peer's routing id; (relay, agent) for an agent behind a relay
+
+
+def send(sock: zmq.Socket, msg: Message, identity: Route | None = None) -> bool:
     """Send without blocking. False when the peer is unknown or its queue is
     full (ROUTER_MANDATORY); the caller keeps the message's work and retries."""
     return send_frames(sock, msg.encode(), identity)
 
 
-def send_frames(sock: zmq.Socket, frames: list[bytes], identity: bytes | None = None) -> bool:
+def send_frames(sock: zmq.Socket, frames: list[Any], identity: Route | None = None) -> bool:
     """``send`` of an already encoded message: one heartbeat encoded once goes to thousands of peers.
     Large frames go by reference: a payload received as a view (wire._payload) is
     forwarded without a copy."""
     try:
-        if identity is not None:
+        if isinstance(identity, tuple):
+            for part in identity:
+                sock.send(part, _MORE)
+        elif identity is not None:
             sock.send(identity, _MORE)
         for frame in frames[:-1]:
             sock.send(*_zero_copy(frame, _MORE))
@@ -118,21 +124,28 @@ def recv_frames(sock: zmq.Socket) -> list[zmq.Frame]:
     return frames
 
 
-def read_router(sock: zmq.Socket, handle: Callable[[bytes, Message], None],
-                bad: Callable[[bytes, str], None], limit: int = 1000) -> None:
+def read_router(sock: zmq.Socket, handle: Callable[[Any, Message], None],
+                bad: Callable[[Any, str], None], limit: int = 1000, relays: Container[bytes] = ()) -> None:
     """Decode what a ROUTER socket has waiting and hand each message to ``handle``.
 
     Malformed frames go to ``bad`` and the loop goes on; a peer speaking another
     protocol version is also told so. Bounded, so one busy socket cannot starve
-    the loop's other steps."""
+    the loop's other steps. A message from a peer in ``relays`` carries the routing id
+    of the agent it comes from next: it is handed on with the route (relay, agent)."""
     for _ in range(limit):
         try:
             frames = recv_frames(sock)
         except zmq.Again:
             return
-        identity = frames[0].bytes
+        identity: Route = frames[0].bytes
+        body = 1
+        if identity in relays:
+            if len(frames) < 3:
+                bad(identity, "a relayed message without an agent's routing id")
+                continue
+            identity, body = (identity, frames[1].bytes), 2
         try:
-            msg = wire.decode(frames[1:])
+            msg = wire.decode(frames[body:])
         except wire.VersionMismatch as exc:
             bad(identity, str(exc))
             send(sock, wire.Refused(str(exc)), identity)

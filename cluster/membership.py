@@ -1,6 +1,7 @@
-"""Live cluster membership from ZooKeeper: joins, leaves and state changes.
+"""Live cluster membership from ZooKeeper: joins, leaves and state changes of the
+agents (or, with ``record_type=RelayRecord``, of the relays).
 
-A ChildrenWatch on the agents folder plus a data watch per agent, re-armed at
+A ChildrenWatch on the folder plus a data watch per agent, re-armed at
 each read; agents are read asynchronously (pipelined). The callbacks run on
 kazoo's threads, so they only compute a diff and hand events to ``emit``; the
 consumer (the coordinator's loop or ``clusterctl nodes --watch``) does the rest
@@ -12,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from typing import Callable
+from typing import Any, Callable
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import NoNodeError
@@ -28,13 +29,15 @@ log = logging.getLogger(__name__)
 class MemberEvent:
     kind: str  # "joined", "changed" or "left"
     node_id: str
-    record: AgentRecord | None  # None for "left"
+    record: Any  # AgentRecord or RelayRecord; None for "left"
 
 
 class Membership:
-    def __init__(self, zk: KazooClient, cluster: str, emit: Callable[[MemberEvent], None]):
+    def __init__(self, zk: KazooClient, cluster: str, emit: Callable[[MemberEvent], None],
+                 record_type: type = AgentRecord):
         self._zk = zk
-        self._path = layout.agents_path(cluster)
+        self._path = record_type.folder(cluster)
+        self._record_type = record_type
         self._emit = emit
         self._lock = threading.Lock()
         self._members: dict[str, AgentRecord] = {}
@@ -57,7 +60,7 @@ class Membership:
         self._stopped = True
         self._zk.remove_listener(self._on_state)
 
-    def snapshot(self) -> dict[str, AgentRecord]:
+    def snapshot(self) -> dict[str, Any]:
         with self._lock:
             return dict(self._members)
 
@@ -137,7 +140,7 @@ class Membership:
 
     def _on_data(self, node_id: str, data: bytes | None) -> None:
         try:
-            record = AgentRecord.from_bytes(data)
+            record = self._record_type.from_bytes(data)
             if record.node_id != node_id:
                 raise BadRecord("node id does not match the znode name")
         except BadRecord as exc:
@@ -159,4 +162,4 @@ class Membership:
         key = (node_id, data[:256])
         if key not in self._warned:
             self._warned.add(key)
-            log.warning("ignoring agent znode %s: %s", node_id, why)
+            log.warning("ignoring znode %s/%s: %s", self._path, node_id, why)

@@ -80,7 +80,9 @@ def _public(path: Path) -> bytes:
     return public
 
 
-def load(directory: str | Path, role: str) -> Keys:
+def load(directory: str | Path, role: str, with_clients: bool = True) -> Keys:
+    """A role's key pair and the public keys of its peers. ``with_clients=False``: the
+    coordinator's pair without its client allow-list (a relay connecting to agents)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise KeyFileError(f"keys directory {directory} does not exist (create one with `clusterctl keys generate`)")
@@ -95,8 +97,9 @@ def load(directory: str | Path, role: str) -> Keys:
     # Each role needs only the public keys of the peers it talks to.
     coordinator = _public(directory / "coordinator.key") if role in ("agent", "client") else public
     agent = _public(directory / "agent.key") if role == "coordinator" else b""
-    clients = tuple(_public(p) for p in sorted(directory.glob("client*.key"))) if role == "coordinator" else ()
-    if role == "coordinator" and not clients:
+    allowed = role == "coordinator" and with_clients
+    clients = tuple(_public(p) for p in sorted(directory.glob("client*.key"))) if allowed else ()
+    if allowed and not clients:
         raise KeyFileError(f"no client keys (client*.key) in {directory}: no client could submit work")
     return Keys(role, public, secret, coordinator, agent, clients)
 

@@ -451,6 +451,25 @@ class ReturnTasks(Message):
 
 
 @dataclasses.dataclass(frozen=True)
+class RelayAgents(Message):
+    """Coordinator to a relay (agent id empty): connect to these agents, [[node id,
+    endpoint], ...], and stop connecting to those. The coordinator repeats ``connect``
+    with each Hello until the agent answers, so a lost one costs a retry, not an agent."""
+
+    KIND = 29
+    epoch: int
+    connect: list
+    disconnect: list
+
+    def validate(self) -> None:
+        for name in ("connect", "disconnect"):
+            for row in getattr(self, name):
+                if type(row) is not list or len(row) != 2 or not all(type(v) is str for v in row) \
+                        or not row[1].startswith("tcp://"):
+                    raise ProtocolError(f"RelayAgents.{name}: each item must be [node id, tcp:// endpoint]")
+
+
+@dataclasses.dataclass(frozen=True)
 class Draining(Message):
     """Agent to coordinator: send nothing new; what is held will still finish."""
 

@@ -55,6 +55,8 @@ def test_example_configs_load():
     for f in files:
         config.load(config.AgentConfig, f, {}, environ={})
         config.load(config.CoordinatorConfig, f, {}, environ={})
+        config.load(config.RelayConfig, f, {}, environ={})
+    assert config.load(config.RelayConfig, root / "relay.toml", {}, environ={}).relay_id == "rack-12"
 
 
 RECORD = dict(node_id="n1", host="h", endpoint="tcp://10.0.0.1:5000", workers=2, cores=2, memory=1 << 30,

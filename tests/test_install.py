@@ -231,6 +231,21 @@ def test_coordinator_install_and_uninstall(tmp_path):
     assert res.returncode == 2 and list((tmp_path / "etc/clusterd").iterdir()) == [tmp_path / "etc/clusterd/keys"]
 
 
+def test_relay_install_and_an_agent_that_names_the_relay(tmp_path):
+    with_keys(tmp_path)
+    res = clusterctl("relay", "install", "--root", str(tmp_path), "--zk", "zk1:2181", "--keys", "/etc/clusterd/keys",
+                     "--id", "rack-12", "--bind", "tcp://0.0.0.0:7300", "--exec", "/opt/clusterd/venv/bin/clusterctl")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / UNIT["relay"]).read_text() == (ROOT / "systemd/cluster-relay.service").read_text()
+    cfg = config.load(config.RelayConfig, tmp_path / CONF["relay"], environ={})
+    assert (cfg.relay_id, cfg.bind, cfg.keys) == ("rack-12", "tcp://0.0.0.0:7300", "/etc/clusterd/keys")
+    agent_install(tmp_path, *AGENT, "--relay", "rack-12")
+    assert config.load(config.AgentConfig, tmp_path / CONF["agent"], environ={}).relay == "rack-12"
+    res = clusterctl("relay", "uninstall", "--root", str(tmp_path))
+    assert res.returncode == 0 and "the agent is still installed" in res.stdout
+    assert not (tmp_path / UNIT["relay"]).exists() and (tmp_path / SYSUSERS).exists()
+
+
 def test_relative_key_paths_become_absolute(tmp_path):
     agent_install(tmp_path, "--keys", "etc/clusterd/keys")  # cwd is the repository: the unit's is not
     assert config.load(config.AgentConfig, tmp_path / CONF["agent"], environ={}).keys == str(ROOT / "etc/clusterd/keys")

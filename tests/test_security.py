@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 
 import pytest
 import zmq.auth
@@ -126,3 +127,37 @@ def test_zookeeper_acls_keep_out_clients_without_credentials(local_cluster, tmp_
         outsider.stop()
         outsider.close()
     assert local_cluster.clusterctl("submit", "math:sqrt", "--range", "0", "3").returncode == 0
+
+
+def test_a_relay_with_the_coordinators_keys_carries_a_secured_cluster_and_a_stranger_gets_nothing(
+        local_cluster, keys, tmp_path):
+    secure(local_cluster, keys)
+    coordinator = local_cluster.coordinator()
+    relay_keys = tmp_path / "relay-keys"  # what docs/security.md lists for a relay host, no more
+    relay_keys.mkdir(mode=0o700)
+    for name in ("agent.key", "agent.key_secret", "coordinator.key", "coordinator.key_secret"):
+        shutil.copy2(keys / name, relay_keys / name)
+    relay = local_cluster._start("relay", [sys.executable, "-m", "agents.relay_cli", "--id", "rack1", "--bind",
+                                           "tcp://127.0.0.1:0", "--keys", str(relay_keys), "--log-level", "debug"])
+    local_cluster.agent("a1", 2, "--relay", "rack1")
+    local_cluster.wait_ready(coordinator, ["a1"])
+    assert "behind relay rack1" in coordinator.text()
+    ok = local_cluster.clusterctl("submit", "math:sqrt", "--range", "0", "50")
+    assert ok.returncode == 0, ok.stderr
+    assert len(ok.stdout.splitlines()) == 50
+    # Without keys, the relay's port takes nothing in.
+    data, _ = local_cluster.kazoo.get(layout.relay_path(local_cluster.name, "rack1"))
+    drops = relay.text().count("dropping a message")
+    ctx = zmq.Context()
+    try:
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(json.loads(data)["endpoint"])
+        s.send_multipart([b"a1", b"\x93\x01\x01\xc0"])
+        s.send_multipart([b"", b"\x93\x01\x01\xc0"])
+        assert not s.poll(1000)
+    finally:
+        ctx.destroy(0)
+    assert relay.text().count("dropping a message") == drops  # nothing reached it to drop
+    ok = local_cluster.clusterctl("submit", "math:sqrt", "--range", "0", "5")
+    assert ok.returncode == 0, ok.stderr

@@ -225,9 +225,10 @@ def uninstall(role: str, root: Optional[Path], dry_run: bool, json_out: bool) ->
             run.command(["systemctl", "disable", "--now", unit_name(role)])
         unit_removed = remove_file(run, unit_path(role))
         remove_file(run, config_path(role), marked=True)
-        other = next(r for r in ROLES if r != role)
-        if run.target(unit_path(other)).exists() and run.target(SYSUSERS).exists():
-            run.file(run.target(SYSUSERS), "kept", f" (the {other} is still installed)")
+        others = [r for r in ROLES if r != role and run.target(unit_path(r)).exists()]
+        if others and run.target(SYSUSERS).exists():
+            still = f"the {' and the '.join(others)} {'is' if len(others) == 1 else 'are'} still installed"
+            run.file(run.target(SYSUSERS), "kept", f" ({still})")
         else:
             remove_file(run, SYSUSERS, marked=True)
         if unit_removed:
@@ -259,6 +260,7 @@ def agent_install(
     label: List[str] = typer.Option([], "--label", help="key=value label; repeatable."),
     workers: Optional[str] = typer.Option(None, "--workers", help="'auto' (usable cores) or a number."),
     node_id: Optional[str] = typer.Option(None, "--node-id", help="Unique node id (default: the host name)."),
+    relay: Optional[str] = typer.Option(None, "--relay", help="Id of the relay the coordinator reaches it through."),
     bind: Optional[str] = BIND, advertise: Optional[str] = ADVERTISE, metrics_port: Optional[str] = METRICS,
     exec_path: Optional[str] = EXEC, root: Optional[Path] = ROOT, dry_run: bool = DRY_RUN, json_out: bool = JSON,
 ) -> None:
@@ -277,7 +279,8 @@ def agent_install(
       clusterctl agent install --zk zk1:2181 --keys /etc/clusterd/keys --root /tmp/image --exec /opt/clusterd/venv/bin/clusterctl
     """
     install("agent", dict(zk=zk, cluster=cluster, keys=keys, insecure=insecure, zk_auth=zk_auth,
-                          labels=label or None, workers=workers, node_id=node_id, bind=bind, advertise=advertise,
+                          labels=label or None, workers=workers, node_id=node_id, relay=relay, bind=bind,
+                          advertise=advertise,
                           metrics_port=metrics_port), exec_path, root, dry_run, json_out)
 
 
@@ -303,6 +306,29 @@ def coordinator_install(
                                 advertise=advertise, metrics_port=metrics_port), exec_path, root, dry_run, json_out)
 
 
+def relay_install(
+    zk: Optional[str] = ZK, cluster: Optional[str] = CLUSTER, keys: Optional[str] = KEYS,
+    insecure: bool = INSECURE, zk_auth: Optional[str] = ZK_AUTH,
+    relay_id: Optional[str] = typer.Option(None, "--id", help="The id its agents name with --relay (default: the host name)."),
+    bind: Optional[str] = BIND, advertise: Optional[str] = ADVERTISE, metrics_port: Optional[str] = METRICS,
+    exec_path: Optional[str] = EXEC, root: Optional[Path] = ROOT, dry_run: bool = DRY_RUN, json_out: bool = JSON,
+) -> None:
+    """Install this host's relay as the systemd service cluster-relay.
+
+    Writes /etc/clusterd/relay.toml, /etc/systemd/system/cluster-relay.service and
+    /etc/sysusers.d/clusterd.conf, then runs systemd-sysusers, systemctl daemon-reload and
+    systemctl enable --now cluster-relay. Give it the coordinator's keys directory.
+
+    Examples:
+
+      clusterctl relay install --zk zk1:2181,zk2:2181,zk3:2181 --cluster prod --keys /etc/clusterd/keys --id rack-12 --bind tcp://0.0.0.0:7300
+
+      clusterctl relay install --zk zk1:2181 --insecure --id rack-12 --dry-run
+    """
+    install("relay", dict(zk=zk, cluster=cluster, keys=keys, insecure=insecure, zk_auth=zk_auth, relay_id=relay_id,
+                          bind=bind, advertise=advertise, metrics_port=metrics_port), exec_path, root, dry_run, json_out)
+
+
 def _uninstall_command(role: str, example: str) -> Callable[..., None]:
     def uninstall_command(root: Optional[Path] = ROOT, dry_run: bool = DRY_RUN, json_out: bool = JSON) -> None:
         uninstall(role, root, dry_run, json_out)
@@ -321,7 +347,8 @@ def _uninstall_command(role: str, example: str) -> Callable[..., None]:
 
 
 COMMANDS = {"agent": (agent_install, _uninstall_command("agent", "--dry-run")),
-            "coordinator": (coordinator_install, _uninstall_command("coordinator", "--root /tmp/image"))}
+            "coordinator": (coordinator_install, _uninstall_command("coordinator", "--root /tmp/image")),
+            "relay": (relay_install, _uninstall_command("relay", "--dry-run --json"))}
 
 
 def add_commands(app: typer.Typer, role: str) -> None:

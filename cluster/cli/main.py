@@ -21,20 +21,37 @@ app = typer.Typer(
 )
 
 
+NODE_SIDE = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+def _node_program(ctx: typer.Context, role: str, module: str) -> None:
+    """The agent and the relay are node-side code (package `agents`), which the client side
+    never imports: each runs as its own program with its own options and --help.
+    Installing either is client-side file work (cluster.cli.install)."""
+    if ctx.args[:1] in (["install"], ["uninstall"]):
+        service = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+        install.add_commands(service, role)
+        service(args=ctx.args, prog_name=f"clusterctl {role}")  # exits: never reaches the execv
+    os.execv(sys.executable, [sys.executable, "-m", module, *ctx.args])
+
+
 @app.command(
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    context_settings=NODE_SIDE,
     help="Run a node agent in the foreground (see `clusterctl agent --help`), or set it up as a systemd "
     "service: `clusterctl agent install|uninstall` (see `clusterctl agent install --help`).",
 )
 def agent(ctx: typer.Context) -> None:
-    if ctx.args[:1] in (["install"], ["uninstall"]):
-        # Installing is client-side file work (cluster.cli.install), not the agent program.
-        service = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-        install.add_commands(service, "agent")
-        service(args=ctx.args, prog_name="clusterctl agent")  # exits: never reaches the execv
-    # The agent is node-side code (package `agents`), which the client side never
-    # imports; it runs as its own program with its own options and --help.
-    os.execv(sys.executable, [sys.executable, "-m", "agents", *ctx.args])
+    _node_program(ctx, "agent", "agents")
+
+
+@app.command(
+    context_settings=NODE_SIDE,
+    help="Run a relay in the foreground (see `clusterctl relay --help`): the coordinator reaches the agents "
+    "started with `--relay ID` through it, over one connection. As a systemd service: "
+    "`clusterctl relay install|uninstall` (see `clusterctl relay install --help`).",
+)
+def relay(ctx: typer.Context) -> None:
+    _node_program(ctx, "relay", "agents.relay_cli")
 
 
 def _coordinator(ctx: typer.Context, **options) -> None:

@@ -17,7 +17,7 @@ from typing import Optional
 
 from .. import config
 
-ROLES = {"agent": config.AgentConfig, "coordinator": config.CoordinatorConfig}
+ROLES = {"agent": config.AgentConfig, "coordinator": config.CoordinatorConfig, "relay": config.RelayConfig}
 USER = "clusterd"
 DEFAULT_EXEC = "/opt/clusterd/venv/bin/clusterctl"
 SYSUSERS = Path("/etc/sysusers.d/clusterd.conf")
@@ -99,6 +99,14 @@ ROLE_UNIT = {
         # It never unpickles user payloads, so no JIT; checked with kernel MDWE, pyzmq included.
         extra="MemoryDenyWriteExecute=yes\nSystemCallFilter=~@resources\n",
     ),
+    "relay": dict(
+        head="# clusterd relay: the coordinator reaches the agents that name it through it, over\n"
+             "# one connection. `clusterctl relay install` writes this unit and /etc/clusterd/relay.toml.",
+        description="clusterd relay",
+        stop="TimeoutStopSec=15\n",
+        # It forwards payloads without reading them, as the coordinator does.
+        extra="MemoryDenyWriteExecute=yes\nSystemCallFilter=~@resources\n",
+    ),
 }
 
 
@@ -125,7 +133,7 @@ def _exec_word(path: str) -> str:
 
 def render_sysusers() -> str:
     # The same text whichever role writes it, so the second role finds it unchanged.
-    return ("# Written by `clusterctl agent|coordinator install`: the user the clusterd daemons\n"
+    return ("# Written by `clusterctl agent|coordinator|relay install`: the user the clusterd daemons\n"
             "# run as, created by systemd-sysusers (removed with the last role; the user stays).\n"
             f'u {USER} - "clusterd daemons" /var/lib/clusterd\n')
 

@@ -1,0 +1,273 @@
+"""A relay: the coordinator holds one ZeroMQ connection to it instead of one to each
+agent that names it (``relay = "<id>"``), and it forwards their messages both ways.
+
+Why: a ZeroMQ connection costs the process holding it about 85 KiB once some 512
+messages have crossed it (libzmq keeps two 16 KiB chunks of message slots per
+direction; ``bench/zmq_floor.py``). A relay per rack moves that cost off the
+coordinator, whose memory then grows by its bookkeeping alone per agent.
+
+- Upstream: a ROUTER bound at the relay's endpoint, published in ZooKeeper under
+  ``relays/<id>``. The leader connects to it as to an agent; a message for an agent
+  arrives as [coordinator, agent id, header, payload...].
+- Downstream: a ROUTER connected to each agent the leader names in ``RelayAgents``
+  (the agents whose znodes name this relay; the leader watches them anyway, so relays
+  add no ZooKeeper reads or watches). To an agent, the relay is its coordinator; the
+  agent's answers go upstream as [leader, agent id, header, payload...].
+- The leader is the upstream peer that sent the highest epoch. Agents still fence by
+  epoch themselves; the relay only picks where their answers go.
+- A message with an empty agent id is for the relay: ``RelayAgents`` from the leader,
+  or the coordinator's heartbeat, which it answers, so that a relay cut off from the
+  coordinator is bypassed even while its ZooKeeper session lives.
+
+Payload frames are forwarded by reference and never decoded. Nothing is kept: a
+message the relay cannot deliver is counted and dropped, and the coordinator finds
+its agent silent and queues its tasks again, as for a lost connection. When the relay
+goes (its znode expires or it stops) or stops answering, the coordinator connects to
+its agents directly.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import socket
+import time
+import uuid
+
+import zmq
+from kazoo.client import KazooState
+
+from cluster import layout, loop, security, wire
+from cluster.config import RelayConfig
+from cluster.layout import RelayRecord
+from cluster.sdnotify import Notifier
+from cluster.version import PROTOCOL_VERSION, __version__
+from cluster.zk import close as zk_close
+from cluster.zk import connect as zk_connect
+
+from .registration import Registration
+
+log = logging.getLogger("agents.relay")
+
+TICK = 0.5
+LINGER = 1.0  # seconds a stopping relay goes on forwarding after it deregistered
+
+
+class Relay:
+    def __init__(self, cfg: RelayConfig):
+        self.cfg = cfg
+        self.relay_id = layout.check_name(cfg.relay_id or socket.gethostname(), "relay id")
+        # Toward the coordinator it stands in for agents, toward agents for the coordinator.
+        self.keys = security.for_daemon(cfg.keys, cfg.insecure, "agent")
+        self.coordinator_keys = security.load(cfg.keys, "coordinator", with_clients=False) if cfg.keys else None
+        self.waker = loop.Waker()
+        self.notifier = Notifier()
+        self.agents: dict[str, str] = {}  # node id -> endpoint, as the leader named them
+        self.leader: bytes | None = None
+        self.leader_epoch = -1
+        self.counters: collections.Counter = collections.Counter()
+        self.metrics = None
+        self._stopping = False
+        self._warned = 0
+
+    def stop(self) -> None:
+        """Safe from a signal handler."""
+        self.waker.post(("stop", None))
+
+    def run(self, on_registered=None) -> int:
+        ctx = zmq.Context()
+        self.up = loop.configure(ctx.socket(zmq.ROUTER), max_payload=self.cfg.max_payload)
+        self.up.setsockopt(zmq.ROUTING_ID, f"relay/{self.relay_id}".encode())
+        self.up.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.down = loop.configure(ctx.socket(zmq.ROUTER), max_payload=self.cfg.max_payload)
+        # Unique per process: an agent takes its leader's routing id from whoever said Hello.
+        self.down.setsockopt(zmq.ROUTING_ID, f"relay/{self.relay_id}/{uuid.uuid4().hex[:8]}".encode())
+        # No ROUTER_HANDOVER: a handover can end a pipe between two frames of a message,
+        # which aborts libzmq (see _loop); the leader disconnects an agent's old endpoint first.
+        self.down.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        auth = None
+        if self.keys and self.coordinator_keys:
+            security.serve(self.up, self.keys, "coordinators")
+            security.connect_to(self.down, self.coordinator_keys, self.coordinator_keys.agent)
+            auth, _ = security.start_authenticator(ctx, {"coordinators": {self.keys.coordinator}})
+        zk = None
+        try:
+            bound = loop.bind(self.up, self.cfg.bind)
+            self.endpoint = loop.advertised(bound, self.cfg.advertise, self.cfg.zk)
+            zk = zk_connect(self.cfg.zk, timeout=10.0, session_timeout=self.cfg.zk_session_timeout,
+                            auth_file=self.cfg.zk_auth)
+            zk.add_listener(lambda state: self.waker.post(("zk", state)))
+            self.registration = Registration(zk, self.cfg.cluster, RelayRecord(
+                node_id=self.relay_id, host=socket.gethostname(), endpoint=self.endpoint, version=__version__,
+                protocol=PROTOCOL_VERSION, pid=os.getpid(), started=time.time()))
+            self.registration.register()
+            if self.cfg.metrics_port:
+                from cluster.metrics import Metrics
+
+                self.metrics = Metrics(self.cfg.metrics_port, loop.bind_host(self.cfg.bind))
+            log.info("relay %s registered at %s", self.relay_id, self.endpoint)
+            self.notifier.ready(f"relay {self.relay_id} at {self.endpoint}")
+            if on_registered:
+                on_registered(self)
+            self._loop()
+            self.registration.deregister()
+            self._linger()
+            log.info("relay %s deregistered; counters %s", self.relay_id, dict(self.counters))
+        finally:
+            zk_close(zk)
+            self.up.close(0)
+            self.down.close(0)
+            if auth is not None:
+                auth.stop()
+            if self.metrics is not None:
+                self.metrics.stop()
+            ctx.term()
+            self.waker.close()
+        return 0
+
+    # ---------------------------------------------------------------- loop
+
+    def _loop(self, until: float | None = None) -> None:
+        poller = zmq.Poller()
+        poller.register(self.up, zmq.POLLIN)
+        poller.register(self.down, zmq.POLLIN)
+        poller.register(self.waker.fd, zmq.POLLIN)
+        next_tick = 0.0
+        while until is not None or not self._stopping:
+            now = time.monotonic()
+            if until is not None and now >= until:
+                return
+            ready = dict(poller.poll(loop.poll_ms(min(next_tick, until or next_tick))))
+            # Agents first: polling a ROUTER reads a message's first frame ahead, and a
+            # disconnect (RelayAgents) before the rest is read aborts libzmq (`!_more`, fq.cpp).
+            if self.down in ready:
+                self._from_agents()
+            if self.up in ready:
+                self._from_coordinators()
+            if self.waker.fd in ready:
+                for kind, value in self.waker.drain():
+                    self._on_event(kind, value)
+            now = time.monotonic()
+            if now >= next_tick:
+                self.notifier.pet(now)
+                self._export()
+                next_tick = now + TICK
+
+    def _linger(self) -> None:
+        """Deregistered: the coordinator is moving our agents to direct connections. What is
+        on the wire meanwhile (results, above all) still goes through."""
+        self._loop(until=time.monotonic() + LINGER)
+
+    def _on_event(self, kind: str, value: object) -> None:
+        if kind == "stop":
+            self._stopping = True
+            self.notifier.stopping("stopping")
+        elif kind == "zk" and value == KazooState.CONNECTED:
+            try:
+                self.registration.register(wait_for_stale=0)
+            except Exception as exc:  # still unreachable: the next CONNECTED retries
+                log.warning("re-registration failed: %s", exc)
+        elif kind == "zk" and value == KazooState.LOST:
+            log.warning("ZooKeeper session lost; forwarding goes on, re-registering when it returns")
+
+    def _on_relay_agents(self, msg: wire.RelayAgents) -> None:
+        for node_id, endpoint in msg.disconnect:
+            if self.agents.get(node_id) == endpoint:
+                del self.agents[node_id]
+                self._release(endpoint)
+                log.info("agent %s is no longer behind this relay", node_id)
+        for node_id, endpoint in msg.connect:
+            old = self.agents.get(node_id)
+            if old == endpoint:
+                continue  # the leader repeats it until the agent answers
+            self.agents[node_id] = endpoint
+            if old is not None:
+                self._release(old)
+            if list(self.agents.values()).count(endpoint) == 1:
+                self.down.connect(endpoint)
+            log.info("agent %s at %s is behind this relay", node_id, endpoint)
+
+    def _release(self, endpoint: str) -> None:
+        # A replacement agent can stand at a dead one's endpoint: keep the connection for it.
+        if endpoint not in self.agents.values():
+            try:
+                self.down.disconnect(endpoint)
+            except zmq.ZMQError:
+                pass
+
+    # ------------------------------------------------------------ forwarding
+
+    def _from_coordinators(self) -> None:
+        for _ in range(1000):
+            try:
+                frames = loop.recv_frames(self.up)
+            except zmq.Again:
+                return
+            if len(frames) < 3:
+                self._drop("from a coordinator without an agent's routing id")
+                continue
+            sender, agent, body = frames[0].bytes, frames[1].bytes, frames[2:]
+            if not agent:  # for the relay itself
+                self._for_me(sender, body)
+                continue
+            self._follow(sender, body)
+            if not loop.send_frames(self.down, body, agent):
+                self._drop(f"for agent {agent[:64]!r}, which is not connected to this relay")
+                continue
+            self.counters["to_agents"] += 1
+
+    def _follow(self, sender: bytes, body: list) -> None:
+        """Answers go to the coordinator that sent the highest epoch."""
+        if sender == self.leader:
+            return
+        try:
+            self._note_epoch(sender, wire.decode(body))
+        except wire.ProtocolError:
+            pass  # the agent says what it thinks of it
+
+    def _note_epoch(self, sender: bytes, msg: wire.Message) -> None:
+        epoch = getattr(msg, "epoch", None)
+        if isinstance(epoch, int) and epoch > self.leader_epoch:
+            log.info("coordinator %r (epoch %d) leads", sender[:64], epoch)
+            self.leader, self.leader_epoch = sender, epoch
+
+    def _for_me(self, sender: bytes, body: list) -> None:
+        try:
+            msg = wire.decode(body)
+        except wire.ProtocolError as exc:
+            self._drop(f"for the relay that it cannot read: {exc}")
+            return
+        self._note_epoch(sender, msg)
+        if isinstance(msg, wire.Heartbeat):
+            loop.send(self.up, wire.Heartbeat(self.relay_id, max(0, self.leader_epoch), 0), (sender, b""))
+        elif isinstance(msg, wire.RelayAgents) and sender == self.leader:
+            self._on_relay_agents(msg)
+        else:
+            self._drop(f"{type(msg).__name__} for the relay from {sender[:64]!r}")
+
+    def _from_agents(self) -> None:
+        for _ in range(1000):
+            try:
+                frames = loop.recv_frames(self.down)
+            except zmq.Again:
+                return
+            if self.leader is None or not loop.send_frames(self.up, frames, self.leader):
+                self._drop("from an agent while no coordinator is connected")
+                continue
+            self.counters["to_coordinator"] += 1
+
+    def _drop(self, why: str) -> None:
+        self.counters["dropped_messages"] += 1
+        if self._warned < 10:
+            self._warned += 1
+            log.warning("dropping a message %s", why)
+
+    def _export(self) -> None:
+        m = self.metrics
+        if m is None:
+            return
+        m.gauge("relay_agents", "agents that name this relay", len(self.agents))
+        m.counters("relay_messages_total", "messages forwarded, by direction", {
+            "to_agents": self.counters["to_agents"], "to_coordinator": self.counters["to_coordinator"]}, "direction")
+        m.total("dropped_messages_total", "messages dropped (no route, or malformed)", self.counters["dropped_messages"])

@@ -1,0 +1,190 @@
+"""Relays (`clusterctl relay`): the coordinator reaches the agents that name a relay
+through it, over one connection, and reaches them directly while it is gone."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from pathlib import Path
+
+import psutil
+import zmq
+
+from helpers import PY, ROOT, wait_for
+
+TASKS = '''
+import time
+
+def square(x):
+    return x * x
+
+def slow_square(x):
+    time.sleep(0.05)
+    return x * x
+'''
+
+
+def _relay(cluster, relay_id: str, *extra: str):
+    return cluster._start(f"relay-{relay_id}", [PY, "-m", "agents.relay_cli", "--id", relay_id, "--bind",
+                                                "tcp://127.0.0.1:0", "--log-level", "debug", *extra])
+
+
+def _endpoint(cluster, folder: str, node_id: str) -> int:
+    data, _ = cluster.kazoo.get(f"/clusterd/{cluster.name}/{folder}/{node_id}")
+    return int(json.loads(data)["endpoint"].rsplit(":", 1)[1])
+
+
+def _peer_ports(proc) -> set[int]:
+    """The remote ports of the process's established TCP connections."""
+    conns = psutil.Process(proc.pid).net_connections(kind="tcp")
+    return {c.raddr.port for c in conns if c.raddr and c.status == psutil.CONN_ESTABLISHED}
+
+
+def _status(cluster) -> dict:
+    res = cluster.clusterctl("status", "--json")
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def _square_all(cluster, tmp_path, n: int, func: str = "square") -> list[dict]:
+    mod = tmp_path / "relaytasks.py"
+    mod.write_text(TASKS)
+    res = cluster.clusterctl("submit", f"{mod}:{func}", "--range", "0", str(n), timeout=180)
+    assert res.returncode == 0, res.stderr
+    rows = [json.loads(line) for line in res.stdout.splitlines() if line.strip()]
+    assert sorted(r["index"] for r in rows) == list(range(n))
+    assert all(r["ok"] and r["result"] == r["index"] ** 2 for r in rows)
+    return rows
+
+
+def _slow_job_under_way(cluster, tmp_path, n: int = 300) -> tuple[subprocess.Popen, Path]:
+    """`clusterctl submit` of n tasks of 50 ms, once 30 results are in."""
+    mod = tmp_path / "relaytasks.py"
+    mod.write_text(TASKS)
+    out = tmp_path / "out.jsonl"
+    job = subprocess.Popen([PY, "-m", "cluster.cli.main", "submit", f"{mod}:slow_square", "--range", "0", str(n),
+                            "--output", str(out)], env=cluster.env, cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: out.exists() and len(out.read_text().splitlines()) >= 30, 60, what="the job to get going")
+    return job, out
+
+
+def _every_result_once(job: subprocess.Popen, out: Path, timeout: float, n: int = 300) -> None:
+    _, stderr = job.communicate(timeout=timeout)
+    assert job.returncode == 0, stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["index"] for r in rows) == list(range(n))
+    assert all(r["ok"] and r["result"] == r["index"] ** 2 for r in rows)
+
+
+def test_agents_behind_a_relay_are_reached_through_it_on_one_connection(local_cluster, tmp_path):
+    coordinator = local_cluster.coordinator()
+    _relay(local_cluster, "rack1")
+    local_cluster.agent("r1", 1, "--relay", "rack1")
+    local_cluster.agent("r2", 1, "--relay", "rack1")
+    local_cluster.agent("d1", 1)
+    local_cluster.wait_ready(coordinator, ["r1", "r2", "d1"])
+
+    _square_all(local_cluster, tmp_path, 2000)
+
+    status = _status(local_cluster)
+    assert {n: a.get("via") for n, a in status["agents"].items()} == {"r1": "rack1", "r2": "rack1", "d1": None}
+    assert list(status["relays"]) == ["rack1"]
+    ports = _peer_ports(coordinator)
+    assert _endpoint(local_cluster, "relays", "rack1") in ports
+    assert _endpoint(local_cluster, "agents", "d1") in ports
+    assert not {_endpoint(local_cluster, "agents", n) for n in ("r1", "r2")} & ports
+    # Both agents behind the relay ran tasks: their workers report through the relay only.
+    assert all(status["agents"][n]["workers"] == 1 for n in ("r1", "r2"))
+
+
+def test_a_relay_killed_mid_job_its_agents_go_direct_and_every_result_arrives_once(local_cluster, tmp_path):
+    coordinator = local_cluster.coordinator()
+    relay = _relay(local_cluster, "rack1", "--zk-session-timeout", "4")
+    local_cluster.agent("r1", 2, "--relay", "rack1")
+    local_cluster.agent("r2", 2, "--relay", "rack1")
+    local_cluster.wait_ready(coordinator, ["r1", "r2"])
+    job, out = _slow_job_under_way(local_cluster, tmp_path)
+    relay.signal(signal.SIGKILL)
+    _every_result_once(job, out, timeout=180)
+    # Its silence to our heartbeats (2 s) tells before its session ends (4 s); then it leaves.
+    assert "relay rack1 silent" in coordinator.text()
+    wait_for(lambda: "relay rack1 left" in coordinator.text(), 20, what="the relay's znode to expire")
+    ports = _peer_ports(coordinator)
+    assert {_endpoint(local_cluster, "agents", n) for n in ("r1", "r2")} <= ports
+    assert all(a.get("via") is None for a in _status(local_cluster)["agents"].values())
+
+
+def test_a_relay_that_starts_after_its_agents_takes_them_over(local_cluster, tmp_path):
+    coordinator = local_cluster.coordinator()
+    local_cluster.agent("r1", 1, "--relay", "rack1")
+    local_cluster.wait_ready(coordinator, ["r1"])  # no relay yet: reached directly
+    assert _endpoint(local_cluster, "agents", "r1") in _peer_ports(coordinator)
+    _relay(local_cluster, "rack1")
+    wait_for(lambda: _status(local_cluster)["agents"]["r1"].get("via") == "rack1", 20, what="r1 to move behind rack1")
+    wait_for(lambda: _status(local_cluster)["agents"]["r1"]["state"] == "ready", 20, what="r1 to answer via rack1")
+    _square_all(local_cluster, tmp_path, 200)
+    assert _endpoint(local_cluster, "agents", "r1") not in _peer_ports(coordinator)
+
+
+def test_garbage_sent_to_a_relay_is_dropped_and_it_keeps_forwarding(local_cluster, tmp_path):
+    coordinator = local_cluster.coordinator()
+    relay = _relay(local_cluster, "rack1")
+    local_cluster.agent("r1", 1, "--relay", "rack1")
+    local_cluster.wait_ready(coordinator, ["r1"])
+    ctx = zmq.Context()
+    try:
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(f"tcp://127.0.0.1:{_endpoint(local_cluster, 'relays', 'rack1')}")
+        for frames in ([b""], [b"\xff" * 40], [b"r1", b"garbage"], [b"nobody", b"\x95\x01", b"x"],
+                       [b"r1", b"\x93\x01\x63\xc0"]):
+            s.send_multipart(frames)
+        wait_for(lambda: "dropping a message" in relay.text(), 10, what="the relay to drop garbage")
+    finally:
+        ctx.destroy(0)
+    _square_all(local_cluster, tmp_path, 200)
+    assert relay.popen.poll() is None
+
+
+def test_a_hung_relay_is_bypassed_while_registered_and_used_again_once_it_answers(local_cluster, tmp_path):
+    """SIGSTOP: the relay's ZooKeeper session (60 s) outlives the job, so only its silence
+    to the coordinator's heartbeats can send its agents' work elsewhere."""
+    coordinator = local_cluster.coordinator()
+    relay = _relay(local_cluster, "rack1", "--zk-session-timeout", "60")
+    local_cluster.agent("r1", 2, "--relay", "rack1")
+    local_cluster.agent("r2", 2, "--relay", "rack1")
+    local_cluster.wait_ready(coordinator, ["r1", "r2"])
+    job, out = _slow_job_under_way(local_cluster, tmp_path)
+    relay.signal(signal.SIGSTOP)
+    try:
+        _every_result_once(job, out, timeout=50)  # well inside the relay's 60 s session
+        assert "relay rack1 silent" in coordinator.text()
+        assert "rack1" in local_cluster.kazoo.get_children(f"/clusterd/{local_cluster.name}/relays")
+    finally:
+        relay.signal(signal.SIGCONT)
+    wait_for(lambda: "relay rack1 answers again" in coordinator.text(), 20, what="the relay to be used again")
+    wait_for(lambda: all(a.get("via") == "rack1" and a["state"] == "ready"
+                         for a in _status(local_cluster)["agents"].values()), 20, what="r1 and r2 behind rack1")
+    _square_all(local_cluster, tmp_path, 200)
+
+
+def test_relay_table_bypasses_a_silent_relay_until_it_is_heard_again():
+    from cluster.layout import AgentRecord, RelayRecord
+    from cluster.relays import RelayTable, relay_identity
+
+    table = RelayTable()
+    agent = AgentRecord(node_id="a1", host="h", endpoint="tcp://10.0.0.1:1", workers=1, cores=1, memory=1,
+                        version="0", protocol=1, pid=1, started=0.0, relay="rack1")
+    assert table.via(agent) == ""  # not registered: directly
+    table.add(RelayRecord(node_id="rack1", host="h", endpoint="tcp://10.0.0.2:2", version="0", protocol=1, pid=2,
+                          started=0.0), now=0.0)
+    assert table.via(agent) == "rack1" and table.ids == {relay_identity("rack1"): "rack1"}
+    assert table.turned(now=1.9, deadline=2.0) == []
+    assert table.turned(now=2.1, deadline=2.0) == ["rack1"] and table.via(agent) == ""
+    assert table.turned(now=3.0, deadline=2.0) == []  # told once
+    assert table.heard(relay_identity("rack1"), now=3.5) == "rack1" and table.heard(b"relay/other", 3.5) == "?"
+    assert table.turned(now=3.6, deadline=2.0) == ["rack1"] and table.via(agent) == "rack1"
+    table.remove("rack1")
+    assert table.via(agent) == "" and table.ids == {}
