@@ -167,7 +167,7 @@ class Fleet:
         agent.record = AgentRecord(node_id=node_id, host=self.host, endpoint=endpoint, workers=self.workers,
                                    cores=self.workers, memory=self.memory, version=__version__,
                                    protocol=PROTOCOL_VERSION, pid=os.getpid(), started=time.time(),
-                                   labels={"simulated": "1"}, state="ready")
+                                   labels={"simulated": "1"}, state="ready", relay=self.args.relay)
         self.agents[node_id] = agent
         self.by_fd[agent.fd] = agent
         self.epoll.register(agent.fd, select.EPOLLIN)
@@ -514,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heartbeat-misses", type=int, default=4)
     p.add_argument("--session-timeout", type=float, default=10.0, help="the shared ZooKeeper session's timeout")
     p.add_argument("--bind", default="127.0.0.1", help="address each agent's socket binds (a free port each)")
+    p.add_argument("--relay", default="", help="the relay every agent names (clusterctl relay --id)")
     p.add_argument("--register", action="store_true", help="register at once instead of waiting for the command")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,

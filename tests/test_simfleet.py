@@ -118,6 +118,43 @@ def test_simulated_agents_register_again_when_their_session_is_lost(local_cluste
         fleet.stop()
 
 
+def test_simulated_agents_behind_relays_run_a_job_through_crashes_on_few_connections(local_cluster):
+    """What `bench/scale.py --relays` measures, small: 40 simulated agents name two relays;
+    the coordinator holds a connection per relay, not per agent, and a job still gets
+    every result exactly once while agents crash behind a relay."""
+    coordinator = local_cluster.coordinator("--log-level", "info")
+    for rid in ("relayA", "relayB"):
+        local_cluster._start(rid, [PY, "-m", "agents.relay_cli", "--id", rid, "--bind", "tcp://127.0.0.1:0"])
+    wait_for(lambda: len(local_cluster.kazoo.get_children(layout.relays_path(local_cluster.name))) == 2
+             if local_cluster.kazoo.exists(layout.relays_path(local_cluster.name)) else False, what="two relays")
+    fleets = [Sim(f"sim{i}", [PY, "-m", "agents.simfleet", "--zk", local_cluster.zk, "--cluster", local_cluster.name,
+                              "--prefix", f"s{i}-", "--count", "20", "--workers", "2", "--register",
+                              "--session-timeout", "3", "--relay", rid],
+                  local_cluster.env, local_cluster.tmp / f"sim{i}.log") for i, rid in enumerate(("relayA", "relayB"))]
+    probe = None
+    try:
+        for fleet in fleets:
+            assert fleet.wait_event("registered", 30)["n"] == 20
+        probe = StatusProbe(wait_for(local_cluster.leader, what="a leader").endpoint)
+        wait_for(lambda: ready(probe.ask()) == 40, timeout=30, what="the coordinator to reach all 40")
+        assert {a.get("via") for a in probe.ask()["agents"].values()} == {"relayA", "relayB"}
+        import psutil
+
+        fds = psutil.Process(coordinator.pid).num_fds()
+        assert fds < 40, f"{fds} descriptors: the coordinator connected to agents, not relays"
+        fleets[0].ask(op="delay", seconds=0.01)
+        fleets[1].ask(op="delay", seconds=0.01)
+        with Executor(zk=local_cluster.zk, cluster=local_cluster.name) as ex:
+            futures = [ex.submit(abs, i) for i in range(2000)]
+            assert fleets[0].ask(op="leave", n=5, how="crash")["n"] == 5
+            assert [f.result(timeout=60) for f in futures] == [((i,), {}) for i in range(2000)]
+    finally:
+        if probe is not None:
+            probe.close()
+        for fleet in fleets:
+            fleet.stop()
+
+
 def test_waker_never_loses_a_wake_up():
     """Threads posting while the loop drains: every burst must wake the loop. The
     first coalescing version cleared its flag before consuming the eventfd and lost

@@ -46,6 +46,7 @@ def scale(
     heartbeat_budget: float = typer.Option(
         4000.0, help="The coordinator's heartbeats/s from agents, at most (0: every agent beats every interval)."),
     session_timeout: float = typer.Option(10.0, help="The simulators' ZooKeeper session timeout."),
+    relays: int = typer.Option(0, help="Run this many relays; the simulated agents name them in turn (0: none)."),
     profile: Optional[str] = typer.Option(None, help="Run the coordinator under cProfile (DIR/coordinator-N.prof)."),
     keep: bool = typer.Option(False, help="Keep the work dir (logs of every process)."),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
@@ -56,7 +57,7 @@ def scale(
                             churn_rate=churn_rate, churn_task_seconds=churn_task_seconds,
                             heartbeat_interval=heartbeat_interval,
                             heartbeat_budget=heartbeat_budget, session_timeout=session_timeout,
-                            profile=profile or "", keep=keep, window=window)
+                            profile=profile or "", keep=keep, window=window, relays=relays)
     except (RuntimeError, ValueError) as exc:
         typer.echo(f"clusterctl bench scale: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -1,11 +1,12 @@
 """The processes of a scale benchmark and how it reads them: simulated-agent
-processes, a probe of the leader's status, ZooKeeper's four-letter words."""
+processes, relays, a probe of the leader's status, ZooKeeper's four-letter words."""
 
 from __future__ import annotations
 
 import json
 import queue
 import resource
+import signal
 import socket
 import statistics
 import subprocess
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import zmq
 
 from .. import payload, wire
@@ -130,6 +132,45 @@ class Sim:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+
+class Relays:
+    """K `clusterctl relay` processes (ids relay0 ... relayK-1); the simulators' agents name
+    them in turn, so the coordinator holds K connections instead of N."""
+
+    def __init__(self, k: int, zk: str, cluster: str, env: dict, workdir: Path, session_timeout: float):
+        self.ids = [f"relay{i}" for i in range(k)]
+        self.procs = []
+        for rid in self.ids:
+            argv = [PY, "-m", "agents.relay_cli", "--zk", zk, "--cluster", cluster, "--id", rid, "--insecure",
+                    "--bind", "tcp://127.0.0.1:0", "--zk-session-timeout", str(session_timeout)]
+            self.procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(workdir / f"{rid}.log", "wb"),
+                                               env=env, cwd=ROOT, stdin=subprocess.DEVNULL))
+        self.ps = [psutil.Process(p.pid) for p in self.procs]
+
+    def of(self, i: int) -> str:
+        return self.ids[i % len(self.ids)] if self.ids else ""
+
+    def sample(self) -> dict:
+        """Their CPU seconds and resident memory, summed."""
+        cpu = rss = 0.0
+        for p in self.ps:
+            with p.oneshot():
+                t = p.cpu_times()
+                cpu += t.user + t.system
+                rss += p.memory_info().rss
+        return {"cpu": cpu, "rss": rss}
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
 
 class StatusProbe:

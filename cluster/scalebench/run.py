@@ -25,7 +25,7 @@ from ..client import ClusterClient
 from ..zk import close as zk_close
 from ..zk import connect as zk_connect
 from ..zkserver import ZooKeeperServer
-from .fleet import FUNCTION, PY, ROOT, Sim, StatusProbe, percentile, progress, raise_fd_limit, ready, zk_mntr, zxid
+from .fleet import FUNCTION, PY, ROOT, Relays, Sim, StatusProbe, percentile, progress, raise_fd_limit, ready, zk_mntr, zxid
 
 
 # ---------------------------------------------------------------- one fleet
@@ -40,6 +40,7 @@ class ScaleRun:
         self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
                         PYTHONUNBUFFERED="1", CLUSTER_COORDINATOR_JOB_WINDOW=str(max(10_000, opts["window"])))
         self.sims: list[Sim] = []
+        self.relays: Relays | None = None
         self.coordinator: subprocess.Popen | None = None
         self.kazoo = None
         self.probe: StatusProbe | None = None
@@ -73,6 +74,19 @@ class ScaleRun:
         time.sleep(1.0)  # let it settle before the baseline
         self.base = self.sample()
 
+    def start_relays(self) -> None:
+        k = self.o["relays"]
+        if not k:
+            return
+        self.relays = Relays(k, self.zk, self.cluster, self.env, self.dir, self.o["session_timeout"])
+        deadline = time.monotonic() + 60
+        while len((self.probe.ask() or {}).get("relays", {})) < k:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the coordinator did not see {k} relays within 60 s; see {self.dir}")
+            time.sleep(0.1)
+        self.report["relays"] = k
+        self.log(f"{k} relays registered")
+
     def start_sims(self) -> None:
         n, per = self.n, self.o["per_process"]
         self.leaver_n = max(1, round(n * 0.10)) if n >= 2 else 0
@@ -86,6 +100,8 @@ class ScaleRun:
                     "--count", str(count), "--workers", str(self.o["workers"]),
                     "--heartbeat-interval", str(self.o["heartbeat_interval"]),
                     "--session-timeout", str(self.o["session_timeout"])]
+            if self.relays is not None:
+                argv += ["--relay", self.relays.of(i)]
             self.sims.append(Sim(f"p{i}", argv, self.env, self.dir / f"sim-p{i}.log"))
         for sim in self.sims:
             sim.wait_event("ready", 120)
@@ -165,8 +181,10 @@ class ScaleRun:
         self.log(f"steady state: measuring for {secs:g} s with every agent idle")
         time.sleep(2.0)
         a, z0, sims0 = self.sample(), zxid(self.zk), self.sim_stats()
+        r0 = self.relays.sample() if self.relays else None
         time.sleep(secs)
         b, z1, sims1 = self.sample(), zxid(self.zk), self.sim_stats()
+        r1 = self.relays.sample() if self.relays else None
         mntr = zk_mntr(self.zk)
         st = self.probe.ask()
         cpu = (b["cpu"] - a["cpu"]) / (b["t"] - a["t"])
@@ -197,6 +215,11 @@ class ScaleRun:
             "agents_lost_leader": _delta(sims0, sims1, "leader_lost"),
             "agents_written_off_in_log": self._log_count("silent for"),
         }
+        if r0 and r1:  # what the relays cost in place of the coordinator, whole processes included
+            self.report["steady"].update(
+                relays_rss_mib=round(r1["rss"] / 2**20, 1),
+                relays_kib_per_agent=round(r1["rss"] / 1024 / self.n, 2),
+                relays_cpu_core_fraction=round((r1["cpu"] - r0["cpu"]) / (b["t"] - a["t"]), 4))
         s = self.report["steady"]
         self.log(f"steady: coordinator {s['coordinator_cpu_core_fraction'] * 100:.1f}% of a core, "
                  f"{s['coordinator_kib_per_agent']} KiB/agent, {s['coordinator_fds']} fds, "
@@ -458,6 +481,7 @@ class ScaleRun:
     def run(self) -> dict:
         try:
             self.start_coordinator()
+            self.start_relays()
             self.start_sims()
             self.converge()
             self.steady()
@@ -471,6 +495,8 @@ class ScaleRun:
     def stop(self) -> None:
         for sim in self.sims:
             sim.stop()
+        if self.relays is not None:
+            self.relays.stop()
         if self.probe is not None:
             self.probe.close()
         if self.coordinator is not None and self.coordinator.poll() is None:
@@ -511,13 +537,14 @@ def run_scale(sizes: list[int], *, zk: str = "", workers: int = 8, baseline: int
               churn_seconds: float = 60.0, churn_rate: float = 0.10, churn_task_seconds: float = 1.0,
               churn_submit_rate: float = 5000.0, heartbeat_interval: float = 0.5, heartbeat_budget: float = 4000.0,
               session_timeout: float = 10.0, converge_timeout: float = 120.0, job_timeout: float = 300.0, profile: str = "",
-              keep: bool = False, window: int = 10_000) -> dict:
+              keep: bool = False, window: int = 10_000, relays: int = 0) -> dict:
     """Run every size (and the baseline size for the throughput ratio); returns the figures."""
     opts = dict(workers=workers, per_process=per_process, tasks=tasks, round_trips=round_trips,
                 steady_seconds=steady_seconds, churn_seconds=churn_seconds, churn_rate=churn_rate,
                 churn_task_seconds=churn_task_seconds, churn_submit_rate=churn_submit_rate,
                 heartbeat_interval=heartbeat_interval, heartbeat_budget=heartbeat_budget,
-                session_timeout=session_timeout, converge_timeout=converge_timeout, job_timeout=job_timeout, profile=profile, window=window)
+                session_timeout=session_timeout, converge_timeout=converge_timeout, job_timeout=job_timeout, profile=profile, window=window,
+                relays=relays)
     limit = raise_fd_limit()
     sizes = sorted(set(sizes) | ({baseline} if baseline else set()))
     need = max(sizes) + 200
@@ -578,6 +605,8 @@ def render(results: dict) -> str:
         ("idle coordinator CPU (% of a core)", lambda r: round(r["steady"]["coordinator_cpu_core_fraction"] * 100, 1)),
         ("coordinator memory per agent (KiB)", lambda r: r["steady"]["coordinator_kib_per_agent"]),
         ("coordinator fds", lambda r: r["steady"]["coordinator_fds"]),
+        ("relays: count / memory per agent (KiB)", lambda r: f"{r['relays']} / {r['steady']['relays_kib_per_agent']}"
+         if r.get("relays") else "-"),
         ("ZooKeeper writes / agent / min", lambda r: r["steady"]["zookeeper_writes_per_agent_per_min"]),
         ("ZooKeeper watches", lambda r: r["steady"]["zookeeper_watches"]),
         ("throughput (tasks/s)", lambda r: r["throughput"]["tasks_per_s"]),
