@@ -4,7 +4,9 @@
   - coordinator failover time (leader kill -9 -> first dispatch by the new leader),
     with a 2 s and with the default 10 s ZooKeeper session timeout,
   - the job-time overhead of each fault against a fault-free run of the same job
-    (4,000 tasks of 4 ms on 2 agents x 2 workers).
+    (4,000 tasks of 4 ms on 2 agents x 2 workers),
+  - the same behind a relay (`clusterctl relay`): what the relay costs a fault-free job,
+    and a relay kill -9 (detection: the coordinator writes it off).
 
 Usage: python bench/faults.py [--json]
 Times come from the coordinators' log timestamps (one clock: this machine's).
@@ -49,16 +51,20 @@ def log_time(path: Path, needle: str | tuple[str, ...], after: float = 0.0) -> f
 
 
 class Cluster:
-    def __init__(self, zk: str, tmp: Path, name: str, session: str, coordinators: int = 1):
+    def __init__(self, zk: str, tmp: Path, name: str, session: str, coordinators: int = 1, relay: bool = False):
         self.tmp, self.env = tmp, dict(os.environ, CLUSTER_ZK=zk, CLUSTER_NAME=name, PYTHONPATH=str(ROOT),
                                       CLUSTER_INSECURE="1")
         self.procs: dict[str, subprocess.Popen] = {}
         fast = ["--zk-session-timeout", session]
         for i in range(coordinators):
             self._start(f"c{i + 1}", ["-m", "cluster.cli.main", "coordinator", "--bind", "tcp://127.0.0.1:0", *fast])
+        behind = []
+        if relay:
+            self._start("r1", ["-m", "agents.relay_cli", "--id", "r1", "--bind", "tcp://127.0.0.1:0", *fast])
+            behind = ["--relay", "r1"]
         for i in (1, 2):
             self._start(f"a{i}", ["-m", "agents", "--node-id", f"a{i}", "--workers", "2", "--bind",
-                                  "tcp://127.0.0.1:0", *fast])
+                                  "tcp://127.0.0.1:0", *fast, *behind])
         self.zk = connect(zk)
         self.name = name
         deadline = time.time() + 30
@@ -133,23 +139,36 @@ def kill_leader(c: Cluster) -> None:
     c.procs[c.leader_name()].kill()
 
 
+def kill_relay(c: Cluster) -> None:
+    c.procs["r1"].kill()
+
+
+BEHIND = "fault-free, behind a relay"
+
+
 def main() -> None:
     n = 4000
     report: dict[str, object] = {}
     with ZooKeeperServer(tick_time=500) as zk:
-        for i, (label, fault, coordinators) in enumerate([
-            ("fault-free", None, 1), ("agent kill -9", kill_agent, 1), ("agent SIGSTOP 5 s", stop_agent, 1),
-            ("agent drain (SIGTERM)", drain_agent, 1), ("leader kill -9, standby", kill_leader, 2),
+        for i, (label, fault, coordinators, relay) in enumerate([
+            ("fault-free", None, 1, False), ("agent kill -9", kill_agent, 1, False),
+            ("agent SIGSTOP 5 s", stop_agent, 1, False), ("agent drain (SIGTERM)", drain_agent, 1, False),
+            ("leader kill -9, standby", kill_leader, 2, False),
+            (BEHIND, None, 1, True), ("relay kill -9", kill_relay, 1, True),
         ]):
             print(f"running: {label}", file=sys.stderr)
             tmp = Path(tempfile.mkdtemp(prefix="clusterd-faults-"))
-            cluster = Cluster(zk.connect_string, tmp, f"faults{i}", "2", coordinators)
+            cluster = Cluster(zk.connect_string, tmp, f"faults{i}", "2", coordinators, relay)
             try:
                 wall, fault_at = run_job(cluster, n, fault)
                 report[label] = {"job_s": round(wall, 2)}
                 if fault is stop_agent:
                     # Heartbeats and the ZooKeeper session (both 2 s here) race; either writes it off.
                     seen = log_time(cluster.log("c1"), ("agent a1 silent", "agent a1 left"), fault_at)
+                    report[label]["detection_s"] = round(seen - fault_at, 2) if seen else None
+                if fault is kill_relay:
+                    # Its silence to heartbeats and its ZooKeeper session (2 s) race.
+                    seen = log_time(cluster.log("c1"), ("relay r1 silent", "relay r1 left"), fault_at)
                     report[label]["detection_s"] = round(seen - fault_at, 2) if seen else None
                 if fault is kill_leader:
                     new = cluster.leader_name()
@@ -173,14 +192,15 @@ def main() -> None:
         finally:
             cluster.stop()
             shutil.rmtree(tmp, ignore_errors=True)
-    base = report["fault-free"]["job_s"]
     for label, row in report.items():
-        if isinstance(row, dict):
+        if isinstance(row, dict):  # a relay's fault against the same job behind a relay
+            base = report[BEHIND if label == "relay kill -9" else "fault-free"]["job_s"]
             row["overhead_s"] = round(row["job_s"] - base, 2)
     if "--json" in sys.argv:
         print(json.dumps(report, indent=2))
         return
-    print(f"{n} tasks x 4 ms on 2 agents x 2 workers; ZooKeeper session 2 s; heartbeat 0.5 s x 4")
+    print(f"{n} tasks x 4 ms on 2 agents x 2 workers; ZooKeeper session 2 s; heartbeat 0.5 s x 4; "
+          f"overheads against the fault-free run (the relay's kill: against the run behind a relay)")
     print(f"{'scenario':<28}{'job (s)':>9}{'overhead (s)':>14}  detail")
     for label, row in report.items():
         if not isinstance(row, dict):

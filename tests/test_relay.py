@@ -11,7 +11,9 @@ from pathlib import Path
 import psutil
 import zmq
 
+from cluster.zkserver import free_ports
 from helpers import PY, ROOT, wait_for
+from test_observability import scrape
 
 TASKS = '''
 import time
@@ -80,7 +82,8 @@ def _every_result_once(job: subprocess.Popen, out: Path, timeout: float, n: int 
 
 def test_agents_behind_a_relay_are_reached_through_it_on_one_connection(local_cluster, tmp_path):
     coordinator = local_cluster.coordinator()
-    _relay(local_cluster, "rack1")
+    (metrics_port,) = free_ports(1)
+    _relay(local_cluster, "rack1", "--metrics-port", str(metrics_port))
     local_cluster.agent("r1", 1, "--relay", "rack1")
     local_cluster.agent("r2", 1, "--relay", "rack1")
     local_cluster.agent("d1", 1)
@@ -97,6 +100,13 @@ def test_agents_behind_a_relay_are_reached_through_it_on_one_connection(local_cl
     assert not {_endpoint(local_cluster, "agents", n) for n in ("r1", "r2")} & ports
     # Both agents behind the relay ran tasks: their workers report through the relay only.
     assert all(status["agents"][n]["workers"] == 1 for n in ("r1", "r2"))
+    metrics = scrape(metrics_port)
+    assert metrics["clusterd_relay_agents"] == 2
+    assert metrics['clusterd_relay_messages_total{direction="to_agents"}'] > 0
+    assert metrics['clusterd_relay_messages_total{direction="to_coordinator"}'] > 0
+    text = local_cluster.clusterctl("status")
+    assert f"relays: rack1 at tcp://127.0.0.1:{_endpoint(local_cluster, 'relays', 'rack1')}" in text.stdout
+    assert "via rack1" in text.stdout
 
 
 def test_a_relay_killed_mid_job_its_agents_go_direct_and_every_result_arrives_once(local_cluster, tmp_path):

@@ -56,10 +56,13 @@ def render(state: dict) -> str:
         f"{state['jobs']} jobs, {state['queued']} queued, {state['running']} running; "
         f"{state['delivered']} done ({state['failed']} failed), {state['tasks_per_second']:g} tasks/s over the last minute",
     ]
+    if state.get("relays"):
+        lines.append(f"relays: {', '.join(f'{r} at {e}' for r, e in sorted(state['relays'].items()))}")
     for node, a in sorted(state["agents"].items()):
         age = "never heard" if a["heartbeat_age"] is None else f"heartbeat {a['heartbeat_age']:.1f}s ago"
+        via = f" via {a['via']}" if a.get("via") else ""
         lines.append(f"  {node:<20} {a['state']:<11} workers {a['busy']}/{a['workers']:<3} busy, "
-                     f"in flight {a['in_flight']:<4} {age}")
+                     f"in flight {a['in_flight']:<4} {age}{via}")
     counters = ", ".join(f"{k} {v}" for k, v in sorted(state["counters"].items()))
     lines.append(f"counters: {counters or 'none'}")
     return "\n".join(lines)
