@@ -64,6 +64,7 @@ class Relay:
         self.waker = loop.Waker()
         self.notifier = Notifier()
         self.agents: dict[str, str] = {}  # node id -> endpoint, as the leader named them
+        self._at: collections.Counter = collections.Counter()  # endpoint -> agents named there
         self.leader: bytes | None = None
         self.leader_epoch = -1
         self.counters: collections.Counter = collections.Counter()
@@ -184,13 +185,16 @@ class Relay:
             self.agents[node_id] = endpoint
             if old is not None:
                 self._release(old)
-            if list(self.agents.values()).count(endpoint) == 1:
+            self._at[endpoint] += 1
+            if self._at[endpoint] == 1:
                 self.down.connect(endpoint)
             log.info("agent %s at %s is behind this relay", node_id, endpoint)
 
     def _release(self, endpoint: str) -> None:
         # A replacement agent can stand at a dead one's endpoint: keep the connection for it.
-        if endpoint not in self.agents.values():
+        self._at[endpoint] -= 1
+        if self._at[endpoint] <= 0:
+            del self._at[endpoint]
             try:
                 self.down.disconnect(endpoint)
             except zmq.ZMQError:

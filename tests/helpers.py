@@ -141,6 +141,10 @@ class LocalCluster:
         return self._start(name or node_id, [PY, "-m", "agents", "--node-id", node_id, "--workers", str(workers),
                                      "--bind", "tcp://127.0.0.1:0", "--log-level", "debug", *extra])
 
+    def relay(self, relay_id: str, *extra: str, name: str | None = None) -> Proc:
+        return self._start(name or f"relay-{relay_id}", [PY, "-m", "agents.relay_cli", "--id", relay_id, "--bind",
+                                                         "tcp://127.0.0.1:0", "--log-level", "debug", *extra])
+
     def agents(self) -> list[str]:
         path = layout.agents_path(self.name)
         return self.kazoo.retry(lambda: sorted(self.kazoo.get_children(path)) if self.kazoo.exists(path) else [])

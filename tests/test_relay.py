@@ -27,11 +27,6 @@ def slow_square(x):
 '''
 
 
-def _relay(cluster, relay_id: str, *extra: str):
-    return cluster._start(f"relay-{relay_id}", [PY, "-m", "agents.relay_cli", "--id", relay_id, "--bind",
-                                                "tcp://127.0.0.1:0", "--log-level", "debug", *extra])
-
-
 def _endpoint(cluster, folder: str, node_id: str) -> int:
     data, _ = cluster.kazoo.get(f"/clusterd/{cluster.name}/{folder}/{node_id}")
     return int(json.loads(data)["endpoint"].rsplit(":", 1)[1])
@@ -83,7 +78,7 @@ def _every_result_once(job: subprocess.Popen, out: Path, timeout: float, n: int 
 def test_agents_behind_a_relay_are_reached_through_it_on_one_connection(local_cluster, tmp_path):
     coordinator = local_cluster.coordinator()
     (metrics_port,) = free_ports(1)
-    _relay(local_cluster, "rack1", "--metrics-port", str(metrics_port))
+    local_cluster.relay("rack1", "--metrics-port", str(metrics_port))
     local_cluster.agent("r1", 1, "--relay", "rack1")
     local_cluster.agent("r2", 1, "--relay", "rack1")
     local_cluster.agent("d1", 1)
@@ -111,7 +106,7 @@ def test_agents_behind_a_relay_are_reached_through_it_on_one_connection(local_cl
 
 def test_a_relay_killed_mid_job_its_agents_go_direct_and_every_result_arrives_once(local_cluster, tmp_path):
     coordinator = local_cluster.coordinator()
-    relay = _relay(local_cluster, "rack1", "--zk-session-timeout", "4")
+    relay = local_cluster.relay("rack1", "--zk-session-timeout", "4")
     local_cluster.agent("r1", 2, "--relay", "rack1")
     local_cluster.agent("r2", 2, "--relay", "rack1")
     local_cluster.wait_ready(coordinator, ["r1", "r2"])
@@ -131,7 +126,7 @@ def test_a_relay_that_starts_after_its_agents_takes_them_over(local_cluster, tmp
     local_cluster.agent("r1", 1, "--relay", "rack1")
     local_cluster.wait_ready(coordinator, ["r1"])  # no relay yet: reached directly
     assert _endpoint(local_cluster, "agents", "r1") in _peer_ports(coordinator)
-    _relay(local_cluster, "rack1")
+    local_cluster.relay("rack1")
     wait_for(lambda: _status(local_cluster)["agents"]["r1"].get("via") == "rack1", 20, what="r1 to move behind rack1")
     wait_for(lambda: _status(local_cluster)["agents"]["r1"]["state"] == "ready", 20, what="r1 to answer via rack1")
     _square_all(local_cluster, tmp_path, 200)
@@ -140,7 +135,7 @@ def test_a_relay_that_starts_after_its_agents_takes_them_over(local_cluster, tmp
 
 def test_garbage_sent_to_a_relay_is_dropped_and_it_keeps_forwarding(local_cluster, tmp_path):
     coordinator = local_cluster.coordinator()
-    relay = _relay(local_cluster, "rack1")
+    relay = local_cluster.relay("rack1")
     local_cluster.agent("r1", 1, "--relay", "rack1")
     local_cluster.wait_ready(coordinator, ["r1"])
     ctx = zmq.Context()
@@ -162,7 +157,7 @@ def test_a_hung_relay_is_bypassed_while_registered_and_used_again_once_it_answer
     """SIGSTOP: the relay's ZooKeeper session (60 s) outlives the job, so only its silence
     to the coordinator's heartbeats can send its agents' work elsewhere."""
     coordinator = local_cluster.coordinator()
-    relay = _relay(local_cluster, "rack1", "--zk-session-timeout", "60")
+    relay = local_cluster.relay("rack1", "--zk-session-timeout", "60")
     local_cluster.agent("r1", 2, "--relay", "rack1")
     local_cluster.agent("r2", 2, "--relay", "rack1")
     local_cluster.wait_ready(coordinator, ["r1", "r2"])
@@ -198,3 +193,34 @@ def test_relay_table_bypasses_a_silent_relay_until_it_is_heard_again():
     assert table.turned(now=3.6, deadline=2.0) == ["rack1"] and table.via(agent) == "rack1"
     table.remove("rack1")
     assert table.via(agent) == "" and table.ids == {}
+
+
+def test_a_relay_connects_once_per_endpoint_and_disconnects_when_no_agent_is_left_there():
+    """A replacement agent can stand at a dead one's endpoint before the dead one's znode
+    goes: one connection serves both, and it is closed only when neither is named."""
+    from agents.relay import Relay
+    from cluster import config, wire
+
+    class Socket:
+        def __init__(self):
+            self.calls = []
+
+        def connect(self, endpoint):
+            self.calls.append(("connect", endpoint))
+
+        def disconnect(self, endpoint):
+            self.calls.append(("disconnect", endpoint))
+
+    relay = Relay(config.load(config.RelayConfig, None, {"insecure": True, "relay_id": "rack1"}, environ={}))
+    relay.down = Socket()
+    e1, e2 = "tcp://10.0.0.1:7000", "tcp://10.0.0.2:7000"
+    relay._on_relay_agents(wire.RelayAgents(1, [["old", e1], ["new", e1]], []))
+    relay._on_relay_agents(wire.RelayAgents(1, [["old", e1]], []))  # repeated with a Hello: nothing new
+    assert relay.down.calls == [("connect", e1)]
+    relay._on_relay_agents(wire.RelayAgents(1, [], [["old", e1]]))
+    assert relay.down.calls == [("connect", e1)]  # "new" is still there
+    relay._on_relay_agents(wire.RelayAgents(1, [["new", e2]], []))  # moved: a new port
+    assert relay.down.calls == [("connect", e1), ("disconnect", e1), ("connect", e2)]
+    relay._on_relay_agents(wire.RelayAgents(1, [], [["new", e1]]))  # a stale endpoint: ignored
+    assert relay.agents == {"new": e2}
+    relay.waker.close()

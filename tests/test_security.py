@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 
 import pytest
 import zmq.auth
@@ -137,8 +136,7 @@ def test_a_relay_with_the_coordinators_keys_carries_a_secured_cluster_and_a_stra
     relay_keys.mkdir(mode=0o700)
     for name in ("agent.key", "agent.key_secret", "coordinator.key", "coordinator.key_secret"):
         shutil.copy2(keys / name, relay_keys / name)
-    relay = local_cluster._start("relay", [sys.executable, "-m", "agents.relay_cli", "--id", "rack1", "--bind",
-                                           "tcp://127.0.0.1:0", "--keys", str(relay_keys), "--log-level", "debug"])
+    relay = local_cluster.relay("rack1", "--keys", str(relay_keys))
     local_cluster.agent("a1", 2, "--relay", "rack1")
     local_cluster.wait_ready(coordinator, ["a1"])
     assert "behind relay rack1" in coordinator.text()

@@ -124,7 +124,7 @@ def test_simulated_agents_behind_relays_run_a_job_through_crashes_on_few_connect
     every result exactly once while agents crash behind a relay."""
     coordinator = local_cluster.coordinator("--log-level", "info")
     for rid in ("relayA", "relayB"):
-        local_cluster._start(rid, [PY, "-m", "agents.relay_cli", "--id", rid, "--bind", "tcp://127.0.0.1:0"])
+        local_cluster.relay(rid)
     wait_for(lambda: len(local_cluster.kazoo.get_children(layout.relays_path(local_cluster.name))) == 2
              if local_cluster.kazoo.exists(layout.relays_path(local_cluster.name)) else False, what="two relays")
     fleets = [Sim(f"sim{i}", [PY, "-m", "agents.simfleet", "--zk", local_cluster.zk, "--cluster", local_cluster.name,
