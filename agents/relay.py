@@ -16,8 +16,11 @@ coordinator, whose memory then grows by its bookkeeping alone per agent.
 - The leader is the upstream peer that sent the highest epoch. Agents still fence by
   epoch themselves; the relay only picks where their answers go.
 - A message with an empty agent id is for the relay: ``RelayAgents`` from the leader,
-  or the coordinator's heartbeat, which it answers, so that a relay cut off from the
-  coordinator is bypassed even while its ZooKeeper session lives.
+  or the coordinator's heartbeat. The relay passes that heartbeat on to each of its
+  agents and answers it with one ``RelayBeat`` naming the agents whose own heartbeats
+  came since the last one; agents' heartbeats go no further. The coordinator so handles
+  one heartbeat per relay, not per agent, and a relay cut off from the coordinator is
+  bypassed even while its ZooKeeper session lives.
 
 Payload frames are forwarded by reference and never decoded. Nothing is kept: a
 message the relay cannot deliver is counted and dropped, and the coordinator finds
@@ -65,6 +68,7 @@ class Relay:
         self.notifier = Notifier()
         self.agents: dict[str, str] = {}  # node id -> endpoint, as the leader named them
         self._at: collections.Counter = collections.Counter()  # endpoint -> agents named there
+        self._heard: set[bytes] = set()  # agents whose heartbeat came since the last RelayBeat
         self.leader: bytes | None = None
         self.leader_epoch = -1
         self.counters: collections.Counter = collections.Counter()
@@ -244,7 +248,13 @@ class Relay:
             return
         self._note_epoch(sender, msg)
         if isinstance(msg, wire.Heartbeat):
-            loop.send(self.up, wire.Heartbeat(self.relay_id, max(0, self.leader_epoch), 0), (sender, b""))
+            heard: set[bytes] = set()
+            if sender == self.leader:  # another coordinator only learns that the relay is alive
+                for agent in self.agents:  # the same frames, encoded once by the coordinator
+                    loop.send_frames(self.down, body, agent.encode())
+                heard, self._heard = self._heard, set()
+            names = [a.decode(errors="replace") for a in heard]
+            loop.send(self.up, wire.RelayBeat(max(0, self.leader_epoch), names), (sender, b""))
         elif isinstance(msg, wire.RelayAgents) and sender == self.leader:
             self._on_relay_agents(msg)
         else:
@@ -256,10 +266,22 @@ class Relay:
                 frames = loop.recv_frames(self.down)
             except zmq.Again:
                 return
+            if len(frames) == 2 and self._is_heartbeat(frames[1]):
+                self._heard.add(frames[0].bytes)  # its routing id, not what it claims to be
+                self.counters["heartbeats_gathered"] += 1
+                continue
             if self.leader is None or not loop.send_frames(self.up, frames, self.leader):
                 self._drop("from an agent while no coordinator is connected")
                 continue
             self.counters["to_coordinator"] += 1
+
+    @staticmethod
+    def _is_heartbeat(header: zmq.Frame) -> bool:
+        # Only a message of one frame can be a heartbeat: larger ones pass without decoding.
+        try:
+            return isinstance(wire.decode([header]), wire.Heartbeat)
+        except wire.ProtocolError:
+            return False  # forwarded: the coordinator counts and drops it
 
     def _drop(self, why: str) -> None:
         self.counters["dropped_messages"] += 1
@@ -274,4 +296,6 @@ class Relay:
         m.gauge("relay_agents", "agents that name this relay", len(self.agents))
         m.counters("relay_messages_total", "messages forwarded, by direction", {
             "to_agents": self.counters["to_agents"], "to_coordinator": self.counters["to_coordinator"]}, "direction")
+        m.total("relay_heartbeats_gathered_total", "agents' heartbeats folded into RelayBeats",
+                self.counters["heartbeats_gathered"])
         m.total("dropped_messages_total", "messages dropped (no route, or malformed)", self.counters["dropped_messages"])

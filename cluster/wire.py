@@ -470,6 +470,21 @@ class RelayAgents(Message):
 
 
 @dataclasses.dataclass(frozen=True)
+class RelayBeat(Message):
+    """Relay to coordinator (agent id empty), in answer to each coordinator heartbeat: the
+    relay is alive, and so are these agents, heard since its last RelayBeat. Their own
+    heartbeats stop at the relay; the relay passes the coordinator's on to each of them."""
+
+    KIND = 36
+    epoch: int
+    agents: list
+
+    def validate(self) -> None:
+        if not all(type(a) is str for a in self.agents):
+            raise ProtocolError("RelayBeat.agents: node ids")
+
+
+@dataclasses.dataclass(frozen=True)
 class Draining(Message):
     """Agent to coordinator: send nothing new; what is held will still finish."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 import subprocess
 from pathlib import Path
 
@@ -224,3 +225,30 @@ def test_a_relay_connects_once_per_endpoint_and_disconnects_when_no_agent_is_lef
     relay._on_relay_agents(wire.RelayAgents(1, [], [["new", e1]]))  # a stale endpoint: ignored
     assert relay.agents == {"new": e2}
     relay.waker.close()
+
+
+def test_agents_heartbeats_stop_at_their_relay_and_a_hung_agent_behind_it_is_still_found(local_cluster):
+    coordinator = local_cluster.coordinator()
+    (metrics_port,) = free_ports(1)
+    local_cluster.relay("rack1", "--metrics-port", str(metrics_port))
+    agents = {n: local_cluster.agent(n, 1, "--relay", "rack1") for n in ("r1", "r2")}
+    local_cluster.wait_ready(coordinator, ["r1", "r2"])
+    gathered = "clusterd_relay_heartbeats_gathered_total"
+    upward = 'clusterd_relay_messages_total{direction="to_coordinator"}'
+    # The relay exports every 0.5 s: wait until its figures show both Welcomes.
+    wait_for(lambda: scrape(metrics_port).get(upward, 0) >= 2, 10, what="the relay's metrics to catch up")
+    before = scrape(metrics_port)
+    time.sleep(3.0)  # idle: only heartbeats move
+    after = scrape(metrics_port)
+    assert after[gathered] - before[gathered] >= 8  # two agents, 0.5 s each, 3 s
+    assert after.get(upward, 0) == before.get(upward, 0)  # none of them went on to the coordinator
+    status = _status(local_cluster)
+    assert all(a["state"] == "ready" and a["heartbeat_age"] < 1.5 for a in status["agents"].values())
+    # RelayBeat carries each agent's liveness: a hung agent is written off, the other is not.
+    agents["r1"].signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: "agent r1 silent" in coordinator.text(), 10, what="r1 to be written off")
+        assert "agent r2 silent" not in coordinator.text()
+    finally:
+        agents["r1"].signal(signal.SIGCONT)
+    wait_for(lambda: _status(local_cluster)["agents"]["r1"]["state"] == "ready", 20, what="r1 back")
