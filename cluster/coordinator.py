@@ -16,7 +16,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import zmq
 
@@ -295,7 +295,7 @@ class Coordinator:
             self.agents.connect(record.endpoint)
         self._reroute(ev.node_id)
 
-    def _tell_relay(self, relay_id: str, connect: list[AgentPeer] = (), disconnect: list[AgentPeer] = ()) -> None:
+    def _tell_relay(self, relay_id: str, connect: Iterable[AgentPeer] = (), disconnect: Iterable[AgentPeer] = ()) -> None:
         """Which agents the relay connects to: the agents whose znodes name it, which we
         watch anyway (relays add no ZooKeeper load). Repeated with each Hello to an agent
         that has not answered, so a message lost before the relay was connected costs a retry."""

@@ -40,7 +40,7 @@ class Membership:
         self._record_type = record_type
         self._emit = emit
         self._lock = threading.Lock()
-        self._members: dict[str, AgentRecord] = {}
+        self._members: dict[str, Any] = {}  # of record_type
         self._watched: set[str] = set()
         self._warned: set[tuple[str, bytes]] = set()
         self._stopped = False

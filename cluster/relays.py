@@ -51,9 +51,13 @@ class RelayTable:
         out = []
         for relay_id in self.records:
             silent = now - self._heard[relay_id] > deadline
-            if silent != (relay_id in self._bypassed):
-                (self._bypassed.add if silent else self._bypassed.discard)(relay_id)
-                out.append(relay_id)
+            if silent and relay_id not in self._bypassed:
+                self._bypassed.add(relay_id)
+            elif not silent and relay_id in self._bypassed:
+                self._bypassed.discard(relay_id)
+            else:
+                continue
+            out.append(relay_id)
         return out
 
     def bypassed(self, relay_id: str) -> bool:
