@@ -444,10 +444,11 @@ class ReturnTasks(Message):
     capacity: int
 
     def validate(self) -> None:
-        for row in self.items:
-            if type(row) is not list or len(row) != 3 or type(row[0]) is not str \
-                    or type(row[1]) is not int or type(row[2]) is not int:
-                raise ProtocolError("ReturnTasks.items: each item must be [job id, index, attempt]")
+        _rows(self.items, 3, "ReturnTasks.items")
+        for job, *numbers in self.items:
+            if type(job) is not str:
+                raise ProtocolError("ReturnTasks.items: job id must be a string")
+            _ints(numbers, "ReturnTasks.items")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -463,10 +464,10 @@ class RelayAgents(Message):
 
     def validate(self) -> None:
         for name in ("connect", "disconnect"):
-            for row in getattr(self, name):
-                if type(row) is not list or len(row) != 2 or not all(type(v) is str for v in row) \
-                        or not row[1].startswith("tcp://"):
-                    raise ProtocolError(f"RelayAgents.{name}: each item must be [node id, tcp:// endpoint]")
+            rows = getattr(self, name)
+            _rows(rows, 2, f"RelayAgents.{name}")
+            if not all(type(node) is str and type(ep) is str and ep.startswith("tcp://") for node, ep in rows):
+                raise ProtocolError(f"RelayAgents.{name}: each item must be [node id, tcp:// endpoint]")
 
 
 @dataclasses.dataclass(frozen=True)

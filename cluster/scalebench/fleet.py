@@ -134,6 +134,20 @@ class Sim:
         self.log.close()
 
 
+def terminate(procs: list[subprocess.Popen], timeout: float) -> None:
+    """SIGTERM to each (a daemon's clean stop, all at once), then SIGKILL to any not gone
+    within ``timeout``."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class Relays:
     """K `clusterctl relay` processes (ids relay0 ... relayK-1); the simulators' agents name
     them in turn, so the coordinator holds K connections instead of N."""
@@ -162,15 +176,7 @@ class Relays:
         return {"cpu": cpu, "rss": rss}
 
     def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        terminate(self.procs, 30)
 
 
 class StatusProbe:

@@ -9,7 +9,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -25,7 +24,7 @@ from ..client import ClusterClient
 from ..zk import close as zk_close
 from ..zk import connect as zk_connect
 from ..zkserver import ZooKeeperServer
-from .fleet import FUNCTION, PY, ROOT, Relays, Sim, StatusProbe, percentile, progress, raise_fd_limit, ready, zk_mntr, zxid
+from .fleet import FUNCTION, PY, ROOT, Relays, Sim, StatusProbe, terminate, percentile, progress, raise_fd_limit, ready, zk_mntr, zxid
 
 
 # ---------------------------------------------------------------- one fleet
@@ -499,13 +498,8 @@ class ScaleRun:
             self.relays.stop()
         if self.probe is not None:
             self.probe.close()
-        if self.coordinator is not None and self.coordinator.poll() is None:
-            self.coordinator.send_signal(signal.SIGTERM)
-            try:
-                self.coordinator.wait(60)
-            except subprocess.TimeoutExpired:
-                self.coordinator.kill()
-                self.coordinator.wait()
+        if self.coordinator is not None:
+            terminate([self.coordinator], 60)
         zk_close(self.kazoo)
 
 
