@@ -94,9 +94,10 @@ def decode(frames: list[bytes] | list[Any]) -> Message:
     if not frames:
         raise ProtocolError("empty message")
     raw = frames[0]
-    raw = raw.bytes if hasattr(raw, "bytes") else raw
     if len(raw) > MAX_HEADER_BYTES:
         raise ProtocolError("header too large")
+    if not isinstance(raw, _BUFFERS):
+        raw = raw.bytes
     try:
         header = msgpack.unpackb(raw, raw=False, strict_map_key=False, use_list=True)
     except Exception as exc:  # msgpack raises several unrelated types
@@ -127,11 +128,16 @@ def decode(frames: list[bytes] | list[Any]) -> Message:
     return msg
 
 
+# What is not one of these is a zmq.Frame. Never hasattr(frame, "bytes"): that reads the
+# property, which copies the whole frame (a megabyte per payload per hop).
+_BUFFERS = (bytes, bytearray, memoryview)
+
+
 def _payload(frame: Any) -> bytes | memoryview:
     """A received payload frame as bytes, or, when large, as a view of the received
     message (``view.obj`` is the zmq.Frame): daemons forward large payloads without
     copying them (loop.send_frames)."""
-    if not hasattr(frame, "bytes"):
+    if isinstance(frame, _BUFFERS):
         return frame
     return frame.buffer if len(frame) >= ZERO_COPY_MIN else frame.bytes
 

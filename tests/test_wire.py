@@ -128,3 +128,24 @@ def test_returned_tasks_and_the_hello_that_allows_them():
     for bad in ([["j", 1]], [[1, 1, 1]], [["j", "1", 1]], ["j"]):
         with pytest.raises(wire.ProtocolError, match="ReturnTasks"):
             wire.decode([header(wire.ReturnTasks.KIND, 3, bad, 6)])
+
+
+def test_received_payloads_are_views_of_the_frames_not_copies():
+    """A daemon forwards a large payload by reference. Reading ``Frame.bytes`` (which
+    ``hasattr(frame, "bytes")`` does) copies the payload, a megabyte per task per hop."""
+    import tracemalloc
+
+    zmq = pytest.importorskip("zmq")
+    big, small = bytes(2**20), b"s" * 10
+    header, *_ = wire.SubmitTasks("j", [0, 1], frames=(big, small)).encode()
+    frames = [zmq.Frame(header), zmq.Frame(big), zmq.Frame(small)]
+    tracemalloc.start()
+    try:
+        msg = wire.decode(frames)
+        allocated = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    view, copied = msg.frames
+    assert isinstance(view, memoryview) and view.obj is frames[1]
+    assert copied == small and isinstance(copied, bytes)
+    assert allocated < wire.ZERO_COPY_MIN, f"decoding allocated {allocated} bytes: the payload was copied"
