@@ -129,7 +129,7 @@ class Reader:
             if size >= CHUNK:  # the rest goes straight into a buffer of its own
                 self.body = bytearray(size)
                 self.filled = len(self.buf) - PREFIX.size
-                self.body[:self.filled] = memoryview(self.buf)[PREFIX.size:]
+                memoryview(self.body)[:self.filled] = memoryview(self.buf)[PREFIX.size:]  # no temporary copy
                 self.count = count
                 self.buf = bytearray()
             return
