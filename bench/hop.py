@@ -3,7 +3,8 @@ built: a Unix socketpair (what agents/channel.py uses) against pyzmq DEALER/ROUT
 ipc and over tcp loopback (what it used before). Sequential round trips of a 40-byte
 message: latency and CPU per round trip on each side (the sides' CPU includes libzmq's
 I/O threads). Then the whole W3 path with bare relays in place of the daemons: what
-the topology costs before any of our code runs.
+the topology costs before any of our code runs; and the same path without the
+coordinator, the floor of a design where clients send straight to agents.
 
 Usage: python bench/hop.py [--round-trips N] [--json]
 """
@@ -122,11 +123,13 @@ def zeromq(address: str, n: int) -> dict:
     return r
 
 
-def chain(port_front: int, port_agent: int, n: int) -> dict:
+def chain(port_front: int, port_agent: int, n: int, coordinator_on_path: bool = True) -> dict:
     """A task's whole round trip with no work and no bookkeeping: here (the client's
     DEALER) -> a relay (the coordinator: ROUTER in, DEALER on) -> a relay (the agent: ROUTER
     in, socketpair on) -> an echo (the worker), and back. Four processes, as in W3: the
-    floor under W3 that this machine and this topology set."""
+    floor under W3 that this machine and this topology set. Without the coordinator on the
+    path (a client sending straight to an agent, as a design with worker leases would):
+    the floor of that design."""
     worker_end, agent_end = socket.socketpair()
 
     def worker():
@@ -172,12 +175,12 @@ def chain(port_front: int, port_agent: int, n: int) -> dict:
         agents.close(linger=1000)
         ctx.term()
 
-    pids = [_fork(fn) for fn in (worker, agent, coordinator)]
+    pids = [_fork(fn) for fn in (worker, agent, coordinator)[:3 if coordinator_on_path else 2]]
     worker_end.close()
     agent_end.close()
     ctx = zmq.Context()
     s = ctx.socket(zmq.DEALER)
-    s.connect(f"tcp://127.0.0.1:{port_front}")
+    s.connect(f"tcp://127.0.0.1:{port_front if coordinator_on_path else port_agent}")
 
     def ping():
         s.send(MESSAGE)
@@ -209,7 +212,8 @@ def main(argv: list[str]) -> int:
     for name, run in (("socketpair", lambda: socketpair(args.round_trips)),
                       ("zmq ipc", lambda: zeromq(f"ipc://{tmp}/hop", args.round_trips)),
                       ("zmq tcp", lambda: zeromq(f"tcp://127.0.0.1:{port}", args.round_trips)),
-                      ("W3 path", lambda: chain(port, port2, args.round_trips))):
+                      ("W3 path", lambda: chain(port, port2, args.round_trips)),
+                      ("W3 direct", lambda: chain(port, port2, args.round_trips, coordinator_on_path=False))):
         child_before = _cpu(resource.RUSAGE_CHILDREN)
         r = run()
         if r["pid"] is not None:
@@ -227,7 +231,8 @@ def main(argv: list[str]) -> int:
     print(f"one hop, {args.round_trips:,} sequential round trips of {len(MESSAGE)} bytes "
           f"(load average {os.getloadavg()[0]:.2f})")
     print(f"{'transport':12} {'p50 us':>8} {'p99 us':>8} {'CPU us here':>12} {'CPU us echo':>12}"
-          "   (W3 path: client -> relay -> relay -> socketpair echo, 4 processes; echo CPU = the other 3)")
+          "   (W3 path: client -> relay -> relay -> socketpair echo, 4 processes; echo CPU = the other 3;"
+          " W3 direct: the same without the coordinator's relay)")
     for name, row in rows.items():
         print(f"{name:12} {row['p50_us']:8.1f} {row['p99_us']:8.1f} {row['cpu_us_here']:12.1f} "
               f"{row['cpu_us_echo']:12.1f}")

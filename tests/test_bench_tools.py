@@ -34,7 +34,7 @@ def test_hop_measures_each_transport_and_the_w3_path():
     res = _run("bench/hop.py", "--round-trips", "200", "--json")
     assert res.returncode == 0, res.stderr
     rows = json.loads(res.stdout)
-    assert set(rows) == {"socketpair", "zmq ipc", "zmq tcp", "W3 path"}
+    assert set(rows) == {"socketpair", "zmq ipc", "zmq tcp", "W3 path", "W3 direct"}
     assert all(r["p50_us"] > 0 and r["p99_us"] >= r["p50_us"] for r in rows.values())
 
 
