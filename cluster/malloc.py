@@ -3,17 +3,17 @@
 glibc's allocator gives a freed block of a megabyte or so back to the kernel (or trims
 the heap under it), and the next payload of that size takes it back a page at a time:
 a page fault and a zeroed page per 4 KiB. For processes that move one large payload
-after another, that costs more than copying the payload. W4's shape (1 MiB echoes, 32 in
-flight) through the Executor: the client spent 2.2 ms of CPU per task, 1.0 ms with
-``tune()``; 544-581 MiB/s with no process tuned, 603-654 with the daemons and workers
-tuned, 774-873 with the client too (two runs each). ``bench/run.py --systems
-clusterd,mp.Pool``: 634 and 799 MiB/s, ``multiprocessing.Pool`` 820.
+after another, that costs more than copying the payload.
 
 ``tune()`` serves allocations under 4 MiB from the heap and lets up to 64 MiB of free
 heap stay before trimming it (16 MiB spare each time it grows). The daemons, their
-workers and ``clusterctl`` call it at start; an application that moves large payloads
-through the ``Executor`` may call ``cluster.tune_malloc()`` for its own process (it
-changes the allocator for the whole process, so the library never does it unasked).
+workers and ``clusterctl`` call it at start. An application may call
+``cluster.tune_malloc()`` for its own process; the library never does it unasked, since
+it changes the allocator for the whole process. It matters less than it did: the client
+used to fault in a fresh 2 MiB buffer per 1 MiB argument (``pickle.dumps``), which
+``payload.dumps`` no longer does. W4's shape through the Executor (1 MiB echoes, 32 in
+flight): the client spent 1.8-2.0 ms of CPU per task untuned and 0.9-1.0 ms tuned
+before that change, 0.9-1.3 ms untuned after it (docs/benchmarks.md, "W4: two copies").
 """
 
 from __future__ import annotations
