@@ -54,8 +54,50 @@ def test_nodes_lists_members_without_a_coordinator(local_cluster):
     table = local_cluster.clusterctl("nodes")
     assert table.returncode == 0
     header, *lines = table.stdout.splitlines()
-    assert header.split() == ["NODE", "HOST", "ENDPOINT", "STATE", "WORKERS", "CORES", "MEMORY", "VERSION", "UPTIME"]
+    assert header.split() == ["NODE", "HOST", "ENDPOINT", "STATE", "WORKERS", "CORES", "MEMORY", "VERSION", "UPTIME",
+                              "RELAY"]
     assert [line.split()[0] for line in lines] == ["n1", "n2"]
+    assert [line.split()[-1] for line in lines] == ["-", "-"]
+    assert table.stderr.strip().endswith("2 nodes, 3 workers")
+
+
+def test_nodes_lists_relays_and_watch_follows_them(local_cluster):
+    """Relays are members too: listed with the agents that name them, and followed live."""
+    watch = subprocess.Popen([PY, "-m", "cluster.cli.main", "nodes", "--watch", "--json"], env=local_cluster.env,
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = LineReader(watch.stdout)
+    try:
+        time.sleep(1.0)
+        relay = local_cluster.relay("rack1")
+        joined = json.loads(lines.next())
+        assert (joined["event"], joined["role"], joined["node_id"]) == ("joined", "relay", "rack1")
+        assert joined["record"]["endpoint"].startswith("tcp://127.0.0.1:") and joined["record"]["uptime"] >= 0
+        local_cluster.agent("r1", 1, "--relay", "rack1")
+        local_cluster.agent("r2", 2, "--relay", "rack1")
+        local_cluster.agent("d1", 1)
+        wait_for(lambda: local_cluster.agents() == ["d1", "r1", "r2"], what="registration")
+        agent_events = [json.loads(lines.next()) for _ in range(3)]
+        assert sorted((e["role"], e["node_id"], e["record"]["relay"]) for e in agent_events) == [
+            ("agent", "d1", ""), ("agent", "r1", "rack1"), ("agent", "r2", "rack1")]
+
+        listed = json.loads(local_cluster.clusterctl("nodes", "--relays", "--json").stdout)
+        assert [(r["node_id"], r["agents"]) for r in listed] == [("rack1", 2)]
+        table = local_cluster.clusterctl("nodes")
+        agents_part, relays_part = table.stdout.split("\n\n")
+        assert {line.split()[0]: line.split()[-1] for line in agents_part.splitlines()[1:]} == {
+            "d1": "-", "r1": "rack1", "r2": "rack1"}
+        header, row = relays_part.splitlines()
+        assert header.split() == ["RELAY", "HOST", "ENDPOINT", "AGENTS", "VERSION", "UPTIME"]
+        assert row.split()[0] == "rack1" and row.split()[3] == "2"
+        assert table.stderr.strip().endswith("3 nodes, 4 workers, 1 relays")
+
+        relay.signal(signal.SIGTERM)
+        left = json.loads(lines.next())
+        assert (left["event"], left["role"], left["node_id"], left["record"]) == ("left", "relay", "rack1", None)
+    finally:
+        watch.send_signal(signal.SIGINT)
+        watch.wait(10)
+    assert watch.returncode == 0
 
 
 def _busy_agent(local_cluster, node_id: str, seconds: int) -> tuple:

@@ -1,4 +1,4 @@
-"""List the cluster's agents from ZooKeeper (works without a coordinator); --watch follows joins, leaves and drains.
+"""List the cluster's agents and relays from ZooKeeper (works without a coordinator); --watch follows joins, leaves and drains.
 
 Examples:
 
@@ -6,9 +6,13 @@ Examples:
 
   clusterctl nodes --json | jq '.[] | select(.state == "ready") | .node_id'
 
+  clusterctl nodes --relays --json | jq '.[] | {node_id, agents}'
+
   clusterctl nodes --watch            (a live table on a terminal; one event per line when piped)
 
   clusterctl nodes --watch --json | jq -c 'select(.event == "left")'
+
+Agents behind a relay (`clusterctl agent --relay ID`) show it in their RELAY column; the relays follow the agents in the table, with the number of agents that name each one.
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ import typer
 from kazoo.exceptions import NoNodeError
 
 from .. import config, layout
-from ..layout import AgentRecord, BadRecord
+from ..layout import AgentRecord, BadRecord, RelayRecord
 from ..membership import MemberEvent, Membership
 from . import common
 
-COLUMNS = ("NODE", "HOST", "ENDPOINT", "STATE", "WORKERS", "CORES", "MEMORY", "VERSION", "UPTIME")
+COLUMNS = ("NODE", "HOST", "ENDPOINT", "STATE", "WORKERS", "CORES", "MEMORY", "VERSION", "UPTIME", "RELAY")
+RELAY_COLUMNS = ("RELAY", "HOST", "ENDPOINT", "AGENTS", "VERSION", "UPTIME")
 
 
 def nodes(
@@ -36,6 +41,8 @@ def nodes(
     config_file: Optional[str] = common.CONFIG,
     zk_auth: Optional[str] = common.ZK_AUTH,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    relays: bool = typer.Option(False, "--relays", help="List the relays instead of the agents (with --json: one "
+                                "object per relay, with how many agents name it)."),
     watch: bool = typer.Option(False, "--watch", "-w", help="Follow joins, leaves and state changes until Ctrl-C: "
                                "a live table on a terminal, one event per line otherwise."),
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds to reach ZooKeeper."),
@@ -46,11 +53,12 @@ def nodes(
         if watch:
             _watch(client, cfg.cluster, as_json)
         else:
-            _list(client, cfg.cluster, as_json)
+            _list(client, cfg.cluster, as_json, relays)
 
 
-def read_members(client, cluster: str) -> list[AgentRecord]:
-    path = layout.agents_path(cluster)
+def read_members(client, cluster: str, record_type: type = AgentRecord) -> list:
+    """The agents' records (or, with ``record_type=RelayRecord``, the relays')."""
+    path = record_type.folder(cluster)
     try:
         children = client.get_children(path)
     except NoNodeError:
@@ -61,101 +69,137 @@ def read_members(client, cluster: str) -> list[AgentRecord]:
     for result in pending:
         try:
             data, _ = result.get()
-            records.append(AgentRecord.from_bytes(data))
+            records.append(record_type.from_bytes(data))
         except (NoNodeError, BadRecord):
             continue  # left meanwhile, or garbage: not a member
     return records
 
 
-def _row(record: AgentRecord, now: float) -> dict:
+def _row(record, now: float) -> dict:
     return dict(record.__dict__, uptime=round(max(0.0, now - record.started), 1))
 
 
-def _list(client, cluster: str, as_json: bool) -> None:
+def _relay_rows(relays: list[RelayRecord], agents: list[AgentRecord], now: float) -> list[dict]:
+    named = collections.Counter(a.relay for a in agents if a.relay)
+    return [dict(_row(r, now), agents=named[r.node_id]) for r in relays]
+
+
+def _list(client, cluster: str, as_json: bool, relays_only: bool) -> None:
     now = time.time()
-    rows = [_row(r, now) for r in read_members(client, cluster)]
+    agents = read_members(client, cluster)
+    rows = [_row(r, now) for r in agents]
+    relay_rows = _relay_rows(read_members(client, cluster, RelayRecord), agents, now)
     if as_json:
-        common.print_json(rows)
+        common.print_json(relay_rows if relays_only else rows)
         return
-    table = [COLUMNS] + [_cells(r) for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
+    if not relays_only:
+        _print_table(COLUMNS, [_cells(r) for r in rows])
+    if relay_rows:
+        if not relays_only:
+            typer.echo("")
+        _print_table(RELAY_COLUMNS, [_relay_cells(r) for r in relay_rows])
+    typer.echo(f"{len(rows)} nodes, {sum(r['workers'] for r in rows)} workers"
+               + (f", {len(relay_rows)} relays" if relay_rows else ""), err=True)
+
+
+def _print_table(columns: tuple[str, ...], cells: list[tuple[str, ...]]) -> None:
+    table = [columns] + cells
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
     for row in table:
         typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-    typer.echo(f"{len(rows)} nodes, {sum(r['workers'] for r in rows)} workers", err=True)
 
 
 def _cells(r: dict) -> tuple[str, ...]:
     return (r["node_id"], r["host"], r["endpoint"], r["state"], str(r["workers"]), str(r["cores"]), _gib(r["memory"]),
-            r["version"], _duration(r["uptime"]))
+            r["version"], _duration(r["uptime"]), r["relay"] or "-")
+
+
+def _relay_cells(r: dict) -> tuple[str, ...]:
+    return (r["node_id"], r["host"], r["endpoint"], str(r["agents"]), r["version"], _duration(r["uptime"]))
 
 
 def _watch(client, cluster: str, as_json: bool) -> None:
-    events: queue.SimpleQueue = queue.SimpleQueue()
-    members = Membership(client, cluster, events.put)
-    members.start()
+    events: queue.SimpleQueue = queue.SimpleQueue()  # of (role, MemberEvent)
+    agents = Membership(client, cluster, lambda ev: events.put(("agent", ev)))
+    relays = Membership(client, cluster, lambda ev: events.put(("relay", ev)), RelayRecord)
+    agents.start()
+    relays.start()
     try:
         if sys.stdout.isatty() and not as_json:
-            _live_table(members, events, cluster)
+            _live_table(agents, relays, events, cluster)
         else:
             _event_lines(events, as_json)
     except KeyboardInterrupt:
         pass
     finally:
-        members.stop()
+        agents.stop()
+        relays.stop()
 
 
 def _event_lines(events: queue.SimpleQueue, as_json: bool) -> None:
     while True:
         try:
-            ev: MemberEvent = events.get(timeout=0.5)
+            role, ev = events.get(timeout=0.5)
         except queue.Empty:
             continue
         if as_json:
-            common.print_json({"time": _stamp(), "event": ev.kind, "node_id": ev.node_id,
+            common.print_json({"time": _stamp(), "event": ev.kind, "role": role, "node_id": ev.node_id,
                                "record": _row(ev.record, time.time()) if ev.record else None})
         else:
-            typer.echo(_event_text(ev))
+            typer.echo(_event_text(role, ev))
         sys.stdout.flush()
 
 
-def _event_text(ev: MemberEvent) -> str:
+def _event_text(role: str, ev: MemberEvent) -> str:
     if ev.record is None:
-        return f"{_stamp()} left     {ev.node_id}"
+        return f"{_stamp()} left     {ev.node_id}" + (" (relay)" if role == "relay" else "")
     r = ev.record
-    return f"{_stamp()} {ev.kind:<8} {ev.node_id} {r.state} {r.host} {r.endpoint} {r.workers} workers"
+    if role == "relay":
+        return f"{_stamp()} {ev.kind:<8} {ev.node_id} relay {r.host} {r.endpoint}"
+    return (f"{_stamp()} {ev.kind:<8} {ev.node_id} {r.state} {r.host} {r.endpoint} {r.workers} workers"
+            + (f" via relay {r.relay}" if r.relay else ""))
 
 
-def _live_table(members: Membership, events: queue.SimpleQueue, cluster: str) -> None:
+def _live_table(agents: Membership, relays: Membership, events: queue.SimpleQueue, cluster: str) -> None:
     from rich.live import Live  # only a terminal needs it
 
     recent: collections.deque[str] = collections.deque(maxlen=8)
-    with Live(_render(members.snapshot(), recent, cluster), auto_refresh=False) as live:
+    with Live(_render(agents.snapshot(), relays.snapshot(), recent, cluster), auto_refresh=False) as live:
         while True:
             try:
-                recent.appendleft(_event_text(events.get(timeout=1.0)))
+                recent.appendleft(_event_text(*events.get(timeout=1.0)))
                 while True:  # a burst of events is one redraw
-                    recent.appendleft(_event_text(events.get_nowait()))
+                    recent.appendleft(_event_text(*events.get_nowait()))
             except queue.Empty:
                 pass  # redraw anyway: uptimes move
-            live.update(_render(members.snapshot(), recent, cluster), refresh=True)
+            live.update(_render(agents.snapshot(), relays.snapshot(), recent, cluster), refresh=True)
 
 
 STATE_STYLE = {"ready": "green", "draining": "yellow"}
 
 
-def _render(snapshot: dict[str, AgentRecord], recent: collections.deque, cluster: str):
+def _render(agents: dict[str, AgentRecord], relays: dict[str, RelayRecord], recent: collections.deque, cluster: str):
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
     now = time.time()
-    rows = [_row(snapshot[n], now) for n in sorted(snapshot)]
-    table = Table(*COLUMNS, title=f"{len(rows)} nodes, {sum(r['workers'] for r in rows)} workers in cluster "
-                  f"{cluster!r} (Ctrl-C to stop)", title_justify="left", box=None, header_style="bold")
+    rows = [_row(agents[n], now) for n in sorted(agents)]
+    relay_rows = _relay_rows([relays[n] for n in sorted(relays)], list(agents.values()), now)
+    title = f"{len(rows)} nodes, {sum(r['workers'] for r in rows)} workers"
+    title += f", {len(relay_rows)} relays" if relay_rows else ""
+    table = Table(*COLUMNS, title=f"{title} in cluster {cluster!r} (Ctrl-C to stop)", title_justify="left", box=None,
+                  header_style="bold")
     for r in rows:  # Text cells: a node id is data, never rich markup
         table.add_row(*(Text(cell, style=STATE_STYLE.get(cell, "red") if i == 3 else "")
                         for i, cell in enumerate(_cells(r))))
-    return Group(table, Text("\n".join(recent) or "waiting for changes...", style="dim"))
+    parts = [table]
+    if relay_rows:
+        relay_table = Table(*RELAY_COLUMNS, box=None, header_style="bold")
+        for r in relay_rows:
+            relay_table.add_row(*(Text(cell) for cell in _relay_cells(r)))
+        parts += [Text(""), relay_table]
+    return Group(*parts, Text("\n".join(recent) or "waiting for changes...", style="dim"))
 
 
 def _stamp() -> str:
