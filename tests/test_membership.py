@@ -3,6 +3,7 @@ by the coordinator, garbage znodes, and leader election between coordinators."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
@@ -61,13 +62,23 @@ def test_nodes_lists_members_without_a_coordinator(local_cluster):
     assert table.stderr.strip().endswith("2 nodes, 3 workers")
 
 
-def test_nodes_lists_relays_and_watch_follows_them(local_cluster):
-    """Relays are members too: listed with the agents that name them, and followed live."""
-    watch = subprocess.Popen([PY, "-m", "cluster.cli.main", "nodes", "--watch", "--json"], env=local_cluster.env,
+@contextlib.contextmanager
+def _nodes_watch(local_cluster, *args: str):
+    """`clusterctl nodes --watch ARGS` piped: its lines, once its watches are armed; it must stop cleanly on Ctrl-C."""
+    watch = subprocess.Popen([PY, "-m", "cluster.cli.main", "nodes", "--watch", *args], env=local_cluster.env,
                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines = LineReader(watch.stdout)
     try:
         time.sleep(1.0)
+        yield LineReader(watch.stdout)
+    finally:
+        watch.send_signal(signal.SIGINT)
+        watch.wait(10)
+    assert watch.returncode == 0
+
+
+def test_nodes_lists_relays_and_watch_follows_them(local_cluster):
+    """Relays are members too: listed with the agents that name them, and followed live."""
+    with _nodes_watch(local_cluster, "--json") as lines:
         relay = local_cluster.relay("rack1")
         joined = json.loads(lines.next())
         assert (joined["event"], joined["role"], joined["node_id"]) == ("joined", "relay", "rack1")
@@ -94,10 +105,6 @@ def test_nodes_lists_relays_and_watch_follows_them(local_cluster):
         relay.signal(signal.SIGTERM)
         left = json.loads(lines.next())
         assert (left["event"], left["role"], left["node_id"], left["record"]) == ("left", "relay", "rack1", None)
-    finally:
-        watch.send_signal(signal.SIGINT)
-        watch.wait(10)
-    assert watch.returncode == 0
 
 
 def _busy_agent(local_cluster, node_id: str, seconds: int) -> tuple:
@@ -115,32 +122,21 @@ def _busy_agent(local_cluster, node_id: str, seconds: int) -> tuple:
 
 
 def test_nodes_watch_piped_prints_a_join_a_drain_and_a_leave_in_order(local_cluster):
-    watch = subprocess.Popen([PY, "-m", "cluster.cli.main", "nodes", "--watch"], env=local_cluster.env,
-                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines = LineReader(watch.stdout)
-    try:
-        time.sleep(1.0)  # let the watch arm before the join
+    with _nodes_watch(local_cluster) as lines:
         agent, job = _busy_agent(local_cluster, "w1", 3)
         assert lines.next().split()[1:4] == ["joined", "w1", "ready"]
         agent.signal(signal.SIGTERM)  # drains for the 3 s its task still runs
         assert lines.next().split()[1:4] == ["changed", "w1", "draining"]
         assert lines.next().split()[1:3] == ["left", "w1"]
         assert agent.popen.wait(20) == 0 and job.wait(20) == 0  # the drained task's result was delivered
-    finally:
-        watch.send_signal(signal.SIGINT)
-        watch.wait(10)
-    assert watch.returncode == 0
 
 
 def test_nodes_watch_json_events(local_cluster):
-    watch = subprocess.Popen([PY, "-m", "cluster.cli.main", "nodes", "--watch", "--json"], env=local_cluster.env,
-                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines = LineReader(watch.stdout)
-    try:
-        time.sleep(1.0)
+    with _nodes_watch(local_cluster, "--json") as lines:
         agent = local_cluster.agent("w2", 1)
         first = json.loads(lines.next())
-        assert (first["event"], first["node_id"], first["record"]["state"]) == ("joined", "w2", "ready")
+        assert (first["event"], first["role"], first["node_id"], first["record"]["state"]) == (
+            "joined", "agent", "w2", "ready")
         assert first["record"]["workers"] == 1 and first["record"]["uptime"] >= 0
         agent.signal(signal.SIGTERM)
         events = [json.loads(lines.next())]
@@ -150,10 +146,6 @@ def test_nodes_watch_json_events(local_cluster):
         # the state change or only the removal that follows it, never anything else.
         seen = [(e["event"], e["record"] and e["record"]["state"]) for e in events]
         assert seen in ([("changed", "draining"), ("left", None)], [("left", None)])
-    finally:
-        watch.send_signal(signal.SIGINT)
-        watch.wait(10)
-    assert watch.returncode == 0
 
 
 def test_nodes_watch_on_a_terminal_is_a_live_table(local_cluster):
