@@ -88,8 +88,9 @@ class Relay:
         self.down = loop.configure(ctx.socket(zmq.ROUTER), max_payload=self.cfg.max_payload)
         # Unique per process: an agent takes its leader's routing id from whoever said Hello.
         self.down.setsockopt(zmq.ROUTING_ID, f"relay/{self.relay_id}/{uuid.uuid4().hex[:8]}".encode())
-        # No ROUTER_HANDOVER: a handover can end a pipe between two frames of a message,
-        # which aborts libzmq (see _loop); the leader disconnects an agent's old endpoint first.
+        # No ROUTER_HANDOVER, and none needed: the leader disconnects an agent's old endpoint
+        # before it names a new one. (It would be safe: libzmq ends a handed-over pipe only
+        # once the message being read from it is whole, router.cpp's terminate_current_in.)
         self.down.setsockopt(zmq.ROUTER_MANDATORY, 1)
         auth = None
         if self.keys and self.coordinator_keys:
