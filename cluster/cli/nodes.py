@@ -26,7 +26,7 @@ from typing import Optional
 import typer
 from kazoo.exceptions import NoNodeError
 
-from .. import config, layout
+from .. import config
 from ..layout import AgentRecord, BadRecord, RelayRecord
 from ..membership import MemberEvent, Membership
 from . import common
@@ -94,9 +94,9 @@ def _list(client, cluster: str, as_json: bool, relays_only: bool) -> None:
         return
     if not relays_only:
         _print_table(COLUMNS, [_cells(r) for r in rows])
-    if relay_rows:
-        if not relays_only:
-            typer.echo("")
+    if relay_rows and not relays_only:
+        typer.echo("")
+    if relay_rows or relays_only:
         _print_table(RELAY_COLUMNS, [_relay_cells(r) for r in relay_rows])
     typer.echo(f"{len(rows)} nodes, {sum(r['workers'] for r in rows)} workers"
                + (f", {len(relay_rows)} relays" if relay_rows else ""), err=True)
