@@ -92,6 +92,7 @@ class Relay:
         # before it names a new one. (It would be safe: libzmq ends a handed-over pipe only
         # once the message being read from it is whole, router.cpp's terminate_current_in.)
         self.down.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.closed = loop.watch_disconnects(self.down)
         auth = None
         if self.keys and self.coordinator_keys:
             security.serve(self.up, self.keys, "coordinators")
@@ -124,6 +125,7 @@ class Relay:
             zk_close(zk)
             self.up.close(0)
             self.down.close(0)
+            self.closed.close(0)
             if auth is not None:
                 auth.stop()
             if self.metrics is not None:
@@ -138,6 +140,7 @@ class Relay:
         poller = zmq.Poller()
         poller.register(self.up, zmq.POLLIN)
         poller.register(self.down, zmq.POLLIN)
+        poller.register(self.closed, zmq.POLLIN)
         poller.register(self.waker.fd, zmq.POLLIN)
         next_tick = 0.0
         while until is not None or not self._stopping:
@@ -151,6 +154,9 @@ class Relay:
                 self._from_agents()
             if self.up in ready:
                 self._from_coordinators()
+            if self.closed in ready:
+                self._from_agents()  # what the closed connections delivered goes up first
+                self._on_closed(loop.disconnected(self.closed))
             if self.waker.fd in ready:
                 for kind, value in self.waker.drain():
                     self._on_event(kind, value)
@@ -260,6 +266,15 @@ class Relay:
             self._on_relay_agents(msg)
         else:
             self._drop(f"{type(msg).__name__} for the relay from {sender[:64]!r}")
+
+    def _on_closed(self, endpoints: list[str]) -> None:
+        """Agents' connections that closed (their process died): the leader hears it now,
+        not a liveness deadline later."""
+        gone = set(endpoints)
+        lost = [node_id for node_id, endpoint in self.agents.items() if endpoint in gone]
+        if lost and self.leader is not None:
+            log.info("connection closed to %d agents: %s", len(lost), ", ".join(lost[:10]))
+            loop.send(self.up, wire.RelayBeat(max(0, self.leader_epoch), [], lost), (self.leader, b""))
 
     def _from_agents(self) -> None:
         for _ in range(1000):

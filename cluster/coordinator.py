@@ -110,6 +110,7 @@ class Coordinator:
         self.agents.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.agents.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.agents.setsockopt(zmq.ROUTING_ID, self.id.encode())
+        self.closed = loop.watch_disconnects(self.agents)
         auth = None
         if self.keys:
             security.serve(self.clients, self.keys, "clients")
@@ -143,6 +144,7 @@ class Coordinator:
             zk_close(zk)
             self.clients.close(0)
             self.agents.close(0)
+            self.closed.close(0)
             if auth is not None:
                 auth.stop()
             if self.metrics is not None:
@@ -189,6 +191,7 @@ class Coordinator:
         poller = zmq.Poller()
         poller.register(self.clients, zmq.POLLIN)
         poller.register(self.agents, zmq.POLLIN)
+        poller.register(self.closed, zmq.POLLIN)
         poller.register(self.waker.fd, zmq.POLLIN)
         next_tick = 0.0
         while not self._stopping:
@@ -200,6 +203,11 @@ class Coordinator:
                 loop.read_router(self.clients, self._on_client_message, self._bad)
             if self.agents in ready:
                 loop.read_router(self.agents, self._on_agent_message, self._bad, relays=self.relays.ids)
+            if self.closed in ready:
+                # What a closed connection delivered before it closed is in the socket by
+                # now (its reader passed it on first): read it, then write the peer off.
+                loop.read_router(self.agents, self._on_agent_message, self._bad, relays=self.relays.ids)
+                self._on_closed(loop.disconnected(self.closed))
             if self.waker.fd in ready:
                 for kind, value in self.waker.drain():
                     self._on_event(kind, value)
@@ -347,6 +355,37 @@ class Coordinator:
         self._drop_peer(other.node_id)
         return True
 
+    def _on_closed(self, endpoints: list[str]) -> None:
+        """Connections to agents or relays that closed: the process at the other end died
+        or closed them (a crashed process's kernel closes its sockets at once). Written off
+        now, not a liveness deadline later. A hung process or a cut cable closes nothing:
+        heartbeats find those. One that is still alive answers the next Hello, or the
+        next heartbeat for a relay, and is taken back."""
+        if not self.leading:
+            return
+        for endpoint in endpoints:
+            node_id = self._at.get(endpoint)
+            if node_id is not None:
+                self._write_off(node_id, "connection closed", warn_if_idle=False)
+            relay_id = self.relays.at(endpoint)
+            if relay_id and not self.relays.bypassed(relay_id):
+                log.warning("relay %s: connection closed; reaching its agents directly", relay_id)
+                self.relays.closed(relay_id)
+                self._reroute(relay_id)
+
+    def _write_off(self, node_id: str, why: str, warn_if_idle: bool = True) -> None:
+        """Assume an agent lost while it is still registered: requeue what it holds, and keep
+        saying Hello, which it answers if it is alive after all. (An agent that drained and
+        exited closes its connection too, holding nothing: no warning for that.)"""
+        peer = self.peers.get(node_id)
+        if peer is None or not peer.up:
+            return
+        requeued = self.scheduler.agent_down(node_id)
+        log.log(logging.WARNING if requeued or warn_if_idle else logging.INFO, "agent %s %s: %d tasks requeued",
+                node_id, why, requeued)
+        peer.up = False
+        self.agent_liveness.forget(node_id)
+
     def _drop_peer(self, node_id: str) -> None:
         peer = self.peers.pop(node_id, None)
         if peer is None:
@@ -382,13 +421,7 @@ class Coordinator:
         self.agent_liveness.deadline = self.beats.deadline(now)
         self._check_relays(now)
         for node_id in self.agent_liveness.expired(now):
-            peer = self.peers.get(node_id)
-            if peer is not None and peer.up:
-                # Silent but still registered: assume lost, requeue, and keep saying Hello.
-                requeued = self.scheduler.agent_down(node_id)
-                log.warning("agent %s silent for %.1f s: %d tasks requeued", node_id,
-                            self.agent_liveness.deadline, requeued)
-                peer.up = False
+            self._write_off(node_id, f"silent for {self.agent_liveness.deadline:.1f} s")
         # Each beat tells the agents the interval, so they follow it when it changes.
         beat = wire.Heartbeat(self.id, self.epoch, 0, self.beats.interval).encode()  # once for every agent
         hello = wire.Hello(self.id, self.epoch, self.beats.interval, takes_back=True)
@@ -555,6 +588,10 @@ class Coordinator:
             peer = self.peers.get(node_id)
             if peer is not None and peer.up and peer.via == relay_id:
                 self.agent_liveness.beat(node_id, now)
+        for node_id in msg.lost:
+            peer = self.peers.get(node_id)
+            if peer is not None and peer.via == relay_id:
+                self._write_off(node_id, f"connection to relay {relay_id} closed", warn_if_idle=False)
 
     def _on_welcome(self, peer: AgentPeer, msg: wire.Welcome) -> None:
         if msg.epoch != self.epoch or msg.node_id != peer.node_id:

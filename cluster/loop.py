@@ -19,6 +19,7 @@ from typing import Any, Callable, Container, Iterable, Iterator, TypeVar
 from urllib.parse import urlsplit
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from . import wire
 from .wire import ZERO_COPY_MIN, Message
@@ -154,6 +155,32 @@ def read_router(sock: zmq.Socket, handle: Callable[[Any, Message], None],
             bad(identity, str(exc))
             continue
         handle(identity, msg)
+
+
+def watch_disconnects(sock: zmq.Socket) -> zmq.Socket:
+    """A socket that reports each connection of ``sock`` that closes (``disconnected``).
+    A process that dies, even by kill -9, has its sockets closed by its kernel: the
+    peer learns it in milliseconds, where heartbeats take their whole deadline."""
+    return sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+
+
+def disconnected(monitor: zmq.Socket) -> list[str]:
+    """The endpoints whose connections closed since the last call (endpoints as given to
+    ``connect``). An event that cannot be read is skipped: it only makes us wait for
+    heartbeats."""
+    out = []
+    for _ in range(10_000):
+        try:
+            frames = monitor.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            break
+        try:
+            event = parse_monitor_message(frames)
+        except (RuntimeError, ValueError):
+            continue
+        if event["event"] == zmq.EVENT_DISCONNECTED:
+            out.append(event["endpoint"].decode(errors="replace"))
+    return out
 
 
 T = TypeVar("T")

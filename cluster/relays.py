@@ -3,6 +3,8 @@ answer our heartbeats, and so the route to each agent that names one."""
 
 from __future__ import annotations
 
+import math
+
 from .layout import AgentRecord, RelayRecord
 
 
@@ -59,6 +61,15 @@ class RelayTable:
                 continue
             out.append(relay_id)
         return out
+
+    def at(self, endpoint: str) -> str:
+        """The relay registered at ``endpoint``; "" for none (a few relays: a scan)."""
+        return next((relay_id for relay_id, r in self.records.items() if r.endpoint == endpoint), "")
+
+    def closed(self, relay_id: str) -> None:
+        """Our connection to it closed: bypassed now, until it is heard again."""
+        self._bypassed.add(relay_id)
+        self._heard[relay_id] = -math.inf
 
     def bypassed(self, relay_id: str) -> bool:
         return relay_id in self._bypassed

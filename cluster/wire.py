@@ -480,15 +480,17 @@ class RelayAgents(Message):
 class RelayBeat(Message):
     """Relay to coordinator (agent id empty), in answer to each coordinator heartbeat: the
     relay is alive, and so are these agents, heard since its last RelayBeat. Their own
-    heartbeats stop at the relay; the relay passes the coordinator's on to each of them."""
+    heartbeats stop at the relay; the relay passes the coordinator's on to each of them.
+    Also sent at once, with ``lost``, when agents' connections to the relay close."""
 
     KIND = 36
     epoch: int
     agents: list
+    lost: list = dataclasses.field(default_factory=list)  # agents whose connection to the relay closed
 
     def validate(self) -> None:
-        if not all(type(a) is str for a in self.agents):
-            raise ProtocolError("RelayBeat.agents: node ids")
+        if not all(type(a) is str for a in (*self.agents, *self.lost)):
+            raise ProtocolError("RelayBeat: node ids")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,6 +4,7 @@ through it, over one connection, and reaches them directly while it is gone."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 import subprocess
@@ -114,12 +115,38 @@ def test_a_relay_killed_mid_job_its_agents_go_direct_and_every_result_arrives_on
     job, out = _slow_job_under_way(local_cluster, tmp_path)
     relay.signal(signal.SIGKILL)
     _every_result_once(job, out, timeout=180)
-    # Its silence to our heartbeats (2 s) tells before its session ends (4 s); then it leaves.
-    assert "relay rack1 silent" in coordinator.text()
+    # Its connection closing tells at once, before its silence to our heartbeats (2 s) or
+    # its session's end (4 s); then it leaves.
+    text = coordinator.text()
+    assert "relay rack1: connection closed; reaching its agents directly" in text
+    assert "relay rack1 silent" not in text
     wait_for(lambda: "relay rack1 left" in coordinator.text(), 20, what="the relay's znode to expire")
     ports = _peer_ports(coordinator)
     assert {_endpoint(local_cluster, "agents", n) for n in ("r1", "r2")} <= ports
     assert all(a.get("via") is None for a in _status(local_cluster)["agents"].values())
+
+
+def test_a_killed_agent_is_written_off_when_its_connection_closes_not_a_deadline_later(local_cluster, tmp_path):
+    """kill -9 closes a process's sockets: the coordinator (for a direct agent) and the relay
+    (for one behind it) see the connection close and the agent's tasks go elsewhere at
+    once. Heartbeats (a 20 s deadline here) and ZooKeeper (a 60 s session) would take far
+    longer than the wait below."""
+    coordinator = local_cluster.coordinator("--heartbeat-interval", "5")
+    local_cluster.relay("rack1")
+    victims = {"r1": local_cluster.agent("r1", 2, "--relay", "rack1", "--zk-session-timeout", "60"),
+               "d1": local_cluster.agent("d1", 2, "--zk-session-timeout", "60")}
+    local_cluster.agent("d2", 2)
+    local_cluster.wait_ready(coordinator, ["r1", "d1", "d2"])
+    job, out = _slow_job_under_way(local_cluster, tmp_path)
+    for victim in victims.values():
+        victim.signal(signal.SIGKILL)
+    wait_for(lambda: re.search(r"agent d1 connection closed: \d+ tasks requeued", coordinator.text()), 10,
+             what="the direct agent's closed connection to be noticed")
+    wait_for(lambda: re.search(r"agent r1 connection to relay rack1 closed: \d+ tasks requeued", coordinator.text()),
+             10, what="the relay to report its agent's closed connection")
+    _every_result_once(job, out, timeout=180)
+    assert "silent" not in coordinator.text()
+    assert set(local_cluster.agents()) == {"r1", "d1", "d2"}  # the znodes still stand: ZooKeeper did not tell
 
 
 def test_a_relay_that_starts_after_its_agents_takes_them_over(local_cluster, tmp_path):
@@ -192,6 +219,12 @@ def test_relay_table_bypasses_a_silent_relay_until_it_is_heard_again():
     assert table.turned(now=3.0, deadline=2.0) == []  # told once
     assert table.heard(relay_identity("rack1"), now=3.5) == "rack1" and table.heard(b"relay/other", 3.5) == "?"
     assert table.turned(now=3.6, deadline=2.0) == ["rack1"] and table.via(agent) == "rack1"
+    # Its connection closed: bypassed at once, however recently heard, until heard again.
+    assert table.at("tcp://10.0.0.2:2") == "rack1" and table.at("tcp://10.0.0.1:1") == ""
+    table.closed("rack1")
+    assert table.via(agent) == "" and table.turned(now=3.7, deadline=2.0) == []
+    table.heard(relay_identity("rack1"), now=4.0)
+    assert table.turned(now=4.1, deadline=2.0) == ["rack1"] and table.via(agent) == "rack1"
     table.remove("rack1")
     assert table.via(agent) == "" and table.ids == {}
 

@@ -35,6 +35,8 @@ SAMPLES = [
     wire.RunTasks("job1", "d", {"timeout": 2}, [[3, 1, 17], [4, 1, 18]], frames=(b"fn", b"a3", b"a4")),
     wire.TasksDone([["job1", 3, 1, wire.OK], ["job1", 4, 1, wire.ERROR]], frames=(b"r3", b"e4")),
     wire.TaskDone("job1", 3, 1, wire.LOST, frames=(b"err",)),
+    wire.RelayBeat(2, ["n1", "n2"]),
+    wire.RelayBeat(2, [], ["n3"]),
 ]
 
 
@@ -83,6 +85,10 @@ def test_fields_a_newer_peer_appends_are_ignored():
 
 def test_fields_with_defaults_may_be_missing_from_an_older_peer():
     assert wire.decode([header(wire.Heartbeat.KIND, "c1", 1)]) == wire.Heartbeat("c1", 1)
+    # A relay of the release before closed connections were reported: nobody lost.
+    assert wire.decode([header(wire.RelayBeat.KIND, 2, ["n1"])]) == wire.RelayBeat(2, ["n1"], [])
+    with pytest.raises(wire.ProtocolError, match="node ids"):
+        wire.decode([header(wire.RelayBeat.KIND, 2, [], [7])])
     # A coordinator of the release before stretched heartbeats: no interval, "unchanged".
     assert wire.decode([header(wire.Heartbeat.KIND, "c1", 1, 0)]).interval == 0
 
