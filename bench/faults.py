@@ -1,6 +1,7 @@
 """Failure figures from real processes (a benchmark, not a test):
 
-  - detection time of a SIGSTOPped agent (stop -> the coordinator writes it off),
+  - detection time of a killed agent (kill -9 -> the coordinator writes it off: its
+    connection closes at once) and of a SIGSTOPped one (it closes nothing: heartbeats),
   - coordinator failover time (leader kill -9 -> first dispatch by the new leader),
     with a 2 s and with the default 10 s ZooKeeper session timeout,
   - the job-time overhead of each fault against a fault-free run of the same job
@@ -45,7 +46,7 @@ def log_time(path: Path, needle: str | tuple[str, ...], after: float = 0.0) -> f
         m = STAMP.match(line)
         if m and any(n in line for n in needles):
             t = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-            if t >= after:
+            if t >= after - 0.001:  # the log's stamps are whole milliseconds
                 return t
     return None
 
@@ -162,14 +163,13 @@ def main() -> None:
             try:
                 wall, fault_at = run_job(cluster, n, fault)
                 report[label] = {"job_s": round(wall, 2)}
-                if fault is stop_agent:
-                    # Heartbeats and the ZooKeeper session (both 2 s here) race; either writes it off.
-                    seen = log_time(cluster.log("c1"), ("agent a1 silent", "agent a1 left"), fault_at)
-                    report[label]["detection_s"] = round(seen - fault_at, 2) if seen else None
-                if fault is kill_relay:
-                    # Its silence to heartbeats and its ZooKeeper session (2 s) race.
-                    seen = log_time(cluster.log("c1"), ("relay r1 silent", "relay r1 left"), fault_at)
-                    report[label]["detection_s"] = round(seen - fault_at, 2) if seen else None
+                if fault in (kill_agent, stop_agent, kill_relay):
+                    # Whichever comes first: the connection closing (a dead process), silence
+                    # to heartbeats, the ZooKeeper session (both 2 s here).
+                    who = "relay r1" if fault is kill_relay else "agent a1"
+                    seen = log_time(cluster.log("c1"), (f"{who} connection closed", f"{who}: connection closed",
+                                                        f"{who} silent", f"{who} left"), fault_at)
+                    report[label]["detection_s"] = round(seen - fault_at, 3) if seen else None
                 if fault is kill_leader:
                     new = cluster.leader_name()
                     first = log_time(cluster.log(new), "first dispatch as leader", fault_at)
