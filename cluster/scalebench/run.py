@@ -212,7 +212,8 @@ class ScaleRun:
             "zookeeper_connections": _int(mntr.get("zk_num_alive_connections")),
             "agents_connected_at_end": ready(st),
             "agents_lost_leader": _delta(sims0, sims1, "leader_lost"),
-            "agents_written_off_in_log": self._log_count("silent for"),
+            # At rest nothing should be written off, silent or with its connection closed.
+            "agents_written_off_in_log": self._log_count("silent for") + self._log_count(" closed: "),
         }
         if r0 and r1:  # what the relays cost in place of the coordinator, whole processes included
             self.report["steady"].update(
@@ -402,6 +403,7 @@ class ScaleRun:
             "min_connected": min_ready, "lost_leader_events_on_agents": sum(s.get("leader_lost", 0) for s in after),
             "coordinator_counters": counters,
             "agents_silent_in_log": self._log_count("silent for"),
+            "agents_closed_in_log": self._log_count(" closed: "),  # written off as their connection closed
         }
         c = self.report["churn"]
         self.log(f"churn: {c['tasks']} tasks, exactly once: {c['exactly_once']}, {c['re_executed']} re-executed, "
