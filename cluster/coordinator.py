@@ -71,6 +71,7 @@ class Coordinator:
         self.agent_liveness = Liveness(cfg.heartbeat_interval, cfg.heartbeat_misses)
         self.beats = BeatInterval(cfg.heartbeat_interval, cfg.heartbeat_budget, cfg.heartbeat_misses)
         self.counters: collections.Counter = collections.Counter()
+        self.written_off: collections.Counter = collections.Counter()  # agents assumed lost, by cause
         self.waker = loop.Waker()
         self._stopping = False
         self._first_dispatch = False
@@ -172,6 +173,8 @@ class Coordinator:
         m.counters("tasks_total", "Tasks delivered to clients, by outcome", s.outcomes, "outcome")
         m.total("dropped_messages_total", "Malformed or unexpected messages dropped",
                 self.counters["dropped_messages"])
+        m.counters("agents_written_off_total", "Agents assumed lost while still registered, by what told: their "
+                   "connection closed, or they fell silent", self.written_off, "cause")
         samples, s.latencies = s.latencies or [], []
         m.observe("dispatch_latency_seconds", "Time a task waited in the queue before dispatch",
                   (wait for wait, _ in samples))
@@ -366,14 +369,14 @@ class Coordinator:
         for endpoint in endpoints:
             node_id = self._at.get(endpoint)
             if node_id is not None:
-                self._write_off(node_id, "connection closed", warn_if_idle=False)
+                self._write_off(node_id, "connection closed", "closed", warn_if_idle=False)
             relay_id = self.relays.at(endpoint)
             if relay_id and not self.relays.bypassed(relay_id):
                 log.warning("relay %s: connection closed; reaching its agents directly", relay_id)
                 self.relays.closed(relay_id)
                 self._reroute(relay_id)
 
-    def _write_off(self, node_id: str, why: str, warn_if_idle: bool = True) -> None:
+    def _write_off(self, node_id: str, why: str, cause: str, warn_if_idle: bool = True) -> None:
         """Assume an agent lost while it is still registered: requeue what it holds, and keep
         saying Hello, which it answers if it is alive after all. (An agent that drained and
         exited closes its connection too, holding nothing: no warning for that.)"""
@@ -383,6 +386,7 @@ class Coordinator:
         requeued = self.scheduler.agent_down(node_id)
         log.log(logging.WARNING if requeued or warn_if_idle else logging.INFO, "agent %s %s: %d tasks requeued",
                 node_id, why, requeued)
+        self.written_off[cause] += 1
         peer.up = False
         self.agent_liveness.forget(node_id)
 
@@ -421,7 +425,7 @@ class Coordinator:
         self.agent_liveness.deadline = self.beats.deadline(now)
         self._check_relays(now)
         for node_id in self.agent_liveness.expired(now):
-            self._write_off(node_id, f"silent for {self.agent_liveness.deadline:.1f} s")
+            self._write_off(node_id, f"silent for {self.agent_liveness.deadline:.1f} s", "silent")
         # Each beat tells the agents the interval, so they follow it when it changes.
         beat = wire.Heartbeat(self.id, self.epoch, 0, self.beats.interval).encode()  # once for every agent
         hello = wire.Hello(self.id, self.epoch, self.beats.interval, takes_back=True)
@@ -591,7 +595,7 @@ class Coordinator:
         for node_id in msg.lost:
             peer = self.peers.get(node_id)
             if peer is not None and peer.via == relay_id:
-                self._write_off(node_id, f"connection to relay {relay_id} closed", warn_if_idle=False)
+                self._write_off(node_id, f"connection to relay {relay_id} closed", "closed", warn_if_idle=False)
 
     def _on_welcome(self, peer: AgentPeer, msg: wire.Welcome) -> None:
         if msg.epoch != self.epoch or msg.node_id != peer.node_id:

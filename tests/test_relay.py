@@ -131,7 +131,8 @@ def test_a_killed_agent_is_written_off_when_its_connection_closes_not_a_deadline
     (for one behind it) see the connection close and the agent's tasks go elsewhere at
     once. Heartbeats (a 20 s deadline here) and ZooKeeper (a 60 s session) would take far
     longer than the wait below."""
-    coordinator = local_cluster.coordinator("--heartbeat-interval", "5")
+    (metrics_port,) = free_ports(1)
+    coordinator = local_cluster.coordinator("--heartbeat-interval", "5", "--metrics-port", str(metrics_port))
     local_cluster.relay("rack1")
     victims = {"r1": local_cluster.agent("r1", 2, "--relay", "rack1", "--zk-session-timeout", "60"),
                "d1": local_cluster.agent("d1", 2, "--zk-session-timeout", "60")}
@@ -147,6 +148,9 @@ def test_a_killed_agent_is_written_off_when_its_connection_closes_not_a_deadline
     _every_result_once(job, out, timeout=180)
     assert "silent" not in coordinator.text()
     assert set(local_cluster.agents()) == {"r1", "d1", "d2"}  # the znodes still stand: ZooKeeper did not tell
+    metrics = scrape(metrics_port)
+    assert metrics['clusterd_agents_written_off_total{cause="closed"}'] == 2
+    assert 'clusterd_agents_written_off_total{cause="silent"}' not in metrics
 
 
 def test_a_relay_that_starts_after_its_agents_takes_them_over(local_cluster, tmp_path):
