@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import psutil
+import pytest
 import zmq
 
 from cluster.zkserver import free_ports
@@ -69,6 +70,23 @@ def _slow_job_under_way(cluster, tmp_path, n: int = 300) -> tuple[subprocess.Pop
     return job, out
 
 
+@pytest.fixture
+def slow_job(local_cluster, tmp_path):
+    """Starts `_slow_job_under_way`; a job still running when the test ends (it failed) is killed."""
+    jobs: list[subprocess.Popen] = []
+
+    def start() -> tuple[subprocess.Popen, Path]:
+        job, out = _slow_job_under_way(local_cluster, tmp_path)
+        jobs.append(job)
+        return job, out
+
+    yield start
+    for job in jobs:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+
+
 def _every_result_once(job: subprocess.Popen, out: Path, timeout: float, n: int = 300) -> None:
     _, stderr = job.communicate(timeout=timeout)
     assert job.returncode == 0, stderr
@@ -106,13 +124,13 @@ def test_agents_behind_a_relay_are_reached_through_it_on_one_connection(local_cl
     assert "via rack1" in text.stdout
 
 
-def test_a_relay_killed_mid_job_its_agents_go_direct_and_every_result_arrives_once(local_cluster, tmp_path):
+def test_a_relay_killed_mid_job_its_agents_go_direct_and_every_result_arrives_once(local_cluster, slow_job):
     coordinator = local_cluster.coordinator()
     relay = local_cluster.relay("rack1", "--zk-session-timeout", "4")
     local_cluster.agent("r1", 2, "--relay", "rack1")
     local_cluster.agent("r2", 2, "--relay", "rack1")
     local_cluster.wait_ready(coordinator, ["r1", "r2"])
-    job, out = _slow_job_under_way(local_cluster, tmp_path)
+    job, out = slow_job()
     relay.signal(signal.SIGKILL)
     _every_result_once(job, out, timeout=180)
     # Its connection closing tells at once, before its silence to our heartbeats (2 s) or
@@ -126,7 +144,7 @@ def test_a_relay_killed_mid_job_its_agents_go_direct_and_every_result_arrives_on
     assert all(a.get("via") is None for a in _status(local_cluster)["agents"].values())
 
 
-def test_a_killed_agent_is_written_off_when_its_connection_closes_not_a_deadline_later(local_cluster, tmp_path):
+def test_a_killed_agent_is_written_off_when_its_connection_closes_not_a_deadline_later(local_cluster, slow_job):
     """kill -9 closes a process's sockets: the coordinator (for a direct agent) and the relay
     (for one behind it) see the connection close and the agent's tasks go elsewhere at
     once. Heartbeats (a 20 s deadline here) and ZooKeeper (a 60 s session) would take far
@@ -138,7 +156,7 @@ def test_a_killed_agent_is_written_off_when_its_connection_closes_not_a_deadline
                "d1": local_cluster.agent("d1", 2, "--zk-session-timeout", "60")}
     local_cluster.agent("d2", 2)
     local_cluster.wait_ready(coordinator, ["r1", "d1", "d2"])
-    job, out = _slow_job_under_way(local_cluster, tmp_path)
+    job, out = slow_job()
     for victim in victims.values():
         victim.signal(signal.SIGKILL)
     wait_for(lambda: re.search(r"agent d1 connection closed: \d+ tasks requeued", coordinator.text()), 10,
@@ -185,7 +203,7 @@ def test_garbage_sent_to_a_relay_is_dropped_and_it_keeps_forwarding(local_cluste
     assert relay.popen.poll() is None
 
 
-def test_a_hung_relay_is_bypassed_while_registered_and_used_again_once_it_answers(local_cluster, tmp_path):
+def test_a_hung_relay_is_bypassed_while_registered_and_used_again_once_it_answers(local_cluster, tmp_path, slow_job):
     """SIGSTOP: the relay's ZooKeeper session (60 s) outlives the job, so only its silence
     to the coordinator's heartbeats can send its agents' work elsewhere."""
     coordinator = local_cluster.coordinator()
@@ -193,7 +211,7 @@ def test_a_hung_relay_is_bypassed_while_registered_and_used_again_once_it_answer
     local_cluster.agent("r1", 2, "--relay", "rack1")
     local_cluster.agent("r2", 2, "--relay", "rack1")
     local_cluster.wait_ready(coordinator, ["r1", "r2"])
-    job, out = _slow_job_under_way(local_cluster, tmp_path)
+    job, out = slow_job()
     relay.signal(signal.SIGSTOP)
     try:
         _every_result_once(job, out, timeout=50)  # well inside the relay's 60 s session
