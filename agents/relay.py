@@ -67,7 +67,7 @@ class Relay:
         self.waker = loop.Waker()
         self.notifier = Notifier()
         self.agents: dict[str, str] = {}  # node id -> endpoint, as the leader named them
-        self._at: collections.Counter = collections.Counter()  # endpoint -> agents named there
+        self._at: dict[str, set[str]] = {}  # endpoint -> the agents named there
         self._heard: set[bytes] = set()  # agents whose heartbeat came since the last RelayBeat
         self.leader: bytes | None = None
         self.leader_epoch = -1
@@ -150,12 +150,11 @@ class Relay:
             ready = dict(poller.poll(loop.poll_ms(min(next_tick, until or next_tick))))
             # Agents first: polling a ROUTER reads a message's first frame ahead, and a
             # disconnect (RelayAgents) before the rest is read aborts libzmq (`!_more`, fq.cpp).
-            if self.down in ready:
+            if self.down in ready or self.closed in ready:  # what a closed connection delivered goes up first
                 self._from_agents()
             if self.up in ready:
                 self._from_coordinators()
             if self.closed in ready:
-                self._from_agents()  # what the closed connections delivered goes up first
                 self._on_closed(loop.disconnected(self.closed))
             if self.waker.fd in ready:
                 for kind, value in self.waker.drain():
@@ -187,7 +186,7 @@ class Relay:
         for node_id, endpoint in msg.disconnect:
             if self.agents.get(node_id) == endpoint:
                 del self.agents[node_id]
-                self._release(endpoint)
+                self._release(node_id, endpoint)
                 log.info("agent %s is no longer behind this relay", node_id)
         for node_id, endpoint in msg.connect:
             old = self.agents.get(node_id)
@@ -195,16 +194,18 @@ class Relay:
                 continue  # the leader repeats it until the agent answers
             self.agents[node_id] = endpoint
             if old is not None:
-                self._release(old)
-            self._at[endpoint] += 1
-            if self._at[endpoint] == 1:
+                self._release(node_id, old)
+            named = self._at.setdefault(endpoint, set())
+            if not named:
                 self.down.connect(endpoint)
+            named.add(node_id)
             log.info("agent %s at %s is behind this relay", node_id, endpoint)
 
-    def _release(self, endpoint: str) -> None:
+    def _release(self, node_id: str, endpoint: str) -> None:
         # A replacement agent can stand at a dead one's endpoint: keep the connection for it.
-        self._at[endpoint] -= 1
-        if self._at[endpoint] <= 0:
+        named = self._at[endpoint]
+        named.discard(node_id)
+        if not named:
             del self._at[endpoint]
             try:
                 self.down.disconnect(endpoint)
@@ -270,8 +271,7 @@ class Relay:
     def _on_closed(self, endpoints: list[str]) -> None:
         """Agents' connections that closed (their process died): the leader hears it now,
         not a liveness deadline later."""
-        gone = set(endpoints)
-        lost = [node_id for node_id, endpoint in self.agents.items() if endpoint in gone]
+        lost = [node_id for endpoint in endpoints for node_id in self._at.get(endpoint, ())]
         if lost and self.leader is not None:
             log.info("connection closed to %d agents: %s", len(lost), ", ".join(lost[:10]))
             loop.send(self.up, wire.RelayBeat(max(0, self.leader_epoch), [], lost), (self.leader, b""))

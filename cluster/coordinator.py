@@ -204,12 +204,11 @@ class Coordinator:
             # (`!_more`, fq.cpp). Between whole messages, disconnecting is safe.
             if self.clients in ready:
                 loop.read_router(self.clients, self._on_client_message, self._bad)
-            if self.agents in ready:
+            # What a closed connection delivered before it closed is in the socket by now
+            # (its reader passed it on first): read it, then write the peer off.
+            if self.agents in ready or self.closed in ready:
                 loop.read_router(self.agents, self._on_agent_message, self._bad, relays=self.relays.ids)
             if self.closed in ready:
-                # What a closed connection delivered before it closed is in the socket by
-                # now (its reader passed it on first): read it, then write the peer off.
-                loop.read_router(self.agents, self._on_agent_message, self._bad, relays=self.relays.ids)
                 self._on_closed(loop.disconnected(self.closed))
             if self.waker.fd in ready:
                 for kind, value in self.waker.drain():

@@ -107,8 +107,23 @@ def _build(cls: type, obj: dict[str, Any], what: str) -> Any:
     return cls(**kwargs)
 
 
+class _Record:
+    """A dataclass kept as JSON in a znode."""
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()  # type: ignore[call-overload]
+
+
+def _member(cls: type, data: bytes | None, what: str) -> Any:
+    """An agent's or a relay's record: the coordinator connects to its endpoint."""
+    record = _build(cls, _load(data, what), what)
+    if not record.endpoint.startswith("tcp://"):
+        raise BadRecord(f"{what}: endpoint must be tcp://host:port")
+    return record
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class AgentRecord:
+class AgentRecord(_Record):
     node_id: str
     host: str
     endpoint: str
@@ -127,16 +142,11 @@ class AgentRecord:
     def folder(cluster: str) -> str:
         return agents_path(cluster)
 
-    def to_bytes(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
-
     @classmethod
     def from_bytes(cls, data: bytes | None) -> AgentRecord:
-        record = _build(cls, _load(data, "agent record"), "agent record")
+        record = _member(cls, data, "agent record")
         if record.state not in STATES:
             raise BadRecord(f"agent record: unknown state {record.state!r}")
-        if not record.endpoint.startswith("tcp://"):
-            raise BadRecord("agent record: endpoint must be tcp://host:port")
         if record.relay and not _NAME.match(record.relay):
             raise BadRecord("agent record: relay is not a valid relay id")
         return record
@@ -146,7 +156,7 @@ class AgentRecord:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class RelayRecord:
+class RelayRecord(_Record):
     """A relay (``clusterctl relay``): the coordinator holds one connection to it, not one
     to each agent that names it, and it forwards their messages both ways."""
     node_id: str  # the relay id agents name in their ``relay`` setting
@@ -161,19 +171,13 @@ class RelayRecord:
     def folder(cluster: str) -> str:
         return relays_path(cluster)
 
-    def to_bytes(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
-
     @classmethod
     def from_bytes(cls, data: bytes | None) -> RelayRecord:
-        record = _build(cls, _load(data, "relay record"), "relay record")
-        if not record.endpoint.startswith("tcp://"):
-            raise BadRecord("relay record: endpoint must be tcp://host:port")
-        return record
+        return _member(cls, data, "relay record")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class LeaderRecord:
+class LeaderRecord(_Record):
     coordinator_id: str
     endpoint: str
     epoch: int
@@ -183,9 +187,6 @@ class LeaderRecord:
     protocol: int
     started: float
     curve_key: str = ""  # the client port's CURVE public key (Z85); empty when insecure
-
-    def to_bytes(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes | None) -> LeaderRecord:

@@ -213,7 +213,7 @@ class ScaleRun:
             "agents_connected_at_end": ready(st),
             "agents_lost_leader": _delta(sims0, sims1, "leader_lost"),
             # At rest nothing should be written off, silent or with its connection closed.
-            "agents_written_off_in_log": self._log_count("silent for") + self._log_count(" closed: "),
+            "agents_written_off_in_log": sum(map(self._log_text().count, ("silent for", " closed: "))),
         }
         if r0 and r1:  # what the relays cost in place of the coordinator, whole processes included
             self.report["steady"].update(
@@ -392,6 +392,7 @@ class ScaleRun:
         dup = sum(1 for c in counts.values() if c > 1)
         missing = total - len(counts)
         counters = st.get("counters", {})
+        log = self._log_text()
         self.report["churn"] = {
             "seconds": secs, "rate_per_min": rate, "left": left, "joined": joined,
             "left_by": {"crash": (k + 1) // 2, "drain": k // 2},
@@ -399,11 +400,11 @@ class ScaleRun:
             "wrong": len(wrong), "exactly_once": missing == 0 and dup == 0 and not wrong,
             "task_seconds": self.o["churn_task_seconds"], "tasks_per_s": round(total / wall, 1),
             "executions": executed, "re_executed": executed - total, "dispatched_again": received - total,
-            "requeued_in_log": sum(int(m) for m in re.findall(r"(\d+) tasks requeued", self._log_text())),
+            "requeued_in_log": sum(int(m) for m in re.findall(r"(\d+) tasks requeued", log)),
             "min_connected": min_ready, "lost_leader_events_on_agents": sum(s.get("leader_lost", 0) for s in after),
             "coordinator_counters": counters,
-            "agents_silent_in_log": self._log_count("silent for"),
-            "agents_closed_in_log": self._log_count(" closed: "),  # written off as their connection closed
+            "agents_silent_in_log": log.count("silent for"),
+            "agents_closed_in_log": log.count(" closed: "),  # written off as their connection closed
         }
         c = self.report["churn"]
         self.log(f"churn: {c['tasks']} tasks, exactly once: {c['exactly_once']}, {c['re_executed']} re-executed, "
@@ -417,9 +418,6 @@ class ScaleRun:
             return self.coordinator_log.read_text(errors="replace")
         except OSError:
             return ""
-
-    def _log_count(self, needle: str) -> int:
-        return self._log_text().count(needle)
 
     def settle(self, timeout: float = 60.0) -> int:
         """Wait until ZooKeeper and the coordinator agree with the simulators on who is alive."""
