@@ -33,6 +33,7 @@ from cluster.liveness import Liveness
 from cluster.version import PROTOCOL_VERSION, __version__
 from cluster.zk import close as zk_close
 from cluster.zk import connect as zk_connect
+from cluster.zk import tidy
 
 from .channel import Channel, Closed, pair
 from .marker import Marker
@@ -508,10 +509,7 @@ class Agent:
         return None
 
     def _clear_drain_request(self, zk) -> None:
-        try:
-            zk.delete(self._drain_request)
-        except Exception:  # absent, or ZooKeeper gone: nothing to clean
-            pass
+        tidy(zk, zk.delete_async, self._drain_request)
 
     # -------------------------------------------------------------- workers
 

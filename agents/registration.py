@@ -20,6 +20,7 @@ from kazoo.exceptions import NoNodeError, NodeExistsError
 
 from cluster import layout
 from cluster.layout import AgentRecord, BadRecord, RelayRecord
+from cluster.zk import ask, tidy
 
 log = logging.getLogger("agents.registration")
 
@@ -35,20 +36,22 @@ class Registration:
         self.record = record
 
     def register(self, wait_for_stale: float = 30.0) -> None:
+        """Each request is bounded (KazooTimeoutError): the agent's loop calls this to rejoin."""
         deadline = time.monotonic() + wait_for_stale
-        self.zk.ensure_path(self.path.rsplit("/", 1)[0])
+        zk = self.zk
+        ask(zk.ensure_path_async, self.path.rsplit("/", 1)[0])
         while True:
             try:
-                self.zk.create(self.path, self.record.to_bytes(), ephemeral=True)
+                ask(zk.create_async, self.path, self.record.to_bytes(), ephemeral=True)
                 return
             except NodeExistsError:
                 pass
             try:
-                data, stat = self.zk.get(self.path)
+                data, stat = ask(zk.get_async, self.path)
             except NoNodeError:
                 continue  # it just went away: try again
-            if stat.ephemeralOwner == self.zk.client_id[0]:
-                self.zk.set(self.path, self.record.to_bytes())
+            if stat.ephemeralOwner == zk.client_id[0]:
+                ask(zk.set_async, self.path, self.record.to_bytes())
                 return
             holder = _describe(data, type(self.record))
             if not _holder_is_dead(data, type(self.record)) or time.monotonic() > deadline:
@@ -63,17 +66,13 @@ class Registration:
             time.sleep(0.5)
 
     def set_state(self, state: str) -> None:
+        """Publish ``state``; unreachable ZooKeeper postpones it to the rejoin, which writes the record."""
         self.record = self.record.with_state(state)
-        try:
-            self.zk.set(self.path, self.record.to_bytes())
-        except NoNodeError:
-            pass  # session lost: the rejoin writes the new state
+        tidy(self.zk, self.zk.set_async, self.path, self.record.to_bytes())
 
     def deregister(self) -> None:
-        try:
-            self.zk.delete(self.path)
-        except NoNodeError:
-            pass
+        """Remove our znode now; if ZooKeeper is unreachable, its session's expiry removes it."""
+        tidy(self.zk, self.zk.delete_async, self.path)
 
 
 def _describe(data: bytes, record_type: type) -> str:

@@ -125,8 +125,8 @@ class Coordinator:
         self.membership = Membership(zk, self.cfg.cluster, lambda ev: self.waker.post(("member", ev)))
         self.relay_membership = Membership(zk, self.cfg.cluster, lambda ev: self.waker.post(("relay", ev)), RelayRecord)
         self.election = election.LeaderElection(
-            zk, self.cfg.cluster, self.id, self._leader_record, lambda kind, epoch: self.waker.post((kind, epoch))
-        )
+            zk, self.cfg.cluster, self.id, self._leader_record, lambda kind, epoch: self.waker.post((kind, epoch)),
+            prepare=self._watch_members)
         if self.cfg.metrics_port:
             from .metrics import Metrics  # only daemons that export metrics need the library
 
@@ -183,6 +183,11 @@ class Coordinator:
         m.counters("scheduler_events_total", "Retries, duplicate and stale results, adopted orphans",
                    {k: v for k, v in s.counters.items() if k != "delivered"}, "event")
 
+    def _watch_members(self) -> None:
+        """Called by the election thread once elected, before the leader znode is published."""
+        self.relay_membership.start()
+        self.membership.start()
+
     def _leader_record(self, epoch: int) -> LeaderRecord:
         return LeaderRecord(coordinator_id=self.id, endpoint=self.endpoint, epoch=epoch, host=socket.gethostname(),
                             pid=os.getpid(), version=__version__, protocol=PROTOCOL_VERSION, started=time.time(),
@@ -238,10 +243,8 @@ class Coordinator:
             self.epoch, self.leading = int(value), True
             self._first_dispatch = True
             self.notifier.status(f"leader with epoch {self.epoch}; client endpoint {self.endpoint}")
-            self.relay_membership.start()
             for relay_id, relay in self.relay_membership.snapshot().items():
                 self._on_relay(MemberEvent("joined", relay_id, relay))
-            self.membership.start()
             for node_id, record in self.membership.snapshot().items():
                 self._on_member(MemberEvent("joined", node_id, record))
             if self.on_ready:

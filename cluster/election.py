@@ -4,7 +4,10 @@ Standbys wait in kazoo's Election recipe. The winner bumps the persistent
 epoch znode (its version only ever grows, so the epoch does too), publishes an
 ephemeral ``leader`` znode with its client endpoint and epoch, and holds the
 lead until ``step_down`` or its ZooKeeper session is lost. The election thread
-never touches sockets: it reports through ``on_event(kind, epoch)``.
+never touches sockets: it reports through ``on_event(kind, epoch)``. It makes every
+ZooKeeper request of taking the lead (``prepare`` too, before the leader znode is
+published): kazoo holds a request made while disconnected until ZooKeeper answers
+again, which may be never, and the coordinator's loop must not wait on that.
 """
 
 from __future__ import annotations
@@ -56,8 +59,10 @@ def read_leader(zk: KazooClient, cluster: str) -> LeaderRecord | None:
 
 class LeaderElection:
     def __init__(self, zk: KazooClient, cluster: str, identifier: str,
-                 make_record: Callable[[int], LeaderRecord], on_event: Callable[[str, int], None]):
+                 make_record: Callable[[int], LeaderRecord], on_event: Callable[[str, int], None],
+                 prepare: Callable[[], None] = lambda: None):
         self._zk = zk
+        self._prepare = prepare
         self._cluster = cluster
         self._identifier = identifier
         self._make_record = make_record
@@ -99,6 +104,7 @@ class LeaderElection:
             return
         self._release.clear()
         epoch = next_epoch(self._zk, self._cluster)
+        self._prepare()
         publish_leader(self._zk, self._cluster, self._make_record(epoch))
         log.info("elected leader of cluster %s with epoch %d", self._cluster, epoch)
         self._on_event(ELECTED, epoch)

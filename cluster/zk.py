@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-
 from pathlib import Path
+from typing import Any, Callable
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import NodeExistsError
+from kazoo.exceptions import KazooException, NodeExistsError
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.security import OPEN_ACL_UNSAFE, make_digest_acl
 
@@ -67,6 +67,30 @@ def connect(hosts: str, timeout: float = 10.0, session_timeout: float = 10.0, au
         except NodeExistsError:
             pass
     return client
+
+
+def ask(start: Callable[..., Any], *args: Any, timeout: float = 10.0, **kwargs: Any) -> Any:
+    """``start(*args, **kwargs)``'s answer (``start`` is a kazoo ``*_async`` method), waited for
+    ``timeout`` s at most (KazooTimeoutError). kazoo's blocking calls hold a request made while
+    disconnected until ZooKeeper answers again, which may be never: a daemon's loop must not."""
+    try:
+        return start(*args, **kwargs).get(timeout=timeout)
+    except KazooTimeoutError:
+        raise KazooTimeoutError(f"ZooKeeper did not answer within {timeout:g} s") from None
+
+
+def tidy(client: KazooClient, start: Callable[..., Any], *args: Any, timeout: float = 5.0) -> bool:
+    """Run a write the cluster can do without (``start`` is a kazoo ``*_async`` method): the
+    state or the removal of an ephemeral znode, which a lost session clears anyway, or tidying
+    up on the way out. It is not made while disconnected, and one that fails or goes unanswered
+    is let go. True if it was done."""
+    if not client.connected:
+        return False
+    try:
+        ask(start, *args, timeout=timeout)
+    except (KazooException, KazooTimeoutError):
+        return False
+    return True
 
 
 def _close(client: KazooClient) -> None:

@@ -191,6 +191,32 @@ def test_zookeeper_down_for_3s_mid_job(tmp_path, cluster_name):
         server.stop()
 
 
+def test_daemons_stop_cleanly_while_zookeeper_is_gone(tmp_path, cluster_name):
+    # `clusterctl up` killed with SIGKILL: ZooKeeper, the coordinator and the agent all get
+    # SIGTERM at once. kazoo holds a request made while disconnected until ZooKeeper answers
+    # again; the agent's "draining" state and its deregistration must not wait for that.
+    from cluster.zkserver import ZooKeeperServer
+
+    server = ZooKeeperServer(data_dir=str(tmp_path / "zk"), tick_time=500).start()
+    cluster = LocalCluster(server.connect_string, cluster_name, tmp_path)
+    try:
+        coordinator = cluster.coordinator()
+        daemons = [coordinator, cluster.agent("a1", 1), cluster.relay("r1")]
+        cluster.wait_ready(coordinator, ["a1"])
+        wait_for(lambda: "relay r1 registered" in daemons[2].text(), 20, what="the relay to register")
+        server.stop(remove=False)
+        wait_for(lambda: all("Connection dropped" in d.text() for d in daemons), 20,
+                 what="every daemon to lose ZooKeeper")
+        for daemon in daemons:
+            daemon.signal(signal.SIGTERM)
+        for daemon in daemons:
+            wait_for(lambda: daemon.popen.poll() is not None, 30, what=f"{daemon.name} to exit")
+            assert daemon.popen.returncode == 0 and "Traceback" not in daemon.text(), daemon.text()[-3000:]
+    finally:
+        cluster.stop()
+        server.stop()
+
+
 def test_no_false_positives_while_workers_burn_every_core(local_cluster, tmp_path):
     coords, agents = start(local_cluster)
     module = tmp_path / "burn.py"
