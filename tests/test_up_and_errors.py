@@ -62,6 +62,17 @@ def _owner(workdir: str) -> int | None:
         return None
 
 
+def _alive(family: list[psutil.Process]) -> list[str]:
+    alive = []
+    for p in family:
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(" ".join(p.cmdline()[:4]))
+        except psutil.Error:  # gone
+            pass
+    return alive
+
+
 def test_up_killed_with_sigkill_leaves_nothing_behind():
     proc = subprocess.Popen([PY, "-m", "cluster.cli.main", "up", "--workers", "1"], cwd=ROOT, text=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -76,8 +87,10 @@ def test_up_killed_with_sigkill_leaves_nothing_behind():
         assert "QuorumPeerMain" in names and "coordinator" in names and "agents" in names
         proc.kill()  # no chance to clean up: the kernel tells its children
         proc.wait(10)
-        wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family), 45,
-                 what="ZooKeeper, the coordinator, the agent and its worker to exit")
+        try:
+            wait_for(lambda: not _alive(family), 45, what="ZooKeeper, the coordinator, the agent and its worker to exit")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; still running: {_alive(family)}") from None
         # Its work dir (ZooKeeper's data and logs) had to stay; the next local cluster clears it.
         left = [d for d in glob.glob(os.path.join(tempfile.gettempdir(), "clusterd-up-*"))
                 if _owner(d) == proc.pid]
