@@ -170,8 +170,8 @@ class Agent:
             self.registration = Registration(zk, self.cfg.cluster, self._record())
             self.pool.converge(time.monotonic())
             self.registration.register()
-            self._drain_request = layout.drain_path(self.cfg.cluster, self.node_id)
-            zk.DataWatch(self._drain_request, self._on_drain_request)
+            drain_request = layout.drain_path(self.cfg.cluster, self.node_id)
+            zk.DataWatch(drain_request, self._on_drain_request)
             log.info("agent %s registered: endpoint %s, %d workers (%d usable cpus)%s", self.node_id,
                      self.endpoint, self.workers, self.resources.usable_cpus,
                      f", reached through relay {self.cfg.relay}" if self.cfg.relay else "")
@@ -186,7 +186,7 @@ class Agent:
                 on_registered(self)
             self._loop()
             self.registration.deregister()
-            self._clear_drain_request(zk)
+            tidy(zk, zk.delete_async, drain_request)  # a spent request would drain our successor
             log.info("agent %s deregistered; counters %s", self.node_id, dict(self.counters))
         finally:
             self.pool.stop()
@@ -507,9 +507,6 @@ class Agent:
             self.waker.post(("drain", None))
             return False
         return None
-
-    def _clear_drain_request(self, zk) -> None:
-        tidy(zk, zk.delete_async, self._drain_request)
 
     # -------------------------------------------------------------- workers
 

@@ -36,7 +36,7 @@ class Registration:
         self.record = record
 
     def register(self, wait_for_stale: float = 30.0) -> None:
-        """Each request is bounded (KazooTimeoutError): the agent's loop calls this to rejoin."""
+        """Each request is bounded (KazooTimeoutError): agents' and relays' loops call this to rejoin."""
         deadline = time.monotonic() + wait_for_stale
         zk = self.zk
         ask(zk.ensure_path_async, self.path.rsplit("/", 1)[0])

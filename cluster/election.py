@@ -60,7 +60,7 @@ def read_leader(zk: KazooClient, cluster: str) -> LeaderRecord | None:
 class LeaderElection:
     def __init__(self, zk: KazooClient, cluster: str, identifier: str,
                  make_record: Callable[[int], LeaderRecord], on_event: Callable[[str, int], None],
-                 prepare: Callable[[], None] = lambda: None):
+                 prepare: Callable[[], None]):
         self._zk = zk
         self._prepare = prepare
         self._cluster = cluster

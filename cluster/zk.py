@@ -88,7 +88,7 @@ def tidy(client: KazooClient, start: Callable[..., Any], *args: Any, timeout: fl
         return False
     try:
         ask(start, *args, timeout=timeout)
-    except (KazooException, KazooTimeoutError):
+    except (KazooException, KazooTimeoutError):  # the timeout is not a KazooException
         return False
     return True
 
