@@ -162,6 +162,7 @@ class ClusterClient:
         self.identity = uuid.uuid4().hex.encode()
         self.jobs: dict[str, JobHandle] = {}
         self.coordinator_silent = False
+        self.refused = False  # the coordinator refused a message: it did not lead yet, or no longer
         self.agents = -1  # agents the leader has, from its heartbeat replies; -1 until one arrives
         self._waker = loop.Waker()
         self._stopping = False
@@ -296,6 +297,7 @@ class ClusterClient:
                 log.info("new coordinator leader %s (epoch %d); resubmitting", record.endpoint, record.epoch)
                 self.leader = record
                 self._connect()
+                self.refused = False
                 for job in self.jobs.values():
                     self._resubmit(job)
         elif kind == "stop":
@@ -337,6 +339,11 @@ class ClusterClient:
                 continue
             if isinstance(msg, wire.Heartbeat):
                 self.agents = msg.free
+                if self.refused:  # it answers heartbeats only while it leads: what it refused, it takes now
+                    self.refused = False
+                    log.info("coordinator %s leads now; resubmitting", self.leader.endpoint)
+                    for job in self.jobs.values():
+                        self._resubmit(job)
             elif isinstance(msg, wire.TaskResults):
                 job = self.jobs.get(msg.job_id)
                 if job is not None:
@@ -359,7 +366,9 @@ class ClusterClient:
                     job.failure = f"the coordinator refused job {msg.job_id}: {msg.reason}"
                     job.accepted.set()
             elif isinstance(msg, wire.Refused):
-                log.warning("coordinator refused us: %s", msg.reason)
+                if not self.refused:
+                    log.warning("coordinator refused us: %s", msg.reason)
+                self.refused = True
                 if "protocol version" in msg.reason:
                     for job in self.jobs.values():
                         job.failure = f"the coordinator refused this client: {msg.reason}"

@@ -247,6 +247,7 @@ class Coordinator:
                 self._on_relay(MemberEvent("joined", relay_id, relay))
             for node_id, record in self.membership.snapshot().items():
                 self._on_member(MemberEvent("joined", node_id, record))
+            self.election.took_lead(self.epoch)  # clients may find us now
             if self.on_ready:
                 self.on_ready(self.endpoint)
         elif kind == election.DEPOSED:

@@ -8,6 +8,10 @@ never touches sockets: it reports through ``on_event(kind, epoch)``. It makes ev
 ZooKeeper request of taking the lead (``prepare`` too, before the leader znode is
 published): kazoo holds a request made while disconnected until ZooKeeper answers
 again, which may be never, and the coordinator's loop must not wait on that.
+
+The leader znode is published only once the loop has called ``took_lead``: clients
+act on the znode at once, and a loop that had not yet handled ELECTED would refuse
+their first requests.
 """
 
 from __future__ import annotations
@@ -69,15 +73,23 @@ class LeaderElection:
         self._on_event = on_event
         self._stop = threading.Event()
         self._release = threading.Event()
+        self._taken = threading.Event()  # the loop leads (took_lead), or the lead is over
+        self._epoch = 0
         self._thread = threading.Thread(target=self._run, name="election", daemon=True)
         zk.add_listener(self._on_state)
 
     def start(self) -> None:
         self._thread.start()
 
+    def took_lead(self, epoch: int) -> None:
+        """The coordinator's loop leads with ``epoch`` now: publish the leader znode."""
+        if epoch == self._epoch:  # not an ELECTED handled late, from a lead already over
+            self._taken.set()
+
     def stop(self) -> None:
         self._stop.set()
         self._release.set()
+        self._taken.set()
         try:
             self._election.cancel()
         except Exception:
@@ -88,6 +100,7 @@ class LeaderElection:
         if state == KazooState.LOST:
             # The election lock died with the session: someone else may lead now.
             self._release.set()
+            self._taken.set()
 
     def _run(self) -> None:
         self._election = self._zk.Election(layout.election_path(self._cluster), self._identifier)
@@ -103,12 +116,17 @@ class LeaderElection:
         if self._stop.is_set():
             return
         self._release.clear()
-        epoch = next_epoch(self._zk, self._cluster)
+        self._taken.clear()
+        epoch = self._epoch = next_epoch(self._zk, self._cluster)
         self._prepare()
-        publish_leader(self._zk, self._cluster, self._make_record(epoch))
-        log.info("elected leader of cluster %s with epoch %d", self._cluster, epoch)
         self._on_event(ELECTED, epoch)
-        self._release.wait()
-        self._on_event(DEPOSED, epoch)
+        try:
+            self._taken.wait()
+            if not self._release.is_set():
+                publish_leader(self._zk, self._cluster, self._make_record(epoch))
+                log.info("elected leader of cluster %s with epoch %d", self._cluster, epoch)
+                self._release.wait()
+        finally:  # the loop hears the lead is over however it ends, publish failing too
+            self._on_event(DEPOSED, epoch)
         if not self._stop.is_set():
             log.warning("lost the lead (epoch %d); standing by again", epoch)
