@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import psutil
 import zmq
-from kazoo.client import KazooState
 
 from cluster import layout, loop, payload, security, wire
 from cluster.sdnotify import Notifier
@@ -166,10 +165,10 @@ class Agent:
             self.endpoint = loop.advertised(bound, self.cfg.advertise, self.cfg.zk)
             zk = zk_connect(self.cfg.zk, timeout=10.0, session_timeout=self.cfg.zk_session_timeout,
                             auth_file=self.cfg.zk_auth)
-            zk.add_listener(lambda state: self.waker.post(("zk", state)))
             self.registration = Registration(zk, self.cfg.cluster, self._record())
             self.pool.converge(time.monotonic())
             self.registration.register()
+            self.registration.keep()
             drain_request = layout.drain_path(self.cfg.cluster, self.node_id)
             zk.DataWatch(drain_request, self._on_drain_request)
             log.info("agent %s registered: endpoint %s, %d workers (%d usable cpus)%s", self.node_id,
@@ -340,16 +339,6 @@ class Agent:
             self.notifier.stopping(f"draining {len(self._held())} held tasks")
             if self.leader is not None:
                 loop.send(self.front, wire.Draining(self.node_id), self.leader)
-        elif kind == "zk":
-            if value == KazooState.LOST:
-                log.warning("ZooKeeper session lost; work goes on, re-registering when it returns")
-            elif value == KazooState.CONNECTED:
-                self.waker.post(("rejoin", None))
-        elif kind == "rejoin":
-            try:
-                self.registration.register(wait_for_stale=0)
-            except Exception as exc:  # still unreachable: the next CONNECTED retries
-                log.warning("re-registration failed: %s", exc)
 
     def _check_drain(self, now: float) -> None:
         if not self._held() or now >= self.drain_deadline:

@@ -1,10 +1,11 @@
 """An agent's (or a relay's) ephemeral znode: register, refuse duplicates, update state, rejoin.
 
 Registering is idempotent (a znode we own already counts as registered), so
-the agent simply calls ``register`` again after its session was lost. A znode
-held by another *live* agent is a clear error; one left by a dead agent of
-this same host (a quick restart after SIGKILL) is waited out until ZooKeeper
-expires its session.
+``keep`` simply registers again whenever the connection comes back, in a thread
+of its own: the daemon's loop makes no ZooKeeper request, because a slow or
+vanishing ZooKeeper would stall its tasks and heartbeats. A znode held by another
+*live* agent is a clear error; one left by a dead agent of this same host (a quick
+restart after SIGKILL) is waited out until ZooKeeper expires its session.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 
 import psutil
-from kazoo.client import KazooClient
+from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import NoNodeError, NodeExistsError
 
 from cluster import layout
@@ -23,6 +25,8 @@ from cluster.layout import AgentRecord, BadRecord, RelayRecord
 from cluster.zk import ask, tidy
 
 log = logging.getLogger("agents.registration")
+
+RETRY_FIRST, RETRY_MAX = 0.5, 10.0  # seconds between tries of a rejoin ZooKeeper did not take
 
 
 class DuplicateNode(RuntimeError):
@@ -34,9 +38,11 @@ class Registration:
         self.zk = zk
         self.path = f"{record.folder(cluster)}/{layout.check_name(record.node_id, 'node id')}"
         self.record = record
+        self._left = False
+        self._reconnected = threading.Event()
 
     def register(self, wait_for_stale: float = 30.0) -> None:
-        """Each request is bounded (KazooTimeoutError): agents' and relays' loops call this to rejoin."""
+        """Each request is bounded (KazooTimeoutError): the rejoin thread must not hang on one."""
         deadline = time.monotonic() + wait_for_stale
         zk = self.zk
         ask(zk.ensure_path_async, self.path.rsplit("/", 1)[0])
@@ -65,6 +71,43 @@ class Registration:
                      self.record.node_id, holder)
             time.sleep(0.5)
 
+    def keep(self) -> None:
+        """After ``register``: register again whenever the connection comes back (the
+        session, and our znode with it, may be gone), retrying while ZooKeeper refuses or
+        does not answer, until ``deregister``."""
+        self.zk.add_listener(self._on_state)
+        threading.Thread(target=self._rejoin, name="rejoin", daemon=True).start()
+
+    def _on_state(self, state: str) -> None:
+        # kazoo calls listeners on its own thread, which must not wait on a request.
+        if state == KazooState.LOST:
+            log.warning("ZooKeeper session lost: %s is unregistered until ZooKeeper returns; "
+                        "the work goes on", self.record.node_id)
+        elif state == KazooState.CONNECTED:
+            self._reconnected.set()
+
+    def _rejoin(self) -> None:
+        while True:
+            self._reconnected.wait()
+            self._reconnected.clear()  # before trying: a reconnect meanwhile means one more pass
+            if self._left:
+                return
+            delay = RETRY_FIRST
+            while self.zk.connected and not self._left:
+                try:
+                    self.register(wait_for_stale=0)
+                    if self._left:  # deregister ran while our create was on its way
+                        tidy(self.zk, self.zk.delete_async, self.path)
+                    break
+                except DuplicateNode as exc:  # another agent took our id while we were away
+                    log.error("cannot register again: %s", exc)
+                    break
+                except Exception as exc:  # KazooException, KazooTimeoutError
+                    log.warning("re-registration failed (%s); trying again in %.1f s", str(exc) or type(exc).__name__,
+                                delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX)
+
     def set_state(self, state: str) -> None:
         """Publish ``state``; unreachable ZooKeeper postpones it to the rejoin, which writes the record."""
         self.record = self.record.with_state(state)
@@ -72,6 +115,9 @@ class Registration:
 
     def deregister(self) -> None:
         """Remove our znode now; if ZooKeeper is unreachable, its session's expiry removes it."""
+        self._left = True
+        self.zk.remove_listener(self._on_state)  # closing the client is no lost session to report
+        self._reconnected.set()  # ends the rejoin thread
         tidy(self.zk, self.zk.delete_async, self.path)
 
 

@@ -39,7 +39,6 @@ import time
 import uuid
 
 import zmq
-from kazoo.client import KazooState
 
 from cluster import layout, loop, security, wire
 from cluster.config import RelayConfig
@@ -104,11 +103,11 @@ class Relay:
             self.endpoint = loop.advertised(bound, self.cfg.advertise, self.cfg.zk)
             zk = zk_connect(self.cfg.zk, timeout=10.0, session_timeout=self.cfg.zk_session_timeout,
                             auth_file=self.cfg.zk_auth)
-            zk.add_listener(lambda state: self.waker.post(("zk", state)))
             self.registration = Registration(zk, self.cfg.cluster, RelayRecord(
                 node_id=self.relay_id, host=socket.gethostname(), endpoint=self.endpoint, version=__version__,
                 protocol=PROTOCOL_VERSION, pid=os.getpid(), started=time.time()))
             self.registration.register()
+            self.registration.keep()
             if self.cfg.metrics_port:
                 from cluster.metrics import Metrics
 
@@ -174,13 +173,6 @@ class Relay:
         if kind == "stop":
             self._stopping = True
             self.notifier.stopping("stopping")
-        elif kind == "zk" and value == KazooState.CONNECTED:
-            try:
-                self.registration.register(wait_for_stale=0)
-            except Exception as exc:  # still unreachable: the next CONNECTED retries
-                log.warning("re-registration failed: %s", exc)
-        elif kind == "zk" and value == KazooState.LOST:
-            log.warning("ZooKeeper session lost; forwarding goes on, re-registering when it returns")
 
     def _on_relay_agents(self, msg: wire.RelayAgents) -> None:
         for node_id, endpoint in msg.disconnect:

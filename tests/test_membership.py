@@ -290,3 +290,39 @@ def test_a_second_start_replaces_the_children_watch(kazoo_client, cluster_name):
     wait_for(lambda: [e.kind for e in events] == ["joined"], what="the join")
     assert listings == [["x1"]]
     membership.stop()
+
+
+def test_a_rejoin_zookeeper_refuses_is_tried_again_until_it_is_taken(tmp_path, cluster_name, caplog):
+    from kazoo.security import OPEN_ACL_UNSAFE, make_acl
+
+    from agents.registration import Registration
+    from cluster.zk import close, connect
+    from cluster.zkserver import ZooKeeperServer
+
+    server = ZooKeeperServer(data_dir=str(tmp_path / "zk"), tick_time=500).start()
+    admin = agent = None
+    try:
+        admin, agent = connect(server.connect_string), connect(server.connect_string)
+        record = AgentRecord(node_id="r1", host="h", endpoint="tcp://127.0.0.1:1", workers=1, cores=1, memory=1,
+                             version="0", protocol=1, pid=1, started=0.0)
+        registration = Registration(agent, cluster_name, record)
+        registration.register()
+        registration.keep()
+        path = registration.path
+        # When the agent reconnects, its znode is gone and ZooKeeper refuses to create it.
+        admin.delete(path)
+        admin.set_acls(path.rsplit("/", 1)[0], [make_acl("world", "anyone", read=True, admin=True)])
+        server.stop(remove=False)
+        server.start()  # same data and port: both sessions survive, the agent reconnects
+        wait_for(lambda: "re-registration failed" in caplog.text, 20, what="the refused rejoin")
+        wait_for(lambda: admin.connected, 20, what="the admin client to reconnect")
+        assert admin.exists(path) is None
+        admin.set_acls(path.rsplit("/", 1)[0], OPEN_ACL_UNSAFE)
+        wait_for(lambda: admin.exists(path), 15, what="the rejoin to be tried again and taken")
+        assert admin.get(path)[1].ephemeralOwner == agent.client_id[0]
+        registration.deregister()
+        assert admin.exists(path) is None
+    finally:
+        close(agent)
+        close(admin)
+        server.stop()
