@@ -21,6 +21,7 @@ from typing import Callable
 
 import zmq
 from kazoo.client import KazooClient
+from kazoo.handlers.threading import KazooTimeoutError
 
 from . import election, layout, loop, payload, security, wire
 from .layout import LeaderRecord
@@ -172,7 +173,10 @@ class ClusterClient:
 
     def _wait_for_leader(self, deadline: float) -> LeaderRecord:
         while True:
-            record = election.read_leader(self.zk, self.cluster)
+            try:
+                record = election.read_leader(self.zk, self.cluster, timeout=max(0.1, deadline - time.monotonic()))
+            except KazooTimeoutError as exc:  # connected, then the ensemble went away
+                raise ZooKeeperUnreachable(f"{exc} while looking up the leader") from None
             if record is not None:
                 return record
             if time.monotonic() >= deadline:

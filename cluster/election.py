@@ -25,6 +25,7 @@ from kazoo.exceptions import KazooException, NodeExistsError
 
 from . import layout
 from .layout import LeaderRecord
+from .zk import ask
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,10 @@ def publish_leader(zk: KazooClient, cluster: str, record: LeaderRecord) -> None:
         zk.create(path, record.to_bytes(), ephemeral=True, makepath=True)
 
 
-def read_leader(zk: KazooClient, cluster: str) -> LeaderRecord | None:
+def read_leader(zk: KazooClient, cluster: str, timeout: float = 10.0) -> LeaderRecord | None:
+    """None if no (readable) leader znode; KazooTimeoutError if ZooKeeper does not answer."""
     try:
-        data, _ = zk.get(layout.leader_path(cluster))
+        data, _ = ask(zk.get_async, layout.leader_path(cluster), timeout=timeout)
     except KazooException:
         return None
     try:

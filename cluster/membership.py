@@ -19,7 +19,6 @@ from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import EventType, WatchedEvent
 
-from . import layout
 from .layout import AgentRecord, BadRecord
 
 log = logging.getLogger(__name__)

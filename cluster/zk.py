@@ -72,9 +72,15 @@ def connect(hosts: str, timeout: float = 10.0, session_timeout: float = 10.0, au
 def ask(start: Callable[..., Any], *args: Any, timeout: float = 10.0, **kwargs: Any) -> Any:
     """``start(*args, **kwargs)``'s answer (``start`` is a kazoo ``*_async`` method), waited for
     ``timeout`` s at most (KazooTimeoutError). kazoo's blocking calls hold a request made while
-    disconnected until ZooKeeper answers again, which may be never: a daemon's loop must not."""
+    disconnected until ZooKeeper answers again, which may be never: neither a daemon's loop nor
+    a command a script runs may wait that long."""
+    return answer(start(*args, **kwargs), timeout)
+
+
+def answer(request: Any, timeout: float = 10.0) -> Any:
+    """The value of a kazoo request already sent (an IAsyncResult), as ``ask``."""
     try:
-        return start(*args, **kwargs).get(timeout=timeout)
+        return request.get(timeout=timeout)
     except KazooTimeoutError:
         raise KazooTimeoutError(f"ZooKeeper did not answer within {timeout:g} s") from None
 

@@ -121,3 +121,37 @@ def test_daemons_and_commands_report_an_unreachable_zookeeper(free_port):
         if name == "nodes":  # a user command says it in one line; daemons also log their attempts
             assert err.count("\n") == 1 and err.startswith("clusterctl: "), err
     assert time.monotonic() - started < 60
+
+
+def test_a_command_whose_zookeeper_goes_away_midway_says_so(tmp_path, cluster_name):
+    # kazoo holds a request made while disconnected until ZooKeeper answers again, which
+    # may be never: `drain --wait` in a script used to wait forever.
+    from cluster import layout
+    from cluster.layout import AgentRecord
+    from cluster.zk import close, connect
+    from cluster.zkserver import ZooKeeperServer
+
+    server = ZooKeeperServer(data_dir=str(tmp_path / "zk"), tick_time=500).start()
+    admin = proc = None
+    try:
+        admin = connect(server.connect_string)
+        record = AgentRecord(node_id="d1", host="h", endpoint="tcp://127.0.0.1:1", workers=1, cores=1, memory=1,
+                             version="0", protocol=1, pid=1, started=0.0)
+        admin.create(layout.agent_path(cluster_name, "d1"), record.to_bytes(), ephemeral=True, makepath=True)
+        proc = subprocess.Popen([PY, "-m", "cluster.cli.main", "drain", "d1", "--wait", "--timeout", "600"],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ, PYTHONPATH=str(ROOT), CLUSTER_ZK=server.connect_string,
+                                         CLUSTER_NAME=cluster_name))
+        assert proc.stderr.readline() == "clusterctl: asked d1 to drain\n"
+        server.kill()
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2, err
+        # The request in flight is lost, or one made while disconnected goes unanswered.
+        assert err.startswith(f"clusterctl: lost ZooKeeper at {server.connect_string} midway ("), err
+        assert "Traceback" not in err and err.count("\n") == 1, err
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        close(admin)
+        server.stop()

@@ -11,6 +11,8 @@ from typing import Iterator, Optional
 
 import typer
 from kazoo.client import KazooClient
+from kazoo.exceptions import ConnectionLoss, KazooException, SessionExpiredError
+from kazoo.handlers.threading import KazooTimeoutError
 
 from ..client import ClusterUnavailable
 from ..config import Common, ConfigError
@@ -84,6 +86,11 @@ def zookeeper(cfg: Common, timeout: float = 10.0) -> Iterator[KazooClient]:
         client = zk_connect(cfg.zk, timeout=timeout, auth_file=cfg.zk_auth)
     try:
         yield client
+    except (KazooTimeoutError, ConnectionLoss, SessionExpiredError) as exc:  # it went away after we connected
+        raise fail(f"lost ZooKeeper at {cfg.zk} midway ({str(exc) or type(exc).__name__}); "
+                   "check that the ensemble is still running") from None
+    except KazooException as exc:
+        raise fail(f"ZooKeeper at {cfg.zk} refused the request: {type(exc).__name__} {exc}".rstrip()) from None
     finally:
         zk_close(client)
 

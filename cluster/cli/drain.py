@@ -20,6 +20,7 @@ import typer
 from kazoo.exceptions import NodeExistsError
 
 from .. import config, layout
+from ..zk import ask
 from . import common
 
 
@@ -36,17 +37,17 @@ def drain(
         cfg = config.load(config.Common, config_file, dict(zk=zk, cluster=cluster, zk_auth=zk_auth))
         agent = layout.agent_path(cfg.cluster, node_id)
     with common.zookeeper(cfg) as client:
-        if not client.exists(agent):
+        if not ask(client.exists_async, agent):
             raise common.fail(f"no agent {node_id!r} in cluster {cfg.cluster!r} (see `clusterctl nodes`)")
         try:
-            client.create(layout.drain_path(cfg.cluster, node_id), b"drain", makepath=True)
+            ask(client.create_async, layout.drain_path(cfg.cluster, node_id), b"drain", makepath=True)
         except NodeExistsError:
             pass  # already asked: asking twice is the same request
         typer.echo(f"clusterctl: asked {node_id} to drain", err=True)
         if not wait:
             return
         deadline = time.monotonic() + timeout
-        while client.exists(agent):
+        while ask(client.exists_async, agent):
             if time.monotonic() > deadline:
                 raise common.fail(f"{node_id} is still draining after {timeout:g} s", common.EXIT_FAILED)
             time.sleep(0.2)

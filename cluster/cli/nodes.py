@@ -29,6 +29,7 @@ from kazoo.exceptions import NoNodeError
 from .. import config
 from ..layout import AgentRecord, BadRecord, RelayRecord
 from ..membership import MemberEvent, Membership
+from ..zk import answer, ask
 from . import common
 
 COLUMNS = ("NODE", "HOST", "ENDPOINT", "STATE", "WORKERS", "CORES", "MEMORY", "VERSION", "UPTIME", "RELAY")
@@ -60,7 +61,7 @@ def read_members(client, cluster: str, record_type: type = AgentRecord) -> list:
     """The agents' records (or, with ``record_type=RelayRecord``, the relays')."""
     path = record_type.folder(cluster)
     try:
-        children = client.get_children(path)
+        children = ask(client.get_children_async, path)
     except NoNodeError:
         return []
     # All reads in flight at once: 5,000 agents cost one pipelined burst, not 5,000 round trips.
@@ -68,7 +69,7 @@ def read_members(client, cluster: str, record_type: type = AgentRecord) -> list:
     records = []
     for result in pending:
         try:
-            data, _ = result.get()
+            data, _ = answer(result)
             records.append(record_type.from_bytes(data))
         except (NoNodeError, BadRecord):
             continue  # left meanwhile, or garbage: not a member

@@ -15,8 +15,10 @@ from typing import Optional
 
 import typer
 import zmq
+from kazoo.exceptions import NoNodeError
 
 from .. import config, election, layout, security, wire
+from ..zk import ask
 from . import common
 
 
@@ -32,9 +34,11 @@ def status(
     with common.clear_errors():
         cfg = config.load(config.Common, config_file, dict(zk=zk, cluster=cluster, keys=keys, zk_auth=zk_auth))
     with common.zookeeper(cfg, timeout) as client:
-        leader = election.read_leader(client, cfg.cluster)
-        path = layout.election_path(cfg.cluster)
-        candidates = len(client.get_children(path)) if client.exists(path) else 0
+        leader = election.read_leader(client, cfg.cluster, timeout)
+        try:
+            candidates = len(ask(client.get_children_async, layout.election_path(cfg.cluster), timeout=timeout))
+        except NoNodeError:
+            candidates = 0
     if leader is None:
         raise common.fail(f"no coordinator leads cluster {cfg.cluster!r}")
     with common.clear_errors():
