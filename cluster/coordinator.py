@@ -174,7 +174,8 @@ class Coordinator:
         m.total("dropped_messages_total", "Malformed or unexpected messages dropped",
                 self.counters["dropped_messages"])
         m.counters("agents_written_off_total", "Agents assumed lost while still registered, by what told: their "
-                   "connection closed, or they fell silent", self.written_off, "cause")
+                   "connection closed, they fell silent, or a dispatch to them could not be sent",
+                   self.written_off, "cause")
         samples, s.latencies = s.latencies or [], []
         m.observe("dispatch_latency_seconds", "Time a task waited in the queue before dispatch",
                   (wait for wait, _ in samples))
@@ -658,9 +659,8 @@ class Coordinator:
             tasks = [[index, attempt] for index, attempt, _ in batch.tasks]
             frames = tuple(args for _, _, args in batch.tasks)
             if not loop.send(self.agents, wire.Dispatch(self.epoch, job.job_id, tasks, frames=frames), peer.route):
-                # Unreachable right now: treat as lost so the tasks go elsewhere.
-                self.scheduler.agent_down(peer.node_id)
-                peer.up = False
+                # Gone, or 100,000 messages behind: its tasks go elsewhere, and a Hello tells if it is alive.
+                self._write_off(peer.node_id, "unreachable (a dispatch could not be sent)", "unreachable")
                 failed.add(peer.node_id)
 
     def _deliver(self) -> None:
