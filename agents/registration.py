@@ -96,13 +96,13 @@ class Registration:
             while self.zk.connected and not self._left:
                 try:
                     record = self.record
-                    self.register(wait_for_stale=0)
+                    self.register()  # off the loop, a stale znode of ours can be waited out
                     if self._left:  # deregister ran while our create was on its way
                         tidy(self.zk, self.zk.delete_async, self.path)
                     elif self.record is not record:  # set_state's write may have come before our create
                         tidy(self.zk, self.zk.set_async, self.path, self.record.to_bytes())
                     break
-                except DuplicateNode as exc:  # another agent took our id while we were away
+                except DuplicateNode as exc:  # a live agent took our id while we were away
                     log.error("cannot register again: %s", exc)
                     break
                 except Exception as exc:  # KazooException, KazooTimeoutError
