@@ -40,29 +40,38 @@ def test_rolling_upgrade_keeps_every_result_exactly_once(local_cluster, tmp_path
         data, _ = local_cluster.kazoo.get(layout.agent_path(local_cluster.name, node))
         return layout.AgentRecord.from_bytes(data).version
 
-    local_cluster.extra_env["PYTHONPATH"] = f"{ROOT / 'tests' / 'next_release'}:{ROOT}"
-    for node, old in agents.items():
-        old.signal(signal.SIGTERM)  # drain: held tasks finish, then it deregisters
-        assert old.popen.wait(60) == 0, old.text()[-3000:]
-        local_cluster.agent(node, 2, name=f"{node}-next")
-        wait_for(lambda: node in local_cluster.agents() and version_of(node) == NEXT, 20,
-                 what=f"{node} back on the new release")
-    first_leader = local_cluster.leader()
-    c2.signal(signal.SIGTERM)
-    assert c2.popen.wait(30) == 0
-    local_cluster.coordinator(name="c2-next")
-    c1.signal(signal.SIGTERM)
-    assert c1.popen.wait(30) == 0
-    wait_for(lambda: (rec := local_cluster.leader()) is not None and rec.version == NEXT, 30,
-             what="a coordinator of the new release to lead")
-    assert local_cluster.leader().epoch > first_leader.epoch
-    local_cluster.coordinator(name="c1-next")
-    assert job.poll() is None, "the job ended before the upgrade did; it proves nothing"
+    try:
+        local_cluster.extra_env["PYTHONPATH"] = f"{ROOT / 'tests' / 'next_release'}:{ROOT}"
+        for node, old in agents.items():
+            old.signal(signal.SIGTERM)  # drain: held tasks finish, then it deregisters
+            assert old.popen.wait(60) == 0, old.text()[-3000:]
+            local_cluster.agent(node, 2, name=f"{node}-next")
+            wait_for(lambda: node in local_cluster.agents() and version_of(node) == NEXT, 20,
+                     what=f"{node} back on the new release")
+        first_leader = local_cluster.leader()
+        c2.signal(signal.SIGTERM)
+        assert c2.popen.wait(30) == 0
+        local_cluster.coordinator(name="c2-next")
+        c1.signal(signal.SIGTERM)
+        assert c1.popen.wait(30) == 0
+        wait_for(lambda: (rec := local_cluster.leader()) is not None and rec.version == NEXT, 30,
+                 what="a coordinator of the new release to lead")
+        assert local_cluster.leader().epoch > first_leader.epoch
+        local_cluster.coordinator(name="c1-next")
+        assert job.poll() is None, "the job ended before the upgrade did; it proves nothing"
 
-    out, err = job.communicate(timeout=180)
-    assert job.returncode == 0, err[-3000:]
-    results = [json.loads(line) for line in out.splitlines()]
-    assert sorted(r["index"] for r in results) == list(range(TASKS))  # each exactly once
-    assert all(r["ok"] and r["result"] == r["index"] ** 2 for r in results)
+        try:  # within pytest's own timeout, so a hung job's log is in the report
+            out, err = job.communicate(timeout=75)
+        except subprocess.TimeoutExpired:
+            job.kill()
+            raise AssertionError(f"the job did not finish; its log:\n{job.communicate()[1][-3000:]}") from None
+        assert job.returncode == 0, err[-3000:]
+        results = [json.loads(line) for line in out.splitlines()]
+        assert sorted(r["index"] for r in results) == list(range(TASKS))  # each exactly once
+        assert all(r["ok"] and r["result"] == r["index"] ** 2 for r in results)
+    finally:  # a test that failed must not leave its job running
+        if job.poll() is None:
+            job.kill()
+            job.wait()
     nodes = json.loads(local_cluster.clusterctl("nodes", "--json").stdout)
     assert sorted((n["node_id"], n["version"]) for n in nodes) == [("u1", NEXT), ("u2", NEXT)]
