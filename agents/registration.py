@@ -93,23 +93,26 @@ class Registration:
             if self._left:
                 return
             delay = RETRY_FIRST
-            while self.zk.connected and not self._left:
-                try:
-                    record = self.record
-                    self.register()  # off the loop, a stale znode of ours can be waited out
-                    if self._left:  # deregister ran while our create was on its way
-                        tidy(self.zk, self.zk.delete_async, self.path)
-                    elif self.record is not record:  # set_state's write may have come before our create
-                        tidy(self.zk, self.zk.set_async, self.path, self.record.to_bytes())
-                    break
-                except DuplicateNode as exc:  # a live agent took our id while we were away
-                    log.error("cannot register again: %s", exc)
-                    break
-                except Exception as exc:  # KazooException, KazooTimeoutError
-                    log.warning("re-registration failed (%s); trying again in %.1f s", str(exc) or type(exc).__name__,
-                                delay)
-                    time.sleep(delay)
-                    delay = min(delay * 2, RETRY_MAX)
+            while self.zk.connected and not self._left and not self._register_again(delay):
+                time.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+
+    def _register_again(self, delay: float) -> bool:
+        """One try of a rejoin; False if it is worth another in ``delay`` s."""
+        record = self.record
+        try:
+            self.register()  # off the loop, a stale znode of ours can be waited out
+        except DuplicateNode as exc:  # a live agent took our id while we were away
+            log.error("cannot register again: %s", exc)
+            return True
+        except Exception as exc:  # KazooException, KazooTimeoutError
+            log.warning("re-registration failed (%s); trying again in %.1f s", str(exc) or type(exc).__name__, delay)
+            return False
+        if self._left:  # deregister ran while our create was on its way
+            tidy(self.zk, self.zk.delete_async, self.path)
+        elif self.record is not record:  # set_state's write may have come before our create
+            tidy(self.zk, self.zk.set_async, self.path, self.record.to_bytes())
+        return True
 
     def set_state(self, state: str) -> None:
         """Publish ``state``; unreachable ZooKeeper postpones it to the rejoin, which writes the record."""

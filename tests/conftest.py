@@ -67,6 +67,17 @@ def zk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKeeperSer
 
 
 @pytest.fixture
+def own_zk(zk_server: ZooKeeperServer, tmp_path) -> Iterator[ZooKeeperServer]:
+    """A ZooKeeper of the test's own, to stop, kill or restart (same data dir and port)
+    without touching the session's. (Asks for zk_server only to skip when it is missing.)"""
+    server = ZooKeeperServer(data_dir=str(tmp_path / "zk"), tick_time=500).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
 def zk_connect(zk_server: ZooKeeperServer) -> str:
     """The session server's connect string, "127.0.0.1:PORT"."""
     return zk_server.connect_string

@@ -292,14 +292,13 @@ def test_a_second_start_replaces_the_children_watch(kazoo_client, cluster_name):
     membership.stop()
 
 
-def test_a_rejoin_zookeeper_refuses_is_tried_again_until_it_is_taken(tmp_path, cluster_name, caplog):
+def test_a_rejoin_zookeeper_refuses_is_tried_again_until_it_is_taken(cluster_name, caplog, own_zk):
     from kazoo.security import OPEN_ACL_UNSAFE, make_acl
 
     from agents.registration import Registration
     from cluster.zk import close, connect
-    from cluster.zkserver import ZooKeeperServer
 
-    server = ZooKeeperServer(data_dir=str(tmp_path / "zk"), tick_time=500).start()
+    server = own_zk
     admin = agent = None
     try:
         admin, agent = connect(server.connect_string), connect(server.connect_string)
@@ -325,4 +324,3 @@ def test_a_rejoin_zookeeper_refuses_is_tried_again_until_it_is_taken(tmp_path, c
     finally:
         close(agent)
         close(admin)
-        server.stop()

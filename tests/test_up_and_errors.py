@@ -123,15 +123,14 @@ def test_daemons_and_commands_report_an_unreachable_zookeeper(free_port):
     assert time.monotonic() - started < 60
 
 
-def test_a_command_whose_zookeeper_goes_away_midway_says_so(tmp_path, cluster_name):
+def test_a_command_whose_zookeeper_goes_away_midway_says_so(cluster_name, own_zk):
     # kazoo holds a request made while disconnected until ZooKeeper answers again, which
     # may be never: `drain --wait` in a script used to wait forever.
     from cluster import layout
     from cluster.layout import AgentRecord
     from cluster.zk import close, connect
-    from cluster.zkserver import ZooKeeperServer
 
-    server = ZooKeeperServer(data_dir=str(tmp_path / "zk"), tick_time=500).start()
+    server = own_zk
     admin = proc = None
     try:
         admin = connect(server.connect_string)
@@ -154,4 +153,3 @@ def test_a_command_whose_zookeeper_goes_away_midway_says_so(tmp_path, cluster_na
             proc.kill()
             proc.wait()
         close(admin)
-        server.stop()

@@ -167,10 +167,8 @@ def test_a_deposed_leader_that_wakes_up_is_fenced(local_cluster, tmp_path):
     assert any("fenced: dropping messages of a deposed coordinator" in a.text() for a in agents)
 
 
-def test_zookeeper_down_for_3s_mid_job(tmp_path, cluster_name):
-    from cluster.zkserver import ZooKeeperServer
-
-    server = ZooKeeperServer(data_dir=str(tmp_path / "zk"), tick_time=500).start()
+def test_zookeeper_down_for_3s_mid_job(tmp_path, cluster_name, own_zk):
+    server = own_zk
     cluster = LocalCluster(server.connect_string, cluster_name, tmp_path)
     try:
         coordinator = cluster.coordinator()
@@ -188,16 +186,13 @@ def test_zookeeper_down_for_3s_mid_job(tmp_path, cluster_name):
         assert all(p.popen.poll() is None for p in cluster.procs if p.name != "job")
     finally:
         cluster.stop()
-        server.stop()
 
 
-def test_daemons_stop_cleanly_while_zookeeper_is_gone(tmp_path, cluster_name):
+def test_daemons_stop_cleanly_while_zookeeper_is_gone(tmp_path, cluster_name, own_zk):
     # `clusterctl up` killed with SIGKILL: ZooKeeper, the coordinator and the agent all get
     # SIGTERM at once. kazoo holds a request made while disconnected until ZooKeeper answers
     # again; the agent's "draining" state and its deregistration must not wait for that.
-    from cluster.zkserver import ZooKeeperServer
-
-    server = ZooKeeperServer(data_dir=str(tmp_path / "zk"), tick_time=500).start()
+    server = own_zk
     cluster = LocalCluster(server.connect_string, cluster_name, tmp_path)
     try:
         coordinator = cluster.coordinator()
@@ -214,7 +209,6 @@ def test_daemons_stop_cleanly_while_zookeeper_is_gone(tmp_path, cluster_name):
             assert daemon.popen.returncode == 0 and "Traceback" not in daemon.text(), daemon.text()[-3000:]
     finally:
         cluster.stop()
-        server.stop()
 
 
 def test_no_false_positives_while_workers_burn_every_core(local_cluster, tmp_path):
