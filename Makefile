@@ -12,13 +12,19 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 #   make test PYTEST_ARGS='tests/test_zkserver.py -x'
 PYTEST_ARGS ?= tests
 
-.PHONY: demo test bench chaos zookeeper venv clean
+.PHONY: demo test lint bench chaos zookeeper venv clean
 
 demo: venv zookeeper
 	$(VENV)/bin/clusterctl up --run '$(VENV)/bin/python examples/classic.py'
 
 test: venv zookeeper
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+# Style (ruff: lint and format) and types (mypy), configured in pyproject.toml.
+LINT_PATHS := cluster agents bench tests
+lint: venv
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 
 # The peers (the `bench` extra: Dask, IPython Parallel, Ray) have their own stamp. A peer
 # that cannot be installed here (no wheel for this Python, say) must not stop the run:

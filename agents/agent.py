@@ -25,10 +25,10 @@ import psutil
 import zmq
 
 from cluster import layout, loop, payload, security, wire
-from cluster.sdnotify import Notifier
 from cluster.config import AgentConfig
 from cluster.layout import AgentRecord
 from cluster.liveness import Liveness
+from cluster.sdnotify import Notifier
 from cluster.version import PROTOCOL_VERSION, __version__
 from cluster.zk import close as zk_close
 from cluster.zk import connect as zk_connect
@@ -163,17 +163,23 @@ class Agent:
         try:
             bound = loop.bind(self.front, self.cfg.bind)
             self.endpoint = loop.advertised(bound, self.cfg.advertise, self.cfg.zk)
-            zk = zk_connect(self.cfg.zk, timeout=10.0, session_timeout=self.cfg.zk_session_timeout,
-                            auth_file=self.cfg.zk_auth)
+            zk = zk_connect(
+                self.cfg.zk, timeout=10.0, session_timeout=self.cfg.zk_session_timeout, auth_file=self.cfg.zk_auth
+            )
             self.registration = Registration(zk, self.cfg.cluster, self._record())
             self.pool.converge(time.monotonic())
             self.registration.register()
             self.registration.keep()
             drain_request = layout.drain_path(self.cfg.cluster, self.node_id)
             zk.DataWatch(drain_request, self._on_drain_request)
-            log.info("agent %s registered: endpoint %s, %d workers (%d usable cpus)%s", self.node_id,
-                     self.endpoint, self.workers, self.resources.usable_cpus,
-                     f", reached through relay {self.cfg.relay}" if self.cfg.relay else "")
+            log.info(
+                "agent %s registered: endpoint %s, %d workers (%d usable cpus)%s",
+                self.node_id,
+                self.endpoint,
+                self.workers,
+                self.resources.usable_cpus,
+                f", reached through relay {self.cfg.relay}" if self.cfg.relay else "",
+            )
             if self.cfg.metrics_port:
                 from cluster.metrics import Metrics  # only daemons that export metrics need the library
 
@@ -205,10 +211,19 @@ class Agent:
 
     def _record(self) -> AgentRecord:
         return AgentRecord(
-            node_id=self.node_id, host=socket.gethostname(), endpoint=self.endpoint, workers=self.workers,
-            cores=self.resources.cores, memory=self.resources.memory, version=__version__,
-            protocol=PROTOCOL_VERSION, pid=os.getpid(), started=_process_start(), labels=dict(self.cfg.labels),
-            state="ready", relay=self.cfg.relay,
+            node_id=self.node_id,
+            host=socket.gethostname(),
+            endpoint=self.endpoint,
+            workers=self.workers,
+            cores=self.resources.cores,
+            memory=self.resources.memory,
+            version=__version__,
+            protocol=PROTOCOL_VERSION,
+            pid=os.getpid(),
+            started=_process_start(),
+            labels=dict(self.cfg.labels),
+            state="ready",
+            relay=self.cfg.relay,
         )
 
     def _spawn(self, index: int) -> subprocess.Popen:
@@ -218,9 +233,20 @@ class Agent:
         ours, theirs = pair()
         marker = self.markers[index].fd
         try:
-            proc = subprocess.Popen([sys.executable, "-m", "agents.worker", f"fd:{theirs.fileno()}", str(index),
-                                     str(os.getpid()), f"fd:{marker}"], stdin=subprocess.DEVNULL,
-                                    close_fds=True, pass_fds=(theirs.fileno(), marker))
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "agents.worker",
+                    f"fd:{theirs.fileno()}",
+                    str(index),
+                    str(os.getpid()),
+                    f"fd:{marker}",
+                ],
+                stdin=subprocess.DEVNULL,
+                close_fds=True,
+                pass_fds=(theirs.fileno(), marker),
+            )
         except BaseException:
             ours.close()
             raise
@@ -365,8 +391,7 @@ class Agent:
             self.counters["fenced_messages"] += 1
             if (identity, epoch) not in self._fenced:
                 self._fenced.add((identity, epoch))
-                log.warning("fenced: dropping messages of a deposed coordinator (epoch %d < %d)", epoch,
-                            self.max_epoch)
+                log.warning("fenced: dropping messages of a deposed coordinator (epoch %d < %d)", epoch, self.max_epoch)
             if isinstance(msg, wire.Hello):
                 loop.send(self.front, wire.Refused(f"epoch {epoch} is older than {self.max_epoch}"), identity)
             return
@@ -439,8 +464,13 @@ class Agent:
                 # A job kept open with a task or two run long ago (an Executor keeps idle jobs)
                 # must not keep every other job's queues shallow for ever.
                 fresh = time.monotonic() - NEW_JOB
-                shallow = [job_id for job_id in shallow if job_id in held
-                           or self.jobs[job_id].samples < PIPELINE_SAMPLES and self.jobs[job_id].since > fresh]
+                shallow = [
+                    job_id
+                    for job_id in shallow
+                    if job_id in held
+                    or self.jobs[job_id].samples < PIPELINE_SAMPLES
+                    and self.jobs[job_id].since > fresh
+                ]
             deep = bool(self.jobs) and not shallow
         prefetch = max(self.cfg.prefetch, self.cfg.prefetch_short) if deep else self.cfg.prefetch
         self.depth = 1 + prefetch
@@ -472,16 +502,19 @@ class Agent:
                 continue
             timeout = job.options.get("timeout")
             if isinstance(timeout, (int, float)) and 0 < timeout < now - slot.task_started:
-                err = payload.failure("TaskTimeout", f"task ran longer than its {timeout:g} s timeout; "
-                                                     "its worker was killed")
+                err = payload.failure(
+                    "TaskTimeout", f"task ran longer than its {timeout:g} s timeout; its worker was killed"
+                )
                 self._charge(slot, seq, wire.ERROR, err)
                 continue
             limit = job.options.get("max_memory")
             if isinstance(limit, int) and limit > 0:
                 rss = _rss(slot.proc.pid)
                 if rss > limit:
-                    err = payload.lost_error(f"worker exceeded the task memory limit ({rss / 2**20:.0f} MiB > "
-                                             f"{limit / 2**20:.0f} MiB) and was killed")
+                    err = payload.lost_error(
+                        f"worker exceeded the task memory limit ({rss / 2**20:.0f} MiB > "
+                        f"{limit / 2**20:.0f} MiB) and was killed"
+                    )
                     self._charge(slot, seq, wire.LOST, err)
 
     def _charge(self, slot, seq: int, status: int, err: bytes) -> None:
@@ -636,9 +669,13 @@ class Agent:
             job = self.jobs[job_id]
             seqs = [next(self._seq) for _ in group]
             fn = b"" if job.digest in slot.digests else job.function
-            msg = wire.RunTasks(job_id, job.digest, job.options, [[t.index, t.attempt, seq] for t, seq in
-                                                                   zip(group, seqs)],
-                                frames=(fn, *(t.args for t in group)))
+            msg = wire.RunTasks(
+                job_id,
+                job.digest,
+                job.options,
+                [[t.index, t.attempt, seq] for t, seq in zip(group, seqs)],
+                frames=(fn, *(t.args for t in group)),
+            )
             if not self._send_worker(slot, msg):  # the worker is gone: every task not sent waits for another
                 self.queue.extendleft(reversed([t for _, rest in messages[n:] for t in rest]))
                 return
@@ -688,11 +725,17 @@ class Agent:
         m.total("dropped_messages_total", "Malformed or unexpected messages dropped", self.counters["dropped_messages"])
         m.total("fenced_messages_total", "Messages from deposed coordinators dropped", self.counters["fenced_messages"])
         m.total("worker_restarts_total", "Worker processes restarted", sum(s.restarts for s in self.pool.slots))
-        m.total("worker_messages_total", "Messages that carried tasks to workers (short tasks share one)",
-                self.counters["worker_messages"])
+        m.total(
+            "worker_messages_total",
+            "Messages that carried tasks to workers (short tasks share one)",
+            self.counters["worker_messages"],
+        )
         m.total("tasks_moved_total", "Tasks moved off a worker stuck on a long task", self.counters["tasks_moved"])
-        m.total("tasks_returned_total", "Queued tasks given back to the leader when this agent's capacity shrank",
-                self.counters["tasks_returned"])
+        m.total(
+            "tasks_returned_total",
+            "Queued tasks given back to the leader when this agent's capacity shrank",
+            self.counters["tasks_returned"],
+        )
 
     def _beat(self, now: float) -> None:
         if self.leader is None:

@@ -20,7 +20,8 @@ import collections
 import itertools
 import socket
 import struct
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 PREFIX = struct.Struct("<QI")
 MAX_FRAMES = 1 << 16
@@ -86,7 +87,7 @@ class Reader:
         while self.corrupt is None:
             try:
                 if self.body is not None:
-                    n = sock.recv_into(memoryview(self.body)[self.filled:], 0, socket.MSG_DONTWAIT)
+                    n = sock.recv_into(memoryview(self.body)[self.filled :], 0, socket.MSG_DONTWAIT)
                 else:
                     chunk = sock.recv(CHUNK, socket.MSG_DONTWAIT)
                     n = len(chunk)
@@ -123,13 +124,13 @@ class Reader:
             self._check(size, count)
             end = PREFIX.size + size
             if len(self.buf) >= end:
-                out.append(self._frames(memoryview(self.buf)[PREFIX.size:end], count, copy=True))
+                out.append(self._frames(memoryview(self.buf)[PREFIX.size : end], count, copy=True))
                 del self.buf[:end]
                 continue
             if size >= CHUNK:  # the rest goes straight into a buffer of its own
                 self.body = bytearray(size)
                 self.filled = len(self.buf) - PREFIX.size
-                memoryview(self.body)[:self.filled] = memoryview(self.buf)[PREFIX.size:]  # no temporary copy
+                memoryview(self.body)[: self.filled] = memoryview(self.buf)[PREFIX.size :]  # no temporary copy
                 self.count = count
                 self.buf = bytearray()
             return
@@ -148,7 +149,7 @@ class Reader:
             raise Corrupt("a frame over the limit")
         frames, at = [], 8 * count
         for n in lengths:
-            view = body[at:at + n]
+            view = body[at : at + n]
             # Small frames are copied out (the buffer is reused); large ones of a record
             # with a buffer of its own are passed on as views of it.
             frames.append(view if not copy and n >= BIG else bytes(view))

@@ -22,7 +22,8 @@ import enum
 import logging
 import signal
 import time
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 log = logging.getLogger("agents.pool")
 
@@ -92,8 +93,14 @@ def exit_reason(code: int) -> str:
 
 
 class WorkerPool:
-    def __init__(self, size: int, spawn: Callable[[int], Process], *, backoff_max: float = 30.0,
-                 markers: list[RunningMarker] | None = None):
+    def __init__(
+        self,
+        size: int,
+        spawn: Callable[[int], Process],
+        *,
+        backoff_max: float = 30.0,
+        markers: list[RunningMarker] | None = None,
+    ):
         self.slots = [Slot(i, marker=markers[i] if markers else None) for i in range(size)]
         self._spawn = spawn
         self.backoff_max = backoff_max
@@ -163,7 +170,7 @@ class WorkerPool:
         if running is None:
             return []
         seqs = list(slot.tasks)
-        return seqs[seqs.index(running) + 1:]
+        return seqs[seqs.index(running) + 1 :]
 
     def observe(self, now: float) -> None:
         """Note when each busy worker moved on to its next task (timeouts count from then)."""
@@ -186,10 +193,16 @@ class WorkerPool:
             seq = None if slot.killed else self.running_seq(slot)
             task = slot.tasks.get(seq) if seq is not None else None
             exits.append(Exit(slot, task, [t for t in slot.tasks.values() if t is not task], reason))
-            log.warning("worker %d (pid %d) %s%s", slot.index, slot.proc.pid, reason,
-                        " while running a task" if task is not None else "")
-            self._back_off(slot, now, quick=slot.state is State.STARTING or now - slot.started < STABLE_AFTER
-                           and task is None)
+            log.warning(
+                "worker %d (pid %d) %s%s",
+                slot.index,
+                slot.proc.pid,
+                reason,
+                " while running a task" if task is not None else "",
+            )
+            self._back_off(
+                slot, now, quick=slot.state is State.STARTING or now - slot.started < STABLE_AFTER and task is None
+            )
         return exits
 
     def kill(self, slot: Slot) -> None:

@@ -18,7 +18,7 @@ import time
 
 import psutil
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import NoNodeError, NodeExistsError
+from kazoo.exceptions import NodeExistsError, NoNodeError
 
 from cluster import layout
 from cluster.layout import AgentRecord, BadRecord, RelayRecord
@@ -67,8 +67,9 @@ class Registration:
                     f"{name} {self.record.node_id!r} is already registered by a live {what} ({holder}); "
                     f"stop that {what} or give this one another {flag}"
                 )
-            log.info("id %s is held by a dead process (%s); waiting for its session to expire",
-                     self.record.node_id, holder)
+            log.info(
+                "id %s is held by a dead process (%s); waiting for its session to expire", self.record.node_id, holder
+            )
             time.sleep(0.5)
 
     def keep(self) -> None:
@@ -81,8 +82,10 @@ class Registration:
     def _on_state(self, state: str) -> None:
         # kazoo calls listeners on its own thread, which must not wait on a request.
         if state == KazooState.LOST:
-            log.warning("ZooKeeper session lost: %s is unregistered until ZooKeeper returns; "
-                        "the work goes on", self.record.node_id)
+            log.warning(
+                "ZooKeeper session lost: %s is unregistered until ZooKeeper returns; the work goes on",
+                self.record.node_id,
+            )
         elif state == KazooState.CONNECTED:
             self._reconnected.set()
 

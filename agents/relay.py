@@ -101,11 +101,22 @@ class Relay:
         try:
             bound = loop.bind(self.up, self.cfg.bind)
             self.endpoint = loop.advertised(bound, self.cfg.advertise, self.cfg.zk)
-            zk = zk_connect(self.cfg.zk, timeout=10.0, session_timeout=self.cfg.zk_session_timeout,
-                            auth_file=self.cfg.zk_auth)
-            self.registration = Registration(zk, self.cfg.cluster, RelayRecord(
-                node_id=self.relay_id, host=socket.gethostname(), endpoint=self.endpoint, version=__version__,
-                protocol=PROTOCOL_VERSION, pid=os.getpid(), started=time.time()))
+            zk = zk_connect(
+                self.cfg.zk, timeout=10.0, session_timeout=self.cfg.zk_session_timeout, auth_file=self.cfg.zk_auth
+            )
+            self.registration = Registration(
+                zk,
+                self.cfg.cluster,
+                RelayRecord(
+                    node_id=self.relay_id,
+                    host=socket.gethostname(),
+                    endpoint=self.endpoint,
+                    version=__version__,
+                    protocol=PROTOCOL_VERSION,
+                    pid=os.getpid(),
+                    started=time.time(),
+                ),
+            )
             self.registration.register()
             self.registration.keep()
             if self.cfg.metrics_port:
@@ -302,8 +313,17 @@ class Relay:
         if m is None:
             return
         m.gauge("relay_agents", "agents that name this relay", len(self.agents))
-        m.counters("relay_messages_total", "messages forwarded, by direction", {
-            "to_agents": self.counters["to_agents"], "to_coordinator": self.counters["to_coordinator"]}, "direction")
-        m.total("relay_heartbeats_gathered_total", "agents' heartbeats folded into RelayBeats",
-                self.counters["heartbeats_gathered"])
-        m.total("dropped_messages_total", "messages dropped (no route, or malformed)", self.counters["dropped_messages"])
+        m.counters(
+            "relay_messages_total",
+            "messages forwarded, by direction",
+            {"to_agents": self.counters["to_agents"], "to_coordinator": self.counters["to_coordinator"]},
+            "direction",
+        )
+        m.total(
+            "relay_heartbeats_gathered_total",
+            "agents' heartbeats folded into RelayBeats",
+            self.counters["heartbeats_gathered"],
+        )
+        m.total(
+            "dropped_messages_total", "messages dropped (no route, or malformed)", self.counters["dropped_messages"]
+        )

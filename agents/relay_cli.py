@@ -41,19 +41,38 @@ def relay(
     keys: Optional[str] = common.KEYS,
     insecure: Optional[bool] = common.INSECURE,
     zk_auth: Optional[str] = common.ZK_AUTH,
-    relay_id: Optional[str] = typer.Option(None, "--id", help="The id agents name with --relay (default: the host name)."),
-    bind: Optional[str] = typer.Option(None, "--bind", help="Endpoint the coordinator connects to (tcp://0.0.0.0:0, a free port)."),
+    relay_id: Optional[str] = typer.Option(
+        None, "--id", help="The id agents name with --relay (default: the host name)."
+    ),
+    bind: Optional[str] = typer.Option(
+        None, "--bind", help="Endpoint the coordinator connects to (tcp://0.0.0.0:0, a free port)."
+    ),
     advertise: Optional[str] = typer.Option(None, "--advertise", help="Host the coordinator uses to reach this relay."),
-    zk_session_timeout: Optional[float] = typer.Option(None, help="ZooKeeper session timeout; its agents go direct this long after it vanishes (10)."),
+    zk_session_timeout: Optional[float] = typer.Option(
+        None, help="ZooKeeper session timeout; its agents go direct this long after it vanishes (10)."
+    ),
     metrics_port: Optional[int] = typer.Option(None, help="Serve Prometheus metrics on this port (off)."),
     log_level: str = common.LOG_LEVEL,
     log_format: str = common.LOG_FORMAT,
 ) -> None:
     common.setup_logging(log_level, log_format)
     with common.clear_errors():
-        cfg = config.load(config.RelayConfig, config_file, dict(
-            zk=zk, cluster=cluster, keys=keys, insecure=insecure, zk_auth=zk_auth, relay_id=relay_id, bind=bind,
-            advertise=advertise, zk_session_timeout=zk_session_timeout, metrics_port=metrics_port))
+        cfg = config.load(
+            config.RelayConfig,
+            config_file,
+            dict(
+                zk=zk,
+                cluster=cluster,
+                keys=keys,
+                insecure=insecure,
+                zk_auth=zk_auth,
+                relay_id=relay_id,
+                bind=bind,
+                advertise=advertise,
+                zk_session_timeout=zk_session_timeout,
+                metrics_port=metrics_port,
+            ),
+        )
         node = Relay(cfg)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: node.stop())

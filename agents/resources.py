@@ -115,8 +115,7 @@ def _affinity(pid: str) -> int:
         return psutil.cpu_count(logical=True) or os.cpu_count() or 1
 
 
-def cgroup_cpu_limit(proc_root: str = "/proc", cgroup_root: str = "/sys/fs/cgroup",
-                     pid: str = "self") -> int | None:
+def cgroup_cpu_limit(proc_root: str = "/proc", cgroup_root: str = "/sys/fs/cgroup", pid: str = "self") -> int | None:
     """CPUs allowed by the cgroup quota (rounded up), or None if unlimited."""
     root = Path(cgroup_root)
     v2_path, v1 = _cgroup_paths(proc_root, pid)
@@ -139,8 +138,7 @@ def _memory_value(text: str | None) -> int | None:
     return value if 0 < value < _NO_MEMORY_LIMIT else None
 
 
-def cgroup_memory_limit(proc_root: str = "/proc", cgroup_root: str = "/sys/fs/cgroup",
-                        pid: str = "self") -> int | None:
+def cgroup_memory_limit(proc_root: str = "/proc", cgroup_root: str = "/sys/fs/cgroup", pid: str = "self") -> int | None:
     """Bytes allowed by the cgroup memory limit, or None if unlimited."""
     root = Path(cgroup_root)
     v2_path, v1 = _cgroup_paths(proc_root, pid)
@@ -152,8 +150,9 @@ def cgroup_memory_limit(proc_root: str = "/proc", cgroup_root: str = "/sys/fs/cg
     return _min_limit(limits)
 
 
-def usable_cpus(proc_root: str = "/proc", cgroup_root: str = "/sys/fs/cgroup",
-                pid: str = "self", affinity: int | None = None) -> int:
+def usable_cpus(
+    proc_root: str = "/proc", cgroup_root: str = "/sys/fs/cgroup", pid: str = "self", affinity: int | None = None
+) -> int:
     """Cores this process may really use: min(CPU affinity, cgroup quota), >= 1.
 
     `affinity` overrides the sched_getaffinity count (for tests).
@@ -165,8 +164,9 @@ def usable_cpus(proc_root: str = "/proc", cgroup_root: str = "/sys/fs/cgroup",
     return max(1, cpus)
 
 
-def usable_memory(proc_root: str = "/proc", cgroup_root: str = "/sys/fs/cgroup",
-                  pid: str = "self", total: int | None = None) -> int:
+def usable_memory(
+    proc_root: str = "/proc", cgroup_root: str = "/sys/fs/cgroup", pid: str = "self", total: int | None = None
+) -> int:
     """Bytes this process may use: min(physical RAM, cgroup memory limit).
 
     `total` overrides psutil's physical memory total (for tests).
@@ -192,5 +192,4 @@ def parse_workers(value: str | int, cpus: int) -> int:
 
 def detect() -> NodeResources:
     """Resources of this node as seen from this process."""
-    return NodeResources(cores=os.cpu_count() or 1, usable_cpus=usable_cpus(),
-                         memory=usable_memory())
+    return NodeResources(cores=os.cpu_count() or 1, usable_cpus=usable_cpus(), memory=usable_memory())

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import heapq
 import itertools
 import json
@@ -78,8 +79,24 @@ _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # plain ints: enum arithmet
 
 
 class SimAgent:
-    __slots__ = ("node_id", "sock", "fd", "endpoint", "record", "leader", "max_epoch", "leader_liveness", "jobs",
-                 "queue", "running", "outbox", "draining", "alive", "registered", "next_beat")
+    __slots__ = (
+        "node_id",
+        "sock",
+        "fd",
+        "endpoint",
+        "record",
+        "leader",
+        "max_epoch",
+        "leader_liveness",
+        "jobs",
+        "queue",
+        "running",
+        "outbox",
+        "draining",
+        "alive",
+        "registered",
+        "next_beat",
+    )
 
     def __init__(self, node_id: str, sock: zmq.Socket, endpoint: str):
         self.node_id = node_id
@@ -164,10 +181,21 @@ class Fleet:
         # As the real agent: an ephemeral port the kernel picks, advertised as others reach it.
         endpoint = loop.advertised(loop.bind(sock, f"tcp://{self.args.bind}:0"), "", self.args.zk)
         agent = SimAgent(node_id, sock, endpoint)
-        agent.record = AgentRecord(node_id=node_id, host=self.host, endpoint=endpoint, workers=self.workers,
-                                   cores=self.workers, memory=self.memory, version=__version__,
-                                   protocol=PROTOCOL_VERSION, pid=os.getpid(), started=time.time(),
-                                   labels={"simulated": "1"}, state="ready", relay=self.args.relay)
+        agent.record = AgentRecord(
+            node_id=node_id,
+            host=self.host,
+            endpoint=endpoint,
+            workers=self.workers,
+            cores=self.workers,
+            memory=self.memory,
+            version=__version__,
+            protocol=PROTOCOL_VERSION,
+            pid=os.getpid(),
+            started=time.time(),
+            labels={"simulated": "1"},
+            state="ready",
+            relay=self.args.relay,
+        )
         self.agents[node_id] = agent
         self.by_fd[agent.fd] = agent
         self.epoll.register(agent.fd, select.EPOLLIN)
@@ -178,8 +206,9 @@ class Fleet:
     def register(self, agents: list[SimAgent]) -> float:
         """Create the znodes pipelined (one round trip for all) and arm each drain watch."""
         started = time.monotonic()
-        pending = [(a, self.zk.create_async(f"{self.path}/{a.node_id}", a.record.to_bytes(), ephemeral=True))
-                   for a in agents]
+        pending = [
+            (a, self.zk.create_async(f"{self.path}/{a.node_id}", a.record.to_bytes(), ephemeral=True)) for a in agents
+        ]
         for agent, result in pending:
             try:
                 result.get(timeout=60)
@@ -248,7 +277,7 @@ class Fleet:
             agent = self.check.pop()
             if not agent.alive:
                 continue
-            loop.read_router(agent.sock, lambda identity, msg: self._on_message(agent, identity, msg), self._bad)
+            loop.read_router(agent.sock, functools.partial(self._on_message, agent), self._bad)
             if agent.sock.getsockopt(_EVENTS) & _POLLIN:
                 self.check.add(agent)  # more waiting: come back after the others
 
@@ -282,8 +311,7 @@ class Fleet:
             agent.leader_liveness = Liveness(msg.heartbeat_interval, self.misses)
             agent.leader_liveness.beat(identity, time.monotonic())
             self._follow_interval(msg.heartbeat_interval)
-            welcome = wire.Welcome(agent.node_id, msg.epoch, self.workers, self.capacity, agent.held(),
-                                   agent.draining)
+            welcome = wire.Welcome(agent.node_id, msg.epoch, self.workers, self.capacity, agent.held(), agent.draining)
             self._send(agent, welcome, identity)
             self.counters["hellos"] += 1
         elif kind is wire.JobSpec:
@@ -432,9 +460,16 @@ class Fleet:
             self.out(ev="ok", op=op, n=len(chosen), id=cmd.get("id"))
         elif op == "stats":
             alive = [a for a in self.agents.values() if a.alive]
-            self.out(ev="stats", id=cmd.get("id"), alive=len(alive), connected=sum(1 for a in alive if a.leader),
-                     held=sum(len(a.held()) for a in alive), cpu=round(sum(self.me.cpu_times()[:2]), 3),
-                     rss=self.me.memory_info().rss, **self.counters)
+            self.out(
+                ev="stats",
+                id=cmd.get("id"),
+                alive=len(alive),
+                connected=sum(1 for a in alive if a.leader),
+                held=sum(len(a.held()) for a in alive),
+                cpu=round(sum(self.me.cpu_times()[:2]), 3),
+                rss=self.me.memory_info().rss,
+                **self.counters,
+            )
         elif op == "expire_session":
             # A second client on the same session closes it: the server ends the session
             # for both, as it would after a partition longer than the session timeout.
@@ -472,8 +507,10 @@ class Fleet:
         when the (simulated) session expires."""
         self._close(agent)
         self.counters["crashed"] += 1
-        heapq.heappush(self.later, (time.monotonic() + self.args.session_timeout, next(self.seq),
-                                    lambda: self._delete_znode(agent)))
+        heapq.heappush(
+            self.later,
+            (time.monotonic() + self.args.session_timeout, next(self.seq), lambda: self._delete_znode(agent)),
+        )
 
     def _deregister(self, agent: SimAgent) -> None:
         self._delete_znode(agent)
@@ -500,8 +537,9 @@ class Fleet:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m agents.simfleet", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m agents.simfleet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--zk", default=os.environ.get("CLUSTER_ZK", "127.0.0.1:2181"))
     p.add_argument("--cluster", default=os.environ.get("CLUSTER_NAME", "default"))
     p.add_argument("--prefix", default=f"sim{os.getpid()}-", help="node ids are PREFIX00000, PREFIX00001, ...")
@@ -517,13 +555,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--relay", default="", help="the relay every agent names (clusterctl relay --id)")
     p.add_argument("--register", action="store_true", help="register at once instead of waiting for the command")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     limit = raise_fd_limit()
     need = args.count * 4 + 100  # a listening socket, a connection and ZeroMQ's own descriptors per agent
     if need > limit:
-        print(f"simfleet: {args.count} agents need about {need} file descriptors; the limit is {limit}",
-              file=sys.stderr)
+        print(
+            f"simfleet: {args.count} agents need about {need} file descriptors; the limit is {limit}", file=sys.stderr
+        )
         return 2
     return Fleet(args).run()
 

@@ -22,7 +22,8 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import zmq
 
@@ -57,8 +58,10 @@ class Item:
 def items_of(msg: wire.Message) -> list[Item]:
     if isinstance(msg, wire.RunTasks):
         fn, *args = msg.frames
-        return [Item(msg.job_id, index, attempt, seq, msg.digest, msg.options, fn, a)
-                for (index, attempt, seq), a in zip(msg.tasks, args)]
+        return [
+            Item(msg.job_id, index, attempt, seq, msg.digest, msg.options, fn, a)
+            for (index, attempt, seq), a in zip(msg.tasks, args)
+        ]
     if isinstance(msg, wire.RunTask):
         return [Item(msg.job_id, msg.index, msg.attempt, 0, msg.digest, msg.options, *msg.frames, legacy=True)]
     return []
@@ -76,7 +79,8 @@ def run_task(functions: collections.OrderedDict, item: Item) -> tuple[int, bytes
         limit = item.options.get("max_payload", wire.MAX_PAYLOAD_DEFAULT)
         if isinstance(limit, int) and len(body) > limit:
             return wire.ERROR, payload.failure(
-                "ResultTooLarge", f"the result is {len(body) / 2**20:.1f} MiB; the limit is {limit / 2**20:.1f} MiB")
+                "ResultTooLarge", f"the result is {len(body) / 2**20:.1f} MiB; the limit is {limit / 2**20:.1f} MiB"
+            )
         return wire.OK, body
     except BaseException as exc:  # SystemExit and KeyboardInterrupt from user code are task errors too
         return wire.ERROR, payload.pack_error(exc, fmt)
@@ -129,8 +133,9 @@ class Results:
         self.bodies.append(body)
 
     def due(self, more_to_run: bool) -> bool:
-        return bool(self.items) and (not more_to_run or len(self.items) >= MAX_HELD
-                                     or time.monotonic() - self.since >= HOLD)
+        return bool(self.items) and (
+            not more_to_run or len(self.items) >= MAX_HELD or time.monotonic() - self.since >= HOLD
+        )
 
     def hold(self) -> None:
         """Results stay for the next task's: have the flusher watch them. After they were

@@ -53,8 +53,10 @@ def log_time(path: Path, needle: str | tuple[str, ...], after: float = 0.0) -> f
 
 class Cluster:
     def __init__(self, zk: str, tmp: Path, name: str, session: str, coordinators: int = 1, relay: bool = False):
-        self.tmp, self.env = tmp, dict(os.environ, CLUSTER_ZK=zk, CLUSTER_NAME=name, PYTHONPATH=str(ROOT),
-                                      CLUSTER_INSECURE="1")
+        self.tmp, self.env = (
+            tmp,
+            dict(os.environ, CLUSTER_ZK=zk, CLUSTER_NAME=name, PYTHONPATH=str(ROOT), CLUSTER_INSECURE="1"),
+        )
         self.procs: dict[str, subprocess.Popen] = {}
         fast = ["--zk-session-timeout", session]
         for i in range(coordinators):
@@ -64,8 +66,10 @@ class Cluster:
             self._start("r1", ["-m", "agents.relay_cli", "--id", "r1", "--bind", "tcp://127.0.0.1:0", *fast])
             behind = ["--relay", "r1"]
         for i in (1, 2):
-            self._start(f"a{i}", ["-m", "agents", "--node-id", f"a{i}", "--workers", "2", "--bind",
-                                  "tcp://127.0.0.1:0", *fast, *behind])
+            self._start(
+                f"a{i}",
+                ["-m", "agents", "--node-id", f"a{i}", "--workers", "2", "--bind", "tcp://127.0.0.1:0", *fast, *behind],
+            )
         self.zk = connect(zk)
         self.name = name
         deadline = time.time() + 30
@@ -78,8 +82,7 @@ class Cluster:
 
     def _start(self, name: str, argv: list[str]) -> None:
         out = open(self.tmp / f"{name}.log", "w")
-        self.procs[name] = subprocess.Popen([PY, *argv], stdout=out, stderr=subprocess.STDOUT, env=self.env,
-                                            cwd=ROOT)
+        self.procs[name] = subprocess.Popen([PY, *argv], stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT)
 
     def log(self, name: str) -> Path:
         return self.tmp / f"{name}.log"
@@ -92,8 +95,23 @@ class Cluster:
         module = self.tmp / "tasks.py"
         module.write_text(TASKS)
         self.out = self.tmp / f"out-{time.time()}.jsonl"
-        return subprocess.Popen([PY, "-m", "cluster.cli.main", "submit", f"{module}:square", "--range", "0", str(n),
-                                 "--output", str(self.out)], env=self.env, cwd=ROOT, stderr=subprocess.DEVNULL)
+        return subprocess.Popen(
+            [
+                PY,
+                "-m",
+                "cluster.cli.main",
+                "submit",
+                f"{module}:square",
+                "--range",
+                "0",
+                str(n),
+                "--output",
+                str(self.out),
+            ],
+            env=self.env,
+            cwd=ROOT,
+            stderr=subprocess.DEVNULL,
+        )
 
     def done(self) -> int:
         return sum(1 for _ in open(self.out)) if self.out.exists() else 0
@@ -151,12 +169,17 @@ def main() -> None:
     n = 4000
     report: dict[str, object] = {}
     with ZooKeeperServer(tick_time=500) as zk:
-        for i, (label, fault, coordinators, relay) in enumerate([
-            ("fault-free", None, 1, False), ("agent kill -9", kill_agent, 1, False),
-            ("agent SIGSTOP 5 s", stop_agent, 1, False), ("agent drain (SIGTERM)", drain_agent, 1, False),
-            ("leader kill -9, standby", kill_leader, 2, False),
-            (BEHIND, None, 1, True), ("relay kill -9", kill_relay, 1, True),
-        ]):
+        for i, (label, fault, coordinators, relay) in enumerate(
+            [
+                ("fault-free", None, 1, False),
+                ("agent kill -9", kill_agent, 1, False),
+                ("agent SIGSTOP 5 s", stop_agent, 1, False),
+                ("agent drain (SIGTERM)", drain_agent, 1, False),
+                ("leader kill -9, standby", kill_leader, 2, False),
+                (BEHIND, None, 1, True),
+                ("relay kill -9", kill_relay, 1, True),
+            ]
+        ):
             print(f"running: {label}", file=sys.stderr)
             tmp = Path(tempfile.mkdtemp(prefix="clusterd-faults-"))
             cluster = Cluster(zk.connect_string, tmp, f"faults{i}", "2", coordinators, relay)
@@ -167,8 +190,11 @@ def main() -> None:
                     # Whichever comes first: the connection closing (a dead process), silence
                     # to heartbeats, the ZooKeeper session (both 2 s here).
                     who = "relay r1" if fault is kill_relay else "agent a1"
-                    seen = log_time(cluster.log("c1"), (f"{who} connection closed", f"{who}: connection closed",
-                                                        f"{who} silent", f"{who} left"), fault_at)
+                    seen = log_time(
+                        cluster.log("c1"),
+                        (f"{who} connection closed", f"{who}: connection closed", f"{who} silent", f"{who} left"),
+                        fault_at,
+                    )
                     report[label]["detection_s"] = round(seen - fault_at, 3) if seen else None
                 if fault is kill_leader:
                     new = cluster.leader_name()
@@ -199,8 +225,10 @@ def main() -> None:
     if "--json" in sys.argv:
         print(json.dumps(report, indent=2))
         return
-    print(f"{n} tasks x 4 ms on 2 agents x 2 workers; ZooKeeper session 2 s; heartbeat 0.5 s x 4; "
-          f"overheads against the fault-free run (the relay's kill: against the run behind a relay)")
+    print(
+        f"{n} tasks x 4 ms on 2 agents x 2 workers; ZooKeeper session 2 s; heartbeat 0.5 s x 4; "
+        f"overheads against the fault-free run (the relay's kill: against the run behind a relay)"
+    )
     print(f"{'scenario':<28}{'job (s)':>9}{'overhead (s)':>14}  detail")
     for label, row in report.items():
         if not isinstance(row, dict):

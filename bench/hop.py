@@ -175,7 +175,7 @@ def chain(port_front: int, port_agent: int, n: int, coordinator_on_path: bool = 
         agents.close(linger=1000)
         ctx.term()
 
-    pids = [_fork(fn) for fn in (worker, agent, coordinator)[:3 if coordinator_on_path else 2]]
+    pids = [_fork(fn) for fn in (worker, agent, coordinator)[: 3 if coordinator_on_path else 2]]
     worker_end.close()
     agent_end.close()
     ctx = zmq.Context()
@@ -209,33 +209,42 @@ def main(argv: list[str]) -> int:
     tmp = tempfile.mkdtemp(prefix="clusterd-hop-")
     rows = {}
     port, port2 = _free_port(), _free_port()
-    for name, run in (("socketpair", lambda: socketpair(args.round_trips)),
-                      ("zmq ipc", lambda: zeromq(f"ipc://{tmp}/hop", args.round_trips)),
-                      ("zmq tcp", lambda: zeromq(f"tcp://127.0.0.1:{port}", args.round_trips)),
-                      ("W3 path", lambda: chain(port, port2, args.round_trips)),
-                      ("W3 direct", lambda: chain(port, port2, args.round_trips, coordinator_on_path=False))):
+    for name, run in (
+        ("socketpair", lambda: socketpair(args.round_trips)),
+        ("zmq ipc", lambda: zeromq(f"ipc://{tmp}/hop", args.round_trips)),
+        ("zmq tcp", lambda: zeromq(f"tcp://127.0.0.1:{port}", args.round_trips)),
+        ("W3 path", lambda: chain(port, port2, args.round_trips)),
+        ("W3 direct", lambda: chain(port, port2, args.round_trips, coordinator_on_path=False)),
+    ):
         child_before = _cpu(resource.RUSAGE_CHILDREN)
         r = run()
         if r["pid"] is not None:
             os.waitpid(r["pid"], 0)
         n = args.round_trips
         cuts = statistics.quantiles(r["lat"], n=100, method="inclusive")  # as bench/run.py's percentiles
-        rows[name] = {"p50_us": cuts[49] * 1e6,
-                      "p99_us": cuts[98] * 1e6,
-                      "cpu_us_here": r["cpu"] / n * 1e6,
-                      "cpu_us_echo": (_cpu(resource.RUSAGE_CHILDREN) - child_before) / n * 1e6}
+        rows[name] = {
+            "p50_us": cuts[49] * 1e6,
+            "p99_us": cuts[98] * 1e6,
+            "cpu_us_here": r["cpu"] / n * 1e6,
+            "cpu_us_echo": (_cpu(resource.RUSAGE_CHILDREN) - child_before) / n * 1e6,
+        }
     shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"one hop, {args.round_trips:,} sequential round trips of {len(MESSAGE)} bytes "
-          f"(load average {os.getloadavg()[0]:.2f})")
-    print(f"{'transport':12} {'p50 us':>8} {'p99 us':>8} {'CPU us here':>12} {'CPU us echo':>12}"
-          "   (W3 path: client -> relay -> relay -> socketpair echo, 4 processes; echo CPU = the other 3;"
-          " W3 direct: the same without the coordinator's relay)")
+    print(
+        f"one hop, {args.round_trips:,} sequential round trips of {len(MESSAGE)} bytes "
+        f"(load average {os.getloadavg()[0]:.2f})"
+    )
+    print(
+        f"{'transport':12} {'p50 us':>8} {'p99 us':>8} {'CPU us here':>12} {'CPU us echo':>12}"
+        "   (W3 path: client -> relay -> relay -> socketpair echo, 4 processes; echo CPU = the other 3;"
+        " W3 direct: the same without the coordinator's relay)"
+    )
     for name, row in rows.items():
-        print(f"{name:12} {row['p50_us']:8.1f} {row['p99_us']:8.1f} {row['cpu_us_here']:12.1f} "
-              f"{row['cpu_us_echo']:12.1f}")
+        print(
+            f"{name:12} {row['p50_us']:8.1f} {row['p99_us']:8.1f} {row['cpu_us_here']:12.1f} {row['cpu_us_echo']:12.1f}"
+        )
     return 0
 
 

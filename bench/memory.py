@@ -33,9 +33,22 @@ def main() -> None:
     with LocalStack(workers="2", cluster="membench") as stack:
         coord = psutil.Process(stack.children[0].pid)
         started = time.monotonic()
-        client = subprocess.Popen([sys.executable, "-m", "cluster.cli.main", "submit", "builtins:abs", "--inputs", "-",
-                                   "--output", os.devnull], stdin=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  env=stack.env)
+        client = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cluster.cli.main",
+                "submit",
+                "builtins:abs",
+                "--inputs",
+                "-",
+                "--output",
+                os.devnull,
+            ],
+            stdin=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=stack.env,
+        )
         threading.Thread(target=feed, args=(client.stdin, n), daemon=True).start()
         proc = psutil.Process(client.pid)
         samples = []
@@ -54,10 +67,13 @@ def main() -> None:
     step = max(1, len(samples) // 10)
     for t, c, k in samples[::step] + samples[-1:]:
         print(f"{t:8.1f}{c / 2**20:20.1f}{k / 2**20:24.1f}")
-    late = samples[len(samples) // 2:]
-    print(f"peak client RSS {max(s[1] for s in samples) / 2**20:.1f} MiB, "
-          f"peak coordinator RSS {max(s[2] for s in samples) / 2**20:.1f} MiB; "
-          f"second half of the job: client {min(s[1] for s in late) / 2**20:.1f}-{max(s[1] for s in late) / 2**20:.1f} MiB")
+    late = samples[len(samples) // 2 :]
+    print(
+        f"peak client RSS {max(s[1] for s in samples) / 2**20:.1f} MiB, "
+        f"peak coordinator RSS {max(s[2] for s in samples) / 2**20:.1f} MiB; "
+        f"second half of the job: client {min(s[1] for s in late) / 2**20:.1f}-"
+        f"{max(s[1] for s in late) / 2**20:.1f} MiB"
+    )
 
 
 if __name__ == "__main__":

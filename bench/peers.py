@@ -53,8 +53,8 @@ class Skipped(Exception):
 
 class System:
     label = ""
-    kind = ""            # "project", "stdlib" or "distributed"
-    api = ""             # how one task is submitted
+    kind = ""  # "project", "stdlib" or "distributed"
+    api = ""  # how one task is submitted
     daemon_groups: tuple[str, ...] = ()
 
     def __init__(self, workers: int):
@@ -91,6 +91,7 @@ class System:
 
 
 # ----------------------------------------------------------------- this project
+
 
 class Clusterd(System):
     label = "clusterd (Executor.submit)"
@@ -130,8 +131,12 @@ class Clusterd(System):
     def cpu_groups(self) -> dict:
         # The ZooKeeper server (a child of LocalStack) is not counted: it is idle during a job.
         me, coordinator, agent = psutil.Process(), self.coordinator, self.agent
-        return {"client": lambda: [me], "coordinator": lambda: [coordinator], "agent": lambda: [agent],
-                "workers": lambda: descendants(agent)}
+        return {
+            "client": lambda: [me],
+            "coordinator": lambda: [coordinator],
+            "agent": lambda: [agent],
+            "workers": lambda: descendants(agent),
+        }
 
     def extras(self) -> dict:
         return {"w1_cli": self.w1_cli, "w4_tuned": self.w4_tuned}
@@ -152,19 +157,37 @@ class Clusterd(System):
             module = os.path.join(tmp, "noop_task.py")
             with open(module, "w") as f:
                 f.write("def noop(x):\n    return x\n")
-            def argv(count: int) -> list[str]:
-                return [sys.executable, "-m", "cluster.cli.main", "submit", f"{module}:noop", "--range", "0",
-                        str(count), "--output", os.devnull, "--no-progress"]
 
-            subprocess.run(argv(100), env=self.stack.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           timeout=120)  # warm-up: the OS caches, not the job (each run is a new job)
+            def argv(count: int) -> list[str]:
+                return [
+                    sys.executable,
+                    "-m",
+                    "cluster.cli.main",
+                    "submit",
+                    f"{module}:noop",
+                    "--range",
+                    "0",
+                    str(count),
+                    "--output",
+                    os.devnull,
+                    "--no-progress",
+                ]
+
+            subprocess.run(
+                argv(100), env=self.stack.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120
+            )  # warm-up: the OS caches, not the job (each run is a new job)
             # The client is the clusterctl subprocess: RUSAGE_CHILDREN has its CPU once it is reaped.
             groups = {"clusterctl": lambda: [], **self.cpu_groups()}
             del groups["client"]
             meter = workloads.CpuMeter(groups, children_rusage="clusterctl").start()
             started = time.perf_counter()
-            proc = subprocess.run(argv(n), env=self.stack.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  timeout=max(120, n / 100))
+            proc = subprocess.run(
+                argv(n),
+                env=self.stack.env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                timeout=max(120, n / 100),
+            )
             wall = time.perf_counter() - started
             cpu = meter.stop()
         summary = proc.stderr.decode(errors="replace").strip().splitlines()
@@ -173,12 +196,20 @@ class Clusterd(System):
             raise RuntimeError(f"clusterctl submit exited {proc.returncode}: {summary}")
         m = re.search(r"([\d.]+) s wall, (\d+) tasks/s", summary)
         total = sum(cpu.values())
-        return {"tasks": n, "wall_s": wall, "tasks_per_s": n / wall, "summary": summary,
-                "reported_tasks_per_s": float(m.group(2)) if m else None,
-                "cpu_s": total, "cpu_s_by_group": cpu, "cpu_us_per_task": total / n * 1e6}
+        return {
+            "tasks": n,
+            "wall_s": wall,
+            "tasks_per_s": n / wall,
+            "summary": summary,
+            "reported_tasks_per_s": float(m.group(2)) if m else None,
+            "cpu_s": total,
+            "cpu_s_by_group": cpu,
+            "cpu_us_per_task": total / n * 1e6,
+        }
 
 
 # ----------------------------------------------------------- the standard library
+
 
 class MpPool(System):
     label = "multiprocessing.Pool (apply_async)"
@@ -232,6 +263,7 @@ class ProcessPool(System):
 
 # ------------------------------------------------------------ distributed peers
 
+
 def _need(module: str):
     import importlib
 
@@ -251,8 +283,13 @@ class Dask(System):
 
     def start(self) -> None:
         distributed = _need("distributed")
-        self.cluster = distributed.LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                                dashboard_address=None, silence_logs=logging.ERROR)
+        self.cluster = distributed.LocalCluster(
+            n_workers=self.workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
         self.client = distributed.Client(self.cluster)
         self.client.wait_for_workers(self.workers, timeout=60)
 
@@ -310,8 +347,13 @@ class Ray(System):
 
     def start(self) -> None:
         self.ray = _need("ray")
-        self.ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False,
-                      logging_level=logging.ERROR, configure_logging=True)
+        self.ray.init(
+            num_cpus=self.workers,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.ERROR,
+            configure_logging=True,
+        )
         self.remote: dict = {}
 
     def stop(self) -> None:
@@ -343,6 +385,7 @@ SPECIAL = ("serial", "zmq")
 
 
 # ------------------------------------------------------------------ entry point
+
 
 def measure(name: str, workers: int, sizes: Sizes, out_path: str) -> None:
     record_: dict = {"system": name, "status": "running", "workers": workers}

@@ -49,10 +49,18 @@ from bench.workloads import Sizes  # noqa: E402
 
 ORDER = ["serial", "zmq", "mp.Pool", "ProcessPoolExecutor", "clusterd", "dask", "ipyparallel", "ray"]
 DISTRIBUTED = ("dask", "ipyparallel", "ray")
-SHORT = {"clusterd": "clusterd", "clusterd-cli": "clusterd (clusterctl submit)",
-         "clusterd-tuned": "clusterd, tune_malloc() in the client", "mp.Pool": "mp.Pool apply_async",
-         "ProcessPoolExecutor": "ProcessPoolExecutor", "dask": "Dask distributed", "ipyparallel": "IPython Parallel",
-         "ray": "Ray", "serial": "serial (1 process)", "zmq": "raw ZeroMQ"}
+SHORT = {
+    "clusterd": "clusterd",
+    "clusterd-cli": "clusterd (clusterctl submit)",
+    "clusterd-tuned": "clusterd, tune_malloc() in the client",
+    "mp.Pool": "mp.Pool apply_async",
+    "ProcessPoolExecutor": "ProcessPoolExecutor",
+    "dask": "Dask distributed",
+    "ipyparallel": "IPython Parallel",
+    "ray": "Ray",
+    "serial": "serial (1 process)",
+    "zmq": "raw ZeroMQ",
+}
 QUICK_SCALE = 0.1
 
 
@@ -62,19 +70,40 @@ def say(text: str) -> None:
 
 # ------------------------------------------------------------------ running
 
+
 def run_system(name: str, workers: int, sizes: Sizes, logdir: str, timeout: float) -> dict:
     """One system in its own process (and session); whatever it leaves behind
     (processes it started that outlive it) is killed by pid afterwards."""
     out = os.path.join(logdir, f"{name}.json")
     log = os.path.join(logdir, f"{name}.log")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p),
-               PYTHONUNBUFFERED="1")
-    argv = [sys.executable, "-m", "bench.peers", name, "--workers", str(workers), "--scale", str(sizes.scale),
-            "--out", out]
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p),
+        PYTHONUNBUFFERED="1",
+    )
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.peers",
+        name,
+        "--workers",
+        str(workers),
+        "--scale",
+        str(sizes.scale),
+        "--out",
+        out,
+    ]
     started = time.monotonic()
     with open(log, "w") as logf:
-        child = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=logf,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
+        child = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     seen: dict[int, float] = {}  # every descendant ever seen: pid -> create time
     me = psutil.Process(child.pid)
     timed_out = False
@@ -130,6 +159,7 @@ def tail(path: str) -> str:
 
 # ---------------------------------------------------------------- reporting
 
+
 def get(results: dict, name: str, *keys):
     """A figure, or None when the system or workload did not produce it."""
     value = results.get(name)
@@ -167,8 +197,9 @@ def ratio(a, b) -> str:
 def table(title: str, headers: list[str], rows: list[list[str]], note: str = "", left: int = 1) -> str:
     """Columns before ``left`` are left-aligned, the rest right-aligned; a row
     of two cells (a system with no figures) spans the figure columns."""
-    width = [max([len(h), *(len(r[i]) for r in rows if len(r) == len(headers) or i == 0)])
-             for i, h in enumerate(headers)]
+    width = [
+        max([len(h), *(len(r[i]) for r in rows if len(r) == len(headers) or i == 0)]) for i, h in enumerate(headers)
+    ]
 
     def cells(row: list[str]) -> str:
         return "  ".join(c.ljust(width[i]) if i < left else c.rjust(width[i]) for i, c in enumerate(row)).rstrip()
@@ -202,9 +233,18 @@ def systems_in(results: dict) -> list[str]:
     return [n for n in DISPLAY if n in results]
 
 
-def compared_rows(results: dict, workload: str, figure: str, second: str, fmts: tuple[str, str],
-                  zmq: tuple[str, str, str, str | None], *, brief: bool = True,
-                  extra: tuple[str, str] | None = None, per: float = 1) -> list[list[str]]:
+def compared_rows(
+    results: dict,
+    workload: str,
+    figure: str,
+    second: str,
+    fmts: tuple[str, str],
+    zmq: tuple[str, str, str, str | None],
+    *,
+    brief: bool = True,
+    extra: tuple[str, str] | None = None,
+    per: float = 1,
+) -> list[list[str]]:
     """The rows [system, figure, second figure, ÷ clusterd, ÷ mp.Pool] of W1, W3
     and W4: every system that ran, then the raw ZeroMQ row ``zmq`` (its label,
     its part of the zmq figures, and the keys of its two figures there).
@@ -228,8 +268,9 @@ def compared_rows(results: dict, workload: str, figure: str, second: str, fmts: 
     text, part, zfigure, zsecond = zmq
     why = status_text(results, "zmq", "zmq")
     if not why:
-        rows.append(row(text, get(results, "zmq", "zmq", part, zfigure),
-                        zsecond and get(results, "zmq", "zmq", part, zsecond)))
+        rows.append(
+            row(text, get(results, "zmq", "zmq", part, zfigure), zsecond and get(results, "zmq", "zmq", part, zsecond))
+        )
     elif not brief and "zmq" in results:
         rows.append(["raw ZeroMQ ceiling", why])
     return rows
@@ -238,29 +279,49 @@ def compared_rows(results: dict, workload: str, figure: str, second: str, fmts: 
 def report(results: dict, meta: dict) -> tuple[str, list[dict]]:
     cores = meta["workers"]
     lines = []
-    quick = " — QUICK RUN (scale %g): not the figures to quote" % meta["scale"] if meta["scale"] != 1 else ""
+    quick = f" — QUICK RUN (scale {meta['scale']:g}): not the figures to quote" if meta["scale"] != 1 else ""
     lines.append(f"clusterd benchmark, {meta['date']}{quick}")
-    lines.append(f"{meta['cpu_model']}; {meta['cpus']} CPUs, {cores} worker processes per system (one per core); "
-                 f"Python {meta['python']}; load average at start {meta['loadavg_start']:.2f}, "
-                 f"at end {meta['loadavg_end']:.2f}")
+    lines.append(
+        f"{meta['cpu_model']}; {meta['cpus']} CPUs, {cores} worker processes per system (one per core); "
+        f"Python {meta['python']}; load average at start {meta['loadavg_start']:.2f}, "
+        f"at end {meta['loadavg_end']:.2f}"
+    )
     if max(meta["loadavg_start"], meta["loadavg_end"]) > 0.5:
-        lines.append("warning: the machine was not quiet (load average above 0.5): other work skews every figure, "
-                     "W2 most of all")
+        lines.append(
+            "warning: the machine was not quiet (load average above 0.5): other work skews every figure, W2 most of all"
+        )
     sizes = meta["sizes"]
     lines.append("")
 
     # W1
-    rows = compared_rows(results, "w1", "tasks_per_s", "cpu_us_per_task", (",.0f", ",.0f"),
-                         ("raw ZeroMQ round trips, pipelined", "pipelined", "round_trips_per_s",
-                          "cpu_us_per_round_trip"), brief=False, extra=("w1_cli", "clusterd-cli"))
-    note = ("CPU-µs/task: CPU time of the client and of every process of the system (clusterd: coordinator,"
-            " agent, workers; clusterctl: its own process too) / tasks. Higher tasks/s is better.")
+    rows = compared_rows(
+        results,
+        "w1",
+        "tasks_per_s",
+        "cpu_us_per_task",
+        (",.0f", ",.0f"),
+        ("raw ZeroMQ round trips, pipelined", "pipelined", "round_trips_per_s", "cpu_us_per_round_trip"),
+        brief=False,
+        extra=("w1_cli", "clusterd-cli"),
+    )
+    note = (
+        "CPU-µs/task: CPU time of the client and of every process of the system (clusterd: coordinator,"
+        " agent, workers; clusterctl: its own process too) / tasks. Higher tasks/s is better."
+    )
     own = get(results, "clusterd", "w1_cli", "reported_tasks_per_s")
     if own:
-        note += (f"\nclusterctl submit: tasks/s from the wall time of the whole command (interpreter start and "
-                 f"ZooKeeper look-up included); its own summary line says {own:,.0f} tasks/s.")
-    lines.append(table(f"W1 throughput: {sizes['w1_tasks']:,} no-op tasks submitted one by one",
-                       ["system", "tasks/s", "CPU-µs/task", "÷ clusterd", "÷ mp.Pool"], rows, note))
+        note += (
+            f"\nclusterctl submit: tasks/s from the wall time of the whole command (interpreter start and "
+            f"ZooKeeper look-up included); its own summary line says {own:,.0f} tasks/s."
+        )
+    lines.append(
+        table(
+            f"W1 throughput: {sizes['w1_tasks']:,} no-op tasks submitted one by one",
+            ["system", "tasks/s", "CPU-µs/task", "÷ clusterd", "÷ mp.Pool"],
+            rows,
+            note,
+        )
+    )
     lines.append("")
 
     # W2
@@ -279,37 +340,73 @@ def report(results: dict, meta: dict) -> tuple[str, list[dict]]:
             continue
         util = get(results, name, "w2", "cpu_util_of_cores")
         mutil = get(results, name, "w2", "machine_util")
-        rows.append([label(results, name), num(walls[name], ".2f"), num(speed[name], ".2f"),
-                     pct(util), pct(mutil),
-                     ratio(speed[name], speed.get("clusterd")), ratio(speed[name], speed.get("mp.Pool"))])
+        rows.append(
+            [
+                label(results, name),
+                num(walls[name], ".2f"),
+                num(speed[name], ".2f"),
+                pct(util),
+                pct(mutil),
+                ratio(speed[name], speed.get("clusterd")),
+                ratio(speed[name], speed.get("mp.Pool")),
+            ]
+        )
     daemons = get(results, "clusterd", "w2", "daemons_pct_of_one_core") or {}
     total = get(results, "clusterd", "w2", "daemons_pct_of_one_core_total")
-    note = ("CPU util: CPU time of the system's processes / (wall x cores); machine: every process on the machine "
-            "(other load shows there).")
+    note = (
+        "CPU util: CPU time of the system's processes / (wall x cores); machine: every process on the machine "
+        "(other load shows there)."
+    )
     if total is not None:
-        note += (f"\nclusterd coordinator + agent during W2: {total:.2f}% of one core (coordinator "
-                 f"{daemons.get('coordinator', 0):.2f}%, agent {daemons.get('agent', 0):.2f}%).")
-    lines.append(table(f"W2 classic CPU-bound: {sizes['w2_tasks']} x sum(randint) over {sizes['w2_items']:,} items",
-                       ["system", "wall s", "speedup", "CPU util", "machine", "÷ clusterd", "÷ mp.Pool"], rows, note))
+        note += (
+            f"\nclusterd coordinator + agent during W2: {total:.2f}% of one core (coordinator "
+            f"{daemons.get('coordinator', 0):.2f}%, agent {daemons.get('agent', 0):.2f}%)."
+        )
+    lines.append(
+        table(
+            f"W2 classic CPU-bound: {sizes['w2_tasks']} x sum(randint) over {sizes['w2_items']:,} items",
+            ["system", "wall s", "speedup", "CPU util", "machine", "÷ clusterd", "÷ mp.Pool"],
+            rows,
+            note,
+        )
+    )
     lines.append("")
 
     # W3
-    rows = compared_rows(results, "w3", "p50_ms", "p99_ms", (".3f", ".3f"),
-                         ("raw ZeroMQ round trip", "sequential", "p50_ms", "p99_ms"))
-    lines.append(table(f"W3 latency: {sizes['w3_round_trips']:,} sequential single-task round trips",
-                       ["system", "p50 ms", "p99 ms", "p50 ÷ clusterd", "p50 ÷ mp.Pool"], rows,
-                       "Lower is better: a ratio above 1 is slower than the reference."))
+    rows = compared_rows(
+        results, "w3", "p50_ms", "p99_ms", (".3f", ".3f"), ("raw ZeroMQ round trip", "sequential", "p50_ms", "p99_ms")
+    )
+    lines.append(
+        table(
+            f"W3 latency: {sizes['w3_round_trips']:,} sequential single-task round trips",
+            ["system", "p50 ms", "p99 ms", "p50 ÷ clusterd", "p50 ÷ mp.Pool"],
+            rows,
+            "Lower is better: a ratio above 1 is slower than the reference.",
+        )
+    )
     lines.append("")
 
     # W4: CPU-µs per task (1 MiB each way) / 2,000 = CPU-ms per MiB moved
-    rows = compared_rows(results, "w4", "mib_per_s", "cpu_us_per_task", (",.0f", ".1f"),
-                         ("raw ZeroMQ 1 MiB echo", "payload", "mib_per_s", None), per=2000,
-                         extra=("w4_tuned", "clusterd-tuned"))
-    lines.append(table(f"W4 payload: {sizes['w4_tasks']:,} tasks echoing 1 MiB bytes, {sizes['w4_window']} in flight",
-                       ["system", "MiB/s", "CPU-ms/MiB", "÷ clusterd", "÷ mp.Pool"], rows,
-                       "MiB/s counts both directions (2 x tasks x 1 MiB / wall), the same for every system.\n"
-                       "tune_malloc(): the benchmark's process calls cluster.tune_malloc() first, as an application\n"
-                       "moving large payloads may (cluster/malloc.py); the daemons and workers always do."))
+    rows = compared_rows(
+        results,
+        "w4",
+        "mib_per_s",
+        "cpu_us_per_task",
+        (",.0f", ".1f"),
+        ("raw ZeroMQ 1 MiB echo", "payload", "mib_per_s", None),
+        per=2000,
+        extra=("w4_tuned", "clusterd-tuned"),
+    )
+    lines.append(
+        table(
+            f"W4 payload: {sizes['w4_tasks']:,} tasks echoing 1 MiB bytes, {sizes['w4_window']} in flight",
+            ["system", "MiB/s", "CPU-ms/MiB", "÷ clusterd", "÷ mp.Pool"],
+            rows,
+            "MiB/s counts both directions (2 x tasks x 1 MiB / wall), the same for every system.\n"
+            "tune_malloc(): the benchmark's process calls cluster.tune_malloc() first, as an application\n"
+            "moving large payloads may (cluster/malloc.py); the daemons and workers always do.",
+        )
+    )
     lines.append("")
 
     # Targets
@@ -323,8 +420,11 @@ def report(results: dict, meta: dict) -> tuple[str, list[dict]]:
     peers = {n: v for n, v in peers.items() if v}
     if w1 and peers:
         best = max(peers, key=peers.get)
-        target("W1 >= 3x the fastest distributed peer",
-               f"{w1:,.0f} vs {SHORT[best]} {peers[best]:,.0f} = {w1 / peers[best]:.2f}x", w1 >= 3 * peers[best])
+        target(
+            "W1 >= 3x the fastest distributed peer",
+            f"{w1:,.0f} vs {SHORT[best]} {peers[best]:,.0f} = {w1 / peers[best]:.2f}x",
+            w1 >= 3 * peers[best],
+        )
     else:
         target("W1 >= 3x the fastest distributed peer", "no figure (clusterd or every distributed peer missing)", None)
     if w1 and p1:
@@ -333,19 +433,34 @@ def report(results: dict, meta: dict) -> tuple[str, list[dict]]:
         target("W1 >= 0.5x mp.Pool apply_async", "no figure", None)
     s = speed.get("clusterd")
     target(f"W2 speedup >= 0.95 x cores ({0.95 * cores:.2f})", num(s, ".2f"), None if s is None else s >= 0.95 * cores)
-    target("W2 coordinator + agent < 3% of one core", "—" if total is None else f"{total:.2f}%",
-           None if total is None else total < 3)
+    target(
+        "W2 coordinator + agent < 3% of one core",
+        "—" if total is None else f"{total:.2f}%",
+        None if total is None else total < 3,
+    )
     p50, p99 = get(results, "clusterd", "w3", "p50_ms"), get(results, "clusterd", "w3", "p99_ms")
     target("W3 p50 <= 0.5 ms", "—" if p50 is None else f"{p50:.3f} ms", None if p50 is None else p50 <= 0.5)
     target("W3 p99 <= 2 ms", "—" if p99 is None else f"{p99:.3f} ms", None if p99 is None else p99 <= 2)
     w4, p4 = get(results, "clusterd", "w4", "mib_per_s"), get(results, "mp.Pool", "w4", "mib_per_s")
     tuned = get(results, "clusterd", "w4_tuned", "mib_per_s")
-    target("W4 >= mp.Pool MiB/s", "—" if not (w4 and p4) else f"{w4:,.0f} vs {p4:,.0f} MiB/s = {w4 / p4:.2f}x"
-           + (f" (tune_malloc(): {tuned / p4:.2f}x)" if tuned else ""), None if not (w4 and p4) else w4 >= p4)
+    target(
+        "W4 >= mp.Pool MiB/s",
+        "—"
+        if not (w4 and p4)
+        else f"{w4:,.0f} vs {p4:,.0f} MiB/s = {w4 / p4:.2f}x"
+        + (f" (tune_malloc(): {tuned / p4:.2f}x)" if tuned else ""),
+        None if not (w4 and p4) else w4 >= p4,
+    )
     rows = [[t["target"], t["measured"], {True: "MET", False: "NOT MET", None: "n/a"}[t["met"]]] for t in targets]
-    lines.append(table("Targets (issue 6), for clusterd", ["target", "measured", "result"], rows,
-                       "" if not quick else "Quick run: the counts are too small for the targets to mean much.",
-                       left=3))
+    lines.append(
+        table(
+            "Targets (issue 6), for clusterd",
+            ["target", "measured", "result"],
+            rows,
+            "" if not quick else "Quick run: the counts are too small for the targets to mean much.",
+            left=3,
+        )
+    )
     return "\n".join(lines), targets
 
 
@@ -362,18 +477,25 @@ def cpu_model() -> str:
 
 # --------------------------------------------------------------------- main
 
+
 def main() -> int:
     cpus = usable_cpus()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", type=int, default=cpus,
-                        help="worker processes for every system (default: usable cores)")
+    parser.add_argument(
+        "--workers", type=int, default=cpus, help="worker processes for every system (default: usable cores)"
+    )
     parser.add_argument("--quick", action="store_true", help=f"every workload at scale {QUICK_SCALE}")
     parser.add_argument("--scale", type=float, default=None, help="shrink (or grow) every workload; env BENCH_SCALE")
-    parser.add_argument("--systems", default=",".join(ORDER),
-                        help=f"comma-separated subset of {','.join(ORDER)} (default: all)")
+    parser.add_argument(
+        "--systems", default=",".join(ORDER), help=f"comma-separated subset of {','.join(ORDER)} (default: all)"
+    )
     parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON to FILE ('-': stdout)")
-    parser.add_argument("--timeout", type=float, default=None,
-                        help="seconds one system may take before it is killed (default: 900 x scale, at least 180)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds one system may take before it is killed (default: 900 x scale, at least 180)",
+    )
     parser.add_argument("--logs", metavar="DIR", help="keep each system's log and figures in DIR")
     args = parser.parse_args()
 
@@ -395,10 +517,18 @@ def main() -> int:
     logdir = args.logs or tempfile.mkdtemp(prefix="clusterd-bench-")
     os.makedirs(logdir, exist_ok=True)
 
-    meta = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "cpu_model": cpu_model(),
-            "cpus": os.cpu_count(), "usable_cpus": cpus, "workers": args.workers,
-            "python": platform.python_version(), "platform": platform.platform(), "scale": scale,
-            "sizes": sizes.as_dict(), "loadavg_start": os.getloadavg()[0]}
+    meta = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu_model": cpu_model(),
+        "cpus": os.cpu_count(),
+        "usable_cpus": cpus,
+        "workers": args.workers,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "scale": scale,
+        "sizes": sizes.as_dict(),
+        "loadavg_start": os.getloadavg()[0],
+    }
     say(f"benchmark: {len(names)} systems, {args.workers} workers each, scale {scale:g}; logs in {logdir}")
     results: dict[str, dict] = {}
     started = time.monotonic()

@@ -38,22 +38,40 @@ def main() -> int:
     p.add_argument("--churn-rate", type=float, default=0.10, help="fraction of the fleet replaced per minute")
     p.add_argument("--churn-task-seconds", type=float, default=1.0)
     p.add_argument("--heartbeat-interval", type=float, default=0.5)
-    p.add_argument("--heartbeat-budget", type=float, default=4000.0,
-                   help="the coordinator's heartbeats/s from agents; 0: every agent beats every interval")
+    p.add_argument(
+        "--heartbeat-budget",
+        type=float,
+        default=4000.0,
+        help="the coordinator's heartbeats/s from agents; 0: every agent beats every interval",
+    )
     p.add_argument("--session-timeout", type=float, default=10.0)
-    p.add_argument("--relays", type=int, default=0,
-                   help="run this many relays; the simulated agents name them in turn (0: none)")
+    p.add_argument(
+        "--relays", type=int, default=0, help="run this many relays; the simulated agents name them in turn (0: none)"
+    )
     p.add_argument("--profile", default="", help="run the coordinator under cProfile, writing DIR/coordinator-N.prof")
     p.add_argument("--keep", action="store_true", help="keep the work dir with every process's log")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     try:
-        results = run_scale(a.agents, zk=a.zk, workers=a.workers, baseline=a.baseline, per_process=a.per_process,
-                            tasks=a.tasks, steady_seconds=a.steady_seconds, churn_seconds=a.churn_seconds,
-                            churn_rate=a.churn_rate, churn_task_seconds=a.churn_task_seconds,
-                            heartbeat_interval=a.heartbeat_interval,
-                            heartbeat_budget=a.heartbeat_budget, session_timeout=a.session_timeout,
-                            profile=a.profile, keep=a.keep, window=a.window, relays=a.relays)
+        results = run_scale(
+            a.agents,
+            zk=a.zk,
+            workers=a.workers,
+            baseline=a.baseline,
+            per_process=a.per_process,
+            tasks=a.tasks,
+            steady_seconds=a.steady_seconds,
+            churn_seconds=a.churn_seconds,
+            churn_rate=a.churn_rate,
+            churn_task_seconds=a.churn_task_seconds,
+            heartbeat_interval=a.heartbeat_interval,
+            heartbeat_budget=a.heartbeat_budget,
+            session_timeout=a.session_timeout,
+            profile=a.profile,
+            keep=a.keep,
+            window=a.window,
+            relays=a.relays,
+        )
     except AssertionError as exc:
         print(f"scale: FAILED: {exc}", file=sys.stderr)
         return 1

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-HOOK = '''
+HOOK = """
 import atexit, importlib.abc, importlib.machinery, os, sys, threading, time
 _out = os.environ["CLUSTERD_TIMELINE"]
 _events = []
@@ -74,7 +74,7 @@ class _Finder(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, _Finder())
 atexit.register(_dump)
 threading.Thread(target=_writer, daemon=True).start()
-'''
+"""
 
 ROLES = {"SubmitTasks": "coordinator", "Dispatch": "agent", "RunTasks": "worker"}  # who receives it
 
@@ -120,8 +120,9 @@ def analyse(marks: list[tuple[int, int, int]], events_dir: Path) -> dict:
     times = [e[0] for e in events]
     sequences = collections.defaultdict(list)
     for t0, t1, t2 in marks:
-        steps = [e for e in events[bisect.bisect_left(times, t0):bisect.bisect_right(times, t2)]
-                 if e[3] != "Heartbeat"]
+        steps = [
+            e for e in events[bisect.bisect_left(times, t0) : bisect.bisect_right(times, t2)] if e[3] != "Heartbeat"
+        ]
         key = tuple((role.get(pid, "?"), kind, name) for _, pid, kind, name in steps)
         sequences[key].append([t - t0 for t, *_ in steps] + [t1 - t0, t2 - t0])
     key, rows = max(sequences.items(), key=lambda kv: len(kv[1]))
@@ -145,8 +146,10 @@ def main() -> int:
     if a.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"one task's round trip, median of {result['in_sequence']:,} of {result['round_trips']:,} sequential "
-          f"round trips (load average {os.getloadavg()[0]:.2f}); µs from submit()")
+    print(
+        f"one task's round trip, median of {result['in_sequence']:,} of {result['round_trips']:,} sequential "
+        f"round trips (load average {os.getloadavg()[0]:.2f}); µs from submit()"
+    )
     prev, prev_role = 0.0, "client"
     for who, what, at in result["steps"]:
         gap = f"hop {prev_role} -> {who}" if who != prev_role else f"in the {who}"

@@ -33,8 +33,9 @@ import random
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import psutil
 
@@ -51,6 +52,7 @@ WARMUP = 100
 
 # ------------------------------------------------------------------ the tasks
 
+
 def noop(x):
     return x
 
@@ -64,6 +66,7 @@ def echo(blob):
 
 
 # ------------------------------------------------------------------- the sizes
+
 
 @dataclass
 class Sizes:
@@ -89,9 +92,16 @@ class Sizes:
         return self._n(N_ECHO, 40)
 
     def as_dict(self) -> dict:
-        return {"scale": self.scale, "w1_tasks": self.noop, "w2_tasks": N_CLASSIC, "w2_items": self.classic_items,
-                "w3_round_trips": self.latency, "w4_tasks": self.echo, "w4_bytes": ECHO_SIZE,
-                "w4_window": ECHO_WINDOW}
+        return {
+            "scale": self.scale,
+            "w1_tasks": self.noop,
+            "w2_tasks": N_CLASSIC,
+            "w2_items": self.classic_items,
+            "w3_round_trips": self.latency,
+            "w4_tasks": self.echo,
+            "w4_bytes": ECHO_SIZE,
+            "w4_window": ECHO_WINDOW,
+        }
 
 
 # ------------------------------------------------------------- CPU accounting
@@ -195,6 +205,7 @@ class CpuMeter:
 
 # ---------------------------------------------------------------- the workloads
 
+
 def percentile(values: list[float], q: int) -> float:
     """The q-th percentile (1-99) as the stdlib computes it, as bench/scale.py does."""
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
@@ -209,8 +220,11 @@ def warm_up(system, sizes: Sizes) -> None:
 
 def _cpu_fields(cpu: dict[str, float], n: int | None, wall: float, cores: int) -> dict:
     total = sum(cpu.values())
-    out = {"cpu_s": round(total, 4), "cpu_s_by_group": {k: round(v, 4) for k, v in cpu.items()},
-           "cpu_util_of_cores": total / (wall * cores)}
+    out = {
+        "cpu_s": round(total, 4),
+        "cpu_s_by_group": {k: round(v, 4) for k, v in cpu.items()},
+        "cpu_util_of_cores": total / (wall * cores),
+    }
     if n:
         out["cpu_us_per_task"] = total / n * 1e6
     return out
@@ -226,8 +240,13 @@ def w1_throughput(system, sizes: Sizes) -> dict:
     wall = time.perf_counter() - started
     cpu = meter.stop()
     assert results[-1] == n - 1 and len(results) == n, "W1: wrong results"
-    return {"tasks": n, "wall_s": wall, "submit_s": submitted, "tasks_per_s": n / wall,
-            **_cpu_fields(cpu, n, wall, system.workers)}
+    return {
+        "tasks": n,
+        "wall_s": wall,
+        "submit_s": submitted,
+        "tasks_per_s": n / wall,
+        **_cpu_fields(cpu, n, wall, system.workers),
+    }
 
 
 def w2_classic(system, sizes: Sizes) -> dict:
@@ -239,8 +258,13 @@ def w2_classic(system, sizes: Sizes) -> dict:
     wall = time.perf_counter() - started
     cpu = meter.stop()
     assert len(results) == N_CLASSIC and all(items <= r <= 100 * items for r in results), "W2: wrong results"
-    out = {"tasks": N_CLASSIC, "items": items, "wall_s": wall, **_cpu_fields(cpu, None, wall, system.workers),
-           "machine_util": meter.machine_busy_s / (wall * (psutil.cpu_count() or 1))}
+    out = {
+        "tasks": N_CLASSIC,
+        "items": items,
+        "wall_s": wall,
+        **_cpu_fields(cpu, None, wall, system.workers),
+        "machine_util": meter.machine_busy_s / (wall * (psutil.cpu_count() or 1)),
+    }
     # The system's own overhead (daemons, not workers, not the client) as % of one core.
     daemons = [k for k in getattr(system, "daemon_groups", ()) if k in cpu]
     if daemons:
@@ -256,8 +280,13 @@ def w3_latency(system, sizes: Sizes) -> dict:
         r = system.result(system.submit(noop, i))
         lat.append(time.perf_counter() - t)
         assert r == i, "W3: wrong result"
-    return {"round_trips": len(lat), "p50_ms": percentile(lat, 50) * 1e3, "p99_ms": percentile(lat, 99) * 1e3,
-            "mean_ms": statistics.fmean(lat) * 1e3, "max_ms": max(lat) * 1e3}
+    return {
+        "round_trips": len(lat),
+        "p50_ms": percentile(lat, 50) * 1e3,
+        "p99_ms": percentile(lat, 99) * 1e3,
+        "mean_ms": statistics.fmean(lat) * 1e3,
+        "max_ms": max(lat) * 1e3,
+    }
 
 
 def w4_payload(system, sizes: Sizes) -> dict:
@@ -277,9 +306,15 @@ def w4_payload(system, sizes: Sizes) -> dict:
     wall = time.perf_counter() - started
     cpu = meter.stop()
     moved = 2 * n * ECHO_SIZE
-    return {"tasks": n, "bytes_each": ECHO_SIZE, "window": ECHO_WINDOW, "wall_s": wall,
-            "mib_per_s": moved / MiB / wall, "counted": "both directions: 2 x tasks x 1 MiB",
-            **_cpu_fields(cpu, n, wall, system.workers)}
+    return {
+        "tasks": n,
+        "bytes_each": ECHO_SIZE,
+        "window": ECHO_WINDOW,
+        "wall_s": wall,
+        "mib_per_s": moved / MiB / wall,
+        "counted": "both directions: 2 x tasks x 1 MiB",
+        **_cpu_fields(cpu, n, wall, system.workers),
+    }
 
 
 def serial_classic(sizes: Sizes) -> dict:
@@ -293,6 +328,7 @@ def serial_classic(sizes: Sizes) -> dict:
 
 
 # ---------------------------------------------------------- raw ZeroMQ ceiling
+
 
 def _zmq_echo_server(port_pipe) -> None:
     import zmq
@@ -350,8 +386,12 @@ def zmq_ceiling(sizes: Sizes) -> dict:
             sock.recv()
             lat.append(time.perf_counter() - t)
         wall = time.perf_counter() - started
-        out["sequential"] = {"round_trips": n, "round_trips_per_s": n / wall, "p50_ms": percentile(lat, 50) * 1e3,
-                             "p99_ms": percentile(lat, 99) * 1e3}
+        out["sequential"] = {
+            "round_trips": n,
+            "round_trips_per_s": n / wall,
+            "p50_ms": percentile(lat, 50) * 1e3,
+            "p99_ms": percentile(lat, 99) * 1e3,
+        }
 
         # Pipelined round trips (up to 1,000 in flight): the ceiling over W1.
         n = sizes.noop * 10
@@ -367,8 +407,12 @@ def zmq_ceiling(sizes: Sizes) -> dict:
             received += 1
         wall = time.perf_counter() - started
         cpu = meter.stop()
-        out["pipelined"] = {"round_trips": n, "window": window, "round_trips_per_s": n / wall,
-                            "cpu_us_per_round_trip": sum(cpu.values()) / n * 1e6}
+        out["pipelined"] = {
+            "round_trips": n,
+            "window": window,
+            "round_trips_per_s": n / wall,
+            "cpu_us_per_round_trip": sum(cpu.values()) / n * 1e6,
+        }
 
         # 1 MiB echo, same window and counting as W4: the ceiling over W4.
         n = sizes.echo
@@ -382,8 +426,12 @@ def zmq_ceiling(sizes: Sizes) -> dict:
             assert len(sock.recv(copy=False)) == ECHO_SIZE
             received += 1
         wall = time.perf_counter() - started
-        out["payload"] = {"tasks": n, "window": ECHO_WINDOW, "mib_per_s": 2 * n * ECHO_SIZE / MiB / wall,
-                          "counted": "both directions: 2 x messages x 1 MiB"}
+        out["payload"] = {
+            "tasks": n,
+            "window": ECHO_WINDOW,
+            "mib_per_s": 2 * n * ECHO_SIZE / MiB / wall,
+            "counted": "both directions: 2 x messages x 1 MiB",
+        }
         sock.send(b"stop")
         sock.recv()
         return out

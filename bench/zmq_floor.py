@@ -82,8 +82,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--peers", type=int, default=2000)
     p.add_argument("--rounds", type=int, default=5, help="heartbeats each way before the first figure")
-    p.add_argument("--steady-rounds", type=int, default=600,
-                   help="heartbeats each way before the second figure (libzmq's pipes stop growing at ~512)")
+    p.add_argument(
+        "--steady-rounds",
+        type=int,
+        default=600,
+        help="heartbeats each way before the second figure (libzmq's pipes stop growing at ~512)",
+    )
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.add_argument("--peer-process", default="", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -98,9 +102,22 @@ def main() -> int:
     port = router.bind_to_random_port("tcp://127.0.0.1")
     me = psutil.Process()
     before = me.memory_info().rss
-    child = subprocess.Popen([sys.executable, __file__, "--peers", str(a.peers), "--rounds", str(a.rounds),
-                              "--steady-rounds", str(a.steady_rounds),
-                              "--peer-process", f"tcp://127.0.0.1:{port}"], stdin=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--peers",
+            str(a.peers),
+            "--rounds",
+            str(a.rounds),
+            "--steady-rounds",
+            str(a.steady_rounds),
+            "--peer-process",
+            f"tcp://127.0.0.1:{port}",
+        ],
+        stdin=subprocess.PIPE,
+        text=True,
+    )
     try:
         got = _answer(router, a.peers * a.rounds, 0, "first")
         first = (me.memory_info().rss - before) / a.peers / 1024
@@ -113,13 +130,24 @@ def main() -> int:
         child.wait(10)
     ok = got == a.peers * a.steady_rounds
     if a.json:
-        print(json.dumps({"peers": a.peers, "heartbeats_answered": got, "all_answered": ok,
-                          "first": {"rounds": a.rounds, "kib_per_peer": round(first, 1)},
-                          "steady": {"rounds": a.steady_rounds, "kib_per_peer": round(steady, 1)}}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "peers": a.peers,
+                    "heartbeats_answered": got,
+                    "all_answered": ok,
+                    "first": {"rounds": a.rounds, "kib_per_peer": round(first, 1)},
+                    "steady": {"rounds": a.steady_rounds, "kib_per_peer": round(steady, 1)},
+                },
+                indent=2,
+            )
+        )
     else:
-        print(f"libzmq ROUTER, {a.peers:,} peers, {got:,} heartbeats answered; RSS per peer: "
-              f"{first:.1f} KiB after {a.rounds} heartbeats each way, {steady:.1f} KiB after {a.steady_rounds} "
-              f"(the coordinator's target is < 20 KiB per agent, everything included)")
+        print(
+            f"libzmq ROUTER, {a.peers:,} peers, {got:,} heartbeats answered; RSS per peer: "
+            f"{first:.1f} KiB after {a.rounds} heartbeats each way, {steady:.1f} KiB after {a.steady_rounds} "
+            f"(the coordinator's target is < 20 KiB per agent, everything included)"
+        )
     return 0 if ok else 1
 
 

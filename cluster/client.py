@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 import zmq
 from kazoo.client import KazooClient
@@ -97,8 +97,10 @@ class JobHandle:
         """Queue a task; blocks while ``window`` tasks have no result yet.
         Raises PayloadTooLarge, before anything is sent, for arguments over the limit."""
         if self.max_payload and len(args) > self.max_payload:
-            raise payload.PayloadTooLarge(f"task {index}: arguments are {len(args) / 2**20:.1f} MiB; the cluster "
-                                          f"accepts at most {self.max_payload / 2**20:.1f} MiB per task")
+            raise payload.PayloadTooLarge(
+                f"task {index}: arguments are {len(args) / 2**20:.1f} MiB; the cluster "
+                f"accepts at most {self.max_payload / 2**20:.1f} MiB per task"
+            )
         if not self._room.take(timeout):
             return False
         if self.closed:
@@ -147,8 +149,7 @@ class JobHandle:
 
 
 class ClusterClient:
-    def __init__(self, zk: str, cluster: str, *, connect_timeout: float = 10.0, keys: str = "",
-                 zk_auth: str = ""):
+    def __init__(self, zk: str, cluster: str, *, connect_timeout: float = 10.0, keys: str = "", zk_auth: str = ""):
         self.cluster = cluster
         self.connect_timeout = connect_timeout
         self.keys = security.load(keys, "client") if keys else None
@@ -189,11 +190,15 @@ class ClusterClient:
 
     def _check_keys(self) -> None:
         if self.leader.curve_key and self.keys is None:
-            raise ClusterUnavailable(f"cluster {self.cluster!r} requires CURVE keys: give --keys DIR (env "
-                                     "CLUSTER_KEYS) holding client.key_secret and coordinator.key")
+            raise ClusterUnavailable(
+                f"cluster {self.cluster!r} requires CURVE keys: give --keys DIR (env "
+                "CLUSTER_KEYS) holding client.key_secret and coordinator.key"
+            )
         if self.leader.curve_key and self.keys and self.keys.coordinator.decode() != self.leader.curve_key:
-            raise ClusterUnavailable("the leader's CURVE key in ZooKeeper is not coordinator.key from --keys; "
-                                     "the keys are out of date, or this is not the cluster you think")
+            raise ClusterUnavailable(
+                "the leader's CURVE key in ZooKeeper is not coordinator.key from --keys; "
+                "the keys are out of date, or this is not the cluster you think"
+            )
 
     def open_job(self, function: bytes, options: dict, on_result: ResultCallback) -> JobHandle:
         job = JobHandle(self, function, options, on_result)

@@ -13,8 +13,9 @@ import dataclasses
 import os
 import tomllib
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 
 class ConfigError(ValueError):
@@ -75,12 +76,21 @@ class RelayConfig(Common):
 
 
 SECTIONS: dict[type, str] = {AgentConfig: "agent", CoordinatorConfig: "coordinator", RelayConfig: "relay", Common: ""}
-ENV_SHARED = {"zk": "CLUSTER_ZK", "cluster": "CLUSTER_NAME", "keys": "CLUSTER_KEYS", "insecure": "CLUSTER_INSECURE",
-              "zk_auth": "CLUSTER_ZK_AUTH"}
+ENV_SHARED = {
+    "zk": "CLUSTER_ZK",
+    "cluster": "CLUSTER_NAME",
+    "keys": "CLUSTER_KEYS",
+    "insecure": "CLUSTER_INSECURE",
+    "zk_auth": "CLUSTER_ZK_AUTH",
+}
 
 
-def load(cls: type, config_file: str | Path | None = None, flags: Mapping[str, Any] | None = None,
-         environ: Mapping[str, str] | None = None) -> Any:
+def load(
+    cls: type,
+    config_file: str | Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Any:
     environ = os.environ if environ is None else environ
     section = SECTIONS[cls]
     hints = typing.get_type_hints(cls)

@@ -15,8 +15,8 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import zmq
 
@@ -119,14 +119,20 @@ class Coordinator:
             auth, self.zap = security.start_authenticator(ctx, {"clients": set(self.keys.clients)})
         bound = loop.bind(self.clients, self.cfg.bind)
         self.endpoint = loop.advertised(bound, self.cfg.advertise, self.cfg.zk)
-        zk = zk_connect(self.cfg.zk, timeout=10.0, session_timeout=self.cfg.zk_session_timeout,
-                        auth_file=self.cfg.zk_auth)
+        zk = zk_connect(
+            self.cfg.zk, timeout=10.0, session_timeout=self.cfg.zk_session_timeout, auth_file=self.cfg.zk_auth
+        )
         self.zk = zk
         self.membership = Membership(zk, self.cfg.cluster, lambda ev: self.waker.post(("member", ev)))
         self.relay_membership = Membership(zk, self.cfg.cluster, lambda ev: self.waker.post(("relay", ev)), RelayRecord)
         self.election = election.LeaderElection(
-            zk, self.cfg.cluster, self.id, self._leader_record, lambda kind, epoch: self.waker.post((kind, epoch)),
-            prepare=self._watch_members)
+            zk,
+            self.cfg.cluster,
+            self.id,
+            self._leader_record,
+            lambda kind, epoch: self.waker.post((kind, epoch)),
+            prepare=self._watch_members,
+        )
         if self.cfg.metrics_port:
             from .metrics import Metrics  # only daemons that export metrics need the library
 
@@ -164,25 +170,39 @@ class Coordinator:
         m.gauge("queue_depth", "Tasks waiting for an agent", s.queued)
         m.gauge("tasks_running", "Tasks held by agents", sum(len(a.in_flight) for a in s.agents.values()))
         m.gauge("jobs", "Open jobs", len(s.jobs))
-        m.gauge("heartbeat_interval_seconds", "Seconds between heartbeats, both ways (stretched with the fleet)",
-                self.beats.interval)
+        m.gauge(
+            "heartbeat_interval_seconds",
+            "Seconds between heartbeats, both ways (stretched with the fleet)",
+            self.beats.interval,
+        )
         for node_id in s.agents:
             age = self.agent_liveness.age(node_id, now)
             if age is not None:
                 m.gauge("agent_heartbeat_age_seconds", "Seconds since an agent was last heard", age, node=node_id)
         m.counters("tasks_total", "Tasks delivered to clients, by outcome", s.outcomes, "outcome")
-        m.total("dropped_messages_total", "Malformed or unexpected messages dropped",
-                self.counters["dropped_messages"])
-        m.counters("agents_written_off_total", "Agents assumed lost while still registered, by what told: their "
-                   "connection closed, they fell silent, or a dispatch to them could not be sent",
-                   self.written_off, "cause")
+        m.total("dropped_messages_total", "Malformed or unexpected messages dropped", self.counters["dropped_messages"])
+        m.counters(
+            "agents_written_off_total",
+            "Agents assumed lost while still registered, by what told: their "
+            "connection closed, they fell silent, or a dispatch to them could not be sent",
+            self.written_off,
+            "cause",
+        )
         samples, s.latencies = s.latencies or [], []
-        m.observe("dispatch_latency_seconds", "Time a task waited in the queue before dispatch",
-                  (wait for wait, _ in samples))
-        m.observe("task_round_trip_seconds", "Time from dispatch to the task's result (includes its run time)",
-                  (rtt for _, rtt in samples))
-        m.counters("scheduler_events_total", "Retries, duplicate and stale results, adopted orphans",
-                   {k: v for k, v in s.counters.items() if k != "delivered"}, "event")
+        m.observe(
+            "dispatch_latency_seconds", "Time a task waited in the queue before dispatch", (wait for wait, _ in samples)
+        )
+        m.observe(
+            "task_round_trip_seconds",
+            "Time from dispatch to the task's result (includes its run time)",
+            (rtt for _, rtt in samples),
+        )
+        m.counters(
+            "scheduler_events_total",
+            "Retries, duplicate and stale results, adopted orphans",
+            {k: v for k, v in s.counters.items() if k != "delivered"},
+            "event",
+        )
 
     def _watch_members(self) -> None:
         """Called by the election thread once elected, before the leader znode is published."""
@@ -190,9 +210,17 @@ class Coordinator:
         self.membership.start()
 
     def _leader_record(self, epoch: int) -> LeaderRecord:
-        return LeaderRecord(coordinator_id=self.id, endpoint=self.endpoint, epoch=epoch, host=socket.gethostname(),
-                            pid=os.getpid(), version=__version__, protocol=PROTOCOL_VERSION, started=time.time(),
-                            curve_key=self.keys.public.decode() if self.keys else "")
+        return LeaderRecord(
+            coordinator_id=self.id,
+            endpoint=self.endpoint,
+            epoch=epoch,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            version=__version__,
+            protocol=PROTOCOL_VERSION,
+            started=time.time(),
+            curve_key=self.keys.public.decode() if self.keys else "",
+        )
 
     # ----------------------------------------------------------------- loop
 
@@ -271,8 +299,11 @@ class Coordinator:
     def _on_member(self, ev: MemberEvent) -> None:
         peer = self.peers.get(ev.node_id)
         record = ev.record
-        moved = record is not None and peer is not None and (
-            peer.endpoint != record.endpoint or peer.via != self.relays.via(record))
+        moved = (
+            record is not None
+            and peer is not None
+            and (peer.endpoint != record.endpoint or peer.via != self.relays.via(record))
+        )
         if ev.kind == "left" or moved:
             if peer is not None:
                 log.info("agent %s %s", ev.node_id, "left" if ev.kind == "left" else "moved")
@@ -284,8 +315,13 @@ class Coordinator:
             via = self.relays.via(record)
             if not via and not self._claim_endpoint(ev.node_id, record):
                 return
-            log.info("agent %s joined at %s (%d workers)%s", ev.node_id, record.endpoint, record.workers,
-                     f" behind relay {via}" if via else "")
+            log.info(
+                "agent %s joined at %s (%d workers)%s",
+                ev.node_id,
+                record.endpoint,
+                record.workers,
+                f" behind relay {via}" if via else "",
+            )
             peer = AgentPeer(ev.node_id, record.endpoint, ev.node_id.encode(), started=record.started, via=via)
             self.peers[ev.node_id] = peer
             if via:
@@ -310,13 +346,19 @@ class Coordinator:
             self.agents.connect(record.endpoint)
         self._reroute(ev.node_id)
 
-    def _tell_relay(self, relay_id: str, connect: Iterable[AgentPeer] = (), disconnect: Iterable[AgentPeer] = ()) -> None:
+    def _tell_relay(
+        self, relay_id: str, connect: Iterable[AgentPeer] = (), disconnect: Iterable[AgentPeer] = ()
+    ) -> None:
         """Which agents the relay connects to: the agents whose znodes name it, which we
         watch anyway (relays add no ZooKeeper load). Repeated with each Hello to an agent
         that has not answered, so a message lost before the relay was connected costs a retry."""
-        loop.send(self.agents, wire.RelayAgents(self.epoch, [[p.node_id, p.endpoint] for p in connect],
-                                                [[p.node_id, p.endpoint] for p in disconnect]),
-                  (relay_identity(relay_id), b""))
+        loop.send(
+            self.agents,
+            wire.RelayAgents(
+                self.epoch, [[p.node_id, p.endpoint] for p in connect], [[p.node_id, p.endpoint] for p in disconnect]
+            ),
+            (relay_identity(relay_id), b""),
+        )
 
     def _reroute(self, relay_id: str) -> None:
         for node_id, agent in self.membership.snapshot().items():
@@ -330,8 +372,11 @@ class Coordinator:
         move back once it answers again."""
         for relay_id in self.relays.turned(now, self.agent_liveness.deadline):
             if self.relays.bypassed(relay_id):
-                log.warning("relay %s silent for %.1f s; reaching its agents directly", relay_id,
-                            self.relays.silence(relay_id, now))
+                log.warning(
+                    "relay %s silent for %.1f s; reaching its agents directly",
+                    relay_id,
+                    self.relays.silence(relay_id, now),
+                )
             else:
                 log.info("relay %s answers again; reaching its agents through it", relay_id)
             self._reroute(relay_id)
@@ -354,11 +399,20 @@ class Coordinator:
         if other is None or other.node_id == node_id:
             return True
         if record.started < other.started:
-            log.warning("ignoring agent %s at %s: agent %s, started later, is there now", node_id,
-                        record.endpoint, other.node_id)
+            log.warning(
+                "ignoring agent %s at %s: agent %s, started later, is there now",
+                node_id,
+                record.endpoint,
+                other.node_id,
+            )
             return False
-        log.warning("agent %s is at %s, where agent %s was: taking %s as gone", node_id, record.endpoint,
-                    other.node_id, other.node_id)
+        log.warning(
+            "agent %s is at %s, where agent %s was: taking %s as gone",
+            node_id,
+            record.endpoint,
+            other.node_id,
+            other.node_id,
+        )
         self._drop_peer(other.node_id)
         return True
 
@@ -388,8 +442,13 @@ class Coordinator:
         if peer is None or not peer.up:
             return
         requeued = self.scheduler.agent_down(node_id)
-        log.log(logging.WARNING if requeued or warn_if_idle else logging.INFO, "agent %s %s: %d tasks requeued",
-                node_id, why, requeued)
+        log.log(
+            logging.WARNING if requeued or warn_if_idle else logging.INFO,
+            "agent %s %s: %d tasks requeued",
+            node_id,
+            why,
+            requeued,
+        )
         self.written_off[cause] += 1
         peer.up = False
         self.agent_liveness.forget(node_id)
@@ -424,8 +483,12 @@ class Coordinator:
         # relays kept 0.5 s at 5,000 agents (detection 2.7 s instead of 6.0) but took the
         # one-machine benchmark's fleet to 2.5x the heartbeats (docs/performance.md).
         if self.beats.update(len(self.peers), now):
-            log.info("heartbeats every %.2f s for %d agents; one unheard for %.1f s is lost",
-                     self.beats.interval, len(self.peers), self.beats.interval * self.cfg.heartbeat_misses)
+            log.info(
+                "heartbeats every %.2f s for %d agents; one unheard for %.1f s is lost",
+                self.beats.interval,
+                len(self.peers),
+                self.beats.interval * self.cfg.heartbeat_misses,
+            )
         self.agent_liveness.deadline = self.beats.deadline(now)
         self._check_relays(now)
         for node_id in self.agent_liveness.expired(now):
@@ -474,8 +537,11 @@ class Coordinator:
     def _on_submit_job(self, identity: bytes, msg: wire.SubmitJob) -> None:
         limit = self.cfg.max_payload
         if len(msg.frames[0]) > limit:
-            loop.send(self.clients, wire.JobFailed(msg.job_id, f"the function is {_mib(len(msg.frames[0]))}; "
-                                                               f"the limit is {_mib(limit)}"), identity)
+            loop.send(
+                self.clients,
+                wire.JobFailed(msg.job_id, f"the function is {_mib(len(msg.frames[0]))}; the limit is {_mib(limit)}"),
+                identity,
+            )
             return
         options = dict(msg.options, max_payload=limit)  # workers check results against it
         job = self.scheduler.add_job(msg.job_id, identity, msg.frames[0], msg.digest, options, time.monotonic())
@@ -501,8 +567,15 @@ class Coordinator:
                 if len(frame) <= limit:
                     fits.append((index, frame))
                 else:
-                    job.outbox.append((index, wire.ERROR, payload.failure(
-                        "PayloadTooLarge", f"arguments are {_mib(len(frame))}; the limit is {_mib(limit)}")))
+                    job.outbox.append(
+                        (
+                            index,
+                            wire.ERROR,
+                            payload.failure(
+                                "PayloadTooLarge", f"arguments are {_mib(len(frame))}; the limit is {_mib(limit)}"
+                            ),
+                        )
+                    )
             self.scheduler.add_tasks(job, [i for i, _ in fits], tuple(f for _, f in fits))
             return
         self.scheduler.add_tasks(job, msg.indices, msg.frames)
@@ -533,23 +606,39 @@ class Coordinator:
             slot = s.agents.get(node_id)
             age = self.agent_liveness.age(node_id, now)
             if slot is None:  # registered in ZooKeeper but not answering (yet, or any more)
-                agents[node_id] = {"state": "unreachable", "workers": 0, "busy": 0, "in_flight": 0,
-                                   "heartbeat_age": None if age is None else round(age, 3)}
+                agents[node_id] = {
+                    "state": "unreachable",
+                    "workers": 0,
+                    "busy": 0,
+                    "in_flight": 0,
+                    "heartbeat_age": None if age is None else round(age, 3),
+                }
             else:
-                agents[node_id] = {"state": "draining" if slot.draining else "ready", "workers": slot.workers,
-                                   "busy": min(slot.workers, len(slot.in_flight)), "in_flight": len(slot.in_flight),
-                                   "capacity": slot.capacity, "heartbeat_age": round(age or 0.0, 3)}
+                agents[node_id] = {
+                    "state": "draining" if slot.draining else "ready",
+                    "workers": slot.workers,
+                    "busy": min(slot.workers, len(slot.in_flight)),
+                    "in_flight": len(slot.in_flight),
+                    "capacity": slot.capacity,
+                    "heartbeat_age": round(age or 0.0, 3),
+                }
             if peer.via:
                 agents[node_id]["via"] = peer.via
         workers = sum(a["workers"] for a in agents.values())
         busy = sum(a["busy"] for a in agents.values())
         return {
-            "coordinator": self.id, "epoch": self.epoch, "leading": self.leading, "endpoint": self.endpoint,
+            "coordinator": self.id,
+            "epoch": self.epoch,
+            "leading": self.leading,
+            "endpoint": self.endpoint,
             "nodes": dict(collections.Counter(a["state"] for a in agents.values())),
             "workers": {"total": workers, "busy": busy, "idle": workers - busy},
             "agents": agents,
-            "jobs": len(s.jobs), "queued": s.queued, "running": sum(a["in_flight"] for a in agents.values()),
-            "delivered": s.counters["delivered"], "outcomes": dict(s.outcomes),
+            "jobs": len(s.jobs),
+            "queued": s.queued,
+            "running": sum(a["in_flight"] for a in agents.values()),
+            "delivered": s.counters["delivered"],
+            "outcomes": dict(s.outcomes),
             "failed": sum(n for outcome, n in s.outcomes.items() if outcome != "ok"),
             "tasks_per_second": round(self.throughput.rate(now, s.counters["delivered"]), 1),
             "heartbeat_interval": self.beats.interval,
@@ -609,8 +698,13 @@ class Coordinator:
             self.scheduler.agent_up(peer.node_id, msg.workers, msg.capacity, msg.held)
             if msg.draining:
                 self.scheduler.agent_draining(peer.node_id)
-            log.info("agent %s connected: %d workers, capacity %d, holding %d", peer.node_id, msg.workers,
-                     msg.capacity, len(msg.held))
+            log.info(
+                "agent %s connected: %d workers, capacity %d, holding %d",
+                peer.node_id,
+                msg.workers,
+                msg.capacity,
+                len(msg.held),
+            )
         self.agent_liveness.beat(peer.node_id, time.monotonic())
 
     def _on_agent_heartbeat(self, peer: AgentPeer, msg: wire.Heartbeat) -> None:
@@ -630,8 +724,14 @@ class Coordinator:
         for (job_id, index, attempt, status), frame in zip(msg.items, msg.frames):
             retried = self.scheduler.on_result(peer.node_id, job_id, index, attempt, status, frame)
             if retried is not None:
-                log.warning("job %s task %d (attempt %d): its worker died on %s; %s", job_id, index, attempt,
-                            peer.node_id, "retrying" if retried else "no retry")
+                log.warning(
+                    "job %s task %d (attempt %d): its worker died on %s; %s",
+                    job_id,
+                    index,
+                    attempt,
+                    peer.node_id,
+                    "retrying" if retried else "no retry",
+                )
 
     def _on_return_tasks(self, peer: AgentPeer, msg: wire.ReturnTasks) -> None:
         if not peer.up:
@@ -651,8 +751,11 @@ class Coordinator:
             peer = self.peers[batch.node_id]
             job = batch.job
             if batch.send_spec:
-                loop.send(self.agents, wire.JobSpec(self.epoch, job.job_id, job.digest, job.options,
-                                                    frames=(job.function,)), peer.route)
+                loop.send(
+                    self.agents,
+                    wire.JobSpec(self.epoch, job.job_id, job.digest, job.options, frames=(job.function,)),
+                    peer.route,
+                )
             if self._first_dispatch:
                 self._first_dispatch = False
                 log.info("first dispatch as leader (epoch %d)", self.epoch)

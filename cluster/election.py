@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import KazooException, NodeExistsError
@@ -64,9 +64,15 @@ def read_leader(zk: KazooClient, cluster: str, timeout: float = 10.0) -> LeaderR
 
 
 class LeaderElection:
-    def __init__(self, zk: KazooClient, cluster: str, identifier: str,
-                 make_record: Callable[[int], LeaderRecord], on_event: Callable[[str, int], None],
-                 prepare: Callable[[], None]):
+    def __init__(
+        self,
+        zk: KazooClient,
+        cluster: str,
+        identifier: str,
+        make_record: Callable[[int], LeaderRecord],
+        on_event: Callable[[str, int], None],
+        prepare: Callable[[], None],
+    ):
         self._zk = zk
         self._prepare = prepare
         self._cluster = cluster

@@ -19,7 +19,8 @@ import concurrent.futures as cf
 import itertools
 import os
 import threading
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from . import payload, wire
 from .client import ClusterClient, JobHandle
@@ -29,9 +30,18 @@ MAX_IDLE_JOBS = 32
 
 
 class Executor(cf.Executor):
-    def __init__(self, zk: str | None = None, cluster: str | None = None, *, retries: int = 2,
-                 window: int = 10_000, connect_timeout: float = 10.0, timeout: float | None = None,
-                 max_memory: int | None = None, keys: str | None = None):
+    def __init__(
+        self,
+        zk: str | None = None,
+        cluster: str | None = None,
+        *,
+        retries: int = 2,
+        window: int = 10_000,
+        connect_timeout: float = 10.0,
+        timeout: float | None = None,
+        max_memory: int | None = None,
+        keys: str | None = None,
+    ):
         """``timeout``: seconds a task may run before its worker is killed and it
         fails with ``TaskTimeout``; ``max_memory``: bytes of RSS a worker may use
         for a task before it is killed (the task is retried, then ``WorkerLost``);
@@ -43,8 +53,13 @@ class Executor(cf.Executor):
             keys=os.environ.get("CLUSTER_KEYS", "") if keys is None else keys,
             zk_auth=os.environ.get("CLUSTER_ZK_AUTH", ""),
         )
-        self._options = {"retries": retries, "window": window, "result_format": payload.RESULT_PICKLE,
-                         "timeout": timeout, "max_memory": max_memory}
+        self._options = {
+            "retries": retries,
+            "window": window,
+            "result_format": payload.RESULT_PICKLE,
+            "timeout": timeout,
+            "max_memory": max_memory,
+        }
         self._lock = threading.Lock()
         self._digests: collections.OrderedDict[int, tuple[Callable, str]] = collections.OrderedDict()
         # By function digest: one cluster job per function, least recently used first.
@@ -82,14 +97,21 @@ class Executor(cf.Executor):
         future.set_running_or_notify_cancel()
         job.cancel(index)
 
-    def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None, chunksize: int = 1,
-            buffersize: int | None = None) -> Iterator:
+    def map(
+        self,
+        fn: Callable,
+        *iterables: Iterable,
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> Iterator:
         """Results in input order. Lazy and bounded: at most ``buffersize``
         (default: the window) tasks are submitted ahead of the consumer."""
         limit = buffersize or self.window
         inputs = zip(*iterables)
         pending: collections.deque[cf.Future] = collections.deque(
-            self.submit(fn, *args) for args in itertools.islice(inputs, limit))
+            self.submit(fn, *args) for args in itertools.islice(inputs, limit)
+        )
 
         def results() -> Iterator:
             try:
@@ -143,7 +165,7 @@ class Executor(cf.Executor):
     def _close_idle_jobs(self) -> None:
         """Close the least recently used jobs with nothing in flight, beyond MAX_IDLE_JOBS."""
         idle = [d for d, job in self._jobs.items() if not self._submitting[d] and job.idle]
-        for digest in idle[:max(0, len(idle) - MAX_IDLE_JOBS + 1)]:
+        for digest in idle[: max(0, len(idle) - MAX_IDLE_JOBS + 1)]:
             self._jobs.pop(digest).close()
             del self._submitting[digest]
 

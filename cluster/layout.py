@@ -31,7 +31,8 @@ class BadRecord(ValueError):
 def check_name(value: str, what: str) -> str:
     if not isinstance(value, str) or not _NAME.match(value):
         raise ValueError(
-            f"{what} {value!r} is not valid: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            f"{what} {value!r} is not valid: use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
         )
     return value
 
@@ -159,6 +160,7 @@ class AgentRecord(_Record):
 class RelayRecord(_Record):
     """A relay (``clusterctl relay``): the coordinator holds one connection to it, not one
     to each agent that names it, and it forwards their messages both ways."""
+
     node_id: str  # the relay id agents name in their ``relay`` setting
     host: str
     endpoint: str

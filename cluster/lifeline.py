@@ -13,7 +13,7 @@ import ctypes
 import functools
 import os
 import signal
-from typing import Callable
+from collections.abc import Callable
 
 PR_SET_PDEATHSIG = 1
 

@@ -7,7 +7,7 @@ without sleeping.
 from __future__ import annotations
 
 import math
-from typing import Hashable
+from collections.abc import Hashable
 
 
 class Liveness:

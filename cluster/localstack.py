@@ -64,13 +64,28 @@ class LocalStack:
         try:
             self.server.start()
             self.zk = self.server.connect_string
-            base = ["--zk", self.zk, "--cluster", self.cluster, "--log-level", self.log_level,
-                    "--bind", "tcp://127.0.0.1:0", "--insecure"]
+            base = [
+                "--zk",
+                self.zk,
+                "--cluster",
+                self.cluster,
+                "--log-level",
+                self.log_level,
+                "--bind",
+                "tcp://127.0.0.1:0",
+                "--insecure",
+            ]
             # SIGTERM if we are killed: the agent drains and the coordinator stops, as on Ctrl-C.
-            self.children.append(subprocess.Popen([sys.executable, "-m", "cluster.cli.main", "coordinator", *base],
-                                                  preexec_fn=dies_with_parent()))
-            self.children.append(subprocess.Popen([sys.executable, "-m", "agents", *base, "--workers", self.workers],
-                                                  preexec_fn=dies_with_parent()))
+            self.children.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "cluster.cli.main", "coordinator", *base], preexec_fn=dies_with_parent()
+                )
+            )
+            self.children.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "agents", *base, "--workers", self.workers], preexec_fn=dies_with_parent()
+                )
+            )
             self._wait_ready()
         except BaseException:
             self.stop()

@@ -15,7 +15,8 @@ import os
 import queue
 import socket
 import time
-from typing import Any, Callable, Container, Iterable, Iterator, TypeVar
+from collections.abc import Callable, Container, Iterable, Iterator
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import zmq
@@ -125,8 +126,13 @@ def recv_frames(sock: zmq.Socket) -> list[zmq.Frame]:
     return frames
 
 
-def read_router(sock: zmq.Socket, handle: Callable[[Any, Message], None],
-                bad: Callable[[Any, str], None], limit: int = 1000, relays: Container[bytes] = ()) -> None:
+def read_router(
+    sock: zmq.Socket,
+    handle: Callable[[Any, Message], None],
+    bad: Callable[[Any, str], None],
+    limit: int = 1000,
+    relays: Container[bytes] = (),
+) -> None:
     """Decode what a ROUTER socket has waiting and hand each message to ``handle``.
 
     Malformed frames go to ``bad`` and the loop goes on; a peer speaking another
@@ -205,7 +211,7 @@ def batches(items: Iterable[T], size: Callable[[T], int], max_bytes: int, max_co
 def bind(sock: zmq.Socket, address: str) -> str:
     """Bind and return the endpoint actually bound (port 0 becomes a real port)."""
     if address.startswith("tcp://") and address.rsplit(":", 1)[-1] in ("0", "*"):
-        host = address[len("tcp://"):].rsplit(":", 1)[0]
+        host = address[len("tcp://") :].rsplit(":", 1)[0]
         port = sock.bind_to_random_port(f"tcp://{host}")
         return f"tcp://{host}:{port}"
     sock.bind(address)

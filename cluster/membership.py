@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import NoNodeError
@@ -32,8 +33,9 @@ class MemberEvent:
 
 
 class Membership:
-    def __init__(self, zk: KazooClient, cluster: str, emit: Callable[[MemberEvent], None],
-                 record_type: type = AgentRecord):
+    def __init__(
+        self, zk: KazooClient, cluster: str, emit: Callable[[MemberEvent], None], record_type: type = AgentRecord
+    ):
         self._zk = zk
         self._path = record_type.folder(cluster)
         self._record_type = record_type
@@ -126,8 +128,7 @@ class Membership:
         # As kazoo's DataWatch does: watch for it coming back, since a quick rejoin
         # can be folded into a children list that still shows it.
         path = f"{self._path}/{node_id}"
-        self._zk.exists_async(path, watch=self._on_watch).rawlink(
-            lambda res: self._on_exists(node_id, res))
+        self._zk.exists_async(path, watch=self._on_watch).rawlink(lambda res: self._on_exists(node_id, res))
 
     def _on_exists(self, node_id: str, result) -> None:
         try:

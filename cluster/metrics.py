@@ -8,12 +8,30 @@ own monotonically growing counters by adding the difference since the last tick.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 # Seconds, from sub-millisecond round trips on a LAN to tasks that run for minutes.
-LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+)
 
 
 class Metrics:
@@ -36,8 +54,9 @@ class Metrics:
         """Mirror a count that only grows in the loop as a Prometheus counter."""
         metric = self._counters.get(name)
         if metric is None:
-            metric = self._counters[name] = Counter(f"clusterd_{name}", help_text, sorted(labels),
-                                                    registry=self.registry)
+            metric = self._counters[name] = Counter(
+                f"clusterd_{name}", help_text, sorted(labels), registry=self.registry
+            )
         key = (name, tuple(sorted(labels.items())))
         delta = value - self._seen.get(key, 0.0)
         if delta > 0:
@@ -51,8 +70,9 @@ class Metrics:
     def observe(self, name: str, help_text: str, values: Iterable[float]) -> None:
         metric = self._histograms.get(name)
         if metric is None:
-            metric = self._histograms[name] = Histogram(f"clusterd_{name}", help_text, buckets=LATENCY_BUCKETS,
-                                                        registry=self.registry)
+            metric = self._histograms[name] = Histogram(
+                f"clusterd_{name}", help_text, buckets=LATENCY_BUCKETS, registry=self.registry
+            )
         for value in values:
             metric.observe(value)
 

@@ -23,7 +23,8 @@ import subprocess
 import sys
 import traceback
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import cloudpickle
 import msgpack
@@ -154,7 +155,7 @@ def _plain_size(value: Any, depth: int = 0) -> int:
     if depth >= 2 or kind not in (tuple, list, dict) or len(value) > 64:
         return -1
     size = 0
-    for members in ((value,) if kind is not dict else (value.keys(), value.values())):
+    for members in (value,) if kind is not dict else (value.keys(), value.values()):
         for member in members:
             of = type(member)
             n = (len(member) if of in _SIZED else 0) if of in _SCALARS else _plain_size(member, depth + 1)
@@ -234,8 +235,9 @@ def pack_error(exc: BaseException, fmt: str) -> bytes:
 
 def failure(kind: str, message: str) -> bytes:
     """An error record for a failure the cluster observed (a lost worker, a timeout)."""
-    return msgpack.packb({"type": kind, "message": message, "traceback": "", "detail": None, "exc": None},
-                         use_bin_type=True)
+    return msgpack.packb(
+        {"type": kind, "message": message, "traceback": "", "detail": None, "exc": None}, use_bin_type=True
+    )
 
 
 def lost_error(reason: str) -> bytes:

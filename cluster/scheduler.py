@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from . import payload, wire
 
@@ -226,8 +226,7 @@ class Scheduler:
 
     # --------------------------------------------------------------- results
 
-    def on_result(self, node_id: str, job_id: str, index: int, attempt: int, status: int,
-                  frame: bytes) -> bool | None:
+    def on_result(self, node_id: str, job_id: str, index: int, attempt: int, status: int, frame: bytes) -> bool | None:
         """Take a result. For a worker death of the task's current attempt, returns whether
         the task is retried; None otherwise."""
         slot = self.agents.get(node_id)

@@ -68,8 +68,9 @@ def check_private(path: Path) -> None:
     except OSError as exc:
         raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyFileError(f"secret key file {path} is readable by others (mode {stat.S_IMODE(mode):o}); "
-                        f"fix it with: chmod 600 {path}")
+        raise KeyFileError(
+            f"secret key file {path} is readable by others (mode {stat.S_IMODE(mode):o}); fix it with: chmod 600 {path}"
+        )
 
 
 def _public(path: Path) -> bytes:
@@ -130,8 +131,7 @@ class AllowList:
         if key in self.allowed.get(domain, set()):
             return True
         if key not in self.rejected:
-            log.warning("rejected a peer with an unknown CURVE key on %s (public key %s...)", domain,
-                        key[:8].hex())
+            log.warning("rejected a peer with an unknown CURVE key on %s (public key %s...)", domain, key[:8].hex())
         self.rejected[key] = self.rejected.get(key, 0) + 1
         return False
 

@@ -15,7 +15,8 @@ import functools
 import operator
 import threading
 import typing
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import msgpack
 
@@ -150,8 +151,9 @@ def _header_fields(cls: type) -> tuple[dataclasses.Field, ...]:
 @functools.cache
 def _required(cls: type) -> int:
     """How many leading header fields a sender must include: those without a default."""
-    return sum(1 for f in _header_fields(cls)
-               if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+    return sum(
+        1 for f in _header_fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    )
 
 
 @functools.cache

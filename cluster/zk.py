@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException, NodeExistsError
@@ -42,8 +43,10 @@ def connect(hosts: str, timeout: float = 10.0, session_timeout: float = 10.0, au
     if auth_file:
         # Every znode we create is then readable and writable by these credentials only.
         user, password = read_credentials(auth_file)
-        acl = {"auth_data": [("digest", f"{user}:{password}")],
-               "default_acl": [make_digest_acl(user, password, all=True)]}
+        acl = {
+            "auth_data": [("digest", f"{user}:{password}")],
+            "default_acl": [make_digest_acl(user, password, all=True)],
+        }
     client = KazooClient(
         hosts=hosts,
         timeout=session_timeout,

@@ -24,9 +24,11 @@ ZOOKEEPER_JAR = "/usr/share/java/zookeeper.jar"
 # binding; without these two the server logs nothing at all.
 JARS = [ZOOKEEPER_JAR, "/usr/share/java/slf4j-log4j12.jar", "/usr/share/java/log4j-1.2.jar"]
 BIND_ERROR = b"Address already in use"
-LOG4J = ("log4j.rootLogger=INFO, C\nlog4j.appender.C=org.apache.log4j.ConsoleAppender\n"
-         "log4j.appender.C.layout=org.apache.log4j.PatternLayout\n"
-         "log4j.appender.C.layout.ConversionPattern=%d{ISO8601} [myid:%X{myid}] %-5p [%t:%C{1}@%L] - %m%n\n")
+LOG4J = (
+    "log4j.rootLogger=INFO, C\nlog4j.appender.C=org.apache.log4j.ConsoleAppender\n"
+    "log4j.appender.C.layout=org.apache.log4j.PatternLayout\n"
+    "log4j.appender.C.layout.ConversionPattern=%d{ISO8601} [myid:%X{myid}] %-5p [%t:%C{1}@%L] - %m%n\n"
+)
 
 
 class ZooKeeperNotInstalled(RuntimeError):
@@ -41,8 +43,10 @@ def find_java() -> str:
 
 def classpath() -> str:
     if not os.path.exists(ZOOKEEPER_JAR):
-        raise ZooKeeperNotInstalled(f"ZooKeeper is not installed ({ZOOKEEPER_JAR} is missing); install it "
-                                    "with `apt-get update && apt-get install zookeeper` (or `make zookeeper`)")
+        raise ZooKeeperNotInstalled(
+            f"ZooKeeper is not installed ({ZOOKEEPER_JAR} is missing); install it "
+            "with `apt-get update && apt-get install zookeeper` (or `make zookeeper`)"
+        )
     return ":".join(j for j in JARS if os.path.exists(j))
 
 
@@ -83,9 +87,15 @@ def _start_all(servers: list[ZooKeeperServer], timeout: float, repick: Callable[
             server.launch()
         if all(s.wait_ready(deadline) for s in servers):
             return
-        lost_race = any(BIND_ERROR in s.log_path.read_bytes()[s._log_start:] for s in servers)
-        why = ", ".join(f"{s.connect_string} exited with code {s.proc.returncode}"
-                        for s in servers if s.proc and s.proc.poll() is not None) or f"not ready in {timeout:g} s"
+        lost_race = any(BIND_ERROR in s.log_path.read_bytes()[s._log_start :] for s in servers)
+        why = (
+            ", ".join(
+                f"{s.connect_string} exited with code {s.proc.returncode}"
+                for s in servers
+                if s.proc and s.proc.poll() is not None
+            )
+            or f"not ready in {timeout:g} s"
+        )
         tails = "\n".join(f"--- {s.log_path} ---\n{s.log_tail(30 // len(servers))}" for s in servers)
         for server in servers:
             server.stop(remove=False)  # keep the logs for the post-mortem; stop() removes them
@@ -103,9 +113,17 @@ atexit.register(lambda: [s.stop() for s in list(_LIVE)])
 class ZooKeeperServer:
     """One server: standalone, or an ensemble member given ``myid`` and ``peers`` (server.N lines)."""
 
-    def __init__(self, data_dir: str | None = None, port: int | None = None, tick_time: int = 2000,
-                 log_path: str | None = None, *, myid: int | None = None, peers: list[str] | None = None,
-                 host: str = "127.0.0.1"):
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        port: int | None = None,
+        tick_time: int = 2000,
+        log_path: str | None = None,
+        *,
+        myid: int | None = None,
+        peers: list[str] | None = None,
+        host: str = "127.0.0.1",
+    ):
         # ``host``: the address clients use; tests of partitions bind a veth address
         # of a network namespace they created instead of loopback.
         self.host = host
@@ -131,10 +149,18 @@ class ZooKeeperServer:
     def _write_config(self) -> Path:
         data = self.dir / "data"
         data.mkdir(parents=True, exist_ok=True)
-        lines = [f"tickTime={self.tick_time}", f"dataDir={data}", f"clientPort={self.port}",
-                 f"clientPortAddress={self.host}", "admin.enableServer=false", "4lw.commands.whitelist=*",
-                 # The default cap, 20 ticks, would cut a 30 s client session to 10 s at tickTime 500.
-                 f"maxSessionTimeout={max(60_000, 20 * self.tick_time)}", "initLimit=10", "syncLimit=5"]
+        lines = [
+            f"tickTime={self.tick_time}",
+            f"dataDir={data}",
+            f"clientPort={self.port}",
+            f"clientPortAddress={self.host}",
+            "admin.enableServer=false",
+            "4lw.commands.whitelist=*",
+            # The default cap, 20 ticks, would cut a 30 s client session to 10 s at tickTime 500.
+            f"maxSessionTimeout={max(60_000, 20 * self.tick_time)}",
+            "initLimit=10",
+            "syncLimit=5",
+        ]
         if self.peers:
             (data / "myid").write_text(f"{self.myid}\n")
             lines += self.peers
@@ -152,11 +178,23 @@ class ZooKeeperServer:
             self._log_start = log.tell()
             self.proc = subprocess.Popen(
                 # C1-only JIT and serial GC start ~30% faster on 2 vCPUs; a coordination server needs no more.
-                [java, "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-                 f"-Dlog4j.configuration=file:{self.dir / 'log4j.properties'}",
-                 "-cp", cp, "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(cfg)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                preexec_fn=dies_with_parent())
+                [
+                    java,
+                    "-Xmx256m",
+                    "-XX:+UseSerialGC",
+                    "-XX:TieredStopAtLevel=1",
+                    f"-Dlog4j.configuration=file:{self.dir / 'log4j.properties'}",
+                    "-cp",
+                    cp,
+                    "org.apache.zookeeper.server.quorum.QuorumPeerMain",
+                    str(cfg),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=dies_with_parent(),
+            )
         _LIVE.add(self)
 
     def wait_ready(self, deadline: float) -> bool:
@@ -221,8 +259,10 @@ class ZooKeeperEnsemble:
         ports = free_ports(3 * self.size)  # client, quorum and election port per member
         peers = [f"server.{i + 1}=127.0.0.1:{ports[3 * i + 1]}:{ports[3 * i + 2]}" for i in range(self.size)]
         # In place: _start_all holds this very list while it retries on fresh ports.
-        self.servers[:] = [ZooKeeperServer(str(self.dir / f"zk{i + 1}"), ports[3 * i], self.tick_time,
-                                           myid=i + 1, peers=peers) for i in range(self.size)]
+        self.servers[:] = [
+            ZooKeeperServer(str(self.dir / f"zk{i + 1}"), ports[3 * i], self.tick_time, myid=i + 1, peers=peers)
+            for i in range(self.size)
+        ]
 
     @property
     def connect_string(self) -> str:

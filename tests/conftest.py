@@ -44,8 +44,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     # for any phase, including a fixture failing during setup.
     server = getattr(item, "funcargs", {}).get("zk_server")
     if report.failed and isinstance(server, ZooKeeperServer):
-        report.sections.append((f"ZooKeeper log (last {ZK_LOG_LINES} lines, {server.log_path})",
-                                server.log_tail(ZK_LOG_LINES)))
+        report.sections.append(
+            (f"ZooKeeper log (last {ZK_LOG_LINES} lines, {server.log_path})", server.log_tail(ZK_LOG_LINES))
+        )
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ PY = sys.executable
 
 def assert_gone(pids: list[int], timeout: float = 15.0) -> None:
     """Every pid has exited (a zombie counts: it is only waiting for its reaper)."""
+
     def gone() -> bool:
         for pid in pids:
             try:
@@ -68,8 +69,9 @@ class Proc:
     def __init__(self, name: str, argv: list[str], log: Path, env: dict):
         self.name, self.argv, self.log = name, argv, log
         self._fh = open(log, "ab")
-        self.popen = subprocess.Popen(argv, stdout=self._fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-                                      stdin=subprocess.DEVNULL)
+        self.popen = subprocess.Popen(
+            argv, stdout=self._fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT, stdin=subprocess.DEVNULL
+        )
         self.pid = self.popen.pid
         self._descendants: set[int] = set()
 
@@ -123,8 +125,14 @@ class LocalCluster:
     @property
     def env(self) -> dict:
         # Unauthenticated on loopback; tests/test_security.py runs secured clusters.
-        env = dict(os.environ, CLUSTER_ZK=self.zk, CLUSTER_NAME=self.name, PYTHONPATH=str(ROOT),
-                   PYTHONUNBUFFERED="1", CLUSTER_INSECURE="1")
+        env = dict(
+            os.environ,
+            CLUSTER_ZK=self.zk,
+            CLUSTER_NAME=self.name,
+            PYTHONPATH=str(ROOT),
+            PYTHONUNBUFFERED="1",
+            CLUSTER_INSECURE="1",
+        )
         env.update(self.extra_env)
         return env
 
@@ -134,16 +142,56 @@ class LocalCluster:
         return proc
 
     def coordinator(self, *extra: str, name: str = "coordinator") -> Proc:
-        return self._start(name, [PY, "-m", "cluster.cli.main", "coordinator", "--bind", "tcp://127.0.0.1:0",
-                                  "--log-level", "debug", *extra])
+        return self._start(
+            name,
+            [
+                PY,
+                "-m",
+                "cluster.cli.main",
+                "coordinator",
+                "--bind",
+                "tcp://127.0.0.1:0",
+                "--log-level",
+                "debug",
+                *extra,
+            ],
+        )
 
     def agent(self, node_id: str, workers: int = 2, *extra: str, name: str | None = None) -> Proc:
-        return self._start(name or node_id, [PY, "-m", "agents", "--node-id", node_id, "--workers", str(workers),
-                                     "--bind", "tcp://127.0.0.1:0", "--log-level", "debug", *extra])
+        return self._start(
+            name or node_id,
+            [
+                PY,
+                "-m",
+                "agents",
+                "--node-id",
+                node_id,
+                "--workers",
+                str(workers),
+                "--bind",
+                "tcp://127.0.0.1:0",
+                "--log-level",
+                "debug",
+                *extra,
+            ],
+        )
 
     def relay(self, relay_id: str, *extra: str, name: str | None = None) -> Proc:
-        return self._start(name or f"relay-{relay_id}", [PY, "-m", "agents.relay_cli", "--id", relay_id, "--bind",
-                                                         "tcp://127.0.0.1:0", "--log-level", "debug", *extra])
+        return self._start(
+            name or f"relay-{relay_id}",
+            [
+                PY,
+                "-m",
+                "agents.relay_cli",
+                "--id",
+                relay_id,
+                "--bind",
+                "tcp://127.0.0.1:0",
+                "--log-level",
+                "debug",
+                *extra,
+            ],
+        )
 
     def agents(self) -> list[str]:
         path = layout.agents_path(self.name)
@@ -155,13 +203,24 @@ class LocalCluster:
     def wait_ready(self, coordinator: Proc, nodes: list[str], timeout: float = 20.0) -> None:
         """Registered in ZooKeeper and connected to the leader (its log says so)."""
         wait_for(lambda: set(nodes) <= set(self.agents()), timeout, what=f"agents {nodes} to register")
-        wait_for(lambda: all(f"agent {n} connected" in coordinator.text() for n in nodes), timeout,
-                 what=f"coordinator to connect to {nodes}")
+        wait_for(
+            lambda: all(f"agent {n} connected" in coordinator.text() for n in nodes),
+            timeout,
+            what=f"coordinator to connect to {nodes}",
+        )
 
-    def clusterctl(self, *args: str, input: str | None = None, timeout: float = 120.0,
-                   env: dict | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([PY, "-m", "cluster.cli.main", *args], input=input, capture_output=True, text=True,
-                              timeout=timeout, env=env or self.env, cwd=ROOT)
+    def clusterctl(
+        self, *args: str, input: str | None = None, timeout: float = 120.0, env: dict | None = None
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [PY, "-m", "cluster.cli.main", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env or self.env,
+            cwd=ROOT,
+        )
 
     def stop(self) -> None:
         for proc in reversed(self.procs):

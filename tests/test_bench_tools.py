@@ -19,13 +19,20 @@ def test_the_timeline_follows_one_task_through_every_process_in_order():
     out = json.loads(res.stdout)
     assert out["round_trips"] == 60 and out["in_sequence"] >= 30
     steps = [(who, what) for who, what, _ in out["steps"]]
-    assert steps == [("client", "submit() returned"),
-                     ("coordinator", "received SubmitTasks"), ("coordinator", "sent Dispatch"),
-                     ("agent", "received Dispatch"), ("agent", "sent RunTasks"),
-                     ("worker", "received RunTasks"), ("worker", "sent TasksDone"),
-                     ("agent", "received TasksDone"), ("agent", "sent Results"),
-                     ("coordinator", "received Results"), ("coordinator", "sent TaskResults"),
-                     ("client", "result() returned")]
+    assert steps == [
+        ("client", "submit() returned"),
+        ("coordinator", "received SubmitTasks"),
+        ("coordinator", "sent Dispatch"),
+        ("agent", "received Dispatch"),
+        ("agent", "sent RunTasks"),
+        ("worker", "received RunTasks"),
+        ("worker", "sent TasksDone"),
+        ("agent", "received TasksDone"),
+        ("agent", "sent Results"),
+        ("coordinator", "received Results"),
+        ("coordinator", "sent TaskResults"),
+        ("client", "result() returned"),
+    ]
     times = [at for _, _, at in out["steps"]]
     assert times == sorted(times) and times[0] > 0
 

@@ -65,17 +65,20 @@ def test_a_record_split_byte_by_byte_is_reassembled(pair):
     reader = channel.Reader()
     got: list = []
     for i in range(len(raw)):
-        a.send(raw[i:i + 1])
+        a.send(raw[i : i + 1])
         select.select([b], [], [], 10)
         got += reader.read(b)
     assert [[bytes(f) for f in r] for r in got] == [[b"abc", b"", b"defgh"]]
 
 
-@pytest.mark.parametrize("garbage, why", [
-    (b"\xff" * 16, "frames in"),  # absurd frame count
-    (struct.pack("<QI", 8, 1) + struct.pack("<Q", 5), "do not add up"),  # lengths disagree with the size
-    (struct.pack("<QI", 8 + 100, 1) + struct.pack("<Q", 100) + b"x" * 100, "limit"),  # over max_frame
-])
+@pytest.mark.parametrize(
+    "garbage, why",
+    [
+        (b"\xff" * 16, "frames in"),  # absurd frame count
+        (struct.pack("<QI", 8, 1) + struct.pack("<Q", 5), "do not add up"),  # lengths disagree with the size
+        (struct.pack("<QI", 8 + 100, 1) + struct.pack("<Q", 100) + b"x" * 100, "limit"),  # over max_frame
+    ],
+)
 def test_a_corrupt_record_is_reported_after_the_good_ones_before_it(pair, garbage, why):
     a, b = pair
     channel.send_blocking(a, [b"good"])

@@ -23,12 +23,15 @@ def test_precedence_defaults_toml_env_flags(tmp_path):
     assert config.load(config.CoordinatorConfig, None, {}, environ={}).heartbeat_misses == 4
 
 
-@pytest.mark.parametrize("text,needle", [
-    ("[agent]\nbogus = 1\n", "unknown setting 'bogus'"),
-    ("[agent]\nheartbeat_interval = 'fast'\n", "heartbeat_interval"),
-    ("[agent\n", "not valid TOML"),
-    ("[coordinator]\njob_window = -5\n", "job_window"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("[agent]\nbogus = 1\n", "unknown setting 'bogus'"),
+        ("[agent]\nheartbeat_interval = 'fast'\n", "heartbeat_interval"),
+        ("[agent\n", "not valid TOML"),
+        ("[coordinator]\njob_window = -5\n", "job_window"),
+    ],
+)
 def test_bad_config_names_its_source(tmp_path, text, needle):
     f = tmp_path / "bad.toml"
     f.write_text(text)
@@ -59,16 +62,34 @@ def test_example_configs_load():
     assert config.load(config.RelayConfig, root / "relay.toml", {}, environ={}).relay_id == "rack-12"
 
 
-RECORD = dict(node_id="n1", host="h", endpoint="tcp://10.0.0.1:5000", workers=2, cores=2, memory=1 << 30,
-              version="0.1.0", protocol=1, pid=42, started=1.0)
+RECORD = dict(
+    node_id="n1",
+    host="h",
+    endpoint="tcp://10.0.0.1:5000",
+    workers=2,
+    cores=2,
+    memory=1 << 30,
+    version="0.1.0",
+    protocol=1,
+    pid=42,
+    started=1.0,
+)
 
 
 def test_agent_record_round_trip_and_garbage():
     rec = AgentRecord(**RECORD, labels={"a": "b"})
     assert AgentRecord.from_bytes(rec.to_bytes()) == rec
-    for bad in [None, b"", b"\xff", b"[]", b"{}", json.dumps(dict(RECORD, workers="2")).encode(),
-                json.dumps(dict(RECORD, state="zombie")).encode(), json.dumps(dict(RECORD, endpoint="x")).encode(),
-                b"{" + b" " * (layout.MAX_RECORD_BYTES + 1) + b"}"]:
+    for bad in [
+        None,
+        b"",
+        b"\xff",
+        b"[]",
+        b"{}",
+        json.dumps(dict(RECORD, workers="2")).encode(),
+        json.dumps(dict(RECORD, state="zombie")).encode(),
+        json.dumps(dict(RECORD, endpoint="x")).encode(),
+        b"{" + b" " * (layout.MAX_RECORD_BYTES + 1) + b"}",
+    ]:
         with pytest.raises(BadRecord):
             AgentRecord.from_bytes(bad)
     with pytest.raises(BadRecord):
@@ -108,8 +129,16 @@ def test_shell_runner_quotes_and_truncates():
     assert info.value.args[1]["exit"] == 4
 
 
-@pytest.mark.parametrize("value", [((b"\x01" * (1 << 20),), {}), (("s" * 70_000, [b"b" * 70_000, 3]), {"k": "v" * 70_000}),
-                                   ((b"small", 1.5), {}), ((lambda x: x,), {})], ids=["bytes", "nested", "small", "code"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        ((b"\x01" * (1 << 20),), {}),
+        (("s" * 70_000, [b"b" * 70_000, 3]), {"k": "v" * 70_000}),
+        ((b"small", 1.5), {}),
+        ((lambda x: x,), {}),
+    ],
+    ids=["bytes", "nested", "small", "code"],
+)
 def test_arguments_and_results_round_trip_whatever_their_size(value):
     blob = payload.pack_args(*value)
     args, kwargs = payload.load_args(blob)

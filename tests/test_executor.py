@@ -7,10 +7,10 @@ import subprocess
 import textwrap
 
 import pytest
+from helpers import PY, ROOT
 
 from cluster import Executor
 from cluster.payload import WorkerLost
-from helpers import PY, ROOT
 
 
 @pytest.fixture
@@ -63,7 +63,8 @@ def test_worker_crash_surfaces_as_worker_lost(executor):
 
 def test_functions_defined_in_main_travel_by_value(running_cluster, tmp_path):
     script = tmp_path / "user_script.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         from cluster import Executor
 
         OFFSET = 1000
@@ -79,9 +80,16 @@ def test_functions_defined_in_main_travel_by_value(running_cluster, tmp_path):
             with Executor(zk={running_cluster.zk!r}, cluster={running_cluster.name!r}) as ex:
                 print(sum(ex.map(shifted, range(10))))
                 print(ex.submit(lambda p: p.x * 3, Point(5)).result())
-    """))
-    res = subprocess.run([PY, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                         env=dict(running_cluster.env, PYTHONPATH=str(ROOT)))
+    """)
+    )
+    res = subprocess.run(
+        [PY, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=dict(running_cluster.env, PYTHONPATH=str(ROOT)),
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == [str(sum(range(10)) + 10_000), "15"]
 
@@ -107,10 +115,11 @@ def test_cancelled_future_is_not_resolved(executor):
 def test_a_new_lambda_per_call_does_not_grow_the_clusters_jobs_without_bound(local_cluster):
     """Each distinct function is a job; an executor that lives long and sees a new closure
     per call must close the idle ones, on the coordinator and on the agents alike."""
-    from cluster import executor as executor_module
-    from cluster.zkserver import free_ports
     from helpers import wait_for
     from test_observability import scrape
+
+    from cluster import executor as executor_module
+    from cluster.zkserver import free_ports
 
     cport, aport = free_ports(2)
     coordinator = local_cluster.coordinator("--metrics-port", str(cport))

@@ -9,10 +9,11 @@ import signal
 import subprocess
 import time
 
-from cluster.zkserver import free_ports
 from helpers import PY, ROOT, assert_gone, wait_for
 
-CRASHERS = '''
+from cluster.zkserver import free_ports
+
+CRASHERS = """
 import ctypes, os, signal, time
 
 def exit_hard(x):
@@ -36,7 +37,7 @@ def flaky(path):
 def slow_square(x):
     time.sleep(0.002)
     return x * x
-'''
+"""
 
 
 def _rows(text: str) -> list[dict]:
@@ -46,9 +47,11 @@ def _rows(text: str) -> list[dict]:
 def test_worker_death_is_retried_then_reported_with_its_cause(running_cluster, tmp_path):
     mod = tmp_path / "crashers.py"
     mod.write_text(CRASHERS)
-    for func, cause in [("exit_hard", "worker exited with status 3"),
-                        ("sigkill_self", "worker exited with signal 9 (SIGKILL)"),
-                        ("segfault", "worker exited with signal 11 (SIGSEGV)")]:
+    for func, cause in [
+        ("exit_hard", "worker exited with status 3"),
+        ("sigkill_self", "worker exited with signal 9 (SIGKILL)"),
+        ("segfault", "worker exited with signal 11 (SIGSEGV)"),
+    ]:
         res = running_cluster.clusterctl("submit", f"{mod}:{func}", "--range", "0", "1", "--retries", "1")
         assert res.returncode == 1, res.stderr
         (row,) = _rows(res.stdout)
@@ -57,7 +60,9 @@ def test_worker_death_is_retried_then_reported_with_its_cause(running_cluster, t
     # Both tries of each task are in the leader's log with their ids: --retries 1 allows one retry.
     log = running_cluster.coordinator_proc.text()
     died = re.findall(r"job (\S+) task 0 \(attempt (\d)\): its worker died on a\d; (retrying|no retry)", log)
-    assert sorted((attempt, verdict) for _, attempt, verdict in died) == [("1", "retrying")] * 3 + [("2", "no retry")] * 3
+    assert (
+        sorted((attempt, verdict) for _, attempt, verdict in died) == [("1", "retrying")] * 3 + [("2", "no retry")] * 3
+    )
     assert len({job for job, _, _ in died}) == 3
     # Workers were restarted each time: the agents still have two workers each.
     for node in ("a1", "a2"):
@@ -81,9 +86,14 @@ def test_agent_killed_mid_job_loses_and_duplicates_nothing(running_cluster, tmp_
     victim = next(p for p in running_cluster.procs if p.name == "a1")
     victim_workers = [c.pid for c in victim.children()]
     out = tmp_path / "out.jsonl"
-    proc = subprocess.Popen([PY, "-m", "cluster.cli.main", "submit", f"{mod}:slow_square", "--range", "0", "10000",
-                             "--output", str(out)], env=running_cluster.env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [PY, "-m", "cluster.cli.main", "submit", f"{mod}:slow_square", "--range", "0", "10000", "--output", str(out)],
+        env=running_cluster.env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for(lambda: out.exists() and out.stat().st_size > 50_000, 60, what="the job to get going")
     victim.signal(signal.SIGKILL)
     _, stderr = proc.communicate(timeout=180)
@@ -110,9 +120,14 @@ def test_agent_sigterm_drains_deregisters_and_exits_0(running_cluster, tmp_path)
     mod = tmp_path / "crashers.py"
     mod.write_text(CRASHERS)
     out = tmp_path / "out.jsonl"
-    proc = subprocess.Popen([PY, "-m", "cluster.cli.main", "submit", f"{mod}:slow_square", "--range", "0", "3000",
-                             "--output", str(out)], env=running_cluster.env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [PY, "-m", "cluster.cli.main", "submit", f"{mod}:slow_square", "--range", "0", "3000", "--output", str(out)],
+        env=running_cluster.env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for(lambda: out.exists() and out.stat().st_size > 5_000, 60, what="the job to get going")
     a2 = next(p for p in running_cluster.procs if p.name == "a2")
     a2.signal(signal.SIGTERM)
@@ -140,8 +155,7 @@ def test_an_agent_on_a_dead_agents_address_stays_connected_when_the_dead_ones_zn
     wait_for(lambda: local_cluster.agents() == ["new"], 20, what="the dead agent's session to expire")
     time.sleep(3)  # past the 2 s heartbeat deadline
     (tmp_path / "crashers.py").write_text(CRASHERS)
-    res = local_cluster.clusterctl("submit", f"{tmp_path / 'crashers.py'}:slow_square", "--range", "0", "4",
-                                   timeout=30)
+    res = local_cluster.clusterctl("submit", f"{tmp_path / 'crashers.py'}:slow_square", "--range", "0", "4", timeout=30)
     assert res.returncode == 0, res.stderr
     assert sorted(r["result"] for r in _rows(res.stdout)) == [0, 1, 4, 9]
     assert "agent new silent" not in coordinator.text()
@@ -155,8 +169,15 @@ def test_a_draining_agent_gives_back_the_tasks_no_worker_has_started(local_clust
     agents = {node: local_cluster.agent(node, 1) for node in ("d1", "d2")}
     local_cluster.wait_ready(coordinator, ["d1", "d2"])
     (tmp_path / "slow.py").write_text("import os, time\n\ndef f(x):\n    time.sleep(2)\n    return os.getppid()\n")
-    job = subprocess.Popen([PY, "-m", "cluster.cli.main", "submit", f"{tmp_path / 'slow.py'}:f", "--range", "0", "6"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=local_cluster.env, cwd=ROOT)
+    job = subprocess.Popen(
+        [PY, "-m", "cluster.cli.main", "submit", f"{tmp_path / 'slow.py'}:f", "--range", "0", "6"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=local_cluster.env,
+        cwd=ROOT,
+    )
+
     # A new job's tasks are untimed: each agent holds one running and two queued (prefetch 2).
     def d1_holds_three() -> bool:
         res = local_cluster.clusterctl("status", "--json")

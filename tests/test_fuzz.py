@@ -13,13 +13,13 @@ import time
 import msgpack
 import psutil
 import zmq
+from helpers import PY, ROOT, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cluster import layout, wire
 from cluster.layout import AgentRecord
 from cluster.version import PROTOCOL_VERSION
-from helpers import PY, ROOT, wait_for
 
 
 @settings(max_examples=3000, deadline=None)
@@ -32,10 +32,20 @@ def test_decode_rejects_or_returns_a_message_for_any_frames(frames):
 
 
 @settings(max_examples=2000, deadline=None)
-@given(st.integers(0, 40), st.lists(st.one_of(st.integers(-2**63, 2**64 - 1), st.text(max_size=8), st.binary(max_size=8),
-                                               st.lists(st.integers(-2**63, 2**63 - 1), max_size=3), st.none(),
-                                               st.floats()),
-                                     max_size=7))
+@given(
+    st.integers(0, 40),
+    st.lists(
+        st.one_of(
+            st.integers(-(2**63), 2**64 - 1),
+            st.text(max_size=8),
+            st.binary(max_size=8),
+            st.lists(st.integers(-(2**63), 2**63 - 1), max_size=3),
+            st.none(),
+            st.floats(),
+        ),
+        max_size=7,
+    ),
+)
 def test_well_formed_msgpack_with_wrong_fields_is_rejected_cleanly(kind, fields):
     frames = [msgpack.packb([PROTOCOL_VERSION, kind, *fields], use_bin_type=True), b"x"]
     try:
@@ -81,8 +91,13 @@ def test_100k_malformed_messages_while_a_job_runs(running_cluster, tmp_path):
     module = tmp_path / "sq.py"
     module.write_text("import time\n\ndef sq(x):\n    time.sleep(0.002)\n    return x * x\n")
     out = tmp_path / "out.jsonl"
-    job = subprocess.Popen([PY, "-m", "cluster.cli.main", "submit", f"{module}:sq", "--range", "0", "6000",
-                            "--output", str(out)], env=cluster.env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    job = subprocess.Popen(
+        [PY, "-m", "cluster.cli.main", "submit", f"{module}:sq", "--range", "0", "6000", "--output", str(out)],
+        env=cluster.env,
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     ctx = zmq.Context()
     try:
         # Door 1: the coordinator's client port.
@@ -95,8 +110,18 @@ def test_100k_malformed_messages_while_a_job_runs(running_cluster, tmp_path):
         fake.setsockopt(zmq.ROUTING_ID, b"fuzz")
         fake.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full pipe is EAGAIN (retried), not a silent drop
         port = fake.bind_to_random_port("tcp://127.0.0.1")
-        record = AgentRecord(node_id="fuzz", host="fuzzhost", endpoint=f"tcp://127.0.0.1:{port}", workers=1, cores=1,
-                             memory=1, version="0", protocol=PROTOCOL_VERSION, pid=1, started=time.time())
+        record = AgentRecord(
+            node_id="fuzz",
+            host="fuzzhost",
+            endpoint=f"tcp://127.0.0.1:{port}",
+            workers=1,
+            cores=1,
+            memory=1,
+            version="0",
+            protocol=PROTOCOL_VERSION,
+            pid=1,
+            started=time.time(),
+        )
         cluster.kazoo.create(layout.agent_path(cluster.name, "fuzz"), record.to_bytes(), ephemeral=True)
         assert fake.poll(10_000), "the coordinator never connected to the fake agent"
         coordinator_identity = fake.recv_multipart()[0]
@@ -118,8 +143,11 @@ def test_100k_malformed_messages_while_a_job_runs(running_cluster, tmp_path):
 
         assert coordinator.popen.poll() is None and a1.popen.poll() is None
         status = coordinator_status(ctx, cluster.leader().endpoint)
-        wait_for(lambda: coordinator_status(ctx, cluster.leader().endpoint)["counters"].get(
-            "dropped_messages", 0) >= 70_000, 60, what="the coordinator to read all garbage")
+        wait_for(
+            lambda: coordinator_status(ctx, cluster.leader().endpoint)["counters"].get("dropped_messages", 0) >= 70_000,
+            60,
+            what="the coordinator to read all garbage",
+        )
         status = coordinator_status(ctx, cluster.leader().endpoint)
         assert status["counters"]["dropped_messages"] == 70_000
         grown = {p.name: psutil.Process(p.pid).memory_info().rss - rss[p.name] for p in (coordinator, a1)}
@@ -160,9 +188,18 @@ def test_an_agent_that_leaves_while_its_messages_stream_in_does_not_abort_the_co
             fake.setsockopt(zmq.LINGER, 0)
             fake.setsockopt(zmq.ROUTING_ID, b"streamer")
             port = fake.bind_to_random_port("tcp://127.0.0.1")
-            record = AgentRecord(node_id="streamer", host="fuzzhost", endpoint=f"tcp://127.0.0.1:{port}", workers=1,
-                                 cores=1, memory=1, version="0", protocol=PROTOCOL_VERSION, pid=1,
-                                 started=time.time() + round_)
+            record = AgentRecord(
+                node_id="streamer",
+                host="fuzzhost",
+                endpoint=f"tcp://127.0.0.1:{port}",
+                workers=1,
+                cores=1,
+                memory=1,
+                version="0",
+                protocol=PROTOCOL_VERSION,
+                pid=1,
+                started=time.time() + round_,
+            )
             path = layout.agent_path(local_cluster.name, "streamer")
             local_cluster.kazoo.create(path, record.to_bytes(), ephemeral=True)
             assert fake.poll(10_000), "the coordinator never connected"

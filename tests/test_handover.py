@@ -13,23 +13,37 @@ import threading
 import time
 
 import zmq
+from helpers import wait_for
 
 from cluster import election, wire
 from cluster.client import ClusterClient
 from cluster.layout import LeaderRecord
 from cluster.version import PROTOCOL_VERSION
-from helpers import wait_for
 
 
 def _record(epoch: int, endpoint: str = "tcp://127.0.0.1:9") -> LeaderRecord:
-    return LeaderRecord(coordinator_id="c-test", endpoint=endpoint, epoch=epoch, host="test", pid=1,
-                        version="test", protocol=PROTOCOL_VERSION, started=time.time())
+    return LeaderRecord(
+        coordinator_id="c-test",
+        endpoint=endpoint,
+        epoch=epoch,
+        host="test",
+        pid=1,
+        version="test",
+        protocol=PROTOCOL_VERSION,
+        started=time.time(),
+    )
 
 
 def test_the_leader_znode_appears_only_once_the_loop_took_the_lead(kazoo_client, cluster_name):
     events: queue.Queue = queue.Queue()
-    lead = election.LeaderElection(kazoo_client, cluster_name, "c-test", _record,
-                                   lambda kind, epoch: events.put((kind, epoch)), prepare=lambda: None)
+    lead = election.LeaderElection(
+        kazoo_client,
+        cluster_name,
+        "c-test",
+        _record,
+        lambda kind, epoch: events.put((kind, epoch)),
+        prepare=lambda: None,
+    )
     lead.start()
     try:
         kind, epoch = events.get(timeout=10)

@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 from cluster import config
 from cluster.cli import install
-from helpers import ROOT
 
 CLUSTERCTL = Path(sys.executable).with_name("clusterctl")
 UNIT = {r: Path("etc/systemd/system") / f"cluster-{r}.service" for r in install.ROLES}
@@ -27,8 +27,14 @@ pytestmark = pytest.mark.skipif(not CLUSTERCTL.exists(), reason="clusterctl is n
 def clusterctl(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     # Wide columns: help text is checked for whole phrases. No CLUSTER_* from the caller.
     base = {k: v for k, v in os.environ.items() if not k.startswith("CLUSTER_")}
-    return subprocess.run([str(CLUSTERCTL), *args], capture_output=True, text=True, timeout=60, cwd=ROOT,
-                          env={**base, "COLUMNS": "200", **(env or {})})
+    return subprocess.run(
+        [str(CLUSTERCTL), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**base, "COLUMNS": "200", **(env or {})},
+    )
 
 
 def tree(root: Path, dir_mtimes: bool = True) -> dict[str, tuple[bytes | None, int, int]]:
@@ -38,8 +44,11 @@ def tree(root: Path, dir_mtimes: bool = True) -> dict[str, tuple[bytes | None, i
     for path in sorted(root.rglob("*")):
         st = path.lstat()
         file = path.is_file()
-        out[str(path.relative_to(root))] = (path.read_bytes() if file else None, st.st_mode & 0o7777,
-                                            st.st_mtime_ns if file or dir_mtimes else 0)
+        out[str(path.relative_to(root))] = (
+            path.read_bytes() if file else None,
+            st.st_mode & 0o7777,
+            st.st_mtime_ns if file or dir_mtimes else 0,
+        )
     return out
 
 
@@ -50,8 +59,24 @@ def with_keys(root: Path) -> Path:
     return keys
 
 
-AGENT = ["--zk", "zk1:2181,zk2:2181", "--cluster", "prod", "--keys", "/etc/clusterd/keys", "--label", "rack=r12",
-         "--label", "zone=b", "--workers", "4", "--metrics-port", "9464", "--advertise", "10.0.0.7"]
+AGENT = [
+    "--zk",
+    "zk1:2181,zk2:2181",
+    "--cluster",
+    "prod",
+    "--keys",
+    "/etc/clusterd/keys",
+    "--label",
+    "rack=r12",
+    "--label",
+    "zone=b",
+    "--workers",
+    "4",
+    "--metrics-port",
+    "9464",
+    "--advertise",
+    "10.0.0.7",
+]
 
 
 def agent_install(root: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -81,8 +106,12 @@ def test_agent_install_writes_unit_config_and_user(tmp_path):
 
     cfg = config.load(config.AgentConfig, tmp_path / CONF["agent"], environ={})
     assert (cfg.zk, cfg.cluster, cfg.keys, cfg.insecure) == ("zk1:2181,zk2:2181", "prod", "/etc/clusterd/keys", False)
-    assert (cfg.labels, cfg.workers, cfg.metrics_port, cfg.advertise) == ({"rack": "r12", "zone": "b"}, "4", 9464,
-                                                                          "10.0.0.7")
+    assert (cfg.labels, cfg.workers, cfg.metrics_port, cfg.advertise) == (
+        {"rack": "r12", "zone": "b"},
+        "4",
+        9464,
+        "10.0.0.7",
+    )
     assert (cfg.prefetch, cfg.zk_auth) == (2, "")
     text = (tmp_path / CONF["agent"]).read_text()
     assert text.startswith("# Written by `clusterctl agent install`") and "[agent]\n" in text
@@ -183,26 +212,35 @@ def test_dry_run_on_this_system_lists_the_systemd_commands():
     doc = json.loads(res.stdout)
     assert doc["dry_run"] is True and doc["root"] is None
     assert [(f["path"], f["action"]) for f in doc["files"]] == [
-        ("/etc/sysusers.d/clusterd.conf", "created" if not Path("/etc/sysusers.d/clusterd.conf").exists()
-         else "unchanged"),
-        ("/etc/clusterd/agent.toml", "created"), ("/etc/systemd/system/cluster-agent.service", "created")]
+        (
+            "/etc/sysusers.d/clusterd.conf",
+            "created" if not Path("/etc/sysusers.d/clusterd.conf").exists() else "unchanged",
+        ),
+        ("/etc/clusterd/agent.toml", "created"),
+        ("/etc/systemd/system/cluster-agent.service", "created"),
+    ]
     assert [c["command"] for c in doc["commands"]] == [
-        "systemd-sysusers /etc/sysusers.d/clusterd.conf", "systemctl daemon-reload",
-        "systemctl enable --now cluster-agent.service"]
+        "systemd-sysusers /etc/sysusers.d/clusterd.conf",
+        "systemctl daemon-reload",
+        "systemctl enable --now cluster-agent.service",
+    ]
     assert {c["status"] for c in doc["commands"]} == {"would run"}
     assert not Path("/etc/clusterd/agent.toml").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--insecure", "--workers", "lots"], "--workers must be 'auto' or a positive integer, got 'lots'"),
-    (["--insecure", "--label", "nonsense"], "label 'nonsense' must look like key=value"),
-    (["--insecure", "--metrics-port", "http"], "--metrics-port: 'http' is not a valid int"),
-    (["--insecure", "--bind", "0.0.0.0:7100"], "--bind must look like tcp://HOST:PORT"),
-    ([], "give --keys DIR"),
-    (["--keys", "/etc/clusterd/keys", "--insecure"], "--keys and --insecure contradict each other"),
-    (["--insecure", "--exec", "bin/clusterctl"], "--exec must be an absolute path"),
-    (["--insecure", "--exec", "/home/me/venv/bin/clusterctl"], "ProtectHome=yes hides"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--insecure", "--workers", "lots"], "--workers must be 'auto' or a positive integer, got 'lots'"),
+        (["--insecure", "--label", "nonsense"], "label 'nonsense' must look like key=value"),
+        (["--insecure", "--metrics-port", "http"], "--metrics-port: 'http' is not a valid int"),
+        (["--insecure", "--bind", "0.0.0.0:7100"], "--bind must look like tcp://HOST:PORT"),
+        ([], "give --keys DIR"),
+        (["--keys", "/etc/clusterd/keys", "--insecure"], "--keys and --insecure contradict each other"),
+        (["--insecure", "--exec", "bin/clusterctl"], "--exec must be an absolute path"),
+        (["--insecure", "--exec", "/home/me/venv/bin/clusterctl"], "ProtectHome=yes hides"),
+    ],
+)
 def test_a_bad_option_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
     res = clusterctl("agent", "install", "--root", str(tmp_path), *args)
     assert res.returncode == 2, res.stdout + res.stderr
@@ -213,16 +251,39 @@ def test_a_bad_option_is_one_line_exit_2_and_writes_nothing(tmp_path, args, mess
 def test_coordinator_install_and_uninstall(tmp_path):
     with_keys(tmp_path)
     before = tree(tmp_path, dir_mtimes=False)
-    res = clusterctl("coordinator", "install", "--root", str(tmp_path), "--zk", "zk1:2181", "--cluster", "prod",
-                     "--keys", "/etc/clusterd/keys", "--bind", "tcp://0.0.0.0:5555", "--metrics-port", "9465",
-                     "--exec", "/opt/clusterd/venv/bin/clusterctl")
+    res = clusterctl(
+        "coordinator",
+        "install",
+        "--root",
+        str(tmp_path),
+        "--zk",
+        "zk1:2181",
+        "--cluster",
+        "prod",
+        "--keys",
+        "/etc/clusterd/keys",
+        "--bind",
+        "tcp://0.0.0.0:5555",
+        "--metrics-port",
+        "9465",
+        "--exec",
+        "/opt/clusterd/venv/bin/clusterctl",
+    )
     assert res.returncode == 0, res.stderr
     # --exec names the clusterctl of the target system; the default unit is the one in systemd/.
-    assert (tmp_path / UNIT["coordinator"]).read_text() == install.render_unit("coordinator") \
+    assert (
+        (tmp_path / UNIT["coordinator"]).read_text()
+        == install.render_unit("coordinator")
         == (ROOT / "systemd/cluster-coordinator.service").read_text()
+    )
     cfg = config.load(config.CoordinatorConfig, tmp_path / CONF["coordinator"], environ={})
     assert (cfg.zk, cfg.cluster, cfg.keys, cfg.bind, cfg.metrics_port) == (
-        "zk1:2181", "prod", "/etc/clusterd/keys", "tcp://0.0.0.0:5555", 9465)
+        "zk1:2181",
+        "prod",
+        "/etc/clusterd/keys",
+        "tcp://0.0.0.0:5555",
+        9465,
+    )
     assert "[coordinator]\n" in (tmp_path / CONF["coordinator"]).read_text()
     assert (tmp_path / CONF["coordinator"]).stat().st_mode & 0o777 == 0o640
     res = clusterctl("coordinator", "uninstall", "--root", str(tmp_path))
@@ -233,8 +294,22 @@ def test_coordinator_install_and_uninstall(tmp_path):
 
 def test_relay_install_and_an_agent_that_names_the_relay(tmp_path):
     with_keys(tmp_path)
-    res = clusterctl("relay", "install", "--root", str(tmp_path), "--zk", "zk1:2181", "--keys", "/etc/clusterd/keys",
-                     "--id", "rack-12", "--bind", "tcp://0.0.0.0:7300", "--exec", "/opt/clusterd/venv/bin/clusterctl")
+    res = clusterctl(
+        "relay",
+        "install",
+        "--root",
+        str(tmp_path),
+        "--zk",
+        "zk1:2181",
+        "--keys",
+        "/etc/clusterd/keys",
+        "--id",
+        "rack-12",
+        "--bind",
+        "tcp://0.0.0.0:7300",
+        "--exec",
+        "/opt/clusterd/venv/bin/clusterctl",
+    )
     assert res.returncode == 0, res.stderr
     assert (tmp_path / UNIT["relay"]).read_text() == (ROOT / "systemd/cluster-relay.service").read_text()
     cfg = config.load(config.RelayConfig, tmp_path / CONF["relay"], environ={})
@@ -266,7 +341,7 @@ def test_help_still_works_and_shows_install():
 
 def test_odd_values_survive_the_toml_round_trip(tmp_path):
     value = 'a "quoted" \\ back, ünï, tab\there, del\x7f'
-    agent_install(tmp_path, "--insecure", "--label", f"note={value}", "--label", "odd key=1", "--node-id", "n\"1")
+    agent_install(tmp_path, "--insecure", "--label", f"note={value}", "--label", "odd key=1", "--node-id", 'n"1')
     cfg = config.load(config.AgentConfig, tmp_path / CONF["agent"], environ={})
     assert cfg.labels == {"note": value, "odd key": "1"} and cfg.node_id == 'n"1'
 
@@ -291,8 +366,9 @@ def test_commands_run_for_real_report_failure_in_one_line(capfd):
 def test_the_user_snippet_creates_the_user(tmp_path):
     # systemd-sysusers on the staged tree itself (--root): this machine's users are untouched.
     agent_install(tmp_path, "--insecure")
-    res = subprocess.run(["systemd-sysusers", f"--root={tmp_path}", str(tmp_path / SYSUSERS)],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        ["systemd-sysusers", f"--root={tmp_path}", str(tmp_path / SYSUSERS)], capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0, res.stderr
     user = (tmp_path / "etc/passwd").read_text().split(":")
     assert (user[0], user[4], user[5]) == ("clusterd", "clusterd daemons", "/var/lib/clusterd")

@@ -10,12 +10,12 @@ import subprocess
 import time
 
 import pytest
+from helpers import PY, ROOT, LineReader, wait_for
 
 from cluster import Executor
 from cluster.payload import TaskTimeout
-from helpers import PY, ROOT, LineReader, wait_for
 
-HOGS = '''
+HOGS = """
 import time
 
 def hang(x):
@@ -29,7 +29,7 @@ def eat(mib):
 def nap(x):
     time.sleep(0.3)
     return x
-'''
+"""
 
 
 def _rows(text):
@@ -51,8 +51,9 @@ def test_a_task_past_its_timeout_fails_with_task_timeout_and_frees_its_worker(ru
 def test_a_worker_over_its_memory_limit_is_killed_with_a_clear_cause(running_cluster, tmp_path):
     mod = tmp_path / "hogs.py"
     mod.write_text(HOGS)
-    res = running_cluster.clusterctl("submit", f"{mod}:eat", "--inputs", "-", "--max-memory", "200M",
-                                     "--retries", "1", input="400\n10\n")
+    res = running_cluster.clusterctl(
+        "submit", f"{mod}:eat", "--inputs", "-", "--max-memory", "200M", "--retries", "1", input="400\n10\n"
+    )
     assert res.returncode == 1, res.stderr
     big, small = sorted(_rows(res.stdout), key=lambda r: r["index"])
     assert big["error"].startswith("WorkerLost: worker exceeded the task memory limit (")
@@ -76,9 +77,14 @@ def test_executor_timeout_and_cancel(running_cluster):
 def test_ctrl_c_or_sigterm_cancels_the_job_on_the_cluster_and_summarises(running_cluster, tmp_path, sig):
     mod = tmp_path / "hogs.py"
     mod.write_text(HOGS)
-    proc = subprocess.Popen([PY, "-m", "cluster.cli.main", "submit", f"{mod}:nap", "--range", "0", "400"],
-                            env=running_cluster.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [PY, "-m", "cluster.cli.main", "submit", f"{mod}:nap", "--range", "0", "400"],
+        env=running_cluster.env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines = LineReader(proc.stdout)
     lines.next(60)  # work is flowing
     proc.send_signal(sig)

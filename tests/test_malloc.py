@@ -10,7 +10,6 @@ import subprocess
 import textwrap
 
 import pytest
-
 from helpers import PY, ROOT
 
 PROBE = textwrap.dedent("""

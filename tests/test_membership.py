@@ -12,10 +12,11 @@ import signal
 import subprocess
 import time
 
+from helpers import PY, ROOT, LineReader, wait_for
+
 from cluster import layout
 from cluster.layout import AgentRecord
 from cluster.zkserver import free_ports
-from helpers import PY, ROOT, LineReader, wait_for
 
 
 def test_agent_registers_an_ephemeral_znode_with_its_metadata(local_cluster):
@@ -55,8 +56,18 @@ def test_nodes_lists_members_without_a_coordinator(local_cluster):
     table = local_cluster.clusterctl("nodes")
     assert table.returncode == 0
     header, *lines = table.stdout.splitlines()
-    assert header.split() == ["NODE", "HOST", "ENDPOINT", "STATE", "WORKERS", "CORES", "MEMORY", "VERSION", "UPTIME",
-                              "RELAY"]
+    assert header.split() == [
+        "NODE",
+        "HOST",
+        "ENDPOINT",
+        "STATE",
+        "WORKERS",
+        "CORES",
+        "MEMORY",
+        "VERSION",
+        "UPTIME",
+        "RELAY",
+    ]
     assert [line.split()[0] for line in lines] == ["n1", "n2"]
     assert [line.split()[-1] for line in lines] == ["-", "-"]
     assert table.stderr.strip().endswith("2 nodes, 3 workers")
@@ -65,8 +76,14 @@ def test_nodes_lists_members_without_a_coordinator(local_cluster):
 @contextlib.contextmanager
 def _nodes_watch(local_cluster, *args: str):
     """`clusterctl nodes --watch ARGS` piped: its lines, once its watches are armed; it must stop cleanly on Ctrl-C."""
-    watch = subprocess.Popen([PY, "-m", "cluster.cli.main", "nodes", "--watch", *args], env=local_cluster.env,
-                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watch = subprocess.Popen(
+        [PY, "-m", "cluster.cli.main", "nodes", "--watch", *args],
+        env=local_cluster.env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         time.sleep(1.0)
         yield LineReader(watch.stdout)
@@ -89,14 +106,20 @@ def test_nodes_lists_relays_and_watch_follows_them(local_cluster):
         wait_for(lambda: local_cluster.agents() == ["d1", "r1", "r2"], what="registration")
         agent_events = [json.loads(lines.next()) for _ in range(3)]
         assert sorted((e["role"], e["node_id"], e["record"]["relay"]) for e in agent_events) == [
-            ("agent", "d1", ""), ("agent", "r1", "rack1"), ("agent", "r2", "rack1")]
+            ("agent", "d1", ""),
+            ("agent", "r1", "rack1"),
+            ("agent", "r2", "rack1"),
+        ]
 
         listed = json.loads(local_cluster.clusterctl("nodes", "--relays", "--json").stdout)
         assert [(r["node_id"], r["agents"]) for r in listed] == [("rack1", 2)]
         table = local_cluster.clusterctl("nodes")
         agents_part, relays_part = table.stdout.split("\n\n")
         assert {line.split()[0]: line.split()[-1] for line in agents_part.splitlines()[1:]} == {
-            "d1": "-", "r1": "rack1", "r2": "rack1"}
+            "d1": "-",
+            "r1": "rack1",
+            "r2": "rack1",
+        }
         header, row = relays_part.splitlines()
         assert header.split() == ["RELAY", "HOST", "ENDPOINT", "AGENTS", "VERSION", "UPTIME"]
         assert row.split()[0] == "rack1" and row.split()[3] == "2"
@@ -112,12 +135,22 @@ def _busy_agent(local_cluster, node_id: str, seconds: int) -> tuple:
     coordinator = local_cluster.coordinator()
     agent = local_cluster.agent(node_id, 1)
     local_cluster.wait_ready(coordinator, [node_id])
-    job = subprocess.Popen([PY, "-m", "cluster.cli.main", "submit", "time:sleep", "--inputs", "-"], env=local_cluster.env,
-                           cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job = subprocess.Popen(
+        [PY, "-m", "cluster.cli.main", "submit", "time:sleep", "--inputs", "-"],
+        env=local_cluster.env,
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     job.stdin.write(f"{seconds}\n")
     job.stdin.close()
-    wait_for(lambda: json.loads(local_cluster.clusterctl("status", "--json").stdout)["workers"]["busy"] == 1, 20,
-             what="the task to start")
+    wait_for(
+        lambda: json.loads(local_cluster.clusterctl("status", "--json").stdout)["workers"]["busy"] == 1,
+        20,
+        what="the task to start",
+    )
     return agent, job
 
 
@@ -136,7 +169,11 @@ def test_nodes_watch_json_events(local_cluster):
         agent = local_cluster.agent("w2", 1)
         first = json.loads(lines.next())
         assert (first["event"], first["role"], first["node_id"], first["record"]["state"]) == (
-            "joined", "agent", "w2", "ready")
+            "joined",
+            "agent",
+            "w2",
+            "ready",
+        )
         assert first["record"]["workers"] == 1 and first["record"]["uptime"] >= 0
         agent.signal(signal.SIGTERM)
         events = [json.loads(lines.next())]
@@ -150,8 +187,14 @@ def test_nodes_watch_json_events(local_cluster):
 
 def test_nodes_watch_on_a_terminal_is_a_live_table(local_cluster):
     master, slave = pty.openpty()
-    watch = subprocess.Popen([PY, "-m", "cluster.cli.main", "nodes", "--watch"], env=dict(local_cluster.env, COLUMNS="250"),
-                             cwd=ROOT, stdout=slave, stderr=slave, stdin=slave)
+    watch = subprocess.Popen(
+        [PY, "-m", "cluster.cli.main", "nodes", "--watch"],
+        env=dict(local_cluster.env, COLUMNS="250"),
+        cwd=ROOT,
+        stdout=slave,
+        stderr=slave,
+        stdin=slave,
+    )
     os.close(slave)
     screen = bytearray()
 
@@ -173,8 +216,11 @@ def test_nodes_watch_on_a_terminal_is_a_live_table(local_cluster):
         assert b"\x1b[" in screen  # redrawn in place with terminal escapes, not appended lines
         agent.signal(signal.SIGTERM)
         wait_for(lambda: shows("left     t1"), 20, what="the leave in the event list")
-        wait_for(lambda: screen.rfind(b"0 nodes, 0 workers") > screen.find(b"1 nodes, 2 workers"), 5,
-                 what="the table to drop the node")
+        wait_for(
+            lambda: screen.rfind(b"0 nodes, 0 workers") > screen.find(b"1 nodes, 2 workers"),
+            5,
+            what="the table to drop the node",
+        )
     finally:
         watch.send_signal(signal.SIGINT)
         watch.wait(10)
@@ -214,8 +260,9 @@ def test_one_coordinator_leads_and_a_standby_takes_over(local_cluster):
     time.sleep(0.5)
     assert "agent a1 connected" not in second.text()  # standbys do not dispatch
     first.signal(signal.SIGKILL)
-    wait_for(lambda: (rec := local_cluster.leader()) is not None and rec.pid == second.pid, 30,
-             what="the standby to lead")
+    wait_for(
+        lambda: (rec := local_cluster.leader()) is not None and rec.pid == second.pid, 30, what="the standby to lead"
+    )
     assert local_cluster.leader().epoch > leader.epoch
     res = local_cluster.clusterctl("submit", "math:sqrt", "--range", "0", "100")
     assert res.returncode == 0, res.stderr
@@ -284,8 +331,20 @@ def test_a_second_start_replaces_the_children_watch(kazoo_client, cluster_name):
     membership.start()  # as after a re-election
     wait_for(lambda: listings, what="the first listing")
     listings.clear()
-    record = AgentRecord(node_id="x1", host="h", endpoint="tcp://127.0.0.1:1", workers=1, cores=1, memory=1,
-                         version="0", protocol=1, pid=1, started=0.0, labels={}, state="ready")
+    record = AgentRecord(
+        node_id="x1",
+        host="h",
+        endpoint="tcp://127.0.0.1:1",
+        workers=1,
+        cores=1,
+        memory=1,
+        version="0",
+        protocol=1,
+        pid=1,
+        started=0.0,
+        labels={},
+        state="ready",
+    )
     kazoo_client.create(layout.agent_path(cluster_name, "x1"), record.to_bytes(), ephemeral=True)
     wait_for(lambda: [e.kind for e in events] == ["joined"], what="the join")
     assert listings == [["x1"]]
@@ -302,8 +361,18 @@ def test_a_rejoin_zookeeper_refuses_is_tried_again_until_it_is_taken(cluster_nam
     admin = agent = None
     try:
         admin, agent = connect(server.connect_string), connect(server.connect_string)
-        record = AgentRecord(node_id="r1", host="h", endpoint="tcp://127.0.0.1:1", workers=1, cores=1, memory=1,
-                             version="0", protocol=1, pid=1, started=0.0)
+        record = AgentRecord(
+            node_id="r1",
+            host="h",
+            endpoint="tcp://127.0.0.1:1",
+            workers=1,
+            cores=1,
+            memory=1,
+            version="0",
+            protocol=1,
+            pid=1,
+            started=0.0,
+        )
         registration = Registration(agent, cluster_name, record)
         registration.register()
         registration.keep()

@@ -11,13 +11,14 @@ import subprocess
 import time
 import urllib.request
 
-from cluster.zkserver import free_ports
 from helpers import PY, ROOT, wait_for
+
+from cluster.zkserver import free_ports
 
 TASKS, SLEEP = 40, 0.3
 FAILING = {i for i in range(TASKS) if i % 10 == 3}
 
-SLOW = f'''
+SLOW = f"""
 import time
 
 def f(x):
@@ -25,7 +26,7 @@ def f(x):
     if x in {sorted(FAILING)!r}:
         raise ValueError(x)
     return x * 2
-'''
+"""
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -45,9 +46,14 @@ def test_status_and_metrics_match_a_running_job(local_cluster, tmp_path):
         local_cluster.agent(node, 2, "--metrics-port", str(ports[node]))
     local_cluster.wait_ready(coordinator, ["o1", "o2"])
     (tmp_path / "slow.py").write_text(SLOW)
-    job = subprocess.Popen([PY, "-m", "cluster.cli.main", "submit", f"{tmp_path / 'slow.py'}:f", "--range", "0",
-                            str(TASKS)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env=local_cluster.env, cwd=ROOT)
+    job = subprocess.Popen(
+        [PY, "-m", "cluster.cli.main", "submit", f"{tmp_path / 'slow.py'}:f", "--range", "0", str(TASKS)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=local_cluster.env,
+        cwd=ROOT,
+    )
 
     def status() -> dict:
         res = local_cluster.clusterctl("status", "--json")
@@ -55,8 +61,11 @@ def test_status_and_metrics_match_a_running_job(local_cluster, tmp_path):
         return json.loads(res.stdout)
 
     # Mid-job: 40 tasks of 0.3 s on 4 workers take 3 s, so all four stay busy for a while.
-    mid = wait_for(lambda: (s := status())["workers"]["busy"] == 4 and s["queued"] > 0 and s, 20,
-                   what="all workers busy with tasks still queued")
+    mid = wait_for(
+        lambda: (s := status())["workers"]["busy"] == 4 and s["queued"] > 0 and s,
+        20,
+        what="all workers busy with tasks still queued",
+    )
     assert mid["nodes"] == {"ready": 2} and mid["workers"] == {"total": 4, "busy": 4, "idle": 0}
     assert mid["jobs"] == 1
     # Every submitted task is in exactly one place: queued, held by an agent, or done.
@@ -64,8 +73,11 @@ def test_status_and_metrics_match_a_running_job(local_cluster, tmp_path):
     assert mid["running"] == sum(a["in_flight"] for a in mid["agents"].values())
     assert all(a["state"] == "ready" and a["busy"] == 2 and a["heartbeat_age"] < 2 for a in mid["agents"].values())
     for node in ("o1", "o2"):
-        wait_for(lambda: scrape(ports[node]).get('clusterd_workers{state="busy"}') == 2.0, 10,
-                 what=f"{node} to report two busy workers")
+        wait_for(
+            lambda: scrape(ports[node]).get('clusterd_workers{state="busy"}') == 2.0,
+            10,
+            what=f"{node} to report two busy workers",
+        )
     assert scrape(ports["coordinator"])["clusterd_queue_depth"] >= 0
 
     out, err = job.communicate(timeout=60)
@@ -80,8 +92,13 @@ def test_status_and_metrics_match_a_running_job(local_cluster, tmp_path):
     assert end["queued"] == 0 and end["running"] == 0 and end["workers"]["busy"] == 0
     assert end["tasks_per_second"] > 0
 
-    coord = wait_for(lambda: (m := scrape(ports["coordinator"])).get('clusterd_tasks_total{outcome="ok"}')
-                     == TASKS - len(FAILING) and m, 10, what="coordinator counters")
+    coord = wait_for(
+        lambda: (
+            (m := scrape(ports["coordinator"])).get('clusterd_tasks_total{outcome="ok"}') == TASKS - len(FAILING) and m
+        ),
+        10,
+        what="coordinator counters",
+    )
     assert coord['clusterd_tasks_total{outcome="error"}'] == len(FAILING)
     assert coord["clusterd_task_round_trip_seconds_count"] == TASKS
     assert coord["clusterd_dispatch_latency_seconds_count"] == TASKS
@@ -109,15 +126,29 @@ def test_a_coordinator_stretches_heartbeats_agents_follow_and_a_hung_agent_is_st
     0.6 s, and an agent that stops answering is still written off for silence, well
     before its ZooKeeper session (10 s) expires."""
     ports = dict(zip(("coordinator", "b1", "b2"), free_ports(3)))
-    coordinator = local_cluster.coordinator("--heartbeat-interval", "0.2", "--heartbeat-misses", "3", "--heartbeat-budget", "2",
-                                            "--metrics-port", str(ports["coordinator"]))
+    coordinator = local_cluster.coordinator(
+        "--heartbeat-interval",
+        "0.2",
+        "--heartbeat-misses",
+        "3",
+        "--heartbeat-budget",
+        "2",
+        "--metrics-port",
+        str(ports["coordinator"]),
+    )
     agents = {node: local_cluster.agent(node, 1, "--metrics-port", str(ports[node])) for node in ("b1", "b2")}
     local_cluster.wait_ready(coordinator, ["b1", "b2"])
     for node in ("b1", "b2"):
-        wait_for(lambda: scrape(ports[node]).get("clusterd_heartbeat_interval_seconds") == 1.0, 15,
-                 what=f"{node} to beat every second, as the leader asks")
-    wait_for(lambda: scrape(ports["coordinator"]).get("clusterd_heartbeat_interval_seconds") == 1.0, 10,
-             what="the coordinator to export its interval")
+        wait_for(
+            lambda: scrape(ports[node]).get("clusterd_heartbeat_interval_seconds") == 1.0,
+            15,
+            what=f"{node} to beat every second, as the leader asks",
+        )
+    wait_for(
+        lambda: scrape(ports["coordinator"]).get("clusterd_heartbeat_interval_seconds") == 1.0,
+        10,
+        what="the coordinator to export its interval",
+    )
     res = local_cluster.clusterctl("status", "--json")
     assert res.returncode == 0 and json.loads(res.stdout)["heartbeat_interval"] == 1.0, res.stderr
     time.sleep(3)  # five of the old deadlines: agents beating once a second would have been written off

@@ -24,20 +24,42 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def test_cluster_never_imports_agents():
-    offenders = {str(p.relative_to(ROOT)): sorted(m for m in imported_modules(p) if m.split(".")[0] == "agents")
-                 for p in (ROOT / "cluster").rglob("*.py")}
+    offenders = {
+        str(p.relative_to(ROOT)): sorted(m for m in imported_modules(p) if m.split(".")[0] == "agents")
+        for p in (ROOT / "cluster").rglob("*.py")
+    }
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
 def test_clusterctl_agent_runs_the_agent_program():
-    res = subprocess.run([sys.executable, "-m", "cluster.cli.main", "agent", "--help"], capture_output=True,
-                         text=True, cwd=ROOT, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "cluster.cli.main", "agent", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert res.returncode == 0 and "--node-id" in res.stdout and "Examples" in res.stdout
 
 
 def test_wheel_installs_only_our_packages_and_the_entry_point(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                          "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     (wheel,) = tmp_path.glob("clusterd_zk-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

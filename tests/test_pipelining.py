@@ -17,10 +17,10 @@ import subprocess
 import textwrap
 
 import pytest
-
-from cluster.zkserver import free_ports
 from helpers import PY, ROOT
 from test_observability import scrape
+
+from cluster.zkserver import free_ports
 
 BURST = 40
 
@@ -30,7 +30,8 @@ def _run(cluster, tmp_path, culprit: str, options: str) -> list:
     was submitted] per task of the burst."""
     burst = [0, 1, "culprit", *range(2, BURST)]
     script = tmp_path / "burst.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import concurrent.futures, json, os, time
         from cluster import Executor
 
@@ -54,9 +55,16 @@ def _run(cluster, tmp_path, culprit: str, options: str) -> list:
                     done.append([futures[f], "ok" if error is None else type(error).__name__,
                                  time.monotonic() - start])
                 print(json.dumps(done))
-    """))
-    res = subprocess.run([PY, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                         env=dict(cluster.env, PYTHONPATH=str(ROOT)))
+    """)
+    )
+    res = subprocess.run(
+        [PY, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=dict(cluster.env, PYTHONPATH=str(ROOT)),
+    )
     assert res.returncode == 0, res.stderr
     done = json.loads(res.stdout)
     assert sorted(map(str, (d[0] for d in done))) == sorted(map(str, burst))  # each result once
@@ -108,8 +116,9 @@ def test_tasks_queued_behind_a_slow_task_move_to_the_idle_worker(one_agent, tmp_
 def test_garbage_written_into_the_channel_fails_only_the_task_that_wrote_it(one_agent, tmp_path):
     # User code can write to any descriptor its worker has, the agent's channel included
     # (argv[1] is "fd:N"). The agent must neither crash nor lose the tasks queued behind.
-    done = _run(one_agent, tmp_path, 'import sys; os.write(int(sys.argv[1][3:]), b"\\xff" * 64); time.sleep(5)',
-                "retries=0")
+    done = _run(
+        one_agent, tmp_path, 'import sys; os.write(int(sys.argv[1][3:]), b"\\xff" * 64); time.sleep(5)', "retries=0"
+    )
     assert [d[:2] for d in done if d[1] != "ok"] == [["culprit", "WorkerLost"]]
     assert max(seconds for _, _, seconds in done) < 4, "the culprit's worker was killed, not waited for"
 
@@ -123,8 +132,15 @@ def test_large_arguments_go_a_few_per_message_and_small_ones_together():
     large = [QueuedTask("b", i, 1, b"x" * (1 << 20)) for i in range(3)]
     mixed = [QueuedTask("c", i, 1, b"x" * (MESSAGE_BYTES // 3)) for i in range(7)]
     runs = [(job, [t.index for t in tasks]) for job, tasks in _messages(small + large + mixed)]
-    assert runs == [("a", list(range(10))), ("b", [0]), ("b", [1]), ("b", [2]),
-                    ("c", [0, 1, 2]), ("c", [3, 4, 5]), ("c", [6])]
+    assert runs == [
+        ("a", list(range(10))),
+        ("b", [0]),
+        ("b", [1]),
+        ("b", [2]),
+        ("c", [0, 1, 2]),
+        ("c", [3, 4, 5]),
+        ("c", [6]),
+    ]
 
 
 def test_a_long_job_after_short_ones_spreads_over_the_agents(local_cluster, tmp_path):
@@ -137,7 +153,8 @@ def test_a_long_job_after_short_ones_spreads_over_the_agents(local_cluster, tmp_
         local_cluster.agent(node, 1)
     local_cluster.wait_ready(coordinator, ["s1", "s2"])
     script = tmp_path / "spread.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import json, os, time
         from cluster import Executor
 
@@ -157,9 +174,16 @@ def test_a_long_job_after_short_ones_spreads_over_the_agents(local_cluster, tmp_
                     time.sleep(1.2)  # the long job is no longer new: the agents go deep again
                     runs.append(list(ex.map(slow, range(12), [first_takes] * 12)))
                 print(json.dumps(runs))
-    """))
-    res = subprocess.run([PY, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                         env=dict(local_cluster.env, PYTHONPATH=str(ROOT)))
+    """)
+    )
+    res = subprocess.run(
+        [PY, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=dict(local_cluster.env, PYTHONPATH=str(ROOT)),
+    )
     assert res.returncode == 0, res.stderr
     new, again = json.loads(res.stdout)
     # 12 tasks of 0.3 s on two agents of one worker each: 6 and 6 when spread, 11 and 1 when

@@ -204,7 +204,6 @@ def test_deep_queues_only_for_short_tasks_with_small_arguments():
     assert agent.capacity == 2 * 3  # its tasks are held here: back to prefetch
 
 
-
 def test_an_idle_job_timed_by_a_task_or_two_long_ago_does_not_keep_queues_shallow():
     from agents.agent import NEW_JOB, Agent
     from cluster import wire

@@ -6,19 +6,19 @@ from __future__ import annotations
 import json
 import re
 import signal
-import time
 import subprocess
+import time
 from pathlib import Path
 
 import psutil
 import pytest
 import zmq
-
-from cluster.zkserver import free_ports
 from helpers import PY, ROOT, wait_for
 from test_observability import scrape
 
-TASKS = '''
+from cluster.zkserver import free_ports
+
+TASKS = """
 import time
 
 def square(x):
@@ -27,7 +27,7 @@ def square(x):
 def slow_square(x):
     time.sleep(0.05)
     return x * x
-'''
+"""
 
 
 def _endpoint(cluster, folder: str, node_id: str) -> int:
@@ -63,9 +63,14 @@ def _slow_job_under_way(cluster, tmp_path, n: int = 300) -> tuple[subprocess.Pop
     mod = tmp_path / "relaytasks.py"
     mod.write_text(TASKS)
     out = tmp_path / "out.jsonl"
-    job = subprocess.Popen([PY, "-m", "cluster.cli.main", "submit", f"{mod}:slow_square", "--range", "0", str(n),
-                            "--output", str(out)], env=cluster.env, cwd=ROOT,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job = subprocess.Popen(
+        [PY, "-m", "cluster.cli.main", "submit", f"{mod}:slow_square", "--range", "0", str(n), "--output", str(out)],
+        env=cluster.env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for(lambda: out.exists() and len(out.read_text().splitlines()) >= 30, 60, what="the job to get going")
     return job, out
 
@@ -152,17 +157,25 @@ def test_a_killed_agent_is_written_off_when_its_connection_closes_not_a_deadline
     (metrics_port,) = free_ports(1)
     coordinator = local_cluster.coordinator("--heartbeat-interval", "5", "--metrics-port", str(metrics_port))
     local_cluster.relay("rack1")
-    victims = {"r1": local_cluster.agent("r1", 2, "--relay", "rack1", "--zk-session-timeout", "60"),
-               "d1": local_cluster.agent("d1", 2, "--zk-session-timeout", "60")}
+    victims = {
+        "r1": local_cluster.agent("r1", 2, "--relay", "rack1", "--zk-session-timeout", "60"),
+        "d1": local_cluster.agent("d1", 2, "--zk-session-timeout", "60"),
+    }
     local_cluster.agent("d2", 2)
     local_cluster.wait_ready(coordinator, ["r1", "d1", "d2"])
     job, out = slow_job()
     for victim in victims.values():
         victim.signal(signal.SIGKILL)
-    wait_for(lambda: re.search(r"agent d1 connection closed: \d+ tasks requeued", coordinator.text()), 10,
-             what="the direct agent's closed connection to be noticed")
-    wait_for(lambda: re.search(r"agent r1 connection to relay rack1 closed: \d+ tasks requeued", coordinator.text()),
-             10, what="the relay to report its agent's closed connection")
+    wait_for(
+        lambda: re.search(r"agent d1 connection closed: \d+ tasks requeued", coordinator.text()),
+        10,
+        what="the direct agent's closed connection to be noticed",
+    )
+    wait_for(
+        lambda: re.search(r"agent r1 connection to relay rack1 closed: \d+ tasks requeued", coordinator.text()),
+        10,
+        what="the relay to report its agent's closed connection",
+    )
     _every_result_once(job, out, timeout=180)
     assert "silent" not in coordinator.text()
     assert set(local_cluster.agents()) == {"r1", "d1", "d2"}  # the znodes still stand: ZooKeeper did not tell
@@ -193,8 +206,13 @@ def test_garbage_sent_to_a_relay_is_dropped_and_it_keeps_forwarding(local_cluste
         s = ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
         s.connect(f"tcp://127.0.0.1:{_endpoint(local_cluster, 'relays', 'rack1')}")
-        for frames in ([b""], [b"\xff" * 40], [b"r1", b"garbage"], [b"nobody", b"\x95\x01", b"x"],
-                       [b"r1", b"\x93\x01\x63\xc0"]):
+        for frames in (
+            [b""],
+            [b"\xff" * 40],
+            [b"r1", b"garbage"],
+            [b"nobody", b"\x95\x01", b"x"],
+            [b"r1", b"\x93\x01\x63\xc0"],
+        ):
             s.send_multipart(frames)
         wait_for(lambda: "dropping a message" in relay.text(), 10, what="the relay to drop garbage")
     finally:
@@ -220,8 +238,13 @@ def test_a_hung_relay_is_bypassed_while_registered_and_used_again_once_it_answer
     finally:
         relay.signal(signal.SIGCONT)
     wait_for(lambda: "relay rack1 answers again" in coordinator.text(), 20, what="the relay to be used again")
-    wait_for(lambda: all(a.get("via") == "rack1" and a["state"] == "ready"
-                         for a in _status(local_cluster)["agents"].values()), 20, what="r1 and r2 behind rack1")
+    wait_for(
+        lambda: all(
+            a.get("via") == "rack1" and a["state"] == "ready" for a in _status(local_cluster)["agents"].values()
+        ),
+        20,
+        what="r1 and r2 behind rack1",
+    )
     _square_all(local_cluster, tmp_path, 200)
 
 
@@ -230,11 +253,26 @@ def test_relay_table_bypasses_a_silent_relay_until_it_is_heard_again():
     from cluster.relays import RelayTable, relay_identity
 
     table = RelayTable()
-    agent = AgentRecord(node_id="a1", host="h", endpoint="tcp://10.0.0.1:1", workers=1, cores=1, memory=1,
-                        version="0", protocol=1, pid=1, started=0.0, relay="rack1")
+    agent = AgentRecord(
+        node_id="a1",
+        host="h",
+        endpoint="tcp://10.0.0.1:1",
+        workers=1,
+        cores=1,
+        memory=1,
+        version="0",
+        protocol=1,
+        pid=1,
+        started=0.0,
+        relay="rack1",
+    )
     assert table.via(agent) == ""  # not registered: directly
-    table.add(RelayRecord(node_id="rack1", host="h", endpoint="tcp://10.0.0.2:2", version="0", protocol=1, pid=2,
-                          started=0.0), now=0.0)
+    table.add(
+        RelayRecord(
+            node_id="rack1", host="h", endpoint="tcp://10.0.0.2:2", version="0", protocol=1, pid=2, started=0.0
+        ),
+        now=0.0,
+    )
     assert table.via(agent) == "rack1" and table.ids == {relay_identity("rack1"): "rack1"}
     assert table.turned(now=1.9, deadline=2.0) == []
     assert table.turned(now=2.1, deadline=2.0) == ["rack1"] and table.via(agent) == ""

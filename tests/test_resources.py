@@ -45,6 +45,7 @@ class FakeHost:
 
 # --- cgroup v2 -------------------------------------------------------------
 
+
 def test_v2_fractional_quota_rounds_up(tmp_path: Path) -> None:
     host = FakeHost(tmp_path, "0::/job\n")
     host.write("job/cpu.max", "150000 100000\n")
@@ -100,9 +101,18 @@ def test_affinity_smaller_than_quota_wins(tmp_path: Path) -> None:
     assert host.cpus(affinity=3) == 3
 
 
-@pytest.mark.parametrize("content", [
-    "", "garbage", "150000", "abc 100000", "150000 0", "-5 100000", "\x00\x01",
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "",
+        "garbage",
+        "150000",
+        "abc 100000",
+        "150000 0",
+        "-5 100000",
+        "\x00\x01",
+    ],
+)
 def test_v2_garbage_means_no_limit(tmp_path: Path, content: str) -> None:
     host = FakeHost(tmp_path, "0::/job\n")
     host.write("job/cpu.max", content)
@@ -177,6 +187,7 @@ def test_hybrid_layout_checks_both(tmp_path: Path) -> None:
 
 # --- memory ----------------------------------------------------------------
 
+
 def test_memory_v2_limit(tmp_path: Path) -> None:
     host = FakeHost(tmp_path, "0::/job\n")
     host.write("job/memory.max", f"{2 * GiB}\n")
@@ -227,9 +238,19 @@ def test_memory_garbage_means_no_limit(tmp_path: Path, content: str) -> None:
 
 # --- parse_workers ---------------------------------------------------------
 
-@pytest.mark.parametrize("value,expected", [
-    ("auto", 6), ("AUTO", 6), (" auto ", 6), ("1", 1), ("12", 12), (" 3 ", 3), (4, 4),
-])
+
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        ("auto", 6),
+        ("AUTO", 6),
+        (" auto ", 6),
+        ("1", 1),
+        ("12", 12),
+        (" 3 ", 3),
+        (4, 4),
+    ],
+)
 def test_parse_workers_valid(value: str | int, expected: int) -> None:
     assert parse_workers(value, cpus=6) == expected
 
@@ -247,6 +268,7 @@ def test_parse_workers_message_names_value() -> None:
 
 
 # --- the real machine ------------------------------------------------------
+
 
 def test_detect_on_this_machine() -> None:
     res = detect()

@@ -8,11 +8,11 @@ import shutil
 
 import pytest
 import zmq.auth
+from helpers import wait_for
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 
 from cluster import layout, security
-from helpers import wait_for
 
 
 @pytest.fixture
@@ -47,8 +47,9 @@ def test_only_a_client_with_an_allowed_key_gets_results(local_cluster, keys, tmp
     assert ok.returncode == 0, ok.stderr
     assert len(ok.stdout.splitlines()) == 5
 
-    no_key = local_cluster.clusterctl("submit", "math:sqrt", "--range", "0", "5",
-                                      env=dict(local_cluster.env, CLUSTER_KEYS=""))
+    no_key = local_cluster.clusterctl(
+        "submit", "math:sqrt", "--range", "0", "5", env=dict(local_cluster.env, CLUSTER_KEYS="")
+    )
     assert no_key.returncode == 2 and "requires CURVE keys" in no_key.stderr and no_key.stdout == ""
 
     # A client key the coordinator does not list, with the right coordinator key.
@@ -59,11 +60,20 @@ def test_only_a_client_with_an_allowed_key_gets_results(local_cluster, keys, tmp
     for name in ("client.key", "client.key_secret"):
         shutil.copy2(other / name, stranger / name)
     shutil.copy2(keys / "coordinator.key", stranger / "coordinator.key")
-    wrong = local_cluster.clusterctl("submit", "math:sqrt", "--range", "0", "5", "--connect-timeout", "3",
-                                     env=dict(local_cluster.env, CLUSTER_KEYS=str(stranger)))
+    wrong = local_cluster.clusterctl(
+        "submit",
+        "math:sqrt",
+        "--range",
+        "0",
+        "5",
+        "--connect-timeout",
+        "3",
+        env=dict(local_cluster.env, CLUSTER_KEYS=str(stranger)),
+    )
     assert wrong.returncode == 2 and wrong.stdout == "" and "did not answer" in wrong.stderr
-    wait_for(lambda: "rejected a peer with an unknown CURVE key" in coordinator.text(), 10,
-             what="the rejection to be logged")
+    wait_for(
+        lambda: "rejected a peer with an unknown CURVE key" in coordinator.text(), 10, what="the rejection to be logged"
+    )
     assert coordinator.text().count("rejected a peer with an unknown CURVE key") == 1  # once per peer
 
 
@@ -129,7 +139,8 @@ def test_zookeeper_acls_keep_out_clients_without_credentials(local_cluster, tmp_
 
 
 def test_a_relay_with_the_coordinators_keys_carries_a_secured_cluster_and_a_stranger_gets_nothing(
-        local_cluster, keys, tmp_path):
+    local_cluster, keys, tmp_path
+):
     secure(local_cluster, keys)
     coordinator = local_cluster.coordinator()
     relay_keys = tmp_path / "relay-keys"  # what docs/security.md lists for a relay host, no more

@@ -9,21 +9,41 @@ from __future__ import annotations
 import select
 import threading
 
+from helpers import PY, wait_for
+
 from cluster import layout, loop, payload, wire
-from cluster.scalebench.fleet import Sim, StatusProbe, ready
 from cluster.client import ClusterClient
 from cluster.executor import Executor
 from cluster.layout import AgentRecord
-from helpers import PY, wait_for
+from cluster.scalebench.fleet import Sim, StatusProbe, ready
 
 AGENTS = 50
 
 
 def start_fleet(cluster, count: int, *extra: str) -> Sim:
     """The simulator under the benchmark's own control channel (JSON lines)."""
-    return Sim("sim", [PY, "-m", "agents.simfleet", "--zk", cluster.zk, "--cluster", cluster.name, "--prefix", "sim-",
-                       "--count", str(count), "--workers", "2", "--register", *extra],
-               cluster.env, cluster.tmp / "simfleet.log")
+    return Sim(
+        "sim",
+        [
+            PY,
+            "-m",
+            "agents.simfleet",
+            "--zk",
+            cluster.zk,
+            "--cluster",
+            cluster.name,
+            "--prefix",
+            "sim-",
+            "--count",
+            str(count),
+            "--workers",
+            "2",
+            "--register",
+            *extra,
+        ],
+        cluster.env,
+        cluster.tmp / "simfleet.log",
+    )
 
 
 def test_fifty_simulated_agents_run_a_job_exactly_once_through_churn(local_cluster):
@@ -79,8 +99,11 @@ def test_fifty_simulated_agents_run_a_job_exactly_once_through_churn(local_clust
         assert stats["tasks_executed"] >= tasks + 300
         # The crashed agents' znodes go when their (simulated) sessions expire; then all agree.
         wait_for(lambda: len(local_cluster.agents()) == AGENTS, timeout=30, what="ZooKeeper to settle at 50")
-        wait_for(lambda: ready(probe.ask()) == AGENTS and len(probe.ask()["agents"]) == AGENTS, timeout=30,
-                 what="the coordinator to settle at 50")
+        wait_for(
+            lambda: ready(probe.ask()) == AGENTS and len(probe.ask()["agents"]) == AGENTS,
+            timeout=30,
+            what="the coordinator to settle at 50",
+        )
         assert "Traceback" not in coordinator.text()
     finally:
         if probe is not None:
@@ -103,8 +126,11 @@ def test_simulated_agents_register_again_when_their_session_is_lost(local_cluste
         probe = StatusProbe(wait_for(local_cluster.leader, what="a leader").endpoint)
         wait_for(lambda: ready(probe.ask()) == 20, timeout=30, what="the coordinator to connect all 20")
         fleet.ask(op="expire_session")
-        wait_for(lambda: fleet.ask("stats", op="stats").get("registered_again") == 20, timeout=30,
-                 what="the 20 agents to register again")
+        wait_for(
+            lambda: fleet.ask("stats", op="stats").get("registered_again") == 20,
+            timeout=30,
+            what="the 20 agents to register again",
+        )
         stats = fleet.ask("stats", op="stats")
         # A lost session fires every watch; the agents' drain watches must not take it for a request.
         assert stats["sessions_lost"] == 1 and stats.get("drained", 0) == 0 and stats["alive"] == 20
@@ -125,12 +151,42 @@ def test_simulated_agents_behind_relays_run_a_job_through_crashes_on_few_connect
     coordinator = local_cluster.coordinator("--log-level", "info")
     for rid in ("relayA", "relayB"):
         local_cluster.relay(rid)
-    wait_for(lambda: len(local_cluster.kazoo.get_children(layout.relays_path(local_cluster.name))) == 2
-             if local_cluster.kazoo.exists(layout.relays_path(local_cluster.name)) else False, what="two relays")
-    fleets = [Sim(f"sim{i}", [PY, "-m", "agents.simfleet", "--zk", local_cluster.zk, "--cluster", local_cluster.name,
-                              "--prefix", f"s{i}-", "--count", "20", "--workers", "2", "--register",
-                              "--session-timeout", "3", "--relay", rid],
-                  local_cluster.env, local_cluster.tmp / f"sim{i}.log") for i, rid in enumerate(("relayA", "relayB"))]
+    wait_for(
+        lambda: (
+            len(local_cluster.kazoo.get_children(layout.relays_path(local_cluster.name))) == 2
+            if local_cluster.kazoo.exists(layout.relays_path(local_cluster.name))
+            else False
+        ),
+        what="two relays",
+    )
+    fleets = [
+        Sim(
+            f"sim{i}",
+            [
+                PY,
+                "-m",
+                "agents.simfleet",
+                "--zk",
+                local_cluster.zk,
+                "--cluster",
+                local_cluster.name,
+                "--prefix",
+                f"s{i}-",
+                "--count",
+                "20",
+                "--workers",
+                "2",
+                "--register",
+                "--session-timeout",
+                "3",
+                "--relay",
+                rid,
+            ],
+            local_cluster.env,
+            local_cluster.tmp / f"sim{i}.log",
+        )
+        for i, rid in enumerate(("relayA", "relayB"))
+    ]
     probe = None
     try:
         for fleet in fleets:

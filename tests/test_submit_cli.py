@@ -38,7 +38,7 @@ def test_bad_json_line_is_rejected_before_anything_runs(running_cluster, tmp_pat
     marker = tmp_path / "ran"
     script = tmp_path / "touch.py"
     script.write_text(f"def f(x):\n    open({str(marker)!r}, 'a').write('x')\n    return x\n")
-    res = running_cluster.clusterctl("submit", f"{script}:f", "--inputs", "-", input='1\n2\n{oops\n3\n')
+    res = running_cluster.clusterctl("submit", f"{script}:f", "--inputs", "-", input="1\n2\n{oops\n3\n")
     assert res.returncode == 2
     assert "line 3" in res.stderr and "Traceback" not in res.stderr
     assert not marker.exists()
@@ -48,8 +48,9 @@ def test_star_spreads_arrays_and_output_file(running_cluster, tmp_path):
     data = tmp_path / "in.jsonl"
     data.write_text("[2, 10]\n[3, 2]\n")
     out = tmp_path / "out.jsonl"
-    res = running_cluster.clusterctl("submit", "builtins:pow", "--star", "--inputs", str(data), "--ordered",
-                                     "--output", str(out))
+    res = running_cluster.clusterctl(
+        "submit", "builtins:pow", "--star", "--inputs", str(data), "--ordered", "--output", str(out)
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout == ""
     assert [r["result"] for r in rows(out.read_text())] == [1024, 9]
@@ -59,8 +60,9 @@ def test_py_file_source_is_shipped_to_nodes(running_cluster, tmp_path):
     # The file lives where no worker could import it from: its source travels with the job.
     script = tmp_path / "elsewhere" / "jobcode.py"
     script.parent.mkdir()
-    script.write_text("import decimal\n\ndef tri(n):\n    return n * (n + 1) // 2\n\n"
-                      "def odd(n):\n    return decimal.Decimal(n) / 4\n")
+    script.write_text(
+        "import decimal\n\ndef tri(n):\n    return n * (n + 1) // 2\n\ndef odd(n):\n    return decimal.Decimal(n) / 4\n"
+    )
     res = running_cluster.clusterctl("submit", f"{script}:tri", "--range", "0", "50", "--ordered")
     assert res.returncode == 0, res.stderr
     assert [r["result"] for r in rows(res.stdout)] == [n * (n + 1) // 2 for n in range(50)]
@@ -93,21 +95,25 @@ def test_module_or_function_missing_on_workers_fails_each_task_clearly(running_c
     assert all(r["error"].startswith("ModuleNotFoundError") for r in out)
     res = running_cluster.clusterctl("submit", "math:no_such_function", "--range", "0", "2")
     assert res.returncode == 1
-    assert all(r["error"] == "AttributeError: module 'math' has no function 'no_such_function'"
-               for r in rows(res.stdout))
+    assert all(
+        r["error"] == "AttributeError: module 'math' has no function 'no_such_function'" for r in rows(res.stdout)
+    )
 
 
 def test_a_missing_keys_directory_is_one_clear_line(running_cluster, tmp_path):
     res = running_cluster.clusterctl("submit", "math:sqrt", "--range", "0", "2", "--keys", str(tmp_path / "nope"))
     assert res.returncode == 2
-    assert res.stderr.strip() == f"clusterctl: keys directory {tmp_path / 'nope'} does not exist " \
-                                 "(create one with `clusterctl keys generate`)"
+    assert (
+        res.stderr.strip() == f"clusterctl: keys directory {tmp_path / 'nope'} does not exist "
+        "(create one with `clusterctl keys generate`)"
+    )
 
 
 def test_shell_mode_quotes_input_and_reports_exit_codes(running_cluster):
     lines = "hello world\nit's $HOME\nfail\n"
-    res = running_cluster.clusterctl("submit", "--shell", "--inputs", "-", "--ordered", "--",
-                                     "test {} != fail && printf '%s' {}", input=lines)
+    res = running_cluster.clusterctl(
+        "submit", "--shell", "--inputs", "-", "--ordered", "--", "test {} != fail && printf '%s' {}", input=lines
+    )
     assert res.returncode == 1, res.stderr
     out = rows(res.stdout)
     assert out[0]["result"] == {"exit": 0, "stdout": "hello world", "stderr": ""}

@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 from cluster.cli import install
-from helpers import ROOT
 
 UNITS = ["cluster-agent.service", "cluster-coordinator.service"]
 
@@ -32,8 +32,12 @@ def test_agent_says_ready_only_once_registered_and_pets_the_watchdog(local_clust
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(path)
     env = dict(local_cluster.env, NOTIFY_SOCKET=path, WATCHDOG_USEC="400000")
-    proc = subprocess.Popen([sys.executable, "-m", "agents", "--node-id", "sd1", "--workers", "1", "--bind",
-                             "tcp://127.0.0.1:0"], env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agents", "--node-id", "sd1", "--workers", "1", "--bind", "tcp://127.0.0.1:0"],
+        env=env,
+        cwd=ROOT,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         msgs = read_notifications(sock, "READY=1")
         assert local_cluster.agents() == ["sd1"]  # registered before READY
@@ -58,8 +62,11 @@ def test_units_verify_cleanly(unit, tmp_path):
     if not clusterctl.exists():
         pytest.skip("clusterctl is not installed in this environment")
     copy = tmp_path / unit
-    copy.write_text(text.replace("/opt/clusterd/venv/bin/clusterctl", str(clusterctl))
-                    .replace("User=clusterd", "User=root").replace("Group=clusterd", "Group=root"))
+    copy.write_text(
+        text.replace("/opt/clusterd/venv/bin/clusterctl", str(clusterctl))
+        .replace("User=clusterd", "User=root")
+        .replace("Group=clusterd", "Group=root")
+    )
     res = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60)
     # Unknown keys and typos only warn and still exit 0, so any output is a failure.
     assert res.returncode == 0 and res.stderr.strip() == "", res.stderr
@@ -81,8 +88,12 @@ EXPOSURE = {"cluster-agent.service": 1.4, "cluster-coordinator.service": 1.3}
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 @pytest.mark.parametrize("unit", UNITS)
 def test_units_exposure_stays_low(unit):
-    res = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(ROOT / "systemd" / unit)],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", str(ROOT / "systemd" / unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if res.returncode != 0 and "offline" in res.stderr:
         pytest.skip(f"systemd-analyze cannot analyze unit files offline (needs systemd 250+): {res.stderr.strip()}")
     match = re.search(rf"Overall exposure level for {re.escape(unit)}: (\d+\.\d+)", res.stdout)

@@ -11,18 +11,25 @@ import tempfile
 import time
 
 import psutil
+from helpers import PY, ROOT, LineReader, wait_for
 
 from cluster.localstack import OWNER, clear_stale_workdirs
-from helpers import PY, ROOT, LineReader, wait_for
 
 
 def test_up_runs_a_command_against_its_cluster_and_cleans_up(tmp_path):
     script = tmp_path / "job.sh"
-    script.write_text(f"{PY} -m cluster.cli.main nodes --json && "
-                      f"{PY} -m cluster.cli.main submit math:factorial --range 0 30 --ordered\n")
-    res = subprocess.run([PY, "-m", "cluster.cli.main", "up", "--workers", "2", "--run", f"bash {script}"],
-                         capture_output=True, text=True, timeout=180, cwd=ROOT,
-                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    script.write_text(
+        f"{PY} -m cluster.cli.main nodes --json && "
+        f"{PY} -m cluster.cli.main submit math:factorial --range 0 30 --ordered\n"
+    )
+    res = subprocess.run(
+        [PY, "-m", "cluster.cli.main", "up", "--workers", "2", "--run", f"bash {script}"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     nodes = json.loads(lines[0])
@@ -35,9 +42,14 @@ def test_up_runs_a_command_against_its_cluster_and_cleans_up(tmp_path):
 
 
 def test_up_stops_everything_on_sigterm():
-    proc = subprocess.Popen([PY, "-m", "cluster.cli.main", "up", "--workers", "1"], cwd=ROOT, text=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    proc = subprocess.Popen(
+        [PY, "-m", "cluster.cli.main", "up", "--workers", "1"],
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
     lines = LineReader(proc.stderr)
     try:
         while "is up" not in lines.next(60):
@@ -46,8 +58,11 @@ def test_up_stops_everything_on_sigterm():
         assert len(family) >= 4  # ZooKeeper, coordinator, agent, worker
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
-        wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family), 20,
-                 what="every process of `up` to exit")
+        wait_for(
+            lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family),
+            20,
+            what="every process of `up` to exit",
+        )
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -74,9 +89,14 @@ def _alive(family: list[psutil.Process]) -> list[str]:
 
 
 def test_up_killed_with_sigkill_leaves_nothing_behind():
-    proc = subprocess.Popen([PY, "-m", "cluster.cli.main", "up", "--workers", "1"], cwd=ROOT, text=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    proc = subprocess.Popen(
+        [PY, "-m", "cluster.cli.main", "up", "--workers", "1"],
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
     lines = LineReader(proc.stderr)
     family: list[psutil.Process] = []
     try:
@@ -88,12 +108,13 @@ def test_up_killed_with_sigkill_leaves_nothing_behind():
         proc.kill()  # no chance to clean up: the kernel tells its children
         proc.wait(10)
         try:
-            wait_for(lambda: not _alive(family), 45, what="ZooKeeper, the coordinator, the agent and its worker to exit")
+            wait_for(
+                lambda: not _alive(family), 45, what="ZooKeeper, the coordinator, the agent and its worker to exit"
+            )
         except AssertionError as exc:
             raise AssertionError(f"{exc}; still running: {_alive(family)}") from None
         # Its work dir (ZooKeeper's data and logs) had to stay; the next local cluster clears it.
-        left = [d for d in glob.glob(os.path.join(tempfile.gettempdir(), "clusterd-up-*"))
-                if _owner(d) == proc.pid]
+        left = [d for d in glob.glob(os.path.join(tempfile.gettempdir(), "clusterd-up-*")) if _owner(d) == proc.pid]
         assert len(left) == 1
         assert left[0] in clear_stale_workdirs() and not os.path.exists(left[0])
     finally:
@@ -112,8 +133,10 @@ def test_daemons_and_commands_report_an_unreachable_zookeeper(free_port):
         "nodes": [PY, "-m", "cluster.cli.main", "nodes", "--timeout", "2"],
     }
     started = time.monotonic()
-    procs = {name: subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    text=True) for name, argv in commands.items()}
+    procs = {
+        name: subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name, argv in commands.items()
+    }
     for name, proc in procs.items():
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 2, (name, err)
@@ -134,13 +157,27 @@ def test_a_command_whose_zookeeper_goes_away_midway_says_so(cluster_name, own_zk
     admin = proc = None
     try:
         admin = connect(server.connect_string)
-        record = AgentRecord(node_id="d1", host="h", endpoint="tcp://127.0.0.1:1", workers=1, cores=1, memory=1,
-                             version="0", protocol=1, pid=1, started=0.0)
+        record = AgentRecord(
+            node_id="d1",
+            host="h",
+            endpoint="tcp://127.0.0.1:1",
+            workers=1,
+            cores=1,
+            memory=1,
+            version="0",
+            protocol=1,
+            pid=1,
+            started=0.0,
+        )
         admin.create(layout.agent_path(cluster_name, "d1"), record.to_bytes(), ephemeral=True, makepath=True)
-        proc = subprocess.Popen([PY, "-m", "cluster.cli.main", "drain", "d1", "--wait", "--timeout", "600"],
-                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                env=dict(os.environ, PYTHONPATH=str(ROOT), CLUSTER_ZK=server.connect_string,
-                                         CLUSTER_NAME=cluster_name))
+        proc = subprocess.Popen(
+            [PY, "-m", "cluster.cli.main", "drain", "d1", "--wait", "--timeout", "600"],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=str(ROOT), CLUSTER_ZK=server.connect_string, CLUSTER_NAME=cluster_name),
+        )
         assert proc.stderr.readline() == "clusterctl: asked d1 to drain\n"
         server.kill()
         _, err = proc.communicate(timeout=60)

@@ -9,20 +9,21 @@ import json
 import signal
 import subprocess
 
+from helpers import PY, ROOT, wait_for
+
 from cluster import layout
 from cluster.version import __version__
-from helpers import PY, ROOT, wait_for
 
 NEXT = __version__ + "+next"
 TASKS = 2500
 
-SQUARE = '''
+SQUARE = """
 import time
 
 def f(x):
     time.sleep(0.04)
     return x * x
-'''
+"""
 
 
 def test_rolling_upgrade_keeps_every_result_exactly_once(local_cluster, tmp_path):
@@ -32,9 +33,14 @@ def test_rolling_upgrade_keeps_every_result_exactly_once(local_cluster, tmp_path
     agents = {n: local_cluster.agent(n, 2, name=f"{n}-old") for n in ("u1", "u2")}
     local_cluster.wait_ready(c1, ["u1", "u2"])
     (tmp_path / "square.py").write_text(SQUARE)
-    job = subprocess.Popen([PY, "-m", "cluster.cli.main", "submit", f"{tmp_path / 'square.py'}:f", "--range", "0",
-                            str(TASKS)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env=local_cluster.env, cwd=ROOT)
+    job = subprocess.Popen(
+        [PY, "-m", "cluster.cli.main", "submit", f"{tmp_path / 'square.py'}:f", "--range", "0", str(TASKS)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=local_cluster.env,
+        cwd=ROOT,
+    )
 
     def version_of(node: str) -> str | None:
         data, _ = local_cluster.kazoo.get(layout.agent_path(local_cluster.name, node))
@@ -46,16 +52,22 @@ def test_rolling_upgrade_keeps_every_result_exactly_once(local_cluster, tmp_path
             old.signal(signal.SIGTERM)  # drain: held tasks finish, then it deregisters
             assert old.popen.wait(60) == 0, old.text()[-3000:]
             local_cluster.agent(node, 2, name=f"{node}-next")
-            wait_for(lambda: node in local_cluster.agents() and version_of(node) == NEXT, 20,
-                     what=f"{node} back on the new release")
+            wait_for(
+                lambda: node in local_cluster.agents() and version_of(node) == NEXT,
+                20,
+                what=f"{node} back on the new release",
+            )
         first_leader = local_cluster.leader()
         c2.signal(signal.SIGTERM)
         assert c2.popen.wait(30) == 0
         local_cluster.coordinator(name="c2-next")
         c1.signal(signal.SIGTERM)
         assert c1.popen.wait(30) == 0
-        wait_for(lambda: (rec := local_cluster.leader()) is not None and rec.version == NEXT, 30,
-                 what="a coordinator of the new release to lead")
+        wait_for(
+            lambda: (rec := local_cluster.leader()) is not None and rec.version == NEXT,
+            30,
+            what="a coordinator of the new release to lead",
+        )
         assert local_cluster.leader().epoch > first_leader.epoch
         local_cluster.coordinator(name="c1-next")
         assert job.poll() is None, "the job ended before the upgrade did; it proves nothing"

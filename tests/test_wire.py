@@ -49,29 +49,32 @@ def header(*fields):
     return msgpack.packb([PROTOCOL_VERSION, *fields], use_bin_type=True)
 
 
-@pytest.mark.parametrize("frames", [
-    [],
-    [b""],
-    [b"\xc1garbage"],
-    [msgpack.packb({"not": "a list"})],
-    [msgpack.packb([PROTOCOL_VERSION])],
-    [header(999)],  # unknown kind
-    [header("1")],  # kind of the wrong type
-    [header(wire.Heartbeat.KIND, "c1")],  # too few fields
-    [header(wire.Heartbeat.KIND, 5, 1, 0)],  # wrong type
-    [header(wire.Heartbeat.KIND, "c1", True, 0)],  # bool is not an int
-    [header(wire.SubmitTasks.KIND, "j", [0, 1]), b"only one frame"],
-    [header(wire.SubmitTasks.KIND, "j", ["0"]), b"x"],
-    [header(wire.Results.KIND, 1, [["j", 1, 1]]), b"x"],  # short row
-    [header(wire.Results.KIND, 1, [[5, 1, 1, 0]]), b"x"],  # job id not a string
-    [header(wire.TaskDone.KIND, "j", 1, 1, 99), b"x"],  # unknown status
-    [header(wire.TasksDone.KIND, [["j", 1, 1, 99]]), b"x"],  # unknown status
-    [header(wire.RunTasks.KIND, "j", "d", {}, [[1, 1, 5]]), b"fn"],  # no arguments frame
-    [header(wire.RunTasks.KIND, "j", "d", {}, []), b"fn"],  # no task
-    [header(wire.RunTasks.KIND, "j", "d", {}, [[1, 1]]), b"fn", b"a"],  # row without seq
-    [header(wire.SubmitJob.KIND, "j", "d", {})],  # no function frame
-    [header(wire.Welcome.KIND, "n", 1, 1, 1, [1, 2], False)],  # held rows not lists
-])
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [],
+        [b""],
+        [b"\xc1garbage"],
+        [msgpack.packb({"not": "a list"})],
+        [msgpack.packb([PROTOCOL_VERSION])],
+        [header(999)],  # unknown kind
+        [header("1")],  # kind of the wrong type
+        [header(wire.Heartbeat.KIND, "c1")],  # too few fields
+        [header(wire.Heartbeat.KIND, 5, 1, 0)],  # wrong type
+        [header(wire.Heartbeat.KIND, "c1", True, 0)],  # bool is not an int
+        [header(wire.SubmitTasks.KIND, "j", [0, 1]), b"only one frame"],
+        [header(wire.SubmitTasks.KIND, "j", ["0"]), b"x"],
+        [header(wire.Results.KIND, 1, [["j", 1, 1]]), b"x"],  # short row
+        [header(wire.Results.KIND, 1, [[5, 1, 1, 0]]), b"x"],  # job id not a string
+        [header(wire.TaskDone.KIND, "j", 1, 1, 99), b"x"],  # unknown status
+        [header(wire.TasksDone.KIND, [["j", 1, 1, 99]]), b"x"],  # unknown status
+        [header(wire.RunTasks.KIND, "j", "d", {}, [[1, 1, 5]]), b"fn"],  # no arguments frame
+        [header(wire.RunTasks.KIND, "j", "d", {}, []), b"fn"],  # no task
+        [header(wire.RunTasks.KIND, "j", "d", {}, [[1, 1]]), b"fn", b"a"],  # row without seq
+        [header(wire.SubmitJob.KIND, "j", "d", {})],  # no function frame
+        [header(wire.Welcome.KIND, "n", 1, 1, 1, [1, 2], False)],  # held rows not lists
+    ],
+)
 def test_malformed_is_a_protocol_error(frames):
     with pytest.raises(wire.ProtocolError):
         wire.decode(frames)

@@ -10,11 +10,11 @@ import subprocess
 
 import pytest
 import zmq
+from helpers import PY, ROOT, wait_for
 
 from agents import channel
 from agents.marker import IDLE, Marker
 from cluster import payload, wire
-from helpers import PY, ROOT, wait_for
 
 
 class AgentEnd:
@@ -49,8 +49,12 @@ def _spawn(tmp_path, target: str):
         path.write_bytes(bytes(8))
         marker = Marker.attach(str(path))
         args, fds = [target, str(path)], ()
-    proc = subprocess.Popen([PY, "-m", "agents.worker", args[0], "0", str(os.getpid()), args[1]], cwd=ROOT,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)), pass_fds=fds)
+    proc = subprocess.Popen(
+        [PY, "-m", "agents.worker", args[0], "0", str(os.getpid()), args[1]],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        pass_fds=fds,
+    )
     theirs.close()
     return proc, ours, marker
 
@@ -73,8 +77,11 @@ def worker(tmp_path):
 def test_a_batch_runs_in_order_and_comes_back_in_one_message(worker):
     end, marker = worker
     args = [payload.pack_args((i,)) for i in range(5)]
-    end.send(wire.RunTasks("j", "d1", {}, [[i, 1, 100 + i] for i in range(5)],
-                                        frames=(payload.pack_callable(lambda x: x * 10), *args)))
+    end.send(
+        wire.RunTasks(
+            "j", "d1", {}, [[i, 1, 100 + i] for i in range(5)], frames=(payload.pack_callable(lambda x: x * 10), *args)
+        )
+    )
     done = end.recv()
     assert isinstance(done, wire.TasksDone)
     assert done.items == [["j", i, 1, wire.OK] for i in range(5)]
@@ -89,13 +96,17 @@ def test_the_marker_names_the_running_task_and_skipped_tasks_never_run(worker, t
     def wait_for_gate(i, gate=str(gate)):
         import os
         import time
+
         while i == 0 and not os.path.exists(gate):
             time.sleep(0.01)
         return i
 
     args = [payload.pack_args((i,)) for i in range(3)]
-    end.send(wire.RunTasks("j", "d2", {}, [[i, 1, 7 + i] for i in range(3)],
-                                        frames=(payload.pack_callable(wait_for_gate), *args)))
+    end.send(
+        wire.RunTasks(
+            "j", "d2", {}, [[i, 1, 7 + i] for i in range(3)], frames=(payload.pack_callable(wait_for_gate), *args)
+        )
+    )
     wait_for(lambda: marker.get() == 7, 10, what="the worker to mark task 0 (seq 7) as running")
     end.send(wire.SkipTasks([8]))  # task 1 moves elsewhere before it starts
     gate.write_text("go")
@@ -109,8 +120,12 @@ def test_a_one_task_message_of_a_0_1_0_agent_gets_a_one_task_answer(worker):
     end, _ = worker
     end.send(wire.RunTask("j", 3, 2, "d3", {}, frames=(payload.pack_callable(lambda x: -x), payload.pack_args((4,)))))
     done = end.recv()
-    assert isinstance(done, wire.TaskDone) and (done.job_id, done.index, done.attempt, done.status) == ("j", 3, 2,
-                                                                                                         wire.OK)
+    assert isinstance(done, wire.TaskDone) and (done.job_id, done.index, done.attempt, done.status) == (
+        "j",
+        3,
+        2,
+        wire.OK,
+    )
     assert payload.load_result(done.frames[0], payload.RESULT_PICKLE) == -4
 
 
@@ -123,8 +138,11 @@ def test_a_function_it_does_not_have_is_asked_for_again(worker):
 def test_a_megabyte_goes_through_and_back_whole(worker):
     end, _ = worker
     blob = os.urandom(3 << 20)  # larger than one read and than the socket's buffer: partial writes on both sides
-    end.send(wire.RunTasks("j", "d4", {}, [[0, 1, 1]], frames=(payload.pack_callable(lambda b: b[::-1]),
-                                                               payload.pack_args((blob,)))))
+    end.send(
+        wire.RunTasks(
+            "j", "d4", {}, [[0, 1, 1]], frames=(payload.pack_callable(lambda b: b[::-1]), payload.pack_args((blob,)))
+        )
+    )
     done = end.recv()
     assert done.items == [["j", 0, 1, wire.OK]]
     assert payload.load_result(done.frames[0], payload.RESULT_PICKLE) == blob[::-1]
@@ -151,8 +169,14 @@ def test_a_worker_started_by_an_older_agent_speaks_over_its_ipc_socket_and_marks
         assert sock.poll(10_000)
         identity, *frames = sock.recv_multipart()
         assert isinstance(wire.decode(frames), wire.WorkerReady)
-        sock.send_multipart([identity, *wire.RunTask("j", 1, 1, "d5", {}, frames=(
-            payload.pack_callable(lambda x: x + 1), payload.pack_args((41,)))).encode()])
+        sock.send_multipart(
+            [
+                identity,
+                *wire.RunTask(
+                    "j", 1, 1, "d5", {}, frames=(payload.pack_callable(lambda x: x + 1), payload.pack_args((41,)))
+                ).encode(),
+            ]
+        )
         assert sock.poll(10_000)
         _, *frames = sock.recv_multipart()
         done = wire.decode(frames)
@@ -160,11 +184,18 @@ def test_a_worker_started_by_an_older_agent_speaks_over_its_ipc_socket_and_marks
 
         def nap(i):
             import time
+
             time.sleep(2)
             return i
 
-        sock.send_multipart([identity, *wire.RunTasks("j", "d6", {}, [[0, 1, 77]], frames=(
-            payload.pack_callable(nap), payload.pack_args((0,)))).encode()])
+        sock.send_multipart(
+            [
+                identity,
+                *wire.RunTasks(
+                    "j", "d6", {}, [[0, 1, 77]], frames=(payload.pack_callable(nap), payload.pack_args((0,)))
+                ).encode(),
+            ]
+        )
         wait_for(lambda: marker.get() == 77, 10, what="the worker to mark its task in the marker file")
     finally:
         proc.kill()

@@ -40,8 +40,11 @@ def test_session_server_is_standalone_on_loopback(zk_server):
     assert info is not None and info["Mode"] == "standalone"
     assert zk_server.connect_string == f"127.0.0.1:{zk_server.port}"
     # Java binds a dual-stack socket, so 127.0.0.1 shows up as ::ffff:127.0.0.1.
-    listeners = {(c.laddr.ip.removeprefix("::ffff:"), c.laddr.port)
-                 for c in psutil.Process(zk_server.pid).net_connections("inet") if c.status == psutil.CONN_LISTEN}
+    listeners = {
+        (c.laddr.ip.removeprefix("::ffff:"), c.laddr.port)
+        for c in psutil.Process(zk_server.pid).net_connections("inet")
+        if c.status == psutil.CONN_LISTEN
+    }
     assert listeners == {("127.0.0.1", zk_server.port)}, "every listener on loopback, admin server off"
 
 

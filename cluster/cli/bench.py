@@ -19,19 +19,23 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
 from ..scalebench.run import render, run_scale
 
-app = typer.Typer(help="Benchmarks against a real cluster on this machine.", no_args_is_help=True,
-                  add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Benchmarks against a real cluster on this machine.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 
 
 @app.command(help=__doc__)
 def scale(
-    agents: List[int] = typer.Option([100], "--agents", help="Fleet size; repeat for several (100, 1000, 5000)."),
+    agents: list[int] = typer.Option([100], "--agents", help="Fleet size; repeat for several (100, 1000, 5000)."),
     workers: int = typer.Option(8, help="Simulated workers per agent."),
     baseline: int = typer.Option(10, help="Also run this size, the reference for the throughput ratio (0: none)."),
     zk: Optional[str] = typer.Option(None, "--zk", help="Use this ZooKeeper instead of a private one."),
@@ -44,7 +48,8 @@ def scale(
     churn_task_seconds: float = typer.Option(1.0, help="Run time of each task during churn."),
     heartbeat_interval: float = typer.Option(0.5, help="Heartbeat interval of the coordinator and the agents."),
     heartbeat_budget: float = typer.Option(
-        4000.0, help="The coordinator's heartbeats/s from agents, at most (0: every agent beats every interval)."),
+        4000.0, help="The coordinator's heartbeats/s from agents, at most (0: every agent beats every interval)."
+    ),
     session_timeout: float = typer.Option(10.0, help="The simulators' ZooKeeper session timeout."),
     relays: int = typer.Option(0, help="Run this many relays; the simulated agents name them in turn (0: none)."),
     profile: Optional[str] = typer.Option(None, help="Run the coordinator under cProfile (DIR/coordinator-N.prof)."),
@@ -52,12 +57,25 @@ def scale(
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
 ) -> None:
     try:
-        results = run_scale(agents, zk=zk or "", workers=workers, baseline=baseline, per_process=per_process,
-                            tasks=tasks, steady_seconds=steady_seconds, churn_seconds=churn_seconds,
-                            churn_rate=churn_rate, churn_task_seconds=churn_task_seconds,
-                            heartbeat_interval=heartbeat_interval,
-                            heartbeat_budget=heartbeat_budget, session_timeout=session_timeout,
-                            profile=profile or "", keep=keep, window=window, relays=relays)
+        results = run_scale(
+            agents,
+            zk=zk or "",
+            workers=workers,
+            baseline=baseline,
+            per_process=per_process,
+            tasks=tasks,
+            steady_seconds=steady_seconds,
+            churn_seconds=churn_seconds,
+            churn_rate=churn_rate,
+            churn_task_seconds=churn_task_seconds,
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_budget=heartbeat_budget,
+            session_timeout=session_timeout,
+            profile=profile or "",
+            keep=keep,
+            window=window,
+            relays=relays,
+        )
     except (RuntimeError, ValueError) as exc:
         typer.echo(f"clusterctl bench scale: {exc}", err=True)
         raise typer.Exit(2) from None

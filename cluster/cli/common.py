@@ -7,7 +7,8 @@ import contextlib
 import json
 import logging
 import sys
-from typing import Iterator, Optional
+from collections.abc import Iterator
+from typing import Optional
 
 import typer
 from kazoo.client import KazooClient
@@ -27,17 +28,25 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # Daemons still see it: setup_logging puts a handler on the root logger.
 logging.getLogger("kazoo").addHandler(logging.NullHandler())
 
-ZK = typer.Option(None, "--zk", help="ZooKeeper connect string (env CLUSTER_ZK; default 127.0.0.1:2181).",
-                  show_default=False)
-CLUSTER = typer.Option(None, "--cluster", help="Cluster name (env CLUSTER_NAME; default 'default').",
-                       show_default=False)
+ZK = typer.Option(
+    None, "--zk", help="ZooKeeper connect string (env CLUSTER_ZK; default 127.0.0.1:2181).", show_default=False
+)
+CLUSTER = typer.Option(
+    None, "--cluster", help="Cluster name (env CLUSTER_NAME; default 'default').", show_default=False
+)
 CONFIG = typer.Option(None, "--config", help="TOML config file (see configs/).", show_default=False)
-KEYS = typer.Option(None, "--keys", help="Directory of CURVE keys (env CLUSTER_KEYS; see `clusterctl keys`).",
-                    show_default=False)
-INSECURE = typer.Option(None, "--insecure", help="Run without CURVE keys (env CLUSTER_INSECURE): trusted networks only.",
-                        show_default=False)
-ZK_AUTH = typer.Option(None, "--zk-auth", help="File (0600) with user:password for ZooKeeper ACLs (env CLUSTER_ZK_AUTH).",
-                       show_default=False)
+KEYS = typer.Option(
+    None, "--keys", help="Directory of CURVE keys (env CLUSTER_KEYS; see `clusterctl keys`).", show_default=False
+)
+INSECURE = typer.Option(
+    None, "--insecure", help="Run without CURVE keys (env CLUSTER_INSECURE): trusted networks only.", show_default=False
+)
+ZK_AUTH = typer.Option(
+    None,
+    "--zk-auth",
+    help="File (0600) with user:password for ZooKeeper ACLs (env CLUSTER_ZK_AUTH).",
+    show_default=False,
+)
 LOG_LEVEL = typer.Option("info", "--log-level", help="debug, info, warning or error.")
 LOG_FORMAT = typer.Option("text", "--log-format", help="text, or json (one object per line, for log shippers).")
 
@@ -46,8 +55,13 @@ ZkOpt = Optional[str]
 
 class JsonLines(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        event = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
-                 "message": record.getMessage(), "pid": record.process}
+        event = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
         if record.exc_info:
             event["exception"] = self.formatException(record.exc_info)
         return json.dumps(event)
@@ -58,8 +72,9 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     if fmt not in ("text", "json"):
         raise fail(f"--log-format must be text or json, not {fmt!r}")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLines() if fmt == "json" else
-                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        JsonLines() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
     logging.getLogger("kazoo").setLevel(logging.WARNING)
 
@@ -87,8 +102,10 @@ def zookeeper(cfg: Common, timeout: float = 10.0) -> Iterator[KazooClient]:
     try:
         yield client
     except (KazooTimeoutError, ConnectionLoss, SessionExpiredError) as exc:  # it went away after we connected
-        raise fail(f"lost ZooKeeper at {cfg.zk} midway ({str(exc) or type(exc).__name__}); "
-                   "check that the ensemble is still running") from None
+        raise fail(
+            f"lost ZooKeeper at {cfg.zk} midway ({str(exc) or type(exc).__name__}); "
+            "check that the ensemble is still running"
+        ) from None
     except KazooException as exc:
         raise fail(f"ZooKeeper at {cfg.zk} refused the request: {type(exc).__name__} {exc}".rstrip()) from None
     finally:

@@ -24,17 +24,29 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Optional
 
 import typer
 
 from .. import config
 from . import common
-from .service_files import (MARK, ROLES, SYSUSERS, USER, build_config, check_exec, config_path, default_exec,
-                            render_sysusers, render_unit, unit_name, unit_path)
-
+from .service_files import (
+    MARK,
+    ROLES,
+    SYSUSERS,
+    USER,
+    build_config,
+    check_exec,
+    config_path,
+    default_exec,
+    render_sysusers,
+    render_unit,
+    unit_name,
+    unit_path,
+)
 
 # ------------------------------------------------------------------ applying
 
@@ -44,6 +56,7 @@ WOULD = {"created": "would create", "updated": "would update", "removed": "would
 @dataclass
 class Run:
     """What one install or uninstall did (or would do): printed as it goes, and as --json."""
+
     role: str
     operation: str
     root: Optional[Path]
@@ -85,9 +98,16 @@ class Run:
 
     def report(self) -> None:
         if self.json_out:
-            common.print_json({"role": self.role, "operation": self.operation, "dry_run": self.dry_run,
-                               "root": str(self.root) if self.root else None,
-                               "files": self.files, "commands": self.commands})
+            common.print_json(
+                {
+                    "role": self.role,
+                    "operation": self.operation,
+                    "dry_run": self.dry_run,
+                    "root": str(self.root) if self.root else None,
+                    "files": self.files,
+                    "commands": self.commands,
+                }
+            )
 
 
 def _group_id() -> Optional[int]:
@@ -119,8 +139,7 @@ def write_file(run: Run, path: Path, text: str, mode: int, group: bool = False) 
         run.file(dest, "created", detail)
     else:
         # The hunks without the ---/+++ header: shown by --dry-run, counted in the report.
-        body = list(difflib.unified_diff(old.decode(errors="replace").splitlines(), text.splitlines(),
-                                         lineterm=""))[2:]
+        body = list(difflib.unified_diff(old.decode(errors="replace").splitlines(), text.splitlines(), lineterm=""))[2:]
         stat = f", +{sum(d.startswith('+') for d in body)} -{sum(d.startswith('-') for d in body)} lines"
         run.file(dest, "updated", detail if old == data else detail + stat)
     if run.dry_run:
@@ -186,8 +205,9 @@ def _begin(role: str, operation: str, root: Optional[Path], dry_run: bool, json_
     return Run(role, operation, root.resolve() if root else None, dry_run, json_out)
 
 
-def install(role: str, flags: dict, exec_path: Optional[str], root: Optional[Path], dry_run: bool,
-            json_out: bool) -> None:
+def install(
+    role: str, flags: dict, exec_path: Optional[str], root: Optional[Path], dry_run: bool, json_out: bool
+) -> None:
     with common.clear_errors():
         # Everything is checked before anything is written.
         if flags.get("labels"):
@@ -240,29 +260,39 @@ def uninstall(role: str, root: Optional[Path], dry_run: bool, json_out: bool) ->
 
 ZK = typer.Option(None, "--zk", help="ZooKeeper connect string (default 127.0.0.1:2181).", show_default=False)
 CLUSTER = typer.Option(None, "--cluster", help="Cluster name (default 'default').", show_default=False)
-KEYS = typer.Option(None, "--keys", help="Directory of this host's CURVE keys (referenced, not copied).",
-                    show_default=False)
+KEYS = typer.Option(
+    None, "--keys", help="Directory of this host's CURVE keys (referenced, not copied).", show_default=False
+)
 INSECURE = typer.Option(False, "--insecure", help="No CURVE keys: trusted networks only.")
 ZK_AUTH = typer.Option(None, "--zk-auth", help="File (0600) with user:password for ZooKeeper ACLs.", show_default=False)
 BIND = typer.Option(None, "--bind", help="Endpoint to bind (default tcp://0.0.0.0:0, a free port).", show_default=False)
 ADVERTISE = typer.Option(None, "--advertise", help="Host others use to reach this node.", show_default=False)
 METRICS = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics on this port (off).", show_default=False)
-EXEC = typer.Option(None, "--exec", help="clusterctl for ExecStart (default: the one running this command).",
-                    show_default=False)
+EXEC = typer.Option(
+    None, "--exec", help="clusterctl for ExecStart (default: the one running this command).", show_default=False
+)
 ROOT = typer.Option(None, "--root", help="Write under DIR (DIR/etc/...) and run no command.", show_default=False)
 DRY_RUN = typer.Option(False, "--dry-run", help="Print the files and commands; change nothing.")
 JSON = typer.Option(False, "--json", help="Print what was done as JSON: files (path, action) and commands.")
 
 
 def agent_install(
-    zk: Optional[str] = ZK, cluster: Optional[str] = CLUSTER, keys: Optional[str] = KEYS,
-    insecure: bool = INSECURE, zk_auth: Optional[str] = ZK_AUTH,
-    label: List[str] = typer.Option([], "--label", help="key=value label; repeatable."),
+    zk: Optional[str] = ZK,
+    cluster: Optional[str] = CLUSTER,
+    keys: Optional[str] = KEYS,
+    insecure: bool = INSECURE,
+    zk_auth: Optional[str] = ZK_AUTH,
+    label: list[str] = typer.Option([], "--label", help="key=value label; repeatable."),
     workers: Optional[str] = typer.Option(None, "--workers", help="'auto' (usable cores) or a number."),
     node_id: Optional[str] = typer.Option(None, "--node-id", help="Unique node id (default: the host name)."),
     relay: Optional[str] = typer.Option(None, "--relay", help="Id of the relay the coordinator reaches it through."),
-    bind: Optional[str] = BIND, advertise: Optional[str] = ADVERTISE, metrics_port: Optional[str] = METRICS,
-    exec_path: Optional[str] = EXEC, root: Optional[Path] = ROOT, dry_run: bool = DRY_RUN, json_out: bool = JSON,
+    bind: Optional[str] = BIND,
+    advertise: Optional[str] = ADVERTISE,
+    metrics_port: Optional[str] = METRICS,
+    exec_path: Optional[str] = EXEC,
+    root: Optional[Path] = ROOT,
+    dry_run: bool = DRY_RUN,
+    json_out: bool = JSON,
 ) -> None:
     """Install this node's agent as the systemd service cluster-agent.
 
@@ -278,17 +308,42 @@ def agent_install(
 
       clusterctl agent install --zk zk1:2181 --keys /etc/clusterd/keys --root /tmp/image --exec /opt/clusterd/venv/bin/clusterctl
     """
-    install("agent", dict(zk=zk, cluster=cluster, keys=keys, insecure=insecure, zk_auth=zk_auth,
-                          labels=label or None, workers=workers, node_id=node_id, relay=relay, bind=bind,
-                          advertise=advertise,
-                          metrics_port=metrics_port), exec_path, root, dry_run, json_out)
+    install(
+        "agent",
+        dict(
+            zk=zk,
+            cluster=cluster,
+            keys=keys,
+            insecure=insecure,
+            zk_auth=zk_auth,
+            labels=label or None,
+            workers=workers,
+            node_id=node_id,
+            relay=relay,
+            bind=bind,
+            advertise=advertise,
+            metrics_port=metrics_port,
+        ),
+        exec_path,
+        root,
+        dry_run,
+        json_out,
+    )
 
 
 def coordinator_install(
-    zk: Optional[str] = ZK, cluster: Optional[str] = CLUSTER, keys: Optional[str] = KEYS,
-    insecure: bool = INSECURE, zk_auth: Optional[str] = ZK_AUTH,
-    bind: Optional[str] = BIND, advertise: Optional[str] = ADVERTISE, metrics_port: Optional[str] = METRICS,
-    exec_path: Optional[str] = EXEC, root: Optional[Path] = ROOT, dry_run: bool = DRY_RUN, json_out: bool = JSON,
+    zk: Optional[str] = ZK,
+    cluster: Optional[str] = CLUSTER,
+    keys: Optional[str] = KEYS,
+    insecure: bool = INSECURE,
+    zk_auth: Optional[str] = ZK_AUTH,
+    bind: Optional[str] = BIND,
+    advertise: Optional[str] = ADVERTISE,
+    metrics_port: Optional[str] = METRICS,
+    exec_path: Optional[str] = EXEC,
+    root: Optional[Path] = ROOT,
+    dry_run: bool = DRY_RUN,
+    json_out: bool = JSON,
 ) -> None:
     """Install this host's coordinator as the systemd service cluster-coordinator.
 
@@ -302,16 +357,41 @@ def coordinator_install(
 
       clusterctl coordinator install --zk zk1:2181 --insecure --dry-run --json
     """
-    install("coordinator", dict(zk=zk, cluster=cluster, keys=keys, insecure=insecure, zk_auth=zk_auth, bind=bind,
-                                advertise=advertise, metrics_port=metrics_port), exec_path, root, dry_run, json_out)
+    install(
+        "coordinator",
+        dict(
+            zk=zk,
+            cluster=cluster,
+            keys=keys,
+            insecure=insecure,
+            zk_auth=zk_auth,
+            bind=bind,
+            advertise=advertise,
+            metrics_port=metrics_port,
+        ),
+        exec_path,
+        root,
+        dry_run,
+        json_out,
+    )
 
 
 def relay_install(
-    zk: Optional[str] = ZK, cluster: Optional[str] = CLUSTER, keys: Optional[str] = KEYS,
-    insecure: bool = INSECURE, zk_auth: Optional[str] = ZK_AUTH,
-    relay_id: Optional[str] = typer.Option(None, "--id", help="The id its agents name with --relay (default: the host name)."),
-    bind: Optional[str] = BIND, advertise: Optional[str] = ADVERTISE, metrics_port: Optional[str] = METRICS,
-    exec_path: Optional[str] = EXEC, root: Optional[Path] = ROOT, dry_run: bool = DRY_RUN, json_out: bool = JSON,
+    zk: Optional[str] = ZK,
+    cluster: Optional[str] = CLUSTER,
+    keys: Optional[str] = KEYS,
+    insecure: bool = INSECURE,
+    zk_auth: Optional[str] = ZK_AUTH,
+    relay_id: Optional[str] = typer.Option(
+        None, "--id", help="The id its agents name with --relay (default: the host name)."
+    ),
+    bind: Optional[str] = BIND,
+    advertise: Optional[str] = ADVERTISE,
+    metrics_port: Optional[str] = METRICS,
+    exec_path: Optional[str] = EXEC,
+    root: Optional[Path] = ROOT,
+    dry_run: bool = DRY_RUN,
+    json_out: bool = JSON,
 ) -> None:
     """Install this host's relay as the systemd service cluster-relay.
 
@@ -325,8 +405,24 @@ def relay_install(
 
       clusterctl relay install --zk zk1:2181 --insecure --id rack-12 --dry-run
     """
-    install("relay", dict(zk=zk, cluster=cluster, keys=keys, insecure=insecure, zk_auth=zk_auth, relay_id=relay_id,
-                          bind=bind, advertise=advertise, metrics_port=metrics_port), exec_path, root, dry_run, json_out)
+    install(
+        "relay",
+        dict(
+            zk=zk,
+            cluster=cluster,
+            keys=keys,
+            insecure=insecure,
+            zk_auth=zk_auth,
+            relay_id=relay_id,
+            bind=bind,
+            advertise=advertise,
+            metrics_port=metrics_port,
+        ),
+        exec_path,
+        root,
+        dry_run,
+        json_out,
+    )
 
 
 def _uninstall_command(role: str, example: str) -> Callable[..., None]:
@@ -346,9 +442,11 @@ def _uninstall_command(role: str, example: str) -> Callable[..., None]:
     return uninstall_command
 
 
-COMMANDS = {"agent": (agent_install, _uninstall_command("agent", "--dry-run")),
-            "coordinator": (coordinator_install, _uninstall_command("coordinator", "--root /tmp/image")),
-            "relay": (relay_install, _uninstall_command("relay", "--dry-run --json"))}
+COMMANDS = {
+    "agent": (agent_install, _uninstall_command("agent", "--dry-run")),
+    "coordinator": (coordinator_install, _uninstall_command("coordinator", "--root /tmp/image")),
+    "relay": (relay_install, _uninstall_command("relay", "--dry-run --json")),
+}
 
 
 def add_commands(app: typer.Typer, role: str) -> None:

@@ -65,14 +65,19 @@ def _coordinator(ctx: typer.Context, **options) -> None:
 
 # The group's options are the coordinator's own (typer reads them from this signature).
 _options = inspect.signature(coordinator_cmd.coordinator, eval_str=True)
-_coordinator.__signature__ = _options.replace(parameters=[  # type: ignore[attr-defined]
-    inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
-    *_options.parameters.values()])
+_coordinator.__signature__ = _options.replace(
+    parameters=[  # type: ignore[attr-defined]
+        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+        *_options.parameters.values(),
+    ]
+)
 
 coordinator_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-coordinator_app.callback(invoke_without_command=True, help=coordinator_cmd.__doc__ +
-                         "\nAs a systemd service: `clusterctl coordinator install|uninstall` (see their --help).")(
-    _coordinator)
+coordinator_app.callback(
+    invoke_without_command=True,
+    help=coordinator_cmd.__doc__
+    + "\nAs a systemd service: `clusterctl coordinator install|uninstall` (see their --help).",
+)(_coordinator)
 install.add_commands(coordinator_app, "coordinator")
 app.add_typer(coordinator_app, name="coordinator")
 app.command(name="submit", help=submit.__doc__)(submit.submit)
@@ -81,7 +86,11 @@ app.command(name="up", help=up.__doc__)(up.up)
 app.command(name="drain", help=drain.__doc__)(drain.drain)
 app.command(name="status", help=status.__doc__)(status.status)
 app.add_typer(keys.app, name="keys", help="CURVE keys for a secured cluster (`clusterctl keys generate --out DIR`).")
-app.add_typer(bench.app, name="bench", help="Benchmarks on this machine: `clusterctl bench scale --agents 1000` simulates a fleet.")
+app.add_typer(
+    bench.app,
+    name="bench",
+    help="Benchmarks on this machine: `clusterctl bench scale --agents 1000` simulates a fleet.",
+)
 
 
 def main() -> None:

@@ -42,10 +42,18 @@ def nodes(
     config_file: Optional[str] = common.CONFIG,
     zk_auth: Optional[str] = common.ZK_AUTH,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-    relays: bool = typer.Option(False, "--relays", help="List the relays instead of the agents (with --json: one "
-                                "object per relay, with how many agents name it)."),
-    watch: bool = typer.Option(False, "--watch", "-w", help="Follow joins, leaves and state changes until Ctrl-C: "
-                               "a live table on a terminal, one event per line otherwise."),
+    relays: bool = typer.Option(
+        False,
+        "--relays",
+        help="List the relays instead of the agents (with --json: one object per relay, with how many agents name it).",
+    ),
+    watch: bool = typer.Option(
+        False,
+        "--watch",
+        "-w",
+        help="Follow joins, leaves and state changes until Ctrl-C: "
+        "a live table on a terminal, one event per line otherwise.",
+    ),
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds to reach ZooKeeper."),
 ) -> None:
     with common.clear_errors():
@@ -99,8 +107,11 @@ def _list(client, cluster: str, as_json: bool, relays_only: bool) -> None:
         typer.echo("")
     if relay_rows or relays_only:
         _print_table(RELAY_COLUMNS, [_relay_cells(r) for r in relay_rows])
-    typer.echo(f"{len(rows)} nodes, {sum(r['workers'] for r in rows)} workers"
-               + (f", {len(relay_rows)} relays" if relay_rows else ""), err=True)
+    typer.echo(
+        f"{len(rows)} nodes, {sum(r['workers'] for r in rows)} workers"
+        + (f", {len(relay_rows)} relays" if relay_rows else ""),
+        err=True,
+    )
 
 
 def _print_table(columns: tuple[str, ...], cells: list[tuple[str, ...]]) -> None:
@@ -111,8 +122,18 @@ def _print_table(columns: tuple[str, ...], cells: list[tuple[str, ...]]) -> None
 
 
 def _cells(r: dict) -> tuple[str, ...]:
-    return (r["node_id"], r["host"], r["endpoint"], r["state"], str(r["workers"]), str(r["cores"]), _gib(r["memory"]),
-            r["version"], _duration(r["uptime"]), r["relay"] or "-")
+    return (
+        r["node_id"],
+        r["host"],
+        r["endpoint"],
+        r["state"],
+        str(r["workers"]),
+        str(r["cores"]),
+        _gib(r["memory"]),
+        r["version"],
+        _duration(r["uptime"]),
+        r["relay"] or "-",
+    )
 
 
 def _relay_cells(r: dict) -> tuple[str, ...]:
@@ -144,8 +165,15 @@ def _event_lines(events: queue.SimpleQueue, as_json: bool) -> None:
         except queue.Empty:
             continue
         if as_json:
-            common.print_json({"time": _stamp(), "event": ev.kind, "role": role, "node_id": ev.node_id,
-                               "record": _row(ev.record, time.time()) if ev.record else None})
+            common.print_json(
+                {
+                    "time": _stamp(),
+                    "event": ev.kind,
+                    "role": role,
+                    "node_id": ev.node_id,
+                    "record": _row(ev.record, time.time()) if ev.record else None,
+                }
+            )
         else:
             typer.echo(_event_text(role, ev))
         sys.stdout.flush()
@@ -157,8 +185,9 @@ def _event_text(role: str, ev: MemberEvent) -> str:
     r = ev.record
     if role == "relay":
         return f"{_stamp()} {ev.kind:<8} {ev.node_id} relay {r.host} {r.endpoint}"
-    return (f"{_stamp()} {ev.kind:<8} {ev.node_id} {r.state} {r.host} {r.endpoint} {r.workers} workers"
-            + (f" via relay {r.relay}" if r.relay else ""))
+    return f"{_stamp()} {ev.kind:<8} {ev.node_id} {r.state} {r.host} {r.endpoint} {r.workers} workers" + (
+        f" via relay {r.relay}" if r.relay else ""
+    )
 
 
 def _live_table(agents: Membership, relays: Membership, events: queue.SimpleQueue, cluster: str) -> None:
@@ -189,11 +218,17 @@ def _render(agents: dict[str, AgentRecord], relays: dict[str, RelayRecord], rece
     relay_rows = _relay_rows([relays[n] for n in sorted(relays)], list(agents.values()), now)
     title = f"{len(rows)} nodes, {sum(r['workers'] for r in rows)} workers"
     title += f", {len(relay_rows)} relays" if relay_rows else ""
-    table = Table(*COLUMNS, title=f"{title} in cluster {cluster!r} (Ctrl-C to stop)", title_justify="left", box=None,
-                  header_style="bold")
+    table = Table(
+        *COLUMNS,
+        title=f"{title} in cluster {cluster!r} (Ctrl-C to stop)",
+        title_justify="left",
+        box=None,
+        header_style="bold",
+    )
     for r in rows:  # Text cells: a node id is data, never rich markup
-        table.add_row(*(Text(cell, style=STATE_STYLE.get(cell, "red") if i == 3 else "")
-                        for i, cell in enumerate(_cells(r))))
+        table.add_row(
+            *(Text(cell, style=STATE_STYLE.get(cell, "red") if i == 3 else "") for i, cell in enumerate(_cells(r)))
+        )
     parts = [table]
     if relay_rows:
         relay_table = Table(*RELAY_COLUMNS, box=None, header_style="bold")
@@ -213,5 +248,10 @@ def _gib(n: int) -> str:
 
 def _duration(seconds: float) -> str:
     s = int(seconds)
-    return f"{s // 86400}d{s % 86400 // 3600}h" if s >= 86400 else f"{s // 3600}h{s % 3600 // 60}m" if s >= 3600 \
+    return (
+        f"{s // 86400}d{s % 86400 // 3600}h"
+        if s >= 86400
+        else f"{s // 3600}h{s % 3600 // 60}m"
+        if s >= 3600
         else f"{s // 60}m{s % 60}s"
+    )

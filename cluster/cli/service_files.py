@@ -82,18 +82,18 @@ SystemCallErrorNumber=EPERM
 ROLE_UNIT = {
     "agent": dict(
         head="# clusterd node agent. `clusterctl agent install` writes this unit and\n"
-             "# /etc/clusterd/agent.toml (see configs/agent.toml).",
+        "# /etc/clusterd/agent.toml (see configs/agent.toml).",
         description="clusterd node agent (one worker per usable core)",
         stop="# SIGTERM to the agent only: it drains (its workers finish their tasks), then exits 0.\n"
-             "KillMode=mixed\n"
-             "# Above the agent's 30 s drain timeout.\n"
-             "TimeoutStopSec=45\n",
+        "KillMode=mixed\n"
+        "# Above the agent's 30 s drain timeout.\n"
+        "TimeoutStopSec=45\n",
         extra="# Workers run user code: no MemoryDenyWriteExecute (JITs such as numba need W+X\n"
-              "# memory). GPU nodes: `systemctl edit cluster-agent`, PrivateDevices=no.\n",
+        "# memory). GPU nodes: `systemctl edit cluster-agent`, PrivateDevices=no.\n",
     ),
     "coordinator": dict(
         head="# clusterd coordinator. Run it on two or three hosts: one leads, the others stand by.\n"
-             "# `clusterctl coordinator install` writes this unit and /etc/clusterd/coordinator.toml.",
+        "# `clusterctl coordinator install` writes this unit and /etc/clusterd/coordinator.toml.",
         description="clusterd coordinator",
         stop="TimeoutStopSec=15\n",
         # It never unpickles user payloads, so no JIT; checked with kernel MDWE, pyzmq included.
@@ -101,7 +101,7 @@ ROLE_UNIT = {
     ),
     "relay": dict(
         head="# clusterd relay: the coordinator reaches the agents that name it through it, over\n"
-             "# one connection. `clusterctl relay install` writes this unit and /etc/clusterd/relay.toml.",
+        "# one connection. `clusterctl relay install` writes this unit and /etc/clusterd/relay.toml.",
         description="clusterd relay",
         stop="TimeoutStopSec=15\n",
         # It forwards payloads without reading them, as the coordinator does.
@@ -112,15 +112,17 @@ ROLE_UNIT = {
 
 def render_unit(role: str, exec_path: str = DEFAULT_EXEC) -> str:
     r = ROLE_UNIT[role]
-    return (f"{r['head']}\n[Unit]\nDescription={r['description']}\n"
-            "Documentation=file:///opt/clusterd/README.md\n"
-            "Wants=network-online.target\nAfter=network-online.target\n\n"
-            "[Service]\nType=notify\nNotifyAccess=main\n"
-            f"ExecStart={_exec_word(exec_path)} {role} --config {config_path(role)}\n"
-            f"User={USER}\nGroup={USER}\n{r['stop']}"
-            "Restart=on-failure\nRestartSec=2\nWatchdogSec=10\n"
-            f"{HARDENING.replace('ROLE', role)}{r['extra']}\n"
-            "[Install]\nWantedBy=multi-user.target\n")
+    return (
+        f"{r['head']}\n[Unit]\nDescription={r['description']}\n"
+        "Documentation=file:///opt/clusterd/README.md\n"
+        "Wants=network-online.target\nAfter=network-online.target\n\n"
+        "[Service]\nType=notify\nNotifyAccess=main\n"
+        f"ExecStart={_exec_word(exec_path)} {role} --config {config_path(role)}\n"
+        f"User={USER}\nGroup={USER}\n{r['stop']}"
+        "Restart=on-failure\nRestartSec=2\nWatchdogSec=10\n"
+        f"{HARDENING.replace('ROLE', role)}{r['extra']}\n"
+        "[Install]\nWantedBy=multi-user.target\n"
+    )
 
 
 def _exec_word(path: str) -> str:
@@ -133,9 +135,11 @@ def _exec_word(path: str) -> str:
 
 def render_sysusers() -> str:
     # The same text whichever role writes it, so the second role finds it unchanged.
-    return ("# Written by `clusterctl agent|coordinator|relay install`: the user the clusterd daemons\n"
-            "# run as, created by systemd-sysusers (removed with the last role; the user stays).\n"
-            f'u {USER} - "clusterd daemons" /var/lib/clusterd\n')
+    return (
+        "# Written by `clusterctl agent|coordinator|relay install`: the user the clusterd daemons\n"
+        "# run as, created by systemd-sysusers (removed with the last role; the user stays).\n"
+        f'u {USER} - "clusterd daemons" /var/lib/clusterd\n'
+    )
 
 
 def _toml_value(value: object) -> str:
@@ -144,8 +148,10 @@ def _toml_value(value: object) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, dict):
-        items = (f"{k if re.fullmatch(r'[A-Za-z0-9_-]+', k) else _toml_value(k)} = {_toml_value(v)}"
-                 for k, v in sorted(value.items()))
+        items = (
+            f"{k if re.fullmatch(r'[A-Za-z0-9_-]+', k) else _toml_value(k)} = {_toml_value(v)}"
+            for k, v in sorted(value.items())
+        )
         return "{ " + ", ".join(items) + " }" if value else "{}"
     # JSON string escapes are valid TOML; TOML also wants DEL escaped.
     return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
@@ -156,8 +162,11 @@ def render_config(role: str, cfg: object, given: set[str]) -> str:
     shared = [f.name for f in fields(config.Common)]
     top = [k for k in shared if k in ("zk", "cluster") or k in given]
     section = [f.name for f in fields(cfg) if f.name not in shared and f.name in given]
-    lines = [f"{MARK} {role} install`; run it again to change this file",
-             f"# (every setting: configs/{role}.toml).", ""]
+    lines = [
+        f"{MARK} {role} install`; run it again to change this file",
+        f"# (every setting: configs/{role}.toml).",
+        "",
+    ]
     lines += [f"{k} = {_toml_value(getattr(cfg, k))}" for k in top]
     lines += ["", f"[{role}]"] + [f"{k} = {_toml_value(getattr(cfg, k))}" for k in section]
     return "\n".join(lines) + "\n"
@@ -165,14 +174,16 @@ def render_config(role: str, cfg: object, given: set[str]) -> str:
 
 # ------------------------------------------------------------------ validation
 
+
 def build_config(role: str, flags: dict) -> tuple[object, str]:
     """Settings from the flags alone (not this shell's CLUSTER_* environment: the file
     must say everything), checked, rendered, and loaded back the way the daemon will."""
     given = {k for k, v in flags.items() if v is not None and v is not False}
     cfg = config.load(ROLES[role], None, flags, environ={})
     if not cfg.keys and not cfg.insecure:
-        raise ValueError("give --keys DIR (see `clusterctl keys generate`) or --insecure: "
-                         "the daemon refuses to start without one")
+        raise ValueError(
+            "give --keys DIR (see `clusterctl keys generate`) or --insecure: the daemon refuses to start without one"
+        )
     if cfg.keys and cfg.insecure:
         raise ValueError("--keys and --insecure contradict each other: give one")
     if role == "agent":
@@ -201,8 +212,10 @@ def check_exec(path: str, given: bool, root: Optional[Path]) -> str:
     if not os.path.isabs(path):
         raise ValueError(f"--exec must be an absolute path, got {path!r}")
     if any(path == h or path.startswith(h + "/") for h in HIDDEN):
-        raise ValueError(f"{path} is under {', '.join(HIDDEN)}, which the unit's ProtectHome=yes hides: "
-                         "install the venv elsewhere (e.g. /opt/clusterd/venv) or pass --exec")
+        raise ValueError(
+            f"{path} is under {', '.join(HIDDEN)}, which the unit's ProtectHome=yes hides: "
+            "install the venv elsewhere (e.g. /opt/clusterd/venv) or pass --exec"
+        )
     if not (given and root) and not os.access(path, os.X_OK):
         hint = "" if given else " (run the clusterctl of the venv to install, or pass --exec PATH)"
         raise ValueError(f"{path} is not an executable file{hint}")

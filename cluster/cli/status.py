@@ -65,8 +65,10 @@ def render(state: dict) -> str:
     for node, a in sorted(state["agents"].items()):
         age = "never heard" if a["heartbeat_age"] is None else f"heartbeat {a['heartbeat_age']:.1f}s ago"
         via = f" via {a['via']}" if a.get("via") else ""
-        lines.append(f"  {node:<20} {a['state']:<11} workers {a['busy']}/{a['workers']:<3} busy, "
-                     f"in flight {a['in_flight']:<4} {age}{via}")
+        lines.append(
+            f"  {node:<20} {a['state']:<11} workers {a['busy']}/{a['workers']:<3} busy, "
+            f"in flight {a['in_flight']:<4} {age}{via}"
+        )
     counters = ", ".join(f"{k} {v}" for k, v in sorted(state["counters"].items()))
     lines.append(f"counters: {counters or 'none'}")
     return "\n".join(lines)

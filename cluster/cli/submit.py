@@ -33,8 +33,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator, List, Optional, Tuple
+from typing import IO, Optional
 
 import typer
 
@@ -46,17 +47,17 @@ from . import common
 @dataclasses.dataclass
 class Inputs:
     count: int
-    items: Iterator[Tuple[int, bytes]]
+    items: Iterator[tuple[int, bytes]]
 
 
 def submit(
-    target: List[str] = typer.Argument(..., help="MODULE:FUNC, path/to/file.py:FUNC, or with --shell the command."),
+    target: list[str] = typer.Argument(..., help="MODULE:FUNC, path/to/file.py:FUNC, or with --shell the command."),
     zk: common.ZkOpt = common.ZK,
     cluster: Optional[str] = common.CLUSTER,
     config_file: Optional[str] = common.CONFIG,
     keys: Optional[str] = common.KEYS,
     zk_auth: Optional[str] = common.ZK_AUTH,
-    range_: Optional[Tuple[int, int]] = typer.Option(None, "--range", help="Integers A..B-1 as inputs."),
+    range_: Optional[tuple[int, int]] = typer.Option(None, "--range", help="Integers A..B-1 as inputs."),
     inputs: Optional[str] = typer.Option(None, "--inputs", help="File of JSON values, one per line; '-' for stdin."),
     star: bool = typer.Option(False, "--star", help="Spread each JSON array input as positional arguments."),
     shell: bool = typer.Option(False, "--shell", help="Run a shell command per input line; {} is the quoted line."),
@@ -64,11 +65,21 @@ def submit(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results here instead of stdout."),
     retries: int = typer.Option(2, "--retries", min=0, max=100, help="Retries of a task whose worker died."),
     window: int = typer.Option(10_000, "--window", min=1, help="Most tasks in flight; bounds memory."),
-    connect_timeout: float = typer.Option(10.0, "--connect-timeout", help="Seconds to reach ZooKeeper and the coordinator."),
-    wait_workers: float = typer.Option(60.0, "--wait-workers", help="Seconds to wait for a first agent when the cluster has none (then exit 2)."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds a task may run; then its worker is killed and it fails with TaskTimeout."),
-    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Memory a worker may use for a task, e.g. 512M or 2G; over it the worker is killed."),
-    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: when stderr is a terminal)."),
+    connect_timeout: float = typer.Option(
+        10.0, "--connect-timeout", help="Seconds to reach ZooKeeper and the coordinator."
+    ),
+    wait_workers: float = typer.Option(
+        60.0, "--wait-workers", help="Seconds to wait for a first agent when the cluster has none (then exit 2)."
+    ),
+    timeout: Optional[float] = typer.Option(
+        None, "--timeout", help="Seconds a task may run; then its worker is killed and it fails with TaskTimeout."
+    ),
+    max_memory: Optional[str] = typer.Option(
+        None, "--max-memory", help="Memory a worker may use for a task, e.g. 512M or 2G; over it the worker is killed."
+    ),
+    progress: Optional[bool] = typer.Option(
+        None, "--progress/--no-progress", help="Progress bar (default: when stderr is a terminal)."
+    ),
 ) -> None:
     with common.clear_errors():
         common_cfg = config.load(config.Common, config_file, dict(zk=zk, cluster=cluster, keys=keys, zk_auth=zk_auth))
@@ -80,10 +91,20 @@ def submit(
     limits = {"timeout": timeout, "max_memory": _size(max_memory) if max_memory else None}
     out: IO[str] = open(output, "w") if output else sys.stdout
     try:
-        code = _run(common_cfg, function, source, out, ordered=ordered, retries=retries, window=window, limits=limits,
-                    wait_workers=wait_workers,
-                    connect_timeout=connect_timeout, shell=shell,
-                    progress=sys.stderr.isatty() if progress is None else progress)
+        code = _run(
+            common_cfg,
+            function,
+            source,
+            out,
+            ordered=ordered,
+            retries=retries,
+            window=window,
+            limits=limits,
+            wait_workers=wait_workers,
+            connect_timeout=connect_timeout,
+            shell=shell,
+            progress=sys.stderr.isatty() if progress is None else progress,
+        )
     finally:
         if output:
             out.close()
@@ -107,7 +128,7 @@ def _size(text: str) -> int:
     return value
 
 
-def _function_blob(target: List[str], shell: bool) -> bytes:
+def _function_blob(target: list[str], shell: bool) -> bytes:
     if shell:
         return payload.pack_shell(" ".join(target))
     if len(target) != 1:
@@ -121,9 +142,9 @@ def _function_blob(target: List[str], shell: bool) -> bytes:
             source = path.read_text()
             tree = ast.parse(source, str(path))
         except OSError as exc:
-            raise common.fail(f"cannot read {path}: {exc.strerror}")
+            raise common.fail(f"cannot read {path}: {exc.strerror}") from None
         except SyntaxError as exc:
-            raise common.fail(f"{path}:{exc.lineno}: syntax error: {exc.msg}")
+            raise common.fail(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
         if not any(_defines(node, func) for node in tree.body):
             raise common.fail(f"{path} defines no top-level function {func!r}")
         return payload.pack_reference(path.stem, func, source, str(path.resolve()))
@@ -144,7 +165,7 @@ def _defines(node: ast.stmt, name: str) -> bool:
 
 
 def _range_inputs(start: int, stop: int, star: bool) -> Inputs:
-    def items() -> Iterator[Tuple[int, bytes]]:
+    def items() -> Iterator[tuple[int, bytes]]:
         for index, value in enumerate(range(start, stop)):
             yield index, payload.pack_args((value,))
 
@@ -178,7 +199,7 @@ def _file_inputs(name: str, star: bool, shell: bool) -> Inputs:
         count += 1
     spool.seek(0)
 
-    def items() -> Iterator[Tuple[int, bytes]]:
+    def items() -> Iterator[tuple[int, bytes]]:
         index = 0
         with spool:
             for line in spool:
@@ -198,22 +219,37 @@ def _file_inputs(name: str, star: bool, shell: bool) -> Inputs:
 # -------------------------------------------------------------------- run
 
 
-def _run(cfg: config.Common, function: bytes, source: Inputs, out: IO[str], *, ordered: bool, retries: int,
-         window: int, limits: dict, wait_workers: float, connect_timeout: float, shell: bool, progress: bool) -> int:
+def _run(
+    cfg: config.Common,
+    function: bytes,
+    source: Inputs,
+    out: IO[str],
+    *,
+    ordered: bool,
+    retries: int,
+    window: int,
+    limits: dict,
+    wait_workers: float,
+    connect_timeout: float,
+    shell: bool,
+    progress: bool,
+) -> int:
     results: queue.SimpleQueue = queue.SimpleQueue()
     started = time.monotonic()
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM cancels the job like Ctrl-C does
     with common.clear_errors():
-        client = ClusterClient(cfg.zk, cfg.cluster, connect_timeout=connect_timeout, keys=cfg.keys,
-                               zk_auth=cfg.zk_auth)
+        client = ClusterClient(cfg.zk, cfg.cluster, connect_timeout=connect_timeout, keys=cfg.keys, zk_auth=cfg.zk_auth)
     try:
         with common.clear_errors():
-            job = client.open_job(function, {"retries": retries, "window": window,
-                                             "result_format": payload.RESULT_JSON, **limits},
-                                  lambda i, s, b: results.put((i, s, b)))
+            job = client.open_job(
+                function,
+                {"retries": retries, "window": window, "result_format": payload.RESULT_JSON, **limits},
+                lambda i, s, b: results.put((i, s, b)),
+            )
         if job.workers == 0 and source.count:
-            typer.echo(f"clusterctl: no workers in cluster {cfg.cluster!r} yet; tasks wait until an agent joins",
-                       err=True)
+            typer.echo(
+                f"clusterctl: no workers in cluster {cfg.cluster!r} yet; tasks wait until an agent joins", err=True
+            )
         feeder = threading.Thread(target=_feed, args=(job, source, results), daemon=True)
         feeder.start()
         writer = _Writer(out, ordered)
@@ -227,8 +263,11 @@ def _run(cfg: config.Common, function: bytes, source: Inputs, out: IO[str], *, o
                         bar.update(writer.done, writer.failed)
                     if writer.done == 0 and client.agents == 0 and time.monotonic() - started > wait_workers:
                         job.close()
-                        typer.echo(f"clusterctl: no agent joined cluster {cfg.cluster!r} within {wait_workers:g} s; "
-                                   "start one with `clusterctl agent`", err=True)
+                        typer.echo(
+                            f"clusterctl: no agent joined cluster {cfg.cluster!r} within {wait_workers:g} s; "
+                            "start one with `clusterctl agent`",
+                            err=True,
+                        )
                         return common.EXIT_USAGE
                     continue
                 writer.add(*item)

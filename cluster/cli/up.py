@@ -32,8 +32,7 @@ def up(
     log_level: str = typer.Option("warning", "--log-level", help="Log level of the coordinator and agent."),
 ) -> None:
     common.setup_logging("info")
-    typer.echo("clusterctl up: local cluster WITHOUT CURVE keys (insecure mode); listening on 127.0.0.1 only",
-               err=True)
+    typer.echo("clusterctl up: local cluster WITHOUT CURVE keys (insecure mode); listening on 127.0.0.1 only", err=True)
     stopping = False
 
     def on_signal(*_: object) -> None:
@@ -49,9 +48,12 @@ def up(
             stack.start()
         except (StackFailed, OSError, RuntimeError) as exc:
             raise common.fail(str(exc)) from None
-        typer.echo(f"clusterctl up: cluster {cluster!r} is up. In another terminal:\n"
-                   f"  export CLUSTER_ZK={stack.zk} CLUSTER_NAME={cluster}\n"
-                   f"  clusterctl nodes", err=True)
+        typer.echo(
+            f"clusterctl up: cluster {cluster!r} is up. In another terminal:\n"
+            f"  export CLUSTER_ZK={stack.zk} CLUSTER_NAME={cluster}\n"
+            f"  clusterctl nodes",
+            err=True,
+        )
         if run:
             proc = subprocess.Popen(run, shell=True, env=stack.env)
             while proc.poll() is None and not stopping:

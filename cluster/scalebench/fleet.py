@@ -61,8 +61,9 @@ def zk_mntr(connect: str) -> dict[str, str]:
             text = b"".join(iter(lambda: s.recv(65536), b"")).decode(errors="replace")
     except OSError:
         return {}
-    return {key.strip(): value.strip() for key, _, value in (line.partition("\t") for line in text.splitlines())
-            if value}
+    return {
+        key.strip(): value.strip() for key, _, value in (line.partition("\t") for line in text.splitlines()) if value
+    }
 
 
 def zxid(connect: str) -> int | None:
@@ -79,8 +80,16 @@ class Sim:
     def __init__(self, name: str, argv: list[str], env: dict, log: Path):
         self.name = name
         self.log = open(log, "wb")
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
-                                     env=env, cwd=ROOT, text=True, bufsize=1)
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            env=env,
+            cwd=ROOT,
+            text=True,
+            bufsize=1,
+        )
         self.events: queue.Queue = queue.Queue()
         self._ids = iter(range(1, 1 << 62))
         threading.Thread(target=self._read, daemon=True).start()
@@ -156,10 +165,32 @@ class Relays:
         self.ids = [f"relay{i}" for i in range(k)]
         self.procs = []
         for rid in self.ids:
-            argv = [PY, "-m", "agents.relay_cli", "--zk", zk, "--cluster", cluster, "--id", rid, "--insecure",
-                    "--bind", "tcp://127.0.0.1:0", "--zk-session-timeout", str(session_timeout)]
-            self.procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(workdir / f"{rid}.log", "wb"),
-                                               env=env, cwd=ROOT, stdin=subprocess.DEVNULL))
+            argv = [
+                PY,
+                "-m",
+                "agents.relay_cli",
+                "--zk",
+                zk,
+                "--cluster",
+                cluster,
+                "--id",
+                rid,
+                "--insecure",
+                "--bind",
+                "tcp://127.0.0.1:0",
+                "--zk-session-timeout",
+                str(session_timeout),
+            ]
+            self.procs.append(
+                subprocess.Popen(
+                    argv,
+                    stdout=subprocess.DEVNULL,
+                    stderr=open(workdir / f"{rid}.log", "wb"),
+                    env=env,
+                    cwd=ROOT,
+                    stdin=subprocess.DEVNULL,
+                )
+            )
         self.ps = [psutil.Process(p.pid) for p in self.procs]
 
     def of(self, i: int) -> str:

@@ -24,8 +24,21 @@ from ..client import ClusterClient
 from ..zk import close as zk_close
 from ..zk import connect as zk_connect
 from ..zkserver import ZooKeeperServer
-from .fleet import FUNCTION, PY, ROOT, Relays, Sim, StatusProbe, terminate, percentile, progress, raise_fd_limit, ready, zk_mntr, zxid
-
+from .fleet import (
+    FUNCTION,
+    PY,
+    ROOT,
+    Relays,
+    Sim,
+    StatusProbe,
+    percentile,
+    progress,
+    raise_fd_limit,
+    ready,
+    terminate,
+    zk_mntr,
+    zxid,
+)
 
 # ---------------------------------------------------------------- one fleet
 
@@ -36,8 +49,12 @@ class ScaleRun:
         self.cluster = f"scale{n}-{uuid.uuid4().hex[:6]}"
         self.dir = workdir / self.cluster
         self.dir.mkdir(parents=True)
-        self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-                        PYTHONUNBUFFERED="1", CLUSTER_COORDINATOR_JOB_WINDOW=str(max(10_000, opts["window"])))
+        self.env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            PYTHONUNBUFFERED="1",
+            CLUSTER_COORDINATOR_JOB_WINDOW=str(max(10_000, opts["window"])),
+        )
         self.sims: list[Sim] = []
         self.relays: Relays | None = None
         self.coordinator: subprocess.Popen | None = None
@@ -51,16 +68,37 @@ class ScaleRun:
     # --- set-up
 
     def start_coordinator(self) -> None:
-        argv = [PY, "-m", "cluster.cli.main", "coordinator", "--zk", self.zk, "--cluster", self.cluster,
-                "--insecure", "--bind", "tcp://127.0.0.1:0", "--log-level", "info",
-                "--heartbeat-interval", str(self.o["heartbeat_interval"]),
-                "--heartbeat-budget", str(self.o["heartbeat_budget"])]
+        argv = [
+            PY,
+            "-m",
+            "cluster.cli.main",
+            "coordinator",
+            "--zk",
+            self.zk,
+            "--cluster",
+            self.cluster,
+            "--insecure",
+            "--bind",
+            "tcp://127.0.0.1:0",
+            "--log-level",
+            "info",
+            "--heartbeat-interval",
+            str(self.o["heartbeat_interval"]),
+            "--heartbeat-budget",
+            str(self.o["heartbeat_budget"]),
+        ]
         if self.o["profile"]:
             Path(self.o["profile"]).mkdir(parents=True, exist_ok=True)
             argv[1:1] = ["-m", "cProfile", "-o", str(Path(self.o["profile"]) / f"coordinator-{self.n}.prof")]
         self.coordinator_log = self.dir / "coordinator.log"
-        self.coordinator = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(self.coordinator_log, "wb"),
-                                            env=self.env, cwd=ROOT, stdin=subprocess.DEVNULL)
+        self.coordinator = subprocess.Popen(
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.coordinator_log, "wb"),
+            env=self.env,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+        )
         self.cproc = psutil.Process(self.coordinator.pid)
         self.kazoo = zk_connect(self.zk, timeout=15.0)
         deadline = time.monotonic() + 60
@@ -95,10 +133,25 @@ class ScaleRun:
         if self.leaver_n:
             sizes.insert(0, self.leaver_n)
         for i, count in enumerate(sizes):
-            argv = [PY, "-m", "agents.simfleet", "--zk", self.zk, "--cluster", self.cluster, "--prefix", f"p{i}-",
-                    "--count", str(count), "--workers", str(self.o["workers"]),
-                    "--heartbeat-interval", str(self.o["heartbeat_interval"]),
-                    "--session-timeout", str(self.o["session_timeout"])]
+            argv = [
+                PY,
+                "-m",
+                "agents.simfleet",
+                "--zk",
+                self.zk,
+                "--cluster",
+                self.cluster,
+                "--prefix",
+                f"p{i}-",
+                "--count",
+                str(count),
+                "--workers",
+                str(self.o["workers"]),
+                "--heartbeat-interval",
+                str(self.o["heartbeat_interval"]),
+                "--session-timeout",
+                str(self.o["session_timeout"]),
+            ]
             if self.relays is not None:
                 argv += ["--relay", self.relays.of(i)]
             self.sims.append(Sim(f"p{i}", argv, self.env, self.dir / f"sim-p{i}.log"))
@@ -114,8 +167,13 @@ class ScaleRun:
         with p.oneshot():
             cpu = p.cpu_times()
             mem = p.memory_info()
-            return {"t": time.monotonic(), "cpu": cpu.user + cpu.system, "rss": mem.rss, "fds": p.num_fds(),
-                    "threads": p.num_threads()}
+            return {
+                "t": time.monotonic(),
+                "cpu": cpu.user + cpu.system,
+                "rss": mem.rss,
+                "fds": p.num_fds(),
+                "threads": p.num_threads(),
+            }
 
     def zk_count(self) -> int:
         try:
@@ -147,31 +205,37 @@ class ScaleRun:
                 t_ready = time.monotonic() - t0
             if now - last >= 1.0:
                 last = now
-                self.log(f"converging: {zk_n} in ZooKeeper, coordinator knows {known}, {ready(st)} connected "
-                         f"({now:.1f} s)")
+                self.log(
+                    f"converging: {zk_n} in ZooKeeper, coordinator knows {known}, {ready(st)} connected ({now:.1f} s)"
+                )
             if t_ready is not None and t_zk is not None:
                 break
             time.sleep(0.2)  # each status answer costs the coordinator ~1 ms per 300 agents
         registered = [s.wait_event("registered", 60, i) for s, i in ids]
         self.report["converge"] = {
             "register_s": max(r["seconds"] for r in registered),
-            "zookeeper_all_s": _r(t_zk), "coordinator_knows_all_s": _r(t_known),
+            "zookeeper_all_s": _r(t_zk),
+            "coordinator_knows_all_s": _r(t_known),
             "coordinator_connected_all_s": _r(t_ready),
         }
         if t_ready is None:
-            raise RuntimeError(f"the coordinator did not connect all {self.n} agents within "
-                               f"{self.o['converge_timeout']:g} s; see {self.coordinator_log}")
+            raise RuntimeError(
+                f"the coordinator did not connect all {self.n} agents within "
+                f"{self.o['converge_timeout']:g} s; see {self.coordinator_log}"
+            )
         self.log(f"converged: ZooKeeper {_r(t_zk)} s, coordinator {_r(t_ready)} s")
         start = time.monotonic()
         cli = [PY, "-m", "cluster.cli.main"]
         where = ["--zk", self.zk, "--cluster", self.cluster]
-        res = subprocess.run([*cli, "nodes", "--json", *where], capture_output=True, text=True, env=self.env,
-                             cwd=ROOT, timeout=300)
+        res = subprocess.run(
+            [*cli, "nodes", "--json", *where], capture_output=True, text=True, env=self.env, cwd=ROOT, timeout=300
+        )
         listed = len(json.loads(res.stdout)) if res.returncode == 0 else None
         self.report["converge"]["clusterctl_nodes"] = {"listed": listed, "wall_s": _r(time.monotonic() - start)}
         start = time.monotonic()
-        res = subprocess.run([*cli, "status", "--json", *where], capture_output=True, text=True, env=self.env,
-                             cwd=ROOT, timeout=300)
+        res = subprocess.run(
+            [*cli, "status", "--json", *where], capture_output=True, text=True, env=self.env, cwd=ROOT, timeout=300
+        )
         listed = ready(json.loads(res.stdout)) if res.returncode == 0 else None
         self.report["converge"]["clusterctl_status"] = {"ready": listed, "wall_s": _r(time.monotonic() - start)}
 
@@ -198,14 +262,16 @@ class ScaleRun:
             "coordinator_rss_mib": round(b["rss"] / 2**20, 1),
             "coordinator_rss_baseline_mib": round(self.base["rss"] / 2**20, 1),
             "coordinator_kib_per_agent": round((b["rss"] - self.base["rss"]) / 1024 / self.n, 2),
-            "coordinator_fds": b["fds"], "coordinator_fds_baseline": self.base["fds"],
+            "coordinator_fds": b["fds"],
+            "coordinator_fds_baseline": self.base["fds"],
             "coordinator_threads": b["threads"],
             "heartbeats_to_agents_per_s": round(beats / (b["t"] - a["t"]), 1),
             "heartbeats_from_agents_per_s": round(sent / (b["t"] - a["t"]), 1),
             "simulators_cpu_core_fraction": round(sim_cpu / (b["t"] - a["t"]), 3),
             "zookeeper_writes": writes,
-            "zookeeper_writes_per_agent_per_min":
-                None if writes is None else round(writes / self.n / ((b["t"] - a["t"]) / 60), 4),
+            "zookeeper_writes_per_agent_per_min": None
+            if writes is None
+            else round(writes / self.n / ((b["t"] - a["t"]) / 60), 4),
             "zookeeper_watches": _int(mntr.get("zk_watch_count")),
             "zookeeper_znodes": _int(mntr.get("zk_znode_count")),
             "zookeeper_ephemerals": _int(mntr.get("zk_ephemerals_count")),
@@ -219,11 +285,14 @@ class ScaleRun:
             self.report["steady"].update(
                 relays_rss_mib=round(r1["rss"] / 2**20, 1),
                 relays_kib_per_agent=round(r1["rss"] / 1024 / self.n, 2),
-                relays_cpu_core_fraction=round((r1["cpu"] - r0["cpu"]) / (b["t"] - a["t"]), 4))
+                relays_cpu_core_fraction=round((r1["cpu"] - r0["cpu"]) / (b["t"] - a["t"]), 4),
+            )
         s = self.report["steady"]
-        self.log(f"steady: coordinator {s['coordinator_cpu_core_fraction'] * 100:.1f}% of a core, "
-                 f"{s['coordinator_kib_per_agent']} KiB/agent, {s['coordinator_fds']} fds, "
-                 f"{s['zookeeper_writes_per_agent_per_min']} ZooKeeper writes/agent/min")
+        self.log(
+            f"steady: coordinator {s['coordinator_cpu_core_fraction'] * 100:.1f}% of a core, "
+            f"{s['coordinator_kib_per_agent']} KiB/agent, {s['coordinator_fds']} fds, "
+            f"{s['zookeeper_writes_per_agent_per_min']} ZooKeeper writes/agent/min"
+        )
 
     def throughput(self) -> None:
         m = self.o["tasks"]
@@ -249,8 +318,9 @@ class ScaleRun:
                 if left[0] == 0:
                     done.set()
 
-            job = client.open_job(FUNCTION, {"retries": 2, "result_format": payload.RESULT_PICKLE,
-                                             "window": self.o["window"]}, on_result)
+            job = client.open_job(
+                FUNCTION, {"retries": 2, "result_format": payload.RESULT_PICKLE, "window": self.o["window"]}, on_result
+            )
             sims0 = self.sim_stats()
             me = psutil.Process()
             me0 = sum(me.cpu_times()[:2])
@@ -288,14 +358,19 @@ class ScaleRun:
             client.close()
         st = self.probe.ask()
         self.report["throughput"] = {
-            "tasks": m, "wall_s": round(wall, 3), "tasks_per_s": round(m / wall, 1),
-            "latency_ms_p50": round(percentile(lat, 50), 2), "latency_ms_p99": round(percentile(lat, 99), 2),
+            "tasks": m,
+            "wall_s": round(wall, 3),
+            "tasks_per_s": round(m / wall, 1),
+            "latency_ms_p50": round(percentile(lat, 50), 2),
+            "latency_ms_p99": round(percentile(lat, 99), 2),
             "coordinator_cpu_us_per_task": round((c1["cpu"] - c0["cpu"]) * 1e6 / m, 1),
             "coordinator_busy_fraction": round((c1["cpu"] - c0["cpu"]) / (c1["t"] - c0["t"]), 3),
-            "simulators_busy_cores": round((sum(x["cpu"] for x in sims1) - sum(x["cpu"] for x in sims0))
-                                           / (c1["t"] - c0["t"]), 3),
-            "simulators_busy_cores_each": [round((b["cpu"] - a["cpu"]) / (c1["t"] - c0["t"]), 2)
-                                           for a, b in zip(sims0, sims1)],
+            "simulators_busy_cores": round(
+                (sum(x["cpu"] for x in sims1) - sum(x["cpu"] for x in sims0)) / (c1["t"] - c0["t"]), 3
+            ),
+            "simulators_busy_cores_each": [
+                round((b["cpu"] - a["cpu"]) / (c1["t"] - c0["t"]), 2) for a, b in zip(sims0, sims1)
+            ],
             "client_busy_cores": round((me1 - me0) / (c1["t"] - c0["t"]), 3),
             "tasks_per_dispatch_message": _ratio(sims0, sims1, "tasks_received", "dispatch_messages"),
             "results_per_results_message": _ratio(sims0, sims1, "results_sent", "results_messages"),
@@ -308,16 +383,20 @@ class ScaleRun:
         t = self.report["throughput"]
         if not t["exactly_once"]:
             raise AssertionError(f"throughput job: results not exactly once ({len(wrong)} wrong)")
-        self.log(f"throughput: {t['tasks_per_s']:.0f} tasks/s, p99 {t['latency_ms_p99']} ms under load; "
-                 f"single task p50 {t['single_task_round_trip_ms_p50']} ms")
+        self.log(
+            f"throughput: {t['tasks_per_s']:.0f} tasks/s, p99 {t['latency_ms_p99']} ms under load; "
+            f"single task p50 {t['single_task_round_trip_ms_p50']} ms"
+        )
 
     def churn(self) -> None:
         secs, rate = self.o["churn_seconds"], self.o["churn_rate"]
         if secs <= 0 or not self.others:
             return
         per_s = self.n * rate / 60
-        self.log(f"churn: {rate:.0%} of the fleet per minute ({per_s:.2f} agents/s leave and as many join) "
-                 f"for {secs:g} s while a job of {self.o['churn_task_seconds']:g} s tasks runs")
+        self.log(
+            f"churn: {rate:.0%} of the fleet per minute ({per_s:.2f} agents/s leave and as many join) "
+            f"for {secs:g} s while a job of {self.o['churn_task_seconds']:g} s tasks runs"
+        )
         for sim in self.sims:
             sim.ask(op="delay", seconds=self.o["churn_task_seconds"])
         before = self.sim_stats()
@@ -336,8 +415,9 @@ class ScaleRun:
         # A window of about two tasks per worker: the job keeps every agent busy without a
         # backlog that would take minutes to drain on a small fleet.
         window = max(100, min(10_000, 2 * self.n * self.o["workers"]))
-        job = client.open_job(FUNCTION, {"retries": 2, "result_format": payload.RESULT_PICKLE, "window": window},
-                              on_result)
+        job = client.open_job(
+            FUNCTION, {"retries": 2, "result_format": payload.RESULT_PICKLE, "window": window}, on_result
+        )
         stop = threading.Event()
         submitted = [0]
         pace = self.o["churn_submit_rate"]
@@ -374,8 +454,10 @@ class ScaleRun:
             st = self.probe.ask()
             min_ready = min(min_ready, ready(st))
             if int(time.monotonic() - t0) % 10 == 0:
-                self.log(f"churn: {int(time.monotonic() - t0)} s, {left} left, {joined} joined, "
-                         f"{ready(st)} connected, {len(counts)} results")
+                self.log(
+                    f"churn: {int(time.monotonic() - t0)} s, {left} left, {joined} joined, "
+                    f"{ready(st)} connected, {len(counts)} results"
+                )
         stop.set()
         thread.join()
         total = submitted[0]
@@ -394,24 +476,38 @@ class ScaleRun:
         counters = st.get("counters", {})
         log = self._log_text()
         self.report["churn"] = {
-            "seconds": secs, "rate_per_min": rate, "left": left, "joined": joined,
+            "seconds": secs,
+            "rate_per_min": rate,
+            "left": left,
+            "joined": joined,
             "left_by": {"crash": (k + 1) // 2, "drain": k // 2},
-            "tasks": total, "results": sum(counts.values()), "missing": missing, "duplicates": dup,
-            "wrong": len(wrong), "exactly_once": missing == 0 and dup == 0 and not wrong,
-            "task_seconds": self.o["churn_task_seconds"], "tasks_per_s": round(total / wall, 1),
-            "executions": executed, "re_executed": executed - total, "dispatched_again": received - total,
+            "tasks": total,
+            "results": sum(counts.values()),
+            "missing": missing,
+            "duplicates": dup,
+            "wrong": len(wrong),
+            "exactly_once": missing == 0 and dup == 0 and not wrong,
+            "task_seconds": self.o["churn_task_seconds"],
+            "tasks_per_s": round(total / wall, 1),
+            "executions": executed,
+            "re_executed": executed - total,
+            "dispatched_again": received - total,
             "requeued_in_log": sum(int(m) for m in re.findall(r"(\d+) tasks requeued", log)),
-            "min_connected": min_ready, "lost_leader_events_on_agents": sum(s.get("leader_lost", 0) for s in after),
+            "min_connected": min_ready,
+            "lost_leader_events_on_agents": sum(s.get("leader_lost", 0) for s in after),
             "coordinator_counters": counters,
             "agents_silent_in_log": log.count("silent for"),
             "agents_closed_in_log": log.count(" closed: "),  # written off as their connection closed
         }
         c = self.report["churn"]
-        self.log(f"churn: {c['tasks']} tasks, exactly once: {c['exactly_once']}, {c['re_executed']} re-executed, "
-                 f"{left} left / {joined} joined")
+        self.log(
+            f"churn: {c['tasks']} tasks, exactly once: {c['exactly_once']}, {c['re_executed']} re-executed, "
+            f"{left} left / {joined} joined"
+        )
         if not c["exactly_once"]:
-            raise AssertionError(f"churn: results not exactly once: {missing} missing, {dup} duplicated, "
-                                 f"{len(wrong)} wrong")
+            raise AssertionError(
+                f"churn: results not exactly once: {missing} missing, {dup} duplicated, {len(wrong)} wrong"
+            )
 
     def _log_text(self) -> str:
         try:
@@ -429,8 +525,10 @@ class ScaleRun:
             if seen == (alive, alive, alive):
                 return alive
             time.sleep(0.25)
-        raise RuntimeError(f"the fleet did not settle at {alive} agents within {timeout:g} s: ZooKeeper lists "
-                           f"{seen[0]}, the coordinator has {seen[1]} connected of {seen[2]} known")
+        raise RuntimeError(
+            f"the fleet did not settle at {alive} agents within {timeout:g} s: ZooKeeper lists "
+            f"{seen[0]}, the coordinator has {seen[1]} connected of {seen[2]} known"
+        )
 
     def leave(self) -> None:
         if not self.leaver_n:
@@ -439,8 +537,9 @@ class ScaleRun:
         out: dict[str, Any] = {}
         # 10% deregister at once (clean leave: znodes deleted).
         count = max(1, round(alive * 0.10))
-        shares = [count // len(self.others) + (1 if i < count % len(self.others) else 0)
-                  for i in range(len(self.others))]
+        shares = [
+            count // len(self.others) + (1 if i < count % len(self.others) else 0) for i in range(len(self.others))
+        ]
         t0 = time.monotonic()
         for sim, share in zip(self.others, shares):
             if share:
@@ -454,9 +553,11 @@ class ScaleRun:
         out["kill"] = self._watch_drop(t0, alive - count, count)
         out["kill"]["zookeeper_session_timeout_s"] = self.o["session_timeout"]
         self.report["leave_10pct"] = out
-        self.log(f"10% deregister noticed by the coordinator in {out['deregister']['coordinator_s']} s; "
-                 f"10% killed: coordinator {out['kill']['coordinator_s']} s, "
-                 f"ZooKeeper {out['kill']['zookeeper_s']} s")
+        self.log(
+            f"10% deregister noticed by the coordinator in {out['deregister']['coordinator_s']} s; "
+            f"10% killed: coordinator {out['kill']['coordinator_s']} s, "
+            f"ZooKeeper {out['kill']['zookeeper_s']} s"
+        )
 
     def _watch_drop(self, t0: float, target: int, count: int) -> dict:
         t_coord = t_zk = t_gone = None
@@ -472,8 +573,12 @@ class ScaleRun:
             if None not in (t_coord, t_zk, t_gone):
                 break
             time.sleep(0.05)
-        return {"agents": count, "coordinator_s": _r(t_coord), "coordinator_forgot_s": _r(t_gone),
-                "zookeeper_s": _r(t_zk)}
+        return {
+            "agents": count,
+            "coordinator_s": _r(t_coord),
+            "coordinator_forgot_s": _r(t_gone),
+            "zookeeper_s": _r(t_zk),
+        }
 
     # --- all of it
 
@@ -526,25 +631,58 @@ def _int(value: str | None) -> int | None:
 # ---------------------------------------------------------------- the command
 
 
-def run_scale(sizes: list[int], *, zk: str = "", workers: int = 8, baseline: int = 10, per_process: int = 1000,
-              tasks: int = 100_000, round_trips: int = 200, steady_seconds: float = 20.0,
-              churn_seconds: float = 60.0, churn_rate: float = 0.10, churn_task_seconds: float = 1.0,
-              churn_submit_rate: float = 5000.0, heartbeat_interval: float = 0.5, heartbeat_budget: float = 4000.0,
-              session_timeout: float = 10.0, converge_timeout: float = 120.0, job_timeout: float = 300.0, profile: str = "",
-              keep: bool = False, window: int = 10_000, relays: int = 0) -> dict:
+def run_scale(
+    sizes: list[int],
+    *,
+    zk: str = "",
+    workers: int = 8,
+    baseline: int = 10,
+    per_process: int = 1000,
+    tasks: int = 100_000,
+    round_trips: int = 200,
+    steady_seconds: float = 20.0,
+    churn_seconds: float = 60.0,
+    churn_rate: float = 0.10,
+    churn_task_seconds: float = 1.0,
+    churn_submit_rate: float = 5000.0,
+    heartbeat_interval: float = 0.5,
+    heartbeat_budget: float = 4000.0,
+    session_timeout: float = 10.0,
+    converge_timeout: float = 120.0,
+    job_timeout: float = 300.0,
+    profile: str = "",
+    keep: bool = False,
+    window: int = 10_000,
+    relays: int = 0,
+) -> dict:
     """Run every size (and the baseline size for the throughput ratio); returns the figures."""
-    opts = dict(workers=workers, per_process=per_process, tasks=tasks, round_trips=round_trips,
-                steady_seconds=steady_seconds, churn_seconds=churn_seconds, churn_rate=churn_rate,
-                churn_task_seconds=churn_task_seconds, churn_submit_rate=churn_submit_rate,
-                heartbeat_interval=heartbeat_interval, heartbeat_budget=heartbeat_budget,
-                session_timeout=session_timeout, converge_timeout=converge_timeout, job_timeout=job_timeout, profile=profile, window=window,
-                relays=relays)
+    opts = dict(
+        workers=workers,
+        per_process=per_process,
+        tasks=tasks,
+        round_trips=round_trips,
+        steady_seconds=steady_seconds,
+        churn_seconds=churn_seconds,
+        churn_rate=churn_rate,
+        churn_task_seconds=churn_task_seconds,
+        churn_submit_rate=churn_submit_rate,
+        heartbeat_interval=heartbeat_interval,
+        heartbeat_budget=heartbeat_budget,
+        session_timeout=session_timeout,
+        converge_timeout=converge_timeout,
+        job_timeout=job_timeout,
+        profile=profile,
+        window=window,
+        relays=relays,
+    )
     limit = raise_fd_limit()
     sizes = sorted(set(sizes) | ({baseline} if baseline else set()))
     need = max(sizes) + 200
     if need > limit:
-        raise ValueError(f"{max(sizes)} agents need about {need} file descriptors in the coordinator; the limit "
-                         f"is {limit} (raise it with ulimit -n or LimitNOFILE=)")
+        raise ValueError(
+            f"{max(sizes)} agents need about {need} file descriptors in the coordinator; the limit "
+            f"is {limit} (raise it with ulimit -n or LimitNOFILE=)"
+        )
     workdir = Path(tempfile.mkdtemp(prefix="clusterd-scale-"))
     progress(f"sizes {sizes}, {workers} workers per agent, work dir {workdir}")
     server = None
@@ -594,31 +732,51 @@ def render(results: dict) -> str:
         ("agents", lambda r: r["agents"]),
         ("converge: ZooKeeper sees all (s)", lambda r: r["converge"]["zookeeper_all_s"]),
         ("converge: coordinator connected all (s)", lambda r: r["converge"]["coordinator_connected_all_s"]),
-        ("clusterctl nodes: listed / wall (s)", lambda r: f"{r['converge']['clusterctl_nodes']['listed']} / "
-                                                          f"{r['converge']['clusterctl_nodes']['wall_s']}"),
+        (
+            "clusterctl nodes: listed / wall (s)",
+            lambda r: f"{r['converge']['clusterctl_nodes']['listed']} / {r['converge']['clusterctl_nodes']['wall_s']}",
+        ),
         ("idle coordinator CPU (% of a core)", lambda r: round(r["steady"]["coordinator_cpu_core_fraction"] * 100, 1)),
         ("coordinator memory per agent (KiB)", lambda r: r["steady"]["coordinator_kib_per_agent"]),
         ("coordinator fds", lambda r: r["steady"]["coordinator_fds"]),
-        ("relays: count / memory per agent (KiB)", lambda r: f"{r['relays']} / {r['steady']['relays_kib_per_agent']}"
-         if r.get("relays") else "-"),
+        (
+            "relays: count / memory per agent (KiB)",
+            lambda r: f"{r['relays']} / {r['steady']['relays_kib_per_agent']}" if r.get("relays") else "-",
+        ),
         ("ZooKeeper writes / agent / min", lambda r: r["steady"]["zookeeper_writes_per_agent_per_min"]),
         ("ZooKeeper watches", lambda r: r["steady"]["zookeeper_watches"]),
         ("throughput (tasks/s)", lambda r: r["throughput"]["tasks_per_s"]),
         ("  vs baseline", lambda r: r["throughput"].get("vs_baseline", "-")),
-        ("latency under load p50 / p99 (ms)", lambda r: f"{r['throughput']['latency_ms_p50']} / "
-                                                         f"{r['throughput']['latency_ms_p99']}"),
-        ("single task round trip p50 / p99 (ms)", lambda r: f"{r['throughput']['single_task_round_trip_ms_p50']} / "
-                                                             f"{r['throughput']['single_task_round_trip_ms_p99']}"),
+        (
+            "latency under load p50 / p99 (ms)",
+            lambda r: f"{r['throughput']['latency_ms_p50']} / {r['throughput']['latency_ms_p99']}",
+        ),
+        (
+            "single task round trip p50 / p99 (ms)",
+            lambda r: (
+                f"{r['throughput']['single_task_round_trip_ms_p50']} / "
+                f"{r['throughput']['single_task_round_trip_ms_p99']}"
+            ),
+        ),
         ("coordinator CPU per task (us)", lambda r: r["throughput"]["coordinator_cpu_us_per_task"]),
         ("churn: left / joined", lambda r: f"{r['churn']['left']} / {r['churn']['joined']}" if "churn" in r else "-"),
-        ("churn: tasks, exactly once", lambda r: f"{r['churn']['tasks']}, {r['churn']['exactly_once']}"
-         if "churn" in r else "-"),
+        (
+            "churn: tasks, exactly once",
+            lambda r: f"{r['churn']['tasks']}, {r['churn']['exactly_once']}" if "churn" in r else "-",
+        ),
         ("churn: tasks dispatched again", lambda r: r["churn"]["dispatched_again"] if "churn" in r else "-"),
-        ("10% deregister noticed (s)",
-         lambda r: r.get("leave_10pct", {}).get("deregister", {}).get("coordinator_s", "-")),
-        ("10% kill -9: coordinator / ZooKeeper (s)",
-         lambda r: f"{r['leave_10pct']['kill']['coordinator_s']} / {r['leave_10pct']['kill']['zookeeper_s']}"
-         if "leave_10pct" in r else "-"),
+        (
+            "10% deregister noticed (s)",
+            lambda r: r.get("leave_10pct", {}).get("deregister", {}).get("coordinator_s", "-"),
+        ),
+        (
+            "10% kill -9: coordinator / ZooKeeper (s)",
+            lambda r: (
+                f"{r['leave_10pct']['kill']['coordinator_s']} / {r['leave_10pct']['kill']['zookeeper_s']}"
+                if "leave_10pct" in r
+                else "-"
+            ),
+        ),
     ]
     width = max(len(label) for label, _ in rows) + 2
     lines = []

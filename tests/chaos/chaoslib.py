@@ -11,15 +11,16 @@ import subprocess
 from pathlib import Path
 
 from helpers import PY, ROOT, LocalCluster, wait_for
+
 SCALE = float(os.environ.get("CHAOS_SCALE", "1"))  # `make chaos` soaks with bigger jobs
 
-TASKS = '''
+TASKS = """
 import os, time
 
 def square(x):
     time.sleep(0.004)
     return [x * x, os.getppid()]
-'''
+"""
 
 
 class Job:
@@ -30,9 +31,24 @@ class Job:
         self.out = tmp / f"{name}.jsonl"
         self.err = open(tmp / f"{name}.stderr", "w+")
         self.proc = subprocess.Popen(
-            [PY, "-m", "cluster.cli.main", "submit", f"{module}:square", "--range", "0", str(self.n),
-             "--output", str(self.out), *extra],
-            env=cluster.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.err)
+            [
+                PY,
+                "-m",
+                "cluster.cli.main",
+                "submit",
+                f"{module}:square",
+                "--range",
+                "0",
+                str(self.n),
+                "--output",
+                str(self.out),
+                *extra,
+            ],
+            env=cluster.env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=self.err,
+        )
 
     def done(self) -> int:
         try:

@@ -9,7 +9,6 @@ import signal
 import time
 
 import pytest
-
 from chaoslib import Job, ran_on
 from helpers import LocalCluster, assert_gone, wait_for
 
@@ -49,8 +48,11 @@ def test_kill9_the_leader_twice_in_one_job(local_cluster, tmp_path):
         job.wait_fraction(fraction)
         leader = next(c for c in coords if c.pid == local_cluster.leader().pid)
         leader.signal(signal.SIGKILL)
-        wait_for(lambda: (rec := local_cluster.leader()) is not None and rec.pid != leader.pid, 30,
-                 what="a standby to take over")
+        wait_for(
+            lambda: (rec := local_cluster.leader()) is not None and rec.pid != leader.pid,
+            30,
+            what="a standby to take over",
+        )
         epochs.append(local_cluster.leader().epoch)
     job.finish()
     assert epochs == sorted(epochs) and len(set(epochs)) == 3
@@ -99,9 +101,22 @@ def test_worker_crash_memory_and_timeout_faults_in_a_big_job(local_cluster, tmp_
         "    if x == 1000: block = bytearray(400 * 2**20); time.sleep(3)\n"
         "    if x == 1500: time.sleep(3600)\n"
         "    time.sleep(0.002)\n"
-        "    return x * x\n")
-    res = local_cluster.clusterctl("submit", f"{module}:f", "--range", "0", "3000", "--max-memory", "250M",
-                                   "--timeout", "2", "--retries", "1", timeout=300)
+        "    return x * x\n"
+    )
+    res = local_cluster.clusterctl(
+        "submit",
+        f"{module}:f",
+        "--range",
+        "0",
+        "3000",
+        "--max-memory",
+        "250M",
+        "--timeout",
+        "2",
+        "--retries",
+        "1",
+        timeout=300,
+    )
     assert res.returncode == 1, res.stderr
     import json
 
@@ -158,8 +173,9 @@ def test_a_deposed_leader_that_wakes_up_is_fenced(local_cluster, tmp_path):
     job = Job(local_cluster, tmp_path, 5000)
     job.wait_fraction(0.2)
     old.signal(signal.SIGSTOP)  # hung, not dead: it still believes it leads
-    wait_for(lambda: (rec := local_cluster.leader()) is not None and rec.pid != old.pid, 30,
-             what="a standby to take over")
+    wait_for(
+        lambda: (rec := local_cluster.leader()) is not None and rec.pid != old.pid, 30, what="a standby to take over"
+    )
     time.sleep(1.0)
     old.signal(signal.SIGCONT)
     job.finish()
@@ -200,8 +216,9 @@ def test_daemons_stop_cleanly_while_zookeeper_is_gone(tmp_path, cluster_name, ow
         cluster.wait_ready(coordinator, ["a1"])
         wait_for(lambda: "relay r1 registered" in daemons[2].text(), 20, what="the relay to register")
         server.stop(remove=False)
-        wait_for(lambda: all("Connection dropped" in d.text() for d in daemons), 20,
-                 what="every daemon to lose ZooKeeper")
+        wait_for(
+            lambda: all("Connection dropped" in d.text() for d in daemons), 20, what="every daemon to lose ZooKeeper"
+        )
         for daemon in daemons:
             daemon.signal(signal.SIGTERM)
         for daemon in daemons:
@@ -214,8 +231,10 @@ def test_daemons_stop_cleanly_while_zookeeper_is_gone(tmp_path, cluster_name, ow
 def test_no_false_positives_while_workers_burn_every_core(local_cluster, tmp_path):
     coords, agents = start(local_cluster)
     module = tmp_path / "burn.py"
-    module.write_text("import time\ndef burn(s):\n    end = time.time() + s\n    n = 0\n"
-                      "    while time.time() < end:\n        n += 1\n    return s\n")
+    module.write_text(
+        "import time\ndef burn(s):\n    end = time.time() + s\n    n = 0\n"
+        "    while time.time() < end:\n        n += 1\n    return s\n"
+    )
     res = local_cluster.clusterctl("submit", f"{module}:burn", "--inputs", "-", input="3\n" * 8)
     assert res.returncode == 0, res.stderr
     assert "silent" not in coords[0].text()  # 4 busy workers on 2 cores, no agent written off

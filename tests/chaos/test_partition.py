@@ -10,12 +10,14 @@ import subprocess
 import time
 
 import pytest
-
 from chaoslib import Job, ran_on
-from cluster.zkserver import ZooKeeperServer
 from helpers import PY, LocalCluster, wait_for
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
-                                reason="network namespaces need root and iproute2")
+
+from cluster.zkserver import ZooKeeperServer
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("ip") is None, reason="network namespaces need root and iproute2"
+)
 
 
 def ip(*args: str) -> None:
@@ -48,26 +50,50 @@ def test_partitioned_agent_is_written_off_then_rejoins_without_duplicates(netns,
         cluster = LocalCluster(zk.connect_string, cluster_name, tmp_path)
         try:
             fast = ("--zk-session-timeout", "2")
-            coordinator = cluster._start("coordinator", [
-                PY, "-m", "cluster.cli.main", "coordinator", "--bind", f"tcp://{netns['host']}:0", *fast])
+            coordinator = cluster._start(
+                "coordinator",
+                [PY, "-m", "cluster.cli.main", "coordinator", "--bind", f"tcp://{netns['host']}:0", *fast],
+            )
             near = cluster.agent("near", 2, *fast)
-            far = cluster._start("far", [
-                "ip", "netns", "exec", netns["name"], PY, "-m", "agents", "--node-id", "far", "--workers", "2",
-                "--bind", f"tcp://{netns['peer']}:0", *fast])
+            far = cluster._start(
+                "far",
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    netns["name"],
+                    PY,
+                    "-m",
+                    "agents",
+                    "--node-id",
+                    "far",
+                    "--workers",
+                    "2",
+                    "--bind",
+                    f"tcp://{netns['peer']}:0",
+                    *fast,
+                ],
+            )
             cluster.wait_ready(coordinator, ["near", "far"])
             job = Job(cluster, tmp_path, 5000)
             job.wait_fraction(0.2)
             ip("link", "set", netns["link"], "down")  # the far node is cut off from everything
-            wait_for(lambda: "agent far silent" in coordinator.text() or "agent far left" in coordinator.text(),
-                     20, what="the coordinator to write off the far agent")
+            wait_for(
+                lambda: "agent far silent" in coordinator.text() or "agent far left" in coordinator.text(),
+                20,
+                what="the coordinator to write off the far agent",
+            )
             time.sleep(3)  # long enough for its ZooKeeper session to expire too
             ip("link", "set", netns["link"], "up")
             rows = job.finish()
             assert ran_on(rows).get(near.pid, 0) > 0
             # Healed: the far agent registers again and is taken back.
             wait_for(lambda: "far" in cluster.agents(), 30, what="the far agent to re-register")
-            wait_for(lambda: coordinator.text().count("agent far connected") >= 2, 30,
-                     what="the coordinator to take the far agent back")
+            wait_for(
+                lambda: coordinator.text().count("agent far connected") >= 2,
+                30,
+                what="the coordinator to take the far agent back",
+            )
             assert far.popen.poll() is None
         finally:
             cluster.stop()
