@@ -35,10 +35,10 @@ BENCH_STAMP := $(VENV)/.installed-bench
 BENCH_ARGS ?=
 
 bench: venv zookeeper $(BENCH_STAMP)
-	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
-	$(VENV)/bin/python bench/faults.py
-	$(VENV)/bin/python bench/hop.py
-	$(VENV)/bin/python bench/timeline.py
+	$(VENV)/bin/python -m bench.run $(BENCH_ARGS)
+	$(VENV)/bin/python -m bench.faults
+	$(VENV)/bin/python -m bench.hop
+	$(VENV)/bin/python -m bench.timeline
 
 $(BENCH_STAMP): pyproject.toml $(STAMP)
 	@out=$$($(VENV)/bin/python -m pip install -q --disable-pip-version-check -e '.[test,bench]' 2>&1) || { \
@@ -56,7 +56,7 @@ $(BENCH_STAMP): pyproject.toml $(STAMP)
 SCALE_ARGS ?= --agents 100 1000 5000
 .PHONY: scale
 scale: venv zookeeper
-	$(VENV)/bin/python bench/scale.py $(SCALE_ARGS)
+	$(VENV)/bin/python -m bench.scale $(SCALE_ARGS)
 
 # A longer soak of the chaos scenarios: bigger jobs, several rounds.
 CHAOS_ROUNDS ?= 5

@@ -24,15 +24,16 @@ from dataclasses import dataclass
 import psutil
 import zmq
 
-from cluster import layout, loop, payload, security, wire
-from cluster.config import AgentConfig
-from cluster.layout import AgentRecord
-from cluster.liveness import Liveness
-from cluster.sdnotify import Notifier
-from cluster.version import PROTOCOL_VERSION, __version__
-from cluster.zk import close as zk_close
-from cluster.zk import connect as zk_connect
-from cluster.zk import tidy
+from cluster.contract import layout, payload, security, wire
+from cluster.contract.config import AgentConfig
+from cluster.contract.layout import AgentRecord
+from cluster.contract.liveness import Liveness
+from cluster.contract.version import PROTOCOL_VERSION, __version__
+from cluster.runtime import loop
+from cluster.runtime.sdnotify import Notifier
+from cluster.runtime.zk import close as zk_close
+from cluster.runtime.zk import connect as zk_connect
+from cluster.runtime.zk import tidy
 
 from .channel import Channel, Closed, pair
 from .marker import Marker
@@ -181,7 +182,7 @@ class Agent:
                 f", reached through relay {self.cfg.relay}" if self.cfg.relay else "",
             )
             if self.cfg.metrics_port:
-                from cluster.metrics import Metrics  # only daemons that export metrics need the library
+                from cluster.runtime.metrics import Metrics  # only daemons that export metrics need the library
 
                 self.metrics = Metrics(self.cfg.metrics_port, loop.bind_host(self.cfg.bind))
                 log.info("metrics on port %d", self.metrics.port)

@@ -4,7 +4,7 @@ ZeroMQ carries every hop that may cross the network; this one never does. The
 agent makes a connected pair of Unix stream sockets per worker and the worker
 inherits one end, so nothing else can reach it. A message costs one system call
 and wakes the reader directly, where ZeroMQ hands it through an I/O thread on
-each side: three thread wake-ups per message instead of one. ``python bench/hop.py``
+each side: three thread wake-ups per message instead of one. ``python -m bench.hop``
 compares one round trip both ways on this machine (a socketpair took about half the
 time and half the CPU of ZeroMQ over ipc or tcp; docs/benchmarks.md has the figures).
 

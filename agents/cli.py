@@ -20,13 +20,13 @@ As a systemd service: clusterctl agent install --help / clusterctl agent uninsta
 from __future__ import annotations
 
 import signal
-import sys
 from typing import Optional
 
 import typer
 
-from cluster import config, malloc
 from cluster.cli import common
+from cluster.contract import config
+from cluster.runtime import malloc
 
 from .agent import Agent
 from .registration import DuplicateNode
@@ -96,10 +96,11 @@ def agent(
     raise typer.Exit(code)
 
 
-def main() -> None:
-    malloc.tune()  # payloads one after another: keep freed memory for the next (cluster/malloc.py)
-    app(prog_name="clusterctl agent")
+def main(argv: list[str] | None = None) -> None:
+    """The `clusterctl agent` program (entry point clusterd.programs:agent); exits with its status."""
+    malloc.tune()  # payloads one after another: keep freed memory for the next (cluster/runtime/malloc.py)
+    app(args=argv, prog_name="clusterctl agent")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

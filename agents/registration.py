@@ -20,9 +20,9 @@ import psutil
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import NodeExistsError, NoNodeError
 
-from cluster import layout
-from cluster.layout import AgentRecord, BadRecord, RelayRecord
-from cluster.zk import ask, tidy
+from cluster.contract import layout
+from cluster.contract.layout import AgentRecord, BadRecord, RelayRecord
+from cluster.runtime.zk import ask, tidy
 
 log = logging.getLogger("agents.registration")
 

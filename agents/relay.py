@@ -3,7 +3,7 @@ agent that names it (``relay = "<id>"``), and it forwards their messages both wa
 
 Why: a ZeroMQ connection costs the process holding it about 85 KiB once some 512
 messages have crossed it (libzmq keeps two 16 KiB chunks of message slots per
-direction; ``bench/zmq_floor.py``). A relay per rack moves that cost off the
+direction; ``python -m bench.zmq_floor``). A relay per rack moves that cost off the
 coordinator, whose memory then grows by its bookkeeping alone per agent.
 
 - Upstream: a ROUTER bound at the relay's endpoint, published in ZooKeeper under
@@ -40,13 +40,14 @@ import uuid
 
 import zmq
 
-from cluster import layout, loop, security, wire
-from cluster.config import RelayConfig
-from cluster.layout import RelayRecord
-from cluster.sdnotify import Notifier
-from cluster.version import PROTOCOL_VERSION, __version__
-from cluster.zk import close as zk_close
-from cluster.zk import connect as zk_connect
+from cluster.contract import layout, security, wire
+from cluster.contract.config import RelayConfig
+from cluster.contract.layout import RelayRecord
+from cluster.contract.version import PROTOCOL_VERSION, __version__
+from cluster.runtime import loop
+from cluster.runtime.sdnotify import Notifier
+from cluster.runtime.zk import close as zk_close
+from cluster.runtime.zk import connect as zk_connect
 
 from .registration import Registration
 
@@ -120,7 +121,7 @@ class Relay:
             self.registration.register()
             self.registration.keep()
             if self.cfg.metrics_port:
-                from cluster.metrics import Metrics
+                from cluster.runtime.metrics import Metrics
 
                 self.metrics = Metrics(self.cfg.metrics_port, loop.bind_host(self.cfg.bind))
             log.info("relay %s registered at %s", self.relay_id, self.endpoint)

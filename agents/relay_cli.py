@@ -19,13 +19,13 @@ Examples:
 from __future__ import annotations
 
 import signal
-import sys
 from typing import Optional
 
 import typer
 
-from cluster import config, malloc
 from cluster.cli import common
+from cluster.contract import config
+from cluster.runtime import malloc
 
 from .registration import DuplicateNode
 from .relay import Relay
@@ -83,10 +83,11 @@ def relay(
     raise typer.Exit(code)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The `clusterctl relay` program (entry point clusterd.programs:relay); exits with its status."""
     malloc.tune()
-    app(prog_name="clusterctl relay")
+    app(args=argv, prog_name="clusterctl relay")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

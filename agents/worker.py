@@ -27,7 +27,8 @@ from typing import Any
 
 import zmq
 
-from cluster import lifeline, malloc, payload, wire
+from cluster.contract import payload, wire
+from cluster.runtime import lifeline, malloc
 
 from . import channel
 from .marker import IDLE, Marker, NoMarker
@@ -238,7 +239,7 @@ def receive(link: PairLink | ZmqLink, inbox: collections.deque) -> collections.d
 
 def main(argv: list[str]) -> int:
     slot, parent_pid = int(argv[1]), int(argv[2])
-    malloc.tune()  # payloads one after another: keep freed memory for the next (cluster/malloc.py)
+    malloc.tune()  # payloads one after another: keep freed memory for the next (cluster/runtime/malloc.py)
     lifeline.die_with(parent_pid, signal.SIGKILL)
     # Ctrl-C in a terminal signals the whole process group; the agent decides
     # when its workers stop, so they ignore it.

@@ -9,7 +9,7 @@
   - the same behind a relay (`clusterctl relay`): what the relay costs a fault-free job,
     and a relay kill -9 (detection: the coordinator writes it off).
 
-Usage: python bench/faults.py [--json]
+Usage: python -m bench.faults [--json]
 Times come from the coordinators' log timestamps (one clock: this machine's).
 """
 
@@ -27,12 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from cluster.runtime.zk import connect, read_leader
+from cluster.runtime.zkserver import ZooKeeperServer
 
-from cluster import election  # noqa: E402
-from cluster.zk import connect  # noqa: E402
-from cluster.zkserver import ZooKeeperServer  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 PY = sys.executable
 TASKS = "import os, time\n\ndef square(x):\n    time.sleep(0.004)\n    return x * x\n"
@@ -74,7 +72,7 @@ class Cluster:
         self.name = name
         deadline = time.time() + 30
         while time.time() < deadline:
-            leader = election.read_leader(self.zk, name)
+            leader = read_leader(self.zk, name)
             if leader and all(f"agent a{i} connected" in self.log(self.leader_name()).read_text() for i in (1, 2)):
                 return
             time.sleep(0.05)
@@ -88,7 +86,7 @@ class Cluster:
         return self.tmp / f"{name}.log"
 
     def leader_name(self) -> str:
-        pid = election.read_leader(self.zk, self.name).pid
+        pid = read_leader(self.zk, self.name).pid
         return next(n for n, p in self.procs.items() if p.pid == pid)
 
     def job(self, n: int) -> subprocess.Popen:

@@ -6,7 +6,7 @@ I/O threads). Then the whole W3 path with bare relays in place of the daemons: w
 the topology costs before any of our code runs; and the same path without the
 coordinator, the floor of a design where clients send straight to agents.
 
-Usage: python bench/hop.py [--round-trips N] [--json]
+Usage: python -m bench.hop [--round-trips N] [--json]
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Bounded memory while streaming: pipe N inputs into `clusterctl submit --inputs -`
 and sample the resident memory of the client and the coordinator as the job runs.
 
-Usage: python bench/memory.py [N]      (default 1,000,000)
+Usage: python -m bench.memory [N]      (default 1,000,000)
 Prints RSS early in the job and at its end; flat figures mean memory does not grow
 with the input size (the client window bounds what is in flight).
 """
@@ -16,9 +16,7 @@ import time
 
 import psutil
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from cluster.localstack import LocalStack  # noqa: E402
+from cluster.cli.localstack import LocalStack
 
 
 def feed(pipe, n: int) -> None:

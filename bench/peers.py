@@ -39,12 +39,10 @@ import warnings
 
 import psutil
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+from bench import workloads
+from bench.workloads import Sizes, descendants
 
-from bench import workloads  # noqa: E402
-from bench.workloads import Sizes, descendants  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class Skipped(Exception):
@@ -100,13 +98,13 @@ class Clusterd(System):
     daemon_groups = ("coordinator", "agent")
 
     def version(self) -> str:
-        from cluster.version import __version__
+        from cluster.contract.version import __version__
 
         return __version__
 
     def start(self) -> None:
         from cluster import Executor
-        from cluster.localstack import LocalStack
+        from cluster.cli.localstack import LocalStack
 
         self.stack = LocalStack(workers=str(self.workers), cluster="bench").start()
         self.ex = Executor(zk=self.stack.zk, cluster="bench")
@@ -142,7 +140,7 @@ class Clusterd(System):
         return {"w1_cli": self.w1_cli, "w4_tuned": self.w4_tuned}
 
     def w4_tuned(self, sizes: Sizes) -> dict:
-        """W4 again, after this (the client's) process tuned its allocator as cluster/malloc.py
+        """W4 again, after this (the client's) process tuned its allocator as cluster/runtime/malloc.py
         suggests for applications that move large payloads. Last: nothing after it is affected."""
         import cluster
 

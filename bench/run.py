@@ -20,7 +20,7 @@ Every system runs in its own subprocess (python -m bench.peers SYSTEM), one
 after the other. A peer that is not installed (the `bench` extra) or fails to
 start is reported as "skipped: <reason>" and the run goes on.
 
-Usage: python bench/run.py [--quick | --scale S] [--workers N] [--systems a,b] [--json FILE]
+Usage: python -m bench.run [--quick | --scale S] [--workers N] [--systems a,b] [--json FILE]
 Env:   BENCH_SCALE=S  shrinks every workload (counts and the CPU-bound task size);
        --quick is BENCH_SCALE=0.1.
 """
@@ -39,13 +39,12 @@ import tempfile
 import textwrap
 import time
 
+import psutil
+
+from agents.resources import usable_cpus
+from bench.workloads import Sizes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import psutil  # noqa: E402
-
-from agents.resources import usable_cpus  # noqa: E402
-from bench.workloads import Sizes  # noqa: E402
 
 ORDER = ["serial", "zmq", "mp.Pool", "ProcessPoolExecutor", "clusterd", "dask", "ipyparallel", "ray"]
 DISTRIBUTED = ("dask", "ipyparallel", "ray")
@@ -404,7 +403,7 @@ def report(results: dict, meta: dict) -> tuple[str, list[dict]]:
             rows,
             "MiB/s counts both directions (2 x tasks x 1 MiB / wall), the same for every system.\n"
             "tune_malloc(): the benchmark's process calls cluster.tune_malloc() first, as an application\n"
-            "moving large payloads may (cluster/malloc.py); the daemons and workers always do.",
+            "moving large payloads may (cluster/runtime/malloc.py); the daemons and workers always do.",
         )
     )
     lines.append("")

@@ -7,7 +7,7 @@ through the Executor, and prints the median timeline of the most common sequence
 each hop between processes costs, and what each process spends between receiving a
 message and sending the next. bench/hop.py gives the same topology with bare relays.
 
-Usage: python bench/timeline.py [--round-trips 1000] [--json]
+Usage: python -m bench.timeline [--round-trips 1000] [--json]
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 HOOK = """
 import atexit, importlib.abc, importlib.machinery, os, sys, threading, time
@@ -47,7 +45,7 @@ def _note(kind, name):
 
 class _Finder(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name != "cluster.wire":
+        if name != "cluster.contract.wire":
             return None
         sys.meta_path.remove(self)
         spec = importlib.machinery.PathFinder.find_spec(name, path)
@@ -82,7 +80,7 @@ ROLES = {"SubmitTasks": "coordinator", "Dispatch": "agent", "RunTasks": "worker"
 def run(round_trips: int, out: Path) -> list[tuple[int, int, int]]:
     from bench.workloads import noop
     from cluster import Executor
-    from cluster.localstack import LocalStack
+    from cluster.cli.localstack import LocalStack
 
     (out / "hook").mkdir()
     (out / "hook" / "sitecustomize.py").write_text(HOOK)

@@ -13,7 +13,7 @@ touched as slots are, and a queue keeps its current chunk and one spare, so a co
 grows until about 512 messages have crossed it each way, however few are ever queued.
 That second figure is what a long-running coordinator holds per agent.
 
-Usage: python bench/zmq_floor.py [--peers 2000] [--rounds 5] [--steady-rounds 600] [--json]
+Usage: python -m bench.zmq_floor [--peers 2000] [--rounds 5] [--steady-rounds 600] [--json]
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ one worker per core, and a coordinator streams tasks to them over ZeroMQ.
 The client side (this package) never imports the node side (``agents``).
 """
 
-from .executor import Executor
-from .malloc import tune as tune_malloc
-from .version import __version__
+from cluster.client.executor import Executor
+from cluster.contract.payload import PayloadTooLarge, TaskError, TaskTimeout, WorkerLost
+from cluster.contract.version import __version__
+from cluster.runtime.malloc import tune as tune_malloc
 
-__all__ = ["Executor", "tune_malloc", "__version__"]
+__all__ = ["Executor", "PayloadTooLarge", "TaskError", "TaskTimeout", "WorkerLost", "tune_malloc", "__version__"]

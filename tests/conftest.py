@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 from kazoo.client import KazooClient
 
-from cluster.zkserver import ZooKeeperNotInstalled, ZooKeeperServer, free_ports
+from cluster.runtime.zkserver import ZooKeeperNotInstalled, ZooKeeperServer, free_ports
 
 ZK_LOG_LINES = 50
 

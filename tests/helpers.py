@@ -15,7 +15,8 @@ import psutil
 from kazoo.client import KazooClient
 from kazoo.retry import KazooRetry
 
-from cluster import election, layout
+from cluster.contract import layout
+from cluster.runtime.zk import read_leader
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -198,7 +199,7 @@ class LocalCluster:
         return self.kazoo.retry(lambda: sorted(self.kazoo.get_children(path)) if self.kazoo.exists(path) else [])
 
     def leader(self):
-        return election.read_leader(self.kazoo, self.name)
+        return read_leader(self.kazoo, self.name)
 
     def wait_ready(self, coordinator: Proc, nodes: list[str], timeout: float = 20.0) -> None:
         """Registered in ZooKeeper and connected to the leader (its log says so)."""

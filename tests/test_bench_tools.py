@@ -14,7 +14,7 @@ def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 def test_the_timeline_follows_one_task_through_every_process_in_order():
-    res = _run("bench/timeline.py", "--round-trips", "60", "--json")
+    res = _run("-m", "bench.timeline", "--round-trips", "60", "--json")
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["round_trips"] == 60 and out["in_sequence"] >= 30
@@ -38,7 +38,7 @@ def test_the_timeline_follows_one_task_through_every_process_in_order():
 
 
 def test_hop_measures_each_transport_and_the_w3_path():
-    res = _run("bench/hop.py", "--round-trips", "200", "--json")
+    res = _run("-m", "bench.hop", "--round-trips", "200", "--json")
     assert res.returncode == 0, res.stderr
     rows = json.loads(res.stdout)
     assert set(rows) == {"socketpair", "zmq ipc", "zmq tcp", "W3 path", "W3 direct"}
@@ -46,7 +46,7 @@ def test_hop_measures_each_transport_and_the_w3_path():
 
 
 def test_zmq_floor_answers_every_peer_and_reports_memory_per_peer_twice():
-    res = _run("bench/zmq_floor.py", "--peers", "50", "--rounds", "2", "--steady-rounds", "20", "--json")
+    res = _run("-m", "bench.zmq_floor", "--peers", "50", "--rounds", "2", "--steady-rounds", "20", "--json")
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["heartbeats_answered"] == 50 * 20 and out["all_answered"]

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from cluster import config, layout, payload
-from cluster.layout import AgentRecord, BadRecord, LeaderRecord
+from cluster.contract import config, layout, payload
+from cluster.contract.layout import AgentRecord, BadRecord, LeaderRecord
 
 
 def test_precedence_defaults_toml_env_flags(tmp_path):

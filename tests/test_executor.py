@@ -10,7 +10,7 @@ import pytest
 from helpers import PY, ROOT
 
 from cluster import Executor
-from cluster.payload import WorkerLost
+from cluster.contract.payload import WorkerLost
 
 
 @pytest.fixture
@@ -118,8 +118,8 @@ def test_a_new_lambda_per_call_does_not_grow_the_clusters_jobs_without_bound(loc
     from helpers import wait_for
     from test_observability import scrape
 
-    from cluster import executor as executor_module
-    from cluster.zkserver import free_ports
+    from cluster.client import executor as executor_module
+    from cluster.runtime.zkserver import free_ports
 
     cport, aport = free_ports(2)
     coordinator = local_cluster.coordinator("--metrics-port", str(cport))

@@ -11,7 +11,7 @@ import time
 
 from helpers import PY, ROOT, assert_gone, wait_for
 
-from cluster.zkserver import free_ports
+from cluster.runtime.zkserver import free_ports
 
 CRASHERS = """
 import ctypes, os, signal, time

@@ -17,9 +17,9 @@ from helpers import PY, ROOT, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cluster import layout, wire
-from cluster.layout import AgentRecord
-from cluster.version import PROTOCOL_VERSION
+from cluster.contract import layout, wire
+from cluster.contract.layout import AgentRecord
+from cluster.contract.version import PROTOCOL_VERSION
 
 
 @settings(max_examples=3000, deadline=None)

@@ -15,10 +15,12 @@ import time
 import zmq
 from helpers import wait_for
 
-from cluster import election, wire
-from cluster.client import ClusterClient
-from cluster.layout import LeaderRecord
-from cluster.version import PROTOCOL_VERSION
+from cluster.client.session import ClusterClient
+from cluster.contract import wire
+from cluster.contract.layout import LeaderRecord
+from cluster.contract.version import PROTOCOL_VERSION
+from cluster.coordinator import election
+from cluster.runtime.zk import read_leader
 
 
 def _record(epoch: int, endpoint: str = "tcp://127.0.0.1:9") -> LeaderRecord:
@@ -49,12 +51,12 @@ def test_the_leader_znode_appears_only_once_the_loop_took_the_lead(kazoo_client,
         kind, epoch = events.get(timeout=10)
         assert kind == election.ELECTED
         time.sleep(0.5)  # time enough to publish, had it not waited
-        assert election.read_leader(kazoo_client, cluster_name) is None
+        assert read_leader(kazoo_client, cluster_name) is None
         lead.took_lead(epoch - 1)  # an ELECTED handled late, from a lead already over
         time.sleep(0.5)
-        assert election.read_leader(kazoo_client, cluster_name) is None
+        assert read_leader(kazoo_client, cluster_name) is None
         lead.took_lead(epoch)
-        published = wait_for(lambda: election.read_leader(kazoo_client, cluster_name), 10, what="the leader znode")
+        published = wait_for(lambda: read_leader(kazoo_client, cluster_name), 10, what="the leader znode")
         assert published.epoch == epoch
     finally:
         lead.stop()

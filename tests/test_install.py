@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from helpers import ROOT
 
-from cluster import config
 from cluster.cli import install
+from cluster.contract import config
 
 CLUSTERCTL = Path(sys.executable).with_name("clusterctl")
 UNIT = {r: Path("etc/systemd/system") / f"cluster-{r}.service" for r in install.ROLES}

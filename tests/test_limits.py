@@ -13,7 +13,7 @@ import pytest
 from helpers import PY, ROOT, LineReader, wait_for
 
 from cluster import Executor
-from cluster.payload import TaskTimeout
+from cluster.contract.payload import TaskTimeout
 
 HOGS = """
 import time
@@ -118,7 +118,7 @@ def test_oversized_arguments_and_results_get_clear_errors(local_cluster):
     coordinator = local_cluster.coordinator()
     local_cluster.agent("a1", 1)
     local_cluster.wait_ready(coordinator, ["a1"])
-    from cluster.payload import PayloadTooLarge, TaskError
+    from cluster.contract.payload import PayloadTooLarge, TaskError
 
     with Executor(zk=local_cluster.zk, cluster=local_cluster.name) as ex:
         with pytest.raises(PayloadTooLarge, match="at most 1.0 MiB"):

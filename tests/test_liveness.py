@@ -1,9 +1,9 @@
 """Heartbeat liveness and the interval a coordinator stretches for large fleets
-(cluster/liveness.py): pure, so time is passed in, never slept."""
+(cluster/contract/liveness.py): pure, so time is passed in, never slept."""
 
 from __future__ import annotations
 
-from cluster.liveness import BeatInterval, Liveness
+from cluster.contract.liveness import BeatInterval, Liveness
 
 
 def test_a_peer_silent_past_interval_times_misses_is_reported_once():

@@ -1,4 +1,4 @@
-"""cluster/malloc.py: after tune(), payload-sized blocks freed in bursts are reused rather
+"""cluster/runtime/malloc.py: after tune(), payload-sized blocks freed in bursts are reused rather
 than handed back to the kernel and faulted in again page by page. In a child process:
 the setting is process-wide."""
 
@@ -14,7 +14,7 @@ from helpers import PY, ROOT
 
 PROBE = textwrap.dedent("""
     import collections, json, resource
-    from cluster import malloc
+    from cluster.runtime import malloc
 
     def faults_per_mib(n=300, window=32):
         # 1 MiB blocks, 32 alive at a time, all freed at the end of each burst of 64: W4's shape.

@@ -14,9 +14,9 @@ import time
 
 from helpers import PY, ROOT, LineReader, wait_for
 
-from cluster import layout
-from cluster.layout import AgentRecord
-from cluster.zkserver import free_ports
+from cluster.contract import layout
+from cluster.contract.layout import AgentRecord
+from cluster.runtime.zkserver import free_ports
 
 
 def test_agent_registers_an_ephemeral_znode_with_its_metadata(local_cluster):
@@ -315,7 +315,7 @@ def test_json_logs_are_one_object_per_line(local_cluster):
 def test_a_second_start_replaces_the_children_watch(kazoo_client, cluster_name):
     """A coordinator elected again calls start() again; the agents must not then be listed
     twice for every join and leave (the first watch ends at its next event)."""
-    from cluster.membership import Membership
+    from cluster.runtime.membership import Membership
 
     listings, events = [], []
 
@@ -355,7 +355,7 @@ def test_a_rejoin_zookeeper_refuses_is_tried_again_until_it_is_taken(cluster_nam
     from kazoo.security import OPEN_ACL_UNSAFE, make_acl
 
     from agents.registration import Registration
-    from cluster.zk import close, connect
+    from cluster.runtime.zk import close, connect
 
     server = own_zk
     admin = agent = None

@@ -13,7 +13,7 @@ import urllib.request
 
 from helpers import PY, ROOT, wait_for
 
-from cluster.zkserver import free_ports
+from cluster.runtime.zkserver import free_ports
 
 TASKS, SLEEP = 40, 0.3
 FAILING = {i for i in range(TASKS) if i % 10 == 3}

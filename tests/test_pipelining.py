@@ -20,7 +20,7 @@ import pytest
 from helpers import PY, ROOT
 from test_observability import scrape
 
-from cluster.zkserver import free_ports
+from cluster.runtime.zkserver import free_ports
 
 BURST = 40
 

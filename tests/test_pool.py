@@ -185,8 +185,8 @@ def test_deep_queues_only_for_short_tasks_with_small_arguments():
     """An agent asks for workers x (1 + prefetch_short) tasks only while its jobs are short
     and their arguments small: deep queues of 1 MiB arguments would sit in its memory."""
     from agents.agent import LARGE_ARGS, Agent
-    from cluster import wire
-    from cluster.config import AgentConfig
+    from cluster.contract import wire
+    from cluster.contract.config import AgentConfig
 
     agent = Agent(AgentConfig(workers="2", insecure=True, prefetch=2, prefetch_short=16))
     agent.pool = WorkerPool(2, lambda index: None)
@@ -206,8 +206,8 @@ def test_deep_queues_only_for_short_tasks_with_small_arguments():
 
 def test_an_idle_job_timed_by_a_task_or_two_long_ago_does_not_keep_queues_shallow():
     from agents.agent import NEW_JOB, Agent
-    from cluster import wire
-    from cluster.config import AgentConfig
+    from cluster.contract import wire
+    from cluster.contract.config import AgentConfig
 
     agent = Agent(AgentConfig(workers="2", insecure=True, prefetch=2, prefetch_short=16))
     agent.pool = WorkerPool(2, lambda index: None)

@@ -1,6 +1,6 @@
 """Throughput over a sliding window, without sleeping."""
 
-from cluster.rate import Throughput
+from cluster.coordinator.rate import Throughput
 
 
 def test_rate_over_the_window_forgets_older_samples():

@@ -16,7 +16,7 @@ import zmq
 from helpers import PY, ROOT, wait_for
 from test_observability import scrape
 
-from cluster.zkserver import free_ports
+from cluster.runtime.zkserver import free_ports
 
 TASKS = """
 import time
@@ -249,8 +249,8 @@ def test_a_hung_relay_is_bypassed_while_registered_and_used_again_once_it_answer
 
 
 def test_relay_table_bypasses_a_silent_relay_until_it_is_heard_again():
-    from cluster.layout import AgentRecord, RelayRecord
-    from cluster.relays import RelayTable, relay_identity
+    from cluster.contract.layout import AgentRecord, RelayRecord
+    from cluster.coordinator.relays import RelayTable, relay_identity
 
     table = RelayTable()
     agent = AgentRecord(
@@ -293,7 +293,7 @@ def test_a_relay_connects_once_per_endpoint_and_disconnects_when_no_agent_is_lef
     """A replacement agent can stand at a dead one's endpoint before the dead one's znode
     goes: one connection serves both, and it is closed only when neither is named."""
     from agents.relay import Relay
-    from cluster import config, wire
+    from cluster.contract import config, wire
 
     class Socket:
         def __init__(self):

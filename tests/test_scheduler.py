@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from cluster import wire
-from cluster.scheduler import AgentSlot, Scheduler
+from cluster.contract import wire
+from cluster.coordinator.scheduler import AgentSlot, Scheduler
 
 
 def make(n_tasks=10, retries=2, agents=(("a", 2, 4),)):

@@ -12,7 +12,7 @@ from helpers import wait_for
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 
-from cluster import layout, security
+from cluster.contract import layout, security
 
 
 @pytest.fixture

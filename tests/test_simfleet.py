@@ -11,11 +11,12 @@ import threading
 
 from helpers import PY, wait_for
 
-from cluster import layout, loop, payload, wire
-from cluster.client import ClusterClient
-from cluster.executor import Executor
-from cluster.layout import AgentRecord
-from cluster.scalebench.fleet import Sim, StatusProbe, ready
+from bench.scale.fleet import Sim, StatusProbe, ready
+from cluster.client.executor import Executor
+from cluster.client.session import ClusterClient
+from cluster.contract import layout, payload, wire
+from cluster.contract.layout import AgentRecord
+from cluster.runtime import loop
 
 AGENTS = 50
 
@@ -27,7 +28,7 @@ def start_fleet(cluster, count: int, *extra: str) -> Sim:
         [
             PY,
             "-m",
-            "agents.simfleet",
+            "bench.scale.simfleet",
             "--zk",
             cluster.zk,
             "--cluster",
@@ -145,7 +146,7 @@ def test_simulated_agents_register_again_when_their_session_is_lost(local_cluste
 
 
 def test_simulated_agents_behind_relays_run_a_job_through_crashes_on_few_connections(local_cluster):
-    """What `bench/scale.py --relays` measures, small: 40 simulated agents name two relays;
+    """What `python -m bench.scale --relays` measures, small: 40 simulated agents name two relays;
     the coordinator holds a connection per relay, not per agent, and a job still gets
     every result exactly once while agents crash behind a relay."""
     coordinator = local_cluster.coordinator("--log-level", "info")
@@ -165,7 +166,7 @@ def test_simulated_agents_behind_relays_run_a_job_through_crashes_on_few_connect
             [
                 PY,
                 "-m",
-                "agents.simfleet",
+                "bench.scale.simfleet",
                 "--zk",
                 local_cluster.zk,
                 "--cluster",

@@ -13,7 +13,7 @@ import time
 import psutil
 from helpers import PY, ROOT, LineReader, wait_for
 
-from cluster.localstack import OWNER, clear_stale_workdirs
+from cluster.cli.localstack import OWNER, clear_stale_workdirs
 
 
 def test_up_runs_a_command_against_its_cluster_and_cleans_up(tmp_path):
@@ -149,9 +149,9 @@ def test_daemons_and_commands_report_an_unreachable_zookeeper(free_port):
 def test_a_command_whose_zookeeper_goes_away_midway_says_so(cluster_name, own_zk):
     # kazoo holds a request made while disconnected until ZooKeeper answers again, which
     # may be never: `drain --wait` in a script used to wait forever.
-    from cluster import layout
-    from cluster.layout import AgentRecord
-    from cluster.zk import close, connect
+    from cluster.contract import layout
+    from cluster.contract.layout import AgentRecord
+    from cluster.runtime.zk import close, connect
 
     server = own_zk
     admin = proc = None

@@ -11,8 +11,8 @@ import subprocess
 
 from helpers import PY, ROOT, wait_for
 
-from cluster import layout
-from cluster.version import __version__
+from cluster.contract import layout
+from cluster.contract.version import __version__
 
 NEXT = __version__ + "+next"
 TASKS = 2500

@@ -1,4 +1,4 @@
-"""The client's per-job window (cluster/client.py, Window): a submitter blocks while no
+"""The client's per-job window (cluster/client/session.py, Window): a submitter blocks while no
 room is free, is woken once a batch of room is free rather than at every result, and is
 never left behind however the room comes back."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
-from cluster.client import BATCH, Window
+from cluster.client.session import BATCH, Window
 
 
 def _blocked_taker(window: Window) -> tuple[threading.Thread, list]:

@@ -7,8 +7,8 @@ import random
 import msgpack
 import pytest
 
-from cluster import wire
-from cluster.version import PROTOCOL_VERSION
+from cluster.contract import wire
+from cluster.contract.version import PROTOCOL_VERSION
 
 SAMPLES = [
     wire.Heartbeat("c1", 3, 2),

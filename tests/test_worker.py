@@ -14,7 +14,7 @@ from helpers import PY, ROOT, wait_for
 
 from agents import channel
 from agents.marker import IDLE, Marker
-from cluster import payload, wire
+from cluster.contract import payload, wire
 
 
 class AgentEnd:

@@ -11,7 +11,14 @@ import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException, NodeExistsError
 
-from cluster.zkserver import ZooKeeperEnsemble, ZooKeeperNotInstalled, ZooKeeperServer, classpath, find_java, srvr
+from cluster.runtime.zkserver import (
+    ZooKeeperEnsemble,
+    ZooKeeperNotInstalled,
+    ZooKeeperServer,
+    classpath,
+    find_java,
+    srvr,
+)
 
 
 def missing_zookeeper() -> str | None:

@@ -15,11 +15,11 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import ConnectionLoss, KazooException, SessionExpiredError
 from kazoo.handlers.threading import KazooTimeoutError
 
-from ..client import ClusterUnavailable
-from ..config import Common, ConfigError
-from ..zk import ZooKeeperUnreachable
-from ..zk import close as zk_close
-from ..zk import connect as zk_connect
+from cluster.client.session import ClusterUnavailable
+from cluster.contract.config import Common, ConfigError
+from cluster.runtime.zk import ZooKeeperUnreachable
+from cluster.runtime.zk import close as zk_close
+from cluster.runtime.zk import connect as zk_connect
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

@@ -14,9 +14,9 @@ from typing import Optional
 
 import typer
 
-from .. import config
-from ..coordinator import Coordinator
-from . import common
+from cluster.cli import common
+from cluster.contract import config
+from cluster.coordinator.service import Coordinator
 
 
 def coordinator(

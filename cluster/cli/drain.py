@@ -19,9 +19,9 @@ from typing import Optional
 import typer
 from kazoo.exceptions import NodeExistsError
 
-from .. import config, layout
-from ..zk import ask
-from . import common
+from cluster.cli import common
+from cluster.contract import config, layout
+from cluster.runtime.zk import ask
 
 
 def drain(

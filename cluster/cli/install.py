@@ -31,9 +31,8 @@ from typing import Optional
 
 import typer
 
-from .. import config
-from . import common
-from .service_files import (
+from cluster.cli import common
+from cluster.cli.service_files import (
     MARK,
     ROLES,
     SYSUSERS,
@@ -47,6 +46,7 @@ from .service_files import (
     unit_name,
     unit_path,
 )
+from cluster.contract import config
 
 # ------------------------------------------------------------------ applying
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import typer
 
-from .. import security
-from . import common
+from cluster.cli import common
+from cluster.contract import security
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import inspect
-import os
-import sys
+from importlib.metadata import entry_points
 
 import typer
 
-from .. import malloc
-from . import bench, common, coordinator_cmd, drain, install, keys, nodes, status, submit, up
+from cluster.cli import common, coordinator_cmd, drain, install, keys, nodes, status, submit, up
+from cluster.runtime import malloc
 
 app = typer.Typer(
     help="Run Python functions and shell commands over a cluster of machines.\n\n"
@@ -24,15 +23,24 @@ app = typer.Typer(
 NODE_SIDE = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
 
-def _node_program(ctx: typer.Context, role: str, module: str) -> None:
-    """The agent and the relay are node-side code (package `agents`), which the client side
-    never imports: each runs as its own program with its own options and --help.
+PROGRAMS = "clusterd.programs"  # entry points of the node-side programs (pyproject.toml)
+
+
+def _node_program(ctx: typer.Context, role: str) -> None:
+    """The agent and the relay are node-side code, which the client side never imports by
+    name: the node side registers each program as an entry point, found here when asked for.
     Installing either is client-side file work (cluster.cli.install)."""
     if ctx.args[:1] in (["install"], ["uninstall"]):
         service = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
         install.add_commands(service, role)
-        service(args=ctx.args, prog_name=f"clusterctl {role}")  # exits: never reaches the execv
-    os.execv(sys.executable, [sys.executable, "-m", module, *ctx.args])
+        service(args=ctx.args, prog_name=f"clusterctl {role}")  # exits
+    found = entry_points(group=PROGRAMS, name=role)
+    if not found:
+        raise common.fail(
+            f"the {role} program is not installed here (no {PROGRAMS} entry point {role!r}); "
+            "install the clusterd-zk package on this node"
+        )
+    next(iter(found)).load()(ctx.args)  # exits with the program's status
 
 
 @app.command(
@@ -41,7 +49,7 @@ def _node_program(ctx: typer.Context, role: str, module: str) -> None:
     "service: `clusterctl agent install|uninstall` (see `clusterctl agent install --help`).",
 )
 def agent(ctx: typer.Context) -> None:
-    _node_program(ctx, "agent", "agents")
+    _node_program(ctx, "agent")
 
 
 @app.command(
@@ -51,7 +59,7 @@ def agent(ctx: typer.Context) -> None:
     "`clusterctl relay install|uninstall` (see `clusterctl relay install --help`).",
 )
 def relay(ctx: typer.Context) -> None:
-    _node_program(ctx, "relay", "agents.relay_cli")
+    _node_program(ctx, "relay")
 
 
 def _coordinator(ctx: typer.Context, **options) -> None:
@@ -86,15 +94,10 @@ app.command(name="up", help=up.__doc__)(up.up)
 app.command(name="drain", help=drain.__doc__)(drain.drain)
 app.command(name="status", help=status.__doc__)(status.status)
 app.add_typer(keys.app, name="keys", help="CURVE keys for a secured cluster (`clusterctl keys generate --out DIR`).")
-app.add_typer(
-    bench.app,
-    name="bench",
-    help="Benchmarks on this machine: `clusterctl bench scale --agents 1000` simulates a fleet.",
-)
 
 
 def main() -> None:
-    malloc.tune()  # payloads one after another: keep freed memory for the next (cluster/malloc.py)
+    malloc.tune()  # payloads one after another: keep freed memory for the next (cluster/runtime/malloc.py)
     app()
 
 

@@ -26,11 +26,11 @@ from typing import Optional
 import typer
 from kazoo.exceptions import NoNodeError
 
-from .. import config
-from ..layout import AgentRecord, BadRecord, RelayRecord
-from ..membership import MemberEvent, Membership
-from ..zk import answer, ask
-from . import common
+from cluster.cli import common
+from cluster.contract import config
+from cluster.contract.layout import AgentRecord, BadRecord, RelayRecord
+from cluster.runtime.membership import MemberEvent, Membership
+from cluster.runtime.zk import answer, ask
 
 COLUMNS = ("NODE", "HOST", "ENDPOINT", "STATE", "WORKERS", "CORES", "MEMORY", "VERSION", "UPTIME", "RELAY")
 RELAY_COLUMNS = ("RELAY", "HOST", "ENDPOINT", "AGENTS", "VERSION", "UPTIME")

@@ -15,7 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Optional
 
-from .. import config
+from cluster.contract import config
 
 ROLES = {"agent": config.AgentConfig, "coordinator": config.CoordinatorConfig, "relay": config.RelayConfig}
 USER = "clusterd"
@@ -158,7 +158,7 @@ def _toml_value(value: object) -> str:
 
 
 def render_config(role: str, cfg: object, given: set[str]) -> str:
-    """TOML with `zk`, `cluster` and every setting given, named as cluster/config.py reads them."""
+    """TOML with `zk`, `cluster` and every setting given, named as cluster/contract/config.py reads them."""
     shared = [f.name for f in fields(config.Common)]
     top = [k for k in shared if k in ("zk", "cluster") or k in given]
     section = [f.name for f in fields(cfg) if f.name not in shared and f.name in given]

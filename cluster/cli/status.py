@@ -17,9 +17,9 @@ import typer
 import zmq
 from kazoo.exceptions import NoNodeError
 
-from .. import config, election, layout, security, wire
-from ..zk import ask
-from . import common
+from cluster.cli import common
+from cluster.contract import config, layout, security, wire
+from cluster.runtime.zk import ask, read_leader
 
 
 def status(
@@ -34,7 +34,7 @@ def status(
     with common.clear_errors():
         cfg = config.load(config.Common, config_file, dict(zk=zk, cluster=cluster, keys=keys, zk_auth=zk_auth))
     with common.zookeeper(cfg, timeout) as client:
-        leader = election.read_leader(client, cfg.cluster, timeout)
+        leader = read_leader(client, cfg.cluster, timeout)
         try:
             candidates = len(ask(client.get_children_async, layout.election_path(cfg.cluster), timeout=timeout))
         except NoNodeError:

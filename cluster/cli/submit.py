@@ -39,9 +39,9 @@ from typing import IO, Optional
 
 import typer
 
-from .. import config, payload, wire
-from ..client import ClusterClient, JobHandle
-from . import common
+from cluster.cli import common
+from cluster.client.session import ClusterClient, JobHandle
+from cluster.contract import config, payload, wire
 
 
 @dataclasses.dataclass

@@ -21,8 +21,8 @@ from typing import Optional
 
 import typer
 
-from ..localstack import LocalStack, StackFailed
-from . import common
+from cluster.cli import common
+from cluster.cli.localstack import LocalStack, StackFailed
 
 
 def up(

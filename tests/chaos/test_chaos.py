@@ -145,7 +145,7 @@ def test_client_killed_then_a_new_job_runs_cleanly(local_cluster, tmp_path):
 
 @pytest.mark.parametrize("fault", ["leader-killed-mid-job", "member-down-whole-job"])
 def test_zookeeper_ensemble_faults(tmp_path, cluster_name, fault):
-    from cluster.zkserver import ZooKeeperEnsemble
+    from cluster.runtime.zkserver import ZooKeeperEnsemble
 
     with ZooKeeperEnsemble(3, tick_time=500) as ensemble:
         if fault == "member-down-whole-job":

@@ -13,7 +13,7 @@ import pytest
 from chaoslib import Job, ran_on
 from helpers import PY, LocalCluster, wait_for
 
-from cluster.zkserver import ZooKeeperServer
+from cluster.runtime.zkserver import ZooKeeperServer
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("ip") is None, reason="network namespaces need root and iproute2"

@@ -6,10 +6,10 @@ read messages from older peers that lack it."""
 
 import msgpack
 
-import cluster.version
-from cluster import wire
+import cluster.contract.version
+from cluster.contract import wire
 
-cluster.version.__version__ = cluster.version.__version__ + "+next"
+cluster.contract.version.__version__ = cluster.contract.version.__version__ + "+next"
 _encode = wire.Message.encode
 
 

@@ -21,11 +21,10 @@ import threading
 from collections.abc import Callable
 
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import KazooException, NodeExistsError
+from kazoo.exceptions import NodeExistsError
 
-from . import layout
-from .layout import LeaderRecord
-from .zk import ask
+from cluster.contract import layout
+from cluster.contract.layout import LeaderRecord
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +47,6 @@ def publish_leader(zk: KazooClient, cluster: str, record: LeaderRecord) -> None:
         # election lock, so no live leader can own it.
         zk.delete(path)
         zk.create(path, record.to_bytes(), ephemeral=True, makepath=True)
-
-
-def read_leader(zk: KazooClient, cluster: str, timeout: float = 10.0) -> LeaderRecord | None:
-    """None if no (readable) leader znode; KazooTimeoutError if ZooKeeper does not answer."""
-    try:
-        data, _ = ask(zk.get_async, layout.leader_path(cluster), timeout=timeout)
-    except KazooException:
-        return None
-    try:
-        return LeaderRecord.from_bytes(data)
-    except layout.BadRecord as exc:
-        log.warning("ignoring leader znode: %s", exc)
-        return None
 
 
 class LeaderElection:

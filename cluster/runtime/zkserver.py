@@ -17,7 +17,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
-from .lifeline import dies_with_parent
+from cluster.runtime.lifeline import dies_with_parent
 
 ZOOKEEPER_JAR = "/usr/share/java/zookeeper.jar"
 # zookeeper.jar's manifest Class-Path brings its runtime deps but no SLF4J

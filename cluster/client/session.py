@@ -23,11 +23,12 @@ import zmq
 from kazoo.client import KazooClient
 from kazoo.handlers.threading import KazooTimeoutError
 
-from . import election, layout, loop, payload, security, wire
-from .layout import LeaderRecord
-from .zk import ZooKeeperUnreachable
-from .zk import close as zk_close
-from .zk import connect as zk_connect
+from cluster.contract import layout, payload, security, wire
+from cluster.contract.layout import LeaderRecord
+from cluster.runtime import loop
+from cluster.runtime.zk import ZooKeeperUnreachable, read_leader
+from cluster.runtime.zk import close as zk_close
+from cluster.runtime.zk import connect as zk_connect
 
 log = logging.getLogger("cluster.client")
 
@@ -175,7 +176,7 @@ class ClusterClient:
     def _wait_for_leader(self, deadline: float) -> LeaderRecord:
         while True:
             try:
-                record = election.read_leader(self.zk, self.cluster, timeout=max(0.1, deadline - time.monotonic()))
+                record = read_leader(self.zk, self.cluster, timeout=max(0.1, deadline - time.monotonic()))
             except KazooTimeoutError as exc:  # connected, then the ensemble went away
                 raise ZooKeeperUnreachable(f"{exc} while looking up the leader") from None
             if record is not None:

@@ -20,18 +20,20 @@ from dataclasses import dataclass
 
 import zmq
 
-from . import election, loop, payload, security, wire
-from .config import CoordinatorConfig
-from .layout import AgentRecord, LeaderRecord, RelayRecord
-from .liveness import BeatInterval, Liveness
-from .membership import MemberEvent, Membership
-from .rate import Throughput
-from .relays import RelayTable, relay_identity
-from .scheduler import Scheduler
-from .sdnotify import Notifier
-from .version import PROTOCOL_VERSION, __version__
-from .zk import close as zk_close
-from .zk import connect as zk_connect
+from cluster.contract import payload, security, wire
+from cluster.contract.config import CoordinatorConfig
+from cluster.contract.layout import AgentRecord, LeaderRecord, RelayRecord
+from cluster.contract.liveness import BeatInterval, Liveness
+from cluster.contract.version import PROTOCOL_VERSION, __version__
+from cluster.coordinator import election
+from cluster.coordinator.rate import Throughput
+from cluster.coordinator.relays import RelayTable, relay_identity
+from cluster.coordinator.scheduler import Scheduler
+from cluster.runtime import loop
+from cluster.runtime.membership import MemberEvent, Membership
+from cluster.runtime.sdnotify import Notifier
+from cluster.runtime.zk import close as zk_close
+from cluster.runtime.zk import connect as zk_connect
 
 log = logging.getLogger("cluster.coordinator")
 
@@ -134,7 +136,7 @@ class Coordinator:
             prepare=self._watch_members,
         )
         if self.cfg.metrics_port:
-            from .metrics import Metrics  # only daemons that export metrics need the library
+            from cluster.runtime.metrics import Metrics  # only daemons that export metrics need the library
 
             self.metrics = Metrics(self.cfg.metrics_port, loop.bind_host(self.cfg.bind))
             self.scheduler.latencies = []

@@ -22,8 +22,8 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from . import payload, wire
-from .client import ClusterClient, JobHandle
+from cluster.client.session import ClusterClient, JobHandle
+from cluster.contract import payload, wire
 
 FUNCTION_CACHE = 256
 MAX_IDLE_JOBS = 32

@@ -1,4 +1,5 @@
-"""Connecting to ZooKeeper with a deadline and an error a person can act on."""
+"""Connecting to ZooKeeper with a deadline and an error a person can act on; requests
+bounded in time; reading the leader's record."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from kazoo.exceptions import KazooException, NodeExistsError
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.security import OPEN_ACL_UNSAFE, make_digest_acl
 
-from .layout import ROOT
+from cluster.contract import layout
+from cluster.contract.layout import ROOT, LeaderRecord
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +25,7 @@ class ZooKeeperUnreachable(RuntimeError):
 
 def read_credentials(path: str) -> tuple[str, str]:
     """``user:password`` from a file only its owner can read (the ZooKeeper digest)."""
-    from .security import check_private  # a file-permission rule shared with the key files
+    from cluster.contract.security import check_private  # a file-permission rule shared with the key files
 
     check_private(Path(path))
     text = Path(path).read_text().strip()
@@ -113,3 +115,16 @@ def _close(client: KazooClient) -> None:
 def close(client: KazooClient | None) -> None:
     if client is not None:
         _close(client)
+
+
+def read_leader(zk: KazooClient, cluster: str, timeout: float = 10.0) -> LeaderRecord | None:
+    """None if no (readable) leader znode; KazooTimeoutError if ZooKeeper does not answer."""
+    try:
+        data, _ = ask(zk.get_async, layout.leader_path(cluster), timeout=timeout)
+    except KazooException:
+        return None
+    try:
+        return LeaderRecord.from_bytes(data)
+    except layout.BadRecord as exc:
+        log.warning("ignoring leader znode: %s", exc)
+        return None

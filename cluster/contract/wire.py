@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import msgpack
 
-from .version import PROTOCOL_VERSION
+from cluster.contract.version import PROTOCOL_VERSION
 
 
 class ProtocolError(ValueError):

@@ -1,5 +1,5 @@
 """How the coordinator and ZooKeeper scale with the fleet: N simulated agents
-(``python -m agents.simfleet``: real znodes, sockets, protocol and heartbeats;
+(``python -m bench.scale.simfleet``: real znodes, sockets, protocol and heartbeats;
 simulated workers) against a real coordinator and a private ZooKeeper.
 
 For each N (and N=10, the throughput reference): membership convergence, idle
@@ -7,8 +7,8 @@ CPU / memory / file descriptors of the coordinator per agent, ZooKeeper writes
 at steady state, dispatch throughput and latency, a job under 10% churn per
 minute (every result exactly once), and 10% of the fleet leaving at once.
 
-Usage: python bench/scale.py --agents 100 1000 5000 [--json] [--churn-seconds 60]
-Same as: clusterctl bench scale --agents 100 --agents 1000 --agents 5000
+Usage: python -m bench.scale --agents 100 1000 5000 [--json] [--churn-seconds 60]
+(`make scale` runs it.)
 Progress on stderr; the table (or --json) on stdout. See docs/performance.md.
 """
 
@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from cluster.scalebench.run import render, run_scale  # noqa: E402
+from bench.scale.run import render, run_scale
 
 
 def main() -> int:

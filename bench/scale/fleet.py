@@ -19,11 +19,11 @@ from typing import Any
 import psutil
 import zmq
 
-from .. import payload, wire
-from ..zkserver import srvr
+from cluster.contract import payload, wire
+from cluster.runtime.zkserver import srvr
 
 PY = sys.executable
-ROOT = Path(__file__).resolve().parents[2]  # the source tree, so `python -m agents.simfleet` resolves there too
+ROOT = Path(__file__).resolve().parents[2]  # the source tree, so `python -m bench.scale.simfleet` resolves there
 FUNCTION = payload.pack_reference("builtins", "tuple")  # never run: simulated workers echo their arguments
 
 
@@ -75,7 +75,7 @@ def zxid(connect: str) -> int | None:
 
 
 class Sim:
-    """One `python -m agents.simfleet` process and its JSON-lines control channel."""
+    """One `python -m bench.scale.simfleet` process and its JSON-lines control channel."""
 
     def __init__(self, name: str, argv: list[str], env: dict, log: Path):
         self.name = name

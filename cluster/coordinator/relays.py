@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from .layout import AgentRecord, RelayRecord
+from cluster.contract.layout import AgentRecord, RelayRecord
 
 
 def relay_identity(relay_id: str) -> bytes:

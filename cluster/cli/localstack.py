@@ -15,10 +15,11 @@ import sys
 import tempfile
 import time
 
-from . import election, layout
-from .lifeline import dies_with_parent
-from .zk import close as zk_close
-from .zk import connect as zk_connect
+from cluster.contract import layout
+from cluster.runtime.lifeline import dies_with_parent
+from cluster.runtime.zk import close as zk_close
+from cluster.runtime.zk import connect as zk_connect
+from cluster.runtime.zk import read_leader
 
 READY_TIMEOUT = 60.0
 OWNER = "owner.pid"  # in each work dir: who made it, so a later start can clear it once that one is gone
@@ -54,7 +55,7 @@ class LocalStack:
         self.zk = ""
 
     def start(self) -> LocalStack:
-        from .zkserver import ZooKeeperServer
+        from cluster.runtime.zkserver import ZooKeeperServer
 
         clear_stale_workdirs()
         self.workdir = tempfile.mkdtemp(prefix="clusterd-up-")
@@ -83,7 +84,8 @@ class LocalStack:
             )
             self.children.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "agents", *base, "--workers", self.workers], preexec_fn=dies_with_parent()
+                    [sys.executable, "-m", "cluster.cli.main", "agent", *base, "--workers", self.workers],
+                    preexec_fn=dies_with_parent(),
                 )
             )
             self._wait_ready()
@@ -107,7 +109,7 @@ class LocalStack:
             while time.monotonic() < deadline:
                 if self.failed():
                     raise StackFailed("the coordinator or the agent failed to start (see its log above)")
-                if client.exists(path) and client.get_children(path) and election.read_leader(client, self.cluster):
+                if client.exists(path) and client.get_children(path) and read_leader(client, self.cluster):
                     return
                 time.sleep(0.05)
             raise StackFailed(f"the local cluster was not ready within {READY_TIMEOUT:.0f} s")

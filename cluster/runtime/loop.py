@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from . import wire
-from .wire import ZERO_COPY_MIN, Message
+from cluster.contract import wire
+from cluster.contract.wire import ZERO_COPY_MIN, Message
 
 log = logging.getLogger(__name__)
 

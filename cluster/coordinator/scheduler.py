@@ -14,7 +14,7 @@ import collections
 import dataclasses
 from collections.abc import Callable, Iterator
 
-from . import payload, wire
+from cluster.contract import payload, wire
 
 TaskKey = tuple[str, int, int]  # (job id, index, attempt)
 

@@ -20,7 +20,7 @@ from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import EventType, WatchedEvent
 
-from .layout import AgentRecord, BadRecord
+from cluster.contract.layout import AgentRecord, BadRecord
 
 log = logging.getLogger(__name__)
 

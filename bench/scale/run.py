@@ -1,6 +1,6 @@
 """One scale benchmark: a private ZooKeeper, a real coordinator and N simulated
 agents; convergence, idle cost per agent, throughput, churn and mass leaving
-(see docs/performance.md). `clusterctl bench scale` and bench/scale.py run it."""
+(see docs/performance.md). `python -m bench.scale` (`make scale`) runs it."""
 
 from __future__ import annotations
 
@@ -19,12 +19,7 @@ from typing import Any
 
 import psutil
 
-from .. import election, layout, payload, wire
-from ..client import ClusterClient
-from ..zk import close as zk_close
-from ..zk import connect as zk_connect
-from ..zkserver import ZooKeeperServer
-from .fleet import (
+from bench.scale.fleet import (
     FUNCTION,
     PY,
     ROOT,
@@ -39,6 +34,12 @@ from .fleet import (
     zk_mntr,
     zxid,
 )
+from cluster.client.session import ClusterClient
+from cluster.contract import layout, payload, wire
+from cluster.runtime.zk import close as zk_close
+from cluster.runtime.zk import connect as zk_connect
+from cluster.runtime.zk import read_leader
+from cluster.runtime.zkserver import ZooKeeperServer
 
 # ---------------------------------------------------------------- one fleet
 
@@ -102,7 +103,7 @@ class ScaleRun:
         self.cproc = psutil.Process(self.coordinator.pid)
         self.kazoo = zk_connect(self.zk, timeout=15.0)
         deadline = time.monotonic() + 60
-        while (leader := election.read_leader(self.kazoo, self.cluster)) is None:
+        while (leader := read_leader(self.kazoo, self.cluster)) is None:
             if self.coordinator.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the coordinator did not lead; see {self.coordinator_log}")
             time.sleep(0.05)
@@ -136,7 +137,7 @@ class ScaleRun:
             argv = [
                 PY,
                 "-m",
-                "agents.simfleet",
+                "bench.scale.simfleet",
                 "--zk",
                 self.zk,
                 "--cluster",

@@ -37,7 +37,7 @@ Control is JSON lines on stdin, answers and events are JSON lines on stdout:
                                           register again on the next session)
   {"op": "stop"}                          close the session and exit
 
-  python -m agents.simfleet --zk 127.0.0.1:2181 --cluster c --prefix sim0- --count 1000
+  python -m bench.scale.simfleet --zk 127.0.0.1:2181 --cluster c --prefix sim0- --count 1000
 """
 
 from __future__ import annotations
@@ -63,15 +63,16 @@ from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import NodeExistsError
 from kazoo.protocol.states import EventType, WatchedEvent
 
-from cluster import layout, loop, payload, wire
-from cluster.layout import AgentRecord
-from cluster.liveness import Liveness
-from cluster.scalebench.fleet import raise_fd_limit
-from cluster.version import PROTOCOL_VERSION, __version__
-from cluster.zk import close as zk_close
-from cluster.zk import connect as zk_connect
+from bench.scale.fleet import raise_fd_limit
+from cluster.contract import layout, payload, wire
+from cluster.contract.layout import AgentRecord
+from cluster.contract.liveness import Liveness
+from cluster.contract.version import PROTOCOL_VERSION, __version__
+from cluster.runtime import loop
+from cluster.runtime.zk import close as zk_close
+from cluster.runtime.zk import connect as zk_connect
 
-log = logging.getLogger("agents.simfleet")
+log = logging.getLogger("bench.scale.simfleet")
 
 MAX_RESULTS_PER_MESSAGE = 256  # as the real agent
 TICK = 0.05
@@ -538,7 +539,7 @@ class Fleet:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m agents.simfleet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m bench.scale.simfleet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--zk", default=os.environ.get("CLUSTER_ZK", "127.0.0.1:2181"))
     p.add_argument("--cluster", default=os.environ.get("CLUSTER_NAME", "default"))

@@ -1,0 +1,1 @@
+"""The scale benchmark: a real coordinator and ZooKeeper against thousands of simulated agents."""

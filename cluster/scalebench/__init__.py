@@ -1,1 +1,0 @@
-"""The scale benchmark behind `clusterctl bench scale` and `make scale`."""
