@@ -41,8 +41,8 @@ bench: venv zookeeper $(BENCH_STAMP)
 	$(VENV)/bin/python -m bench.timeline
 
 $(BENCH_STAMP): pyproject.toml $(STAMP)
-	@out=$$($(VENV)/bin/python -m pip install -q --disable-pip-version-check -e '.[test,bench]' 2>&1) || { \
-		echo "pip install -e '.[test,bench]' failed; installing the benchmark peers one by one"; \
+	@out=$$($(VENV)/bin/python -m pip install -q --disable-pip-version-check -e '.[test,lint,bench]' 2>&1) || { \
+		echo "pip install -e '.[test,lint,bench]' failed; installing the benchmark peers one by one"; \
 		$(VENV)/bin/python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['bench'], sep='\n')" | \
 		while read -r req; do \
 			if $(VENV)/bin/python -m pip install -q --disable-pip-version-check "$$req" >/dev/null 2>&1; \
@@ -72,8 +72,8 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
 	@# -q still relays the build backend's deprecation banners: show pip's output only on failure.
-	@out=$$($(VENV)/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1) \
-		|| { echo "$$out"; echo "pip install -e '.[test]' failed"; exit 1; }
+	@out=$$($(VENV)/bin/python -m pip install -q --disable-pip-version-check -e '.[test,lint]' 2>&1) \
+		|| { echo "$$out"; echo "pip install -e '.[test,lint]' failed"; exit 1; }
 	touch $(STAMP)
 
 zookeeper:

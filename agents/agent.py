@@ -394,7 +394,7 @@ class Agent:
                 self._fenced.add((identity, epoch))
                 log.warning("fenced: dropping messages of a deposed coordinator (epoch %d < %d)", epoch, self.max_epoch)
             if isinstance(msg, wire.Hello):
-                loop.send(self.front, wire.Refused(f"epoch {epoch} is older than {self.max_epoch}"), identity)
+                loop.send(self.front, wire.Refused(f"epoch {epoch} is older than {self.max_epoch}", wire.Refusal.FENCED), identity)
             return
         if identity == self.leader:  # any message from the leader proves it alive, not only heartbeats
             self.leader_liveness.beat(identity, time.monotonic())

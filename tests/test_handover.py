@@ -12,10 +12,12 @@ import queue
 import threading
 import time
 
+import msgpack
+import pytest
 import zmq
 from helpers import wait_for
 
-from cluster.client.session import ClusterClient
+from cluster.client.session import ClusterClient, ClusterUnavailable
 from cluster.contract import wire
 from cluster.contract.layout import LeaderRecord
 from cluster.contract.version import PROTOCOL_VERSION
@@ -117,5 +119,41 @@ def test_a_refused_client_submits_again_once_the_coordinator_leads(kazoo_client,
     finally:
         client.close()
         opener.join(10)
+        router.close(0)
+        ctx.term()
+
+
+def test_a_client_refused_for_its_protocol_version_fails_with_the_reason(kazoo_client, zk_connect, cluster_name):
+    """A coordinator of another protocol version refuses a client in a message the client
+    can still read: the job fails at once with the reason, instead of waiting for a timeout."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    election.publish_leader(kazoo_client, cluster_name, _record(1, f"tcp://127.0.0.1:{port}"))
+    client = ClusterClient(zk_connect, cluster_name, connect_timeout=10)
+    refusal = msgpack.packb(
+        [
+            PROTOCOL_VERSION + 1,
+            wire.Refused.KIND,
+            "peer speaks protocol version 1, this side speaks 2",
+            wire.Refusal.PROTOCOL_VERSION,
+        ]
+    )
+
+    def refuse_everything() -> None:
+        while router.poll(3000):
+            identity, *_ = router.recv_multipart()
+            router.send_multipart([identity, refusal])
+
+    refuser = threading.Thread(target=refuse_everything)
+    refuser.start()
+    try:
+        # The reason, not "did not answer within 10 s": it was heard and understood.
+        with pytest.raises(ClusterUnavailable, match="protocol version 1, this side speaks 2"):
+            client.open_job(b"function", {}, lambda *result: None)
+    finally:
+        client.close()
+        refuser.join(10)
         router.close(0)
         ctx.term()

@@ -82,8 +82,8 @@ def test_malformed_is_a_protocol_error(frames):
 
 def test_fields_a_newer_peer_appends_are_ignored():
     # A compatible change within a protocol version only appends fields.
-    msg = wire.decode([header(wire.Heartbeat.KIND, "c1", 1, 3, 1.25, "added later", [1, 2])])
-    assert msg == wire.Heartbeat("c1", 1, 3, 1.25)
+    msg = wire.decode([header(wire.Heartbeat.KIND, "c1", 1, 3, 1.25, 7, "added later", [1, 2])])
+    assert msg == wire.Heartbeat("c1", 1, 3, 1.25, 7)
 
 
 def test_fields_with_defaults_may_be_missing_from_an_older_peer():
@@ -100,6 +100,14 @@ def test_fields_with_defaults_may_be_missing_from_an_older_peer():
 def test_a_heartbeat_interval_out_of_range_is_refused(interval):
     with pytest.raises(wire.ProtocolError, match="interval"):
         wire.decode([header(wire.Heartbeat.KIND, "c1", 1, 0, interval)])
+
+
+def test_a_refusal_reads_the_same_in_every_protocol_version():
+    """A peer of another version must learn why it was refused, not see a frame it cannot read."""
+    frames = [msgpack.packb([PROTOCOL_VERSION + 1, wire.Refused.KIND, "we speak 2", wire.Refusal.PROTOCOL_VERSION])]
+    assert wire.decode(frames) == wire.Refused("we speak 2", wire.Refusal.PROTOCOL_VERSION)
+    older = [msgpack.packb([PROTOCOL_VERSION, wire.Refused.KIND, "not the leader"])]  # a release before codes
+    assert wire.decode(older).code == wire.Refusal.UNSPECIFIED
 
 
 def test_other_protocol_version_is_named():

@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import zmq
 from kazoo.client import KazooClient
@@ -169,6 +170,21 @@ class ClusterClient:
         self.agents = -1  # agents the leader has, from its heartbeat replies; -1 until one arrives
         self._waker = loop.Waker()
         self._stopping = False
+        self._event_handlers: dict[str, Callable[[Any], None]] = {
+            "open": self._on_open,
+            "close": self._on_close,
+            "cancel": self._on_cancel,
+            "leader": self._on_leader,
+            "stop": self._on_stop,
+            "tasks": lambda _: None,  # only wakes the thread: the loop sends new tasks every turn
+        }
+        self._message_handlers: dict[type, Callable[[Any], None]] = {
+            wire.Heartbeat: self._on_heartbeat,
+            wire.TaskResults: self._on_task_results,
+            wire.JobAccepted: self._on_job_accepted,
+            wire.JobFailed: self._on_job_failed,
+            wire.Refused: self._on_refused,
+        }
         self._thread = threading.Thread(target=self._run, name="cluster-client", daemon=True)
         self._thread.start()
         self.zk.DataWatch(layout.leader_path(cluster), self._on_leader_znode)
@@ -286,36 +302,42 @@ class ClusterClient:
             self.ctx.term()
             self._waker.close()
 
-    def _on_event(self, kind: str, value: object) -> None:
-        if kind == "open":
-            job: JobHandle = value  # type: ignore[assignment]
-            self.jobs[job.job_id] = job
-            self._send_job(job)
-        elif kind == "close":
-            job = value  # type: ignore[assignment]
-            self.jobs.pop(job.job_id, None)
-            loop.send(self.sock, wire.CancelJob(job.job_id))
-        elif kind == "cancel":
-            job, index = value  # type: ignore[misc]
-            self._send_new()  # so the task is outstanding (and its cancel follows its submit)
-            if job.outstanding.pop(index, None) is not None:
-                job._room.give()
-                loop.send(self.sock, wire.CancelTasks(job.job_id, [index]))
-        elif kind == "leader":
-            record: LeaderRecord = value  # type: ignore[assignment]
-            if (record.endpoint, record.epoch) != (self.leader.endpoint, self.leader.epoch):
-                log.info("new coordinator leader %s (epoch %d); resubmitting", record.endpoint, record.epoch)
-                self.leader = record
-                self._connect()
-                self.refused = False
-                for job in self.jobs.values():
-                    self._resubmit(job)
-        elif kind == "stop":
-            self._stopping = True
+    def _on_event(self, kind: str, value: Any) -> None:
+        self._event_handlers[kind](value)
+
+    def _on_open(self, job: JobHandle) -> None:
+        self.jobs[job.job_id] = job
+        self._send_job(job)
+
+    def _on_close(self, job: JobHandle) -> None:
+        self.jobs.pop(job.job_id, None)
+        loop.send(self.sock, wire.CancelJob(job.job_id))
+
+    def _on_cancel(self, value: tuple[JobHandle, int]) -> None:
+        job, index = value
+        self._send_new()  # so the task is outstanding (and its cancel follows its submit)
+        if job.outstanding.pop(index, None) is not None:
+            job._room.give()
+            loop.send(self.sock, wire.CancelTasks(job.job_id, [index]))
+
+    def _on_leader(self, record: LeaderRecord) -> None:
+        if (record.endpoint, record.epoch) != (self.leader.endpoint, self.leader.epoch):
+            log.info("new coordinator leader %s (epoch %d); resubmitting", record.endpoint, record.epoch)
+            self.leader = record
+            self._connect()
+            self.refused = False
+            self._resubmit_all()
+
+    def _on_stop(self, _: None) -> None:
+        self._stopping = True
 
     def _send_job(self, job: JobHandle) -> None:
         options = dict(job.options, window=job.window)
         loop.send(self.sock, wire.SubmitJob(job.job_id, job.digest, options, frames=(job.function,)))
+
+    def _resubmit_all(self) -> None:
+        for job in self.jobs.values():
+            self._resubmit(job)
 
     def _resubmit(self, job: JobHandle) -> None:
         self._send_job(job)
@@ -347,42 +369,56 @@ class ClusterClient:
             except wire.ProtocolError as exc:
                 log.warning("dropping malformed message from the coordinator: %s", exc)
                 continue
-            if isinstance(msg, wire.Heartbeat):
-                self.agents = msg.free
-                if self.refused:  # it answers heartbeats only while it leads: what it refused, it takes now
-                    self.refused = False
-                    log.info("coordinator %s leads now; resubmitting", self.leader.endpoint)
-                    for job in self.jobs.values():
-                        self._resubmit(job)
-            elif isinstance(msg, wire.TaskResults):
-                job = self.jobs.get(msg.job_id)
-                if job is not None:
-                    job._results(msg.items, msg.frames)
-            elif isinstance(msg, wire.JobAccepted):
-                job = self.jobs.get(msg.job_id)
-                if job is not None and not job.accepted.is_set():
-                    # Nothing was submitted yet (open_job waits for this), so the
-                    # window can still be replaced by the coordinator's answer.
-                    job.window = msg.window
-                    job._room = Window(msg.window)
-                    job.workers = msg.workers
-                    job.max_payload = msg.max_payload
-                    job.accepted.set()
-            elif isinstance(msg, wire.JobFailed):
-                job = self.jobs.get(msg.job_id)
-                if job is not None and msg.reason.startswith("unknown job"):
-                    self._resubmit(job)  # the coordinator restarted under the same address
-                elif job is not None:
-                    job.failure = f"the coordinator refused job {msg.job_id}: {msg.reason}"
-                    job.accepted.set()
-            elif isinstance(msg, wire.Refused):
-                if not self.refused:
-                    log.warning("coordinator refused us: %s", msg.reason)
-                self.refused = True
-                if "protocol version" in msg.reason:
-                    for job in self.jobs.values():
-                        job.failure = f"the coordinator refused this client: {msg.reason}"
-                        job.accepted.set()
+            handler = self._message_handlers.get(type(msg))
+            if handler is None:
+                log.warning("dropping an unexpected %s from the coordinator", type(msg).__name__)
+                continue
+            handler(msg)
+
+    def _on_heartbeat(self, msg: wire.Heartbeat) -> None:
+        if msg.agents >= 0:
+            self.agents = msg.agents
+        if self.refused:  # it answers heartbeats only while it leads: what it refused, it takes now
+            self.refused = False
+            log.info("coordinator %s leads now; resubmitting", self.leader.endpoint)
+            self._resubmit_all()
+
+    def _on_task_results(self, msg: wire.TaskResults) -> None:
+        job = self.jobs.get(msg.job_id)
+        if job is not None:
+            job._results(msg.items, msg.frames)
+
+    def _on_job_accepted(self, msg: wire.JobAccepted) -> None:
+        job = self.jobs.get(msg.job_id)
+        if job is not None and not job.accepted.is_set():
+            # Nothing was submitted yet (open_job waits for this), so the
+            # window can still be replaced by the coordinator's answer.
+            job.window = msg.window
+            job._room = Window(msg.window)
+            job.workers = msg.workers
+            job.max_payload = msg.max_payload
+            job.accepted.set()
+
+    def _on_job_failed(self, msg: wire.JobFailed) -> None:
+        job = self.jobs.get(msg.job_id)
+        if job is None:
+            return
+        if msg.code == wire.JobFailure.UNKNOWN_JOB:
+            self._resubmit(job)  # the coordinator restarted under the same address
+        else:
+            job.failure = f"the coordinator refused job {msg.job_id}: {msg.reason}"
+            job.accepted.set()
+
+    def _on_refused(self, msg: wire.Refused) -> None:
+        if msg.code == wire.Refusal.PROTOCOL_VERSION:
+            log.error("coordinator refused us: %s", msg.reason)
+            for job in self.jobs.values():
+                job.failure = f"the coordinator refused this client: {msg.reason}"
+                job.accepted.set()
+            return
+        if not self.refused:
+            log.warning("coordinator refused us: %s", msg.reason)
+        self.refused = True  # it does not lead (yet): see _on_heartbeat
 
 
 __all__ = ["ClusterClient", "ClusterUnavailable", "JobHandle", "ZooKeeperUnreachable"]

@@ -11,6 +11,7 @@ anything else, so a hostile or confused peer can never crash a loop.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import operator
 import threading
@@ -41,6 +42,26 @@ CANCELLED = 3  # the job was cancelled before the task finished
 NEED_FUNCTION = 4  # worker-internal: the function blob was not cached
 STATUSES = frozenset({OK, ERROR, LOST, CANCELLED, NEED_FUNCTION})
 OUTCOMES = {OK: "ok", ERROR: "error", LOST: "lost"}  # names for logs and metrics
+
+
+class Refusal(enum.IntEnum):
+    """Why a peer refused a message (``Refused.code``): receivers switch on this; the
+    reason is for people."""
+
+    UNSPECIFIED = 0  # a peer of a release before codes
+    NOT_LEADER = 1  # coordinator -> client: it does not lead (yet, or any more)
+    PROTOCOL_VERSION = 2  # any peer: it speaks another protocol version
+    FENCED = 3  # agent -> coordinator: its epoch is older than one the agent obeys
+
+
+class JobFailure(enum.IntEnum):
+    """Why the coordinator cannot run a job (``JobFailed.code``)."""
+
+    UNSPECIFIED = 0
+    UNKNOWN_JOB = 1  # it has no such job (it restarted under the same address): submit the job again
+    TOO_LARGE = 2  # the function is larger than the payload limit
+    WINDOW_EXCEEDED = 3  # the client sent more tasks than the job's window
+
 
 MAX_HEADER_BYTES = 8 * 1024 * 1024
 MAX_PAYLOAD_DEFAULT = 64 * 1024 * 1024  # one task's arguments, function or result
@@ -106,8 +127,8 @@ def decode(frames: list[bytes] | list[Any]) -> Message:
     if not isinstance(header, list) or len(header) < 2:
         raise ProtocolError("header is not a [version, kind, ...] list")
     version, kind, *values = header
-    if version != PROTOCOL_VERSION:
-        raise VersionMismatch(version)
+    if version != PROTOCOL_VERSION and kind != Refused.KIND:
+        raise VersionMismatch(version)  # Refused alone reads the same in every version: see there
     cls = _REGISTRY.get(kind) if isinstance(kind, int) else None
     if cls is None:
         raise ProtocolError(f"unknown message kind {kind!r}")
@@ -209,13 +230,15 @@ class Heartbeat(Message):
     """Liveness, both ways. ``epoch`` fences deposed coordinators; ``free`` is
     the sender's spare capacity (agents) or 0; ``interval``, from a coordinator to its
     agents, the seconds between beats from now on, both ways (0: unchanged; older
-    coordinators send none)."""
+    coordinators send none); ``agents``, from a coordinator to a client, how many agents
+    it has (-1: not said)."""
 
     KIND = 1
     sender: str
     epoch: int
     free: int = 0
     interval: float = 0.0
+    agents: int = -1
 
     def validate(self) -> None:
         if self.interval and not 0.01 <= self.interval <= 60:
@@ -224,10 +247,13 @@ class Heartbeat(Message):
 
 @dataclasses.dataclass(frozen=True)
 class Refused(Message):
-    """A request that will not be served, with the reason (e.g. a version mismatch)."""
+    """A request that will not be served: ``code`` (a Refusal) says why, ``reason`` says it
+    to a person. Its kind and fields are the same in every protocol version, so that a peer
+    speaking another version can read why it was refused."""
 
     KIND = 2
     reason: str
+    code: int = Refusal.UNSPECIFIED
 
 
 # ------------------------------------------------------- client <-> coordinator
@@ -326,11 +352,12 @@ class StatusReply(Message):
 
 @dataclasses.dataclass(frozen=True)
 class JobFailed(Message):
-    """The coordinator cannot run this job at all (e.g. unknown job id)."""
+    """The coordinator cannot run this job at all: ``code`` (a JobFailure) says why."""
 
     KIND = 15
     job_id: str
     reason: str
+    code: int = JobFailure.UNSPECIFIED
 
 
 # -------------------------------------------------------- coordinator <-> agent

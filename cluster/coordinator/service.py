@@ -532,7 +532,11 @@ class Coordinator:
             self._bad(identity, f"unexpected {type(msg).__name__} on the client port")
             return
         if not self.leading and not isinstance(msg, wire.StatusRequest):
-            loop.send(self.clients, wire.Refused("not the leader; look up the leader in ZooKeeper"), identity)
+            loop.send(
+                self.clients,
+                wire.Refused("not the leader; look up the leader in ZooKeeper", wire.Refusal.NOT_LEADER),
+                identity,
+            )
             return
         handler(identity, msg)
 
@@ -541,7 +545,11 @@ class Coordinator:
         if len(msg.frames[0]) > limit:
             loop.send(
                 self.clients,
-                wire.JobFailed(msg.job_id, f"the function is {_mib(len(msg.frames[0]))}; the limit is {_mib(limit)}"),
+                wire.JobFailed(
+                    msg.job_id,
+                    f"the function is {_mib(len(msg.frames[0]))}; the limit is {_mib(limit)}",
+                    wire.JobFailure.TOO_LARGE,
+                ),
                 identity,
             )
             return
@@ -555,11 +563,17 @@ class Coordinator:
     def _on_submit_tasks(self, identity: bytes, msg: wire.SubmitTasks) -> None:
         job = self.scheduler.jobs.get(msg.job_id)
         if job is None:
-            loop.send(self.clients, wire.JobFailed(msg.job_id, "unknown job (the coordinator changed?)"), identity)
+            loop.send(
+                self.clients,
+                wire.JobFailed(msg.job_id, "unknown job (the coordinator changed?)", wire.JobFailure.UNKNOWN_JOB),
+                identity,
+            )
             return
         if len(job.tasks) + len(msg.indices) > job.window:
             self._bad(identity, f"job {msg.job_id} exceeds its window of {job.window} tasks")
-            loop.send(self.clients, wire.JobFailed(msg.job_id, "window exceeded"), identity)
+            loop.send(
+                self.clients, wire.JobFailed(msg.job_id, "window exceeded", wire.JobFailure.WINDOW_EXCEEDED), identity
+            )
             return
         job.client, job.last_seen = identity, time.monotonic()
         limit = self.cfg.max_payload
@@ -596,7 +610,7 @@ class Coordinator:
         for job in self.scheduler.jobs.values():
             if job.client == identity:
                 job.last_seen = now
-        loop.send(self.clients, wire.Heartbeat(self.id, self.epoch, len(self.peers)), identity)
+        loop.send(self.clients, wire.Heartbeat(self.id, self.epoch, agents=len(self.peers)), identity)
 
     def _on_status(self, identity: bytes, msg: wire.StatusRequest) -> None:
         loop.send(self.clients, wire.StatusReply(self.status()), identity)
@@ -646,6 +660,7 @@ class Coordinator:
             "heartbeat_interval": self.beats.interval,
             "relays": {relay_id: r.endpoint for relay_id, r in self.relays.records.items()},
             "counters": dict(self.counters + s.counters),
+            "written_off": dict(self.written_off),  # agents assumed lost while registered, by cause
         }
 
     def _end_job(self, job_id: str) -> None:

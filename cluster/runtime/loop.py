@@ -155,7 +155,7 @@ def read_router(
             msg = wire.decode(frames[body:])
         except wire.VersionMismatch as exc:
             bad(identity, str(exc))
-            send(sock, wire.Refused(str(exc)), identity)
+            send(sock, wire.Refused(str(exc), wire.Refusal.PROTOCOL_VERSION), identity)
             continue
         except wire.ProtocolError as exc:
             bad(identity, str(exc))
