@@ -12,7 +12,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 #   make test PYTEST_ARGS='tests/test_zkserver.py -x'
 PYTEST_ARGS ?= tests
 
-.PHONY: demo test lint bench chaos zookeeper venv clean
+.PHONY: demo test lint format bench chaos zookeeper venv clean
 
 demo: venv zookeeper
 	$(VENV)/bin/clusterctl up --run '$(VENV)/bin/python examples/classic.py'
@@ -25,6 +25,11 @@ LINT_PATHS := cluster agents bench tests
 lint: venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+
+# Apply what lint can mend by itself: the format and the fixable lint rules.
+format: venv
+	$(VENV)/bin/ruff format $(LINT_PATHS)
+	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
 
 # The peers (the `bench` extra: Dask, IPython Parallel, Ray) have their own stamp. A peer
 # that cannot be installed here (no wheel for this Python, say) must not stop the run:

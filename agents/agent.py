@@ -19,7 +19,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import psutil
 import zmq
@@ -30,9 +32,7 @@ from cluster.contract.layout import AgentRecord
 from cluster.contract.liveness import Liveness
 from cluster.contract.version import PROTOCOL_VERSION, __version__
 from cluster.runtime import loop
-from cluster.runtime.sdnotify import Notifier
-from cluster.runtime.zk import close as zk_close
-from cluster.runtime.zk import connect as zk_connect
+from cluster.runtime.daemon import Harness
 from cluster.runtime.zk import tidy
 
 from .channel import Channel, Closed, pair
@@ -40,6 +40,9 @@ from .marker import Marker
 from .pool import WorkerPool
 from .registration import Registration
 from .resources import detect, parse_workers
+
+if TYPE_CHECKING:
+    from cluster.runtime.metrics import Metrics
 
 log = logging.getLogger("agents.agent")
 
@@ -107,7 +110,8 @@ class Agent:
         self.depth = 1 + cfg.prefetch  # tasks one worker may hold when they are short (see _retune)
         self._announced = self.capacity  # the capacity the leader knows
         self._seq = itertools.count(1)
-        self.waker = loop.Waker()
+        self.harness = Harness()
+        self.waker, self.notifier = self.harness.waker, self.harness.notifier
         self.jobs: dict[str, JobInfo] = {}
         self.queue: collections.deque[QueuedTask] = collections.deque()
         self.outbox: list[tuple[tuple[str, int, int], int, bytes]] = []
@@ -123,8 +127,7 @@ class Agent:
         self.draining = False
         self.drain_deadline = 0.0
         self._stopping = False
-        self.notifier = Notifier()
-        self.metrics = None
+        self.metrics: Metrics | None = None
         self._fenced: set[tuple[bytes, int]] = set()
         self.front_handlers = {
             wire.Hello: self._on_hello,
@@ -146,69 +149,50 @@ class Agent:
         """Safe from a signal handler: finish what is held, then leave."""
         self.waker.post(("drain", None))
 
-    def run(self, on_registered=None) -> int:
-        ctx = zmq.Context()
-        self.front = loop.configure(ctx.socket(zmq.ROUTER), max_payload=self.cfg.max_payload)
-        self.front.setsockopt(zmq.ROUTING_ID, self.node_id.encode())
-        self.front.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        auth = None
-        if self.keys:
-            security.serve(self.front, self.keys, "coordinators")
-            auth, self.zap = security.start_authenticator(ctx, {"coordinators": {self.keys.coordinator}})
-        self.poller = zmq.Poller()
-        self.channels: dict[int, Channel] = {}  # fd -> a worker's channel
-        self.links: dict[int, Channel] = {}  # slot index -> the channel of its current process
-        zk = None
-        self.markers = markers = [Marker.create() for _ in range(self.workers)]
-        self.pool = WorkerPool(self.workers, self._spawn, backoff_max=self.cfg.restart_backoff_max, markers=markers)
-        try:
-            bound = loop.bind(self.front, self.cfg.bind)
-            self.endpoint = loop.advertised(bound, self.cfg.advertise, self.cfg.zk)
-            zk = zk_connect(
-                self.cfg.zk, timeout=10.0, session_timeout=self.cfg.zk_session_timeout, auth_file=self.cfg.zk_auth
-            )
-            self.registration = Registration(zk, self.cfg.cluster, self._record())
-            self.pool.converge(time.monotonic())
-            self.registration.register()
-            self.registration.keep()
-            drain_request = layout.drain_path(self.cfg.cluster, self.node_id)
-            zk.DataWatch(drain_request, self._on_drain_request)
-            log.info(
-                "agent %s registered: endpoint %s, %d workers (%d usable cpus)%s",
-                self.node_id,
-                self.endpoint,
-                self.workers,
-                self.resources.usable_cpus,
-                f", reached through relay {self.cfg.relay}" if self.cfg.relay else "",
-            )
-            if self.cfg.metrics_port:
-                from cluster.runtime.metrics import Metrics  # only daemons that export metrics need the library
-
-                self.metrics = Metrics(self.cfg.metrics_port, loop.bind_host(self.cfg.bind))
-                log.info("metrics on port %d", self.metrics.port)
-            self.zk = zk
-            self.notifier.ready(f"registered as {self.node_id} at {self.endpoint} with {self.workers} workers")
+    def run(self, on_registered: Callable[[Agent], None] | None = None) -> int:
+        with self.harness as h:
+            self._start(h)
             if on_registered:
                 on_registered(self)
             self._loop()
             self.registration.deregister()
-            tidy(zk, zk.delete_async, drain_request)  # a spent request would drain our successor
+            tidy(self.zk, self.zk.delete_async, self.drain_request)  # a spent request would drain our successor
             log.info("agent %s deregistered; counters %s", self.node_id, dict(self.counters))
-        finally:
-            self.pool.stop()
-            zk_close(zk)
-            self.front.close(0)
-            for fd in list(self.channels):
-                self._close_channel(fd)
-            if auth is not None:
-                auth.stop()
-            if self.metrics is not None:
-                self.metrics.stop()
-            ctx.term()
-            for marker in markers:
-                marker.close()
-            self.waker.close()
         return 0
+
+    def _start(self, h: Harness) -> None:
+        cfg = self.cfg
+        self.front = h.socket(zmq.ROUTER, max_payload=cfg.max_payload, routing_id=self.node_id.encode())
+        if self.keys:
+            security.serve(self.front, self.keys, "coordinators")
+            h.authenticate({"coordinators": {self.keys.coordinator}})
+        self.poller = zmq.Poller()
+        self.channels: dict[int, Channel] = {}  # fd -> a worker's channel
+        self.links: dict[int, Channel] = {}  # slot index -> the channel of its current process
+        self.markers = markers = [Marker.create() for _ in range(self.workers)]
+        h.on_close(lambda: [marker.close() for marker in markers])
+        h.on_close(lambda: [self._close_channel(fd) for fd in list(self.channels)])
+        self.pool = WorkerPool(self.workers, self._spawn, backoff_max=cfg.restart_backoff_max, markers=markers)
+        bound = loop.bind(self.front, cfg.bind)
+        self.endpoint = loop.advertised(bound, cfg.advertise, cfg.zk)
+        self.zk = zk = h.connect_zookeeper(cfg.zk, session_timeout=cfg.zk_session_timeout, auth_file=cfg.zk_auth)
+        h.on_close(self.pool.stop)  # first: no worker outlives the agent
+        self.registration = Registration(zk, cfg.cluster, self._record())
+        self.pool.converge(time.monotonic())
+        self.registration.register()
+        self.registration.keep()
+        self.drain_request = layout.drain_path(cfg.cluster, self.node_id)
+        zk.DataWatch(self.drain_request, self._on_drain_request)
+        log.info(
+            "agent %s registered: endpoint %s, %d workers (%d usable cpus)%s",
+            self.node_id,
+            self.endpoint,
+            self.workers,
+            self.resources.usable_cpus,
+            f", reached through relay {cfg.relay}" if cfg.relay else "",
+        )
+        self.metrics = h.serve_metrics(cfg.metrics_port, cfg.bind)
+        self.notifier.ready(f"registered as {self.node_id} at {self.endpoint} with {self.workers} workers")
 
     def _record(self) -> AgentRecord:
         return AgentRecord(
@@ -394,7 +378,11 @@ class Agent:
                 self._fenced.add((identity, epoch))
                 log.warning("fenced: dropping messages of a deposed coordinator (epoch %d < %d)", epoch, self.max_epoch)
             if isinstance(msg, wire.Hello):
-                loop.send(self.front, wire.Refused(f"epoch {epoch} is older than {self.max_epoch}", wire.Refusal.FENCED), identity)
+                loop.send(
+                    self.front,
+                    wire.Refused(f"epoch {epoch} is older than {self.max_epoch}", wire.Refusal.FENCED),
+                    identity,
+                )
             return
         if identity == self.leader:  # any message from the leader proves it alive, not only heartbeats
             self.leader_liveness.beat(identity, time.monotonic())

@@ -37,6 +37,8 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import zmq
 
@@ -45,11 +47,12 @@ from cluster.contract.config import RelayConfig
 from cluster.contract.layout import RelayRecord
 from cluster.contract.version import PROTOCOL_VERSION, __version__
 from cluster.runtime import loop
-from cluster.runtime.sdnotify import Notifier
-from cluster.runtime.zk import close as zk_close
-from cluster.runtime.zk import connect as zk_connect
+from cluster.runtime.daemon import STOP, Harness
 
 from .registration import Registration
+
+if TYPE_CHECKING:
+    from cluster.runtime.metrics import Metrics
 
 log = logging.getLogger("agents.relay")
 
@@ -64,86 +67,66 @@ class Relay:
         # Toward the coordinator it stands in for agents, toward agents for the coordinator.
         self.keys = security.for_daemon(cfg.keys, cfg.insecure, "agent")
         self.coordinator_keys = security.load(cfg.keys, "coordinator", with_clients=False) if cfg.keys else None
-        self.waker = loop.Waker()
-        self.notifier = Notifier()
+        self.harness = Harness()
+        self.waker, self.notifier = self.harness.waker, self.harness.notifier
         self.agents: dict[str, str] = {}  # node id -> endpoint, as the leader named them
         self._at: dict[str, set[str]] = {}  # endpoint -> the agents named there
         self._heard: set[bytes] = set()  # agents whose heartbeat came since the last RelayBeat
         self.leader: bytes | None = None
         self.leader_epoch = -1
         self.counters: collections.Counter = collections.Counter()
-        self.metrics = None
+        self.metrics: Metrics | None = None
         self._stopping = False
         self._warned = 0
 
     def stop(self) -> None:
         """Safe from a signal handler."""
-        self.waker.post(("stop", None))
+        self.harness.stop()
 
-    def run(self, on_registered=None) -> int:
-        ctx = zmq.Context()
-        self.up = loop.configure(ctx.socket(zmq.ROUTER), max_payload=self.cfg.max_payload)
-        self.up.setsockopt(zmq.ROUTING_ID, f"relay/{self.relay_id}".encode())
-        self.up.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.down = loop.configure(ctx.socket(zmq.ROUTER), max_payload=self.cfg.max_payload)
-        # Unique per process: an agent takes its leader's routing id from whoever said Hello.
-        self.down.setsockopt(zmq.ROUTING_ID, f"relay/{self.relay_id}/{uuid.uuid4().hex[:8]}".encode())
-        # No ROUTER_HANDOVER, and none needed: the leader disconnects an agent's old endpoint
-        # before it names a new one. (It would be safe: libzmq ends a handed-over pipe only
-        # once the message being read from it is whole, router.cpp's terminate_current_in.)
-        self.down.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.closed = loop.watch_disconnects(self.down)
-        auth = None
-        if self.keys and self.coordinator_keys:
-            security.serve(self.up, self.keys, "coordinators")
-            security.connect_to(self.down, self.coordinator_keys, self.coordinator_keys.agent)
-            auth, _ = security.start_authenticator(ctx, {"coordinators": {self.keys.coordinator}})
-        zk = None
-        try:
-            bound = loop.bind(self.up, self.cfg.bind)
-            self.endpoint = loop.advertised(bound, self.cfg.advertise, self.cfg.zk)
-            zk = zk_connect(
-                self.cfg.zk, timeout=10.0, session_timeout=self.cfg.zk_session_timeout, auth_file=self.cfg.zk_auth
-            )
-            self.registration = Registration(
-                zk,
-                self.cfg.cluster,
-                RelayRecord(
-                    node_id=self.relay_id,
-                    host=socket.gethostname(),
-                    endpoint=self.endpoint,
-                    version=__version__,
-                    protocol=PROTOCOL_VERSION,
-                    pid=os.getpid(),
-                    started=time.time(),
-                ),
-            )
-            self.registration.register()
-            self.registration.keep()
-            if self.cfg.metrics_port:
-                from cluster.runtime.metrics import Metrics
-
-                self.metrics = Metrics(self.cfg.metrics_port, loop.bind_host(self.cfg.bind))
-            log.info("relay %s registered at %s", self.relay_id, self.endpoint)
-            self.notifier.ready(f"relay {self.relay_id} at {self.endpoint}")
+    def run(self, on_registered: Callable[[Relay], None] | None = None) -> int:
+        with self.harness as h:
+            self._start(h)
             if on_registered:
                 on_registered(self)
             self._loop()
             self.registration.deregister()
             self._linger()
             log.info("relay %s deregistered; counters %s", self.relay_id, dict(self.counters))
-        finally:
-            zk_close(zk)
-            self.up.close(0)
-            self.down.close(0)
-            self.closed.close(0)
-            if auth is not None:
-                auth.stop()
-            if self.metrics is not None:
-                self.metrics.stop()
-            ctx.term()
-            self.waker.close()
         return 0
+
+    def _start(self, h: Harness) -> None:
+        cfg = self.cfg
+        self.up = h.socket(zmq.ROUTER, max_payload=cfg.max_payload, routing_id=f"relay/{self.relay_id}".encode())
+        # Unique per process: an agent takes its leader's routing id from whoever said Hello.
+        # No ROUTER_HANDOVER, and none needed: the leader disconnects an agent's old endpoint
+        # before it names a new one. (It would be safe: libzmq ends a handed-over pipe only
+        # once the message being read from it is whole, router.cpp's terminate_current_in.)
+        self.down = h.socket(
+            zmq.ROUTER, max_payload=cfg.max_payload, routing_id=f"relay/{self.relay_id}/{uuid.uuid4().hex[:8]}".encode()
+        )
+        self.closed = h.watch_disconnects(self.down)
+        if self.keys and self.coordinator_keys:
+            security.serve(self.up, self.keys, "coordinators")
+            security.connect_to(self.down, self.coordinator_keys, self.coordinator_keys.agent)
+            h.authenticate({"coordinators": {self.keys.coordinator}})
+        bound = loop.bind(self.up, cfg.bind)
+        self.endpoint = loop.advertised(bound, cfg.advertise, cfg.zk)
+        zk = h.connect_zookeeper(cfg.zk, session_timeout=cfg.zk_session_timeout, auth_file=cfg.zk_auth)
+        record = RelayRecord(
+            node_id=self.relay_id,
+            host=socket.gethostname(),
+            endpoint=self.endpoint,
+            version=__version__,
+            protocol=PROTOCOL_VERSION,
+            pid=os.getpid(),
+            started=time.time(),
+        )
+        self.registration = Registration(zk, cfg.cluster, record)
+        self.registration.register()
+        self.registration.keep()
+        self.metrics = h.serve_metrics(cfg.metrics_port, cfg.bind)
+        log.info("relay %s registered at %s", self.relay_id, self.endpoint)
+        self.notifier.ready(f"relay {self.relay_id} at {self.endpoint}")
 
     # ---------------------------------------------------------------- loop
 
@@ -182,7 +165,7 @@ class Relay:
         self._loop(until=time.monotonic() + LINGER)
 
     def _on_event(self, kind: str, value: object) -> None:
-        if kind == "stop":
+        if kind == STOP:
             self._stopping = True
             self.notifier.stopping("stopping")
 

@@ -297,7 +297,9 @@ class Fleet:
         if epoch < agent.max_epoch:
             self.counters["fenced_messages"] += 1
             if isinstance(msg, wire.Hello):
-                self._send(agent, wire.Refused(f"epoch {epoch} is older than {agent.max_epoch}", wire.Refusal.FENCED), identity)
+                self._send(
+                    agent, wire.Refused(f"epoch {epoch} is older than {agent.max_epoch}", wire.Refusal.FENCED), identity
+                )
             return
         kind = type(msg)
         if identity == agent.leader:  # any message from the leader proves it alive, as in the real agent

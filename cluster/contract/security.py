@@ -24,7 +24,6 @@ from pathlib import Path
 
 import zmq
 import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
 
 log = logging.getLogger("cluster.security")
 
@@ -117,33 +116,6 @@ def connect_to(sock: zmq.Socket, keys: Keys, server_public: bytes) -> None:
     sock.curve_secretkey = keys.secret
     sock.curve_publickey = keys.public
     sock.curve_serverkey = server_public
-
-
-class AllowList:
-    """ZAP credentials provider: a fixed set of public keys per domain. Each
-    rejected key is logged once and counted, however often it retries."""
-
-    def __init__(self, allowed: dict[str, set[bytes]]):
-        self.allowed = allowed
-        self.rejected: dict[bytes, int] = {}
-
-    def callback(self, domain: str, key: bytes) -> bool:
-        if key in self.allowed.get(domain, set()):
-            return True
-        if key not in self.rejected:
-            log.warning("rejected a peer with an unknown CURVE key on %s (public key %s...)", domain, key[:8].hex())
-        self.rejected[key] = self.rejected.get(key, 0) + 1
-        return False
-
-
-def start_authenticator(ctx: zmq.Context, allowed: dict[str, set[bytes]]) -> tuple[ThreadAuthenticator, AllowList]:
-    """ZAP runs on its own thread with its own socket (pyzmq's authenticator)."""
-    auth = ThreadAuthenticator(ctx, log=logging.getLogger("cluster.zap"))
-    auth.start()
-    provider = AllowList(allowed)
-    for domain in allowed:
-        auth.configure_curve_callback(domain, credentials_provider=provider)
-    return auth, provider
 
 
 def for_daemon(keys_dir: str, insecure: bool, role: str) -> Keys | None:

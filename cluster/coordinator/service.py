@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import zmq
 
@@ -30,10 +31,11 @@ from cluster.coordinator.rate import Throughput
 from cluster.coordinator.relays import RelayTable, relay_identity
 from cluster.coordinator.scheduler import Scheduler
 from cluster.runtime import loop
+from cluster.runtime.daemon import STOP, Harness
 from cluster.runtime.membership import MemberEvent, Membership
-from cluster.runtime.sdnotify import Notifier
-from cluster.runtime.zk import close as zk_close
-from cluster.runtime.zk import connect as zk_connect
+
+if TYPE_CHECKING:
+    from cluster.runtime.metrics import Metrics
 
 log = logging.getLogger("cluster.coordinator")
 
@@ -74,12 +76,12 @@ class Coordinator:
         self.beats = BeatInterval(cfg.heartbeat_interval, cfg.heartbeat_budget, cfg.heartbeat_misses)
         self.counters: collections.Counter = collections.Counter()
         self.written_off: collections.Counter = collections.Counter()  # agents assumed lost, by cause
-        self.waker = loop.Waker()
+        self.harness = Harness()
+        self.waker, self.notifier = self.harness.waker, self.harness.notifier
         self._stopping = False
         self._first_dispatch = False
         self._next_beat = 0.0  # heartbeats go every beats.interval, not every (shorter) timer tick
-        self.notifier = Notifier()
-        self.metrics = None
+        self.metrics: Metrics | None = None
         self._warned_bad: set[bytes] = set()
         self.client_handlers = {
             wire.SubmitJob: self._on_submit_job,
@@ -103,28 +105,27 @@ class Coordinator:
     def stop(self) -> None:
         """Safe from any thread or a signal handler."""
         self._stopping = True
-        self.waker.post(("stop", None))
+        self.harness.stop()
 
     def run(self) -> int:
-        ctx = zmq.Context()
-        self.clients = loop.configure(ctx.socket(zmq.ROUTER), max_payload=self.cfg.max_payload)
-        self.clients.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.agents = loop.configure(ctx.socket(zmq.ROUTER), max_payload=self.cfg.max_payload)
-        self.agents.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        with self.harness as h:
+            self._start(h)
+            self._loop()
+        return 0
+
+    def _start(self, h: Harness) -> None:
+        cfg = self.cfg
+        self.clients = h.socket(zmq.ROUTER, max_payload=cfg.max_payload)
+        self.agents = h.socket(zmq.ROUTER, max_payload=cfg.max_payload, routing_id=self.id.encode())
         self.agents.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        self.agents.setsockopt(zmq.ROUTING_ID, self.id.encode())
-        self.closed = loop.watch_disconnects(self.agents)
-        auth = None
+        self.closed = h.watch_disconnects(self.agents)
         if self.keys:
             security.serve(self.clients, self.keys, "clients")
             security.connect_to(self.agents, self.keys, self.keys.agent)
-            auth, self.zap = security.start_authenticator(ctx, {"clients": set(self.keys.clients)})
-        bound = loop.bind(self.clients, self.cfg.bind)
-        self.endpoint = loop.advertised(bound, self.cfg.advertise, self.cfg.zk)
-        zk = zk_connect(
-            self.cfg.zk, timeout=10.0, session_timeout=self.cfg.zk_session_timeout, auth_file=self.cfg.zk_auth
-        )
-        self.zk = zk
+            h.authenticate({"clients": set(self.keys.clients)})
+        bound = loop.bind(self.clients, cfg.bind)
+        self.endpoint = loop.advertised(bound, cfg.advertise, cfg.zk)
+        self.zk = zk = h.connect_zookeeper(cfg.zk, session_timeout=cfg.zk_session_timeout, auth_file=cfg.zk_auth)
         self.membership = Membership(zk, self.cfg.cluster, lambda ev: self.waker.post(("member", ev)))
         self.relay_membership = Membership(zk, self.cfg.cluster, lambda ev: self.waker.post(("relay", ev)), RelayRecord)
         self.election = election.LeaderElection(
@@ -135,32 +136,15 @@ class Coordinator:
             lambda kind, epoch: self.waker.post((kind, epoch)),
             prepare=self._watch_members,
         )
-        if self.cfg.metrics_port:
-            from cluster.runtime.metrics import Metrics  # only daemons that export metrics need the library
-
-            self.metrics = Metrics(self.cfg.metrics_port, loop.bind_host(self.cfg.bind))
+        h.on_close(self.membership.stop)
+        h.on_close(self.relay_membership.stop)
+        h.on_close(self.election.stop)  # first: no new lead while the rest stops
+        self.metrics = h.serve_metrics(cfg.metrics_port, cfg.bind)
+        if self.metrics is not None:
             self.scheduler.latencies = []
-            log.info("metrics on port %d", self.metrics.port)
         log.info("coordinator %s: client endpoint %s; standing for election", self.id, self.endpoint)
         self.election.start()
         self.notifier.ready(f"standing by for election; client endpoint {self.endpoint}")
-        try:
-            self._loop()
-        finally:
-            self.election.stop()
-            self.membership.stop()
-            self.relay_membership.stop()
-            zk_close(zk)
-            self.clients.close(0)
-            self.agents.close(0)
-            self.closed.close(0)
-            if auth is not None:
-                auth.stop()
-            if self.metrics is not None:
-                self.metrics.stop()
-            ctx.term()
-            self.waker.close()
-        return 0
 
     def _export(self, now: float) -> None:
         m, s = self.metrics, self.scheduler
@@ -267,7 +251,7 @@ class Coordinator:
     # --------------------------------------------------------------- events
 
     def _on_event(self, kind: str, value: object) -> None:
-        if kind == "stop":
+        if kind == STOP:
             self._stopping = True
             self.notifier.stopping("stopping")
         elif kind == election.ELECTED:
