@@ -111,7 +111,7 @@ class Relay:
             h.authenticate({"coordinators": {self.keys.coordinator}})
         bound = loop.bind(self.up, cfg.bind)
         self.endpoint = loop.advertised(bound, cfg.advertise, cfg.zk)
-        zk = h.connect_zookeeper(cfg.zk, session_timeout=cfg.zk_session_timeout, auth_file=cfg.zk_auth)
+        self.zk = zk = h.connect_zookeeper(cfg.zk, session_timeout=cfg.zk_session_timeout, auth_file=cfg.zk_auth)
         record = RelayRecord(
             node_id=self.relay_id,
             host=socket.gethostname(),
@@ -297,6 +297,7 @@ class Relay:
         if m is None:
             return
         m.gauge("relay_agents", "agents that name this relay", len(self.agents))
+        m.gauge("zookeeper_connected", "1 while the ZooKeeper session is connected", 1.0 if self.zk.connected else 0.0)
         m.counters(
             "relay_messages_total",
             "messages forwarded, by direction",

@@ -61,7 +61,15 @@ def render(state: dict) -> str:
         f"{state['delivered']} done ({state['failed']} failed), {state['tasks_per_second']:g} tasks/s over the last minute",
     ]
     if state.get("relays"):
-        lines.append(f"relays: {', '.join(f'{r} at {e}' for r, e in sorted(state['relays'].items()))}")
+        bypassed = set(state.get("relays_bypassed", ()))
+        relays = (
+            f"{r} at {e}" + (" (silent: its agents are reached directly)" if r in bypassed else "")
+            for r, e in sorted(state["relays"].items())
+        )
+        lines.append(f"relays: {', '.join(relays)}")
+    if state.get("written_off"):
+        causes = ", ".join(f"{n} {cause}" for cause, n in sorted(state["written_off"].items()))
+        lines.append(f"agents written off while registered: {causes}")
     for node, a in sorted(state["agents"].items()):
         age = "never heard" if a["heartbeat_age"] is None else f"heartbeat {a['heartbeat_age']:.1f}s ago"
         via = f" via {a['via']}" if a.get("via") else ""

@@ -10,6 +10,7 @@ only moves bytes. It never unpickles user payloads.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import socket
@@ -53,6 +54,7 @@ class AgentPeer:
     started: float = 0.0  # its process's start (AgentRecord), to tell which of two at one endpoint is live
     via: str = ""  # the relay it is reached through; "" when connected to directly
     route: loop.Route = b""
+    written_off: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)  # by cause
 
     def __post_init__(self) -> None:
         self.route = (relay_identity(self.via), self.identity) if self.via else self.identity
@@ -436,6 +438,7 @@ class Coordinator:
             requeued,
         )
         self.written_off[cause] += 1
+        peer.written_off[cause] += 1
         peer.up = False
         self.agent_liveness.forget(node_id)
 
@@ -506,6 +509,7 @@ class Coordinator:
         cutoff = now - self.cfg.client_timeout
         for job in [j for j in self.scheduler.jobs.values() if j.last_seen < cutoff]:
             log.warning("job %s: client silent for %.0f s; cancelling it", job.job_id, self.cfg.client_timeout)
+            self.counters["clients_timed_out"] += 1
             self._end_job(job.job_id)
 
     # ------------------------------------------------------------- clients
@@ -624,6 +628,7 @@ class Coordinator:
                 }
             if peer.via:
                 agents[node_id]["via"] = peer.via
+            agents[node_id]["written_off"] = dict(peer.written_off)
         workers = sum(a["workers"] for a in agents.values())
         busy = sum(a["busy"] for a in agents.values())
         return {
@@ -643,9 +648,15 @@ class Coordinator:
             "tasks_per_second": round(self.throughput.rate(now, s.counters["delivered"]), 1),
             "heartbeat_interval": self.beats.interval,
             "relays": {relay_id: r.endpoint for relay_id, r in self.relays.records.items()},
-            "counters": dict(self.counters + s.counters),
+            "relays_bypassed": sorted(r for r in self.relays.records if self.relays.bypassed(r)),
+            "counters": dict(self.counters + s.counters, rejected_keys=self._rejected_keys()),
             "written_off": dict(self.written_off),  # agents assumed lost while registered, by cause
         }
+
+    def _rejected_keys(self) -> int:
+        """Connection attempts refused for an unknown CURVE key (counted on the authenticator's thread)."""
+        allow_list = self.harness.allow_list
+        return sum(list(allow_list.rejected.values())) if allow_list else 0
 
     def _end_job(self, job_id: str) -> None:
         for node_id in self.scheduler.end_job(job_id):
