@@ -119,6 +119,8 @@ class Registration:
 
     def set_state(self, state: str) -> None:
         """Publish ``state``; unreachable ZooKeeper postpones it to the rejoin, which writes the record."""
+        if not isinstance(self.record, AgentRecord):
+            raise TypeError("only an agent's record has a state")
         self.record = self.record.with_state(state)
         tidy(self.zk, self.zk.set_async, self.path, self.record.to_bytes())
 
@@ -130,7 +132,7 @@ class Registration:
         tidy(self.zk, self.zk.delete_async, self.path)
 
 
-def _describe(data: bytes, record_type: type) -> str:
+def _describe(data: bytes, record_type: type[AgentRecord] | type[RelayRecord]) -> str:
     try:
         other = record_type.from_bytes(data)
         return f"host {other.host}, pid {other.pid}, endpoint {other.endpoint}"
@@ -138,7 +140,7 @@ def _describe(data: bytes, record_type: type) -> str:
         return "unreadable record"
 
 
-def _holder_is_dead(data: bytes, record_type: type) -> bool:
+def _holder_is_dead(data: bytes, record_type: type[AgentRecord] | type[RelayRecord]) -> bool:
     """True only when the holder was on this host and its pid is gone (or reused)."""
     try:
         other = record_type.from_bytes(data)

@@ -51,8 +51,8 @@ class Item:
     seq: int
     digest: str
     options: dict
-    function: bytes  # b"" when the worker should have it cached
-    args: bytes
+    function: wire.Buffer  # b"" when the worker should have it cached
+    args: wire.Buffer
     legacy: bool = False  # came as a RunTask: answered alone, with a TaskDone
 
 
@@ -64,11 +64,12 @@ def items_of(msg: wire.Message) -> list[Item]:
             for (index, attempt, seq), a in zip(msg.tasks, args)
         ]
     if isinstance(msg, wire.RunTask):
-        return [Item(msg.job_id, msg.index, msg.attempt, 0, msg.digest, msg.options, *msg.frames, legacy=True)]
+        blob, arguments = msg.frames
+        return [Item(msg.job_id, msg.index, msg.attempt, 0, msg.digest, msg.options, blob, arguments, legacy=True)]
     return []
 
 
-def run_task(functions: collections.OrderedDict, item: Item) -> tuple[int, bytes]:
+def run_task(functions: collections.OrderedDict, item: Item) -> tuple[int, wire.Buffer]:
     fmt = item.options.get("result_format", payload.RESULT_PICKLE)
     try:
         fn = _function(functions, item.digest, item.function)
@@ -87,7 +88,7 @@ def run_task(functions: collections.OrderedDict, item: Item) -> tuple[int, bytes
         return wire.ERROR, payload.pack_error(exc, fmt)
 
 
-def _function(functions: collections.OrderedDict, digest: str, blob: bytes) -> Callable | None:
+def _function(functions: collections.OrderedDict, digest: str, blob: wire.Buffer) -> Callable | None:
     fn = functions.get(digest)
     if fn is not None:
         functions.move_to_end(digest)
@@ -117,14 +118,14 @@ class Results:
         self.link = link
         self.marker = marker
         self.items: list[list] = []
-        self.bodies: list[bytes] = []
+        self.bodies: list[wire.Buffer] = []
         self.since = 0.0
         self.lock = threading.Lock()
         self.running = False
         self.held = threading.Event()
         threading.Thread(target=self._flusher, name="results-flusher", daemon=True).start()
 
-    def add(self, item: Item, status: int, body: bytes) -> None:
+    def add(self, item: Item, status: int, body: wire.Buffer) -> None:
         if item.legacy:
             self.link.send(wire.TaskDone(item.job_id, item.index, item.attempt, status, frames=(body,)).encode())
             return

@@ -53,6 +53,7 @@ class Executor(cf.Executor):
             keys=os.environ.get("CLUSTER_KEYS", "") if keys is None else keys,
             zk_auth=os.environ.get("CLUSTER_ZK_AUTH", ""),
         )
+        self._window = window
         self._options = {
             "retries": retries,
             "window": window,
@@ -71,7 +72,7 @@ class Executor(cf.Executor):
 
     @property
     def window(self) -> int:
-        return self._options["window"]
+        return self._window
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> cf.Future:
         if self._shutdown:
@@ -88,7 +89,12 @@ class Executor(cf.Executor):
         finally:
             with self._lock:
                 self._submitting[job.digest] -= 1
-        future.add_done_callback(lambda f: f.cancelled() and self._cancelled(job, index, f))
+
+        def on_done(f: cf.Future) -> None:
+            if f.cancelled():
+                self._cancelled(job, index, f)
+
+        future.add_done_callback(on_done)
         return future
 
     def _cancelled(self, job: JobHandle, index: int, future: cf.Future) -> None:

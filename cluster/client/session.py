@@ -91,11 +91,11 @@ class JobHandle:
         self.failure: str | None = None
         self._room = Window(self.window)
         self._lock = threading.Lock()
-        self._new: collections.deque[tuple[int, bytes]] = collections.deque()
-        self.outstanding: dict[int, bytes] = {}  # owned by the IO thread
+        self._new: collections.deque[tuple[int, wire.Buffer]] = collections.deque()
+        self.outstanding: dict[int, wire.Buffer] = {}  # owned by the IO thread
         self.closed = False
 
-    def submit(self, index: int, args: bytes, timeout: float | None = None) -> bool:
+    def submit(self, index: int, args: wire.Buffer, timeout: float | None = None) -> bool:
         """Queue a task; blocks while ``window`` tasks have no result yet.
         Raises PayloadTooLarge, before anything is sent, for arguments over the limit."""
         if self.max_payload and len(args) > self.max_payload:
@@ -133,7 +133,7 @@ class JobHandle:
 
     # --- IO thread side
 
-    def _take_new(self) -> list[tuple[int, bytes]]:
+    def _take_new(self) -> list[tuple[int, wire.Buffer]]:
         with self._lock:
             out = list(self._new)
             self._new.clear()
@@ -263,9 +263,10 @@ class ClusterClient:
         return None
 
     def _connect(self) -> None:
-        if getattr(self, "sock", None) is not None:
-            self.sock.close(0)
-        self.sock = loop.configure(self.ctx.socket(zmq.DEALER))
+        old: zmq.Socket | None = getattr(self, "sock", None)  # the last leader's
+        if old is not None:
+            old.close(0)
+        self.sock: zmq.Socket = loop.configure(self.ctx.socket(zmq.DEALER))
         self.sock.setsockopt(zmq.ROUTING_ID, self.identity)
         if self.keys is not None and self.leader.curve_key:
             security.connect_to(self.sock, self.keys, self.keys.coordinator)
@@ -277,7 +278,6 @@ class ClusterClient:
 
     def _run(self) -> None:
         self.ctx = zmq.Context()
-        self.sock = None
         self._connect()
         next_beat = 0.0
         try:
@@ -343,7 +343,7 @@ class ClusterClient:
         self._send_job(job)
         self._send_tasks(job, list(job.outstanding.items()))
 
-    def _send_tasks(self, job: JobHandle, items: list[tuple[int, bytes]]) -> None:
+    def _send_tasks(self, job: JobHandle, items: list[tuple[int, wire.Buffer]]) -> None:
         """In messages of at most BATCH tasks and about BATCH_BYTES."""
         for chunk in loop.batches(items, lambda item: len(item[1]), BATCH_BYTES, BATCH):
             loop.send(self.sock, wire.SubmitTasks(job.job_id, [i for i, _ in chunk], frames=tuple(a for _, a in chunk)))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = "/clusterd"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -92,7 +92,14 @@ def _load(data: bytes | None, what: str) -> dict[str, Any]:
     return obj
 
 
-def _build(cls: type, obj: dict[str, Any], what: str) -> Any:
+R = TypeVar("R", bound="_Record")  # a record type
+M = TypeVar("M", "AgentRecord", "RelayRecord")  # a member's record type
+
+# Field annotations (strings: ``from __future__ import annotations``) -> the JSON types they accept.
+_TYPES: dict[str, type | tuple[type, ...]] = {"int": int, "str": str, "float": (int, float), "dict[str, str]": dict}
+
+
+def _build(cls: type[R], obj: dict[str, Any], what: str) -> R:
     """Build a record from the fields we know, checking each one's type."""
     kwargs = {}
     for field in dataclasses.fields(cls):
@@ -101,21 +108,22 @@ def _build(cls: type, obj: dict[str, Any], what: str) -> Any:
                 raise BadRecord(f"{what}: missing {field.name!r}")
             continue
         value = obj[field.name]
-        want = {"int": int, "str": str, "float": (int, float), "dict[str, str]": dict}[field.type]
+        want = _TYPES[str(field.type)]
         if not isinstance(value, want) or isinstance(value, bool):
             raise BadRecord(f"{what}: field {field.name!r} has the wrong type")
         kwargs[field.name] = value
     return cls(**kwargs)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class _Record:
     """A dataclass kept as JSON in a znode."""
 
     def to_bytes(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()  # type: ignore[call-overload]
+        return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
 
 
-def _member(cls: type, data: bytes | None, what: str) -> Any:
+def _member(cls: type[M], data: bytes | None, what: str) -> M:
     """An agent's or a relay's record: the coordinator connects to its endpoint."""
     record = _build(cls, _load(data, what), what)
     if not record.endpoint.startswith("tcp://"):
@@ -176,6 +184,9 @@ class RelayRecord(_Record):
     @classmethod
     def from_bytes(cls, data: bytes | None) -> RelayRecord:
         return _member(cls, data, "relay record")
+
+
+MemberRecord = AgentRecord | RelayRecord  # what ZooKeeper lists as members: agents, and relays
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -29,6 +29,8 @@ from typing import Any
 import cloudpickle
 import msgpack
 
+from cluster.contract.wire import Buffer
+
 RESULT_PICKLE = "pickle"  # results as pickles, for the Python Executor
 RESULT_JSON = "json"  # results as JSON text, for the CLI (no unpickling on the client)
 
@@ -70,7 +72,7 @@ class TaskTimeout(TimeoutError):
 CLUSTER_FAILURES = {"WorkerLost": WorkerLost, "TaskTimeout": TaskTimeout}
 
 
-def digest(blob: bytes) -> str:
+def digest(blob: Buffer) -> str:
     return hashlib.blake2b(blob, digest_size=16).hexdigest()
 
 
@@ -89,7 +91,7 @@ def pack_shell(template: str) -> bytes:
     return b"S" + template.encode()
 
 
-def load_function(blob: bytes) -> Callable:
+def load_function(blob: Buffer) -> Callable:
     """Worker side: turn a function blob back into a callable (may raise)."""
     kind, body = blob[:1], blob[1:]
     if kind == b"P":
@@ -187,7 +189,7 @@ def pack_args(args: tuple, kwargs: dict | None = None) -> bytes | memoryview:
     return dumps((args, kwargs or {}))
 
 
-def load_args(blob: bytes) -> tuple[tuple, dict]:
+def load_args(blob: Buffer) -> tuple[tuple, dict]:
     args, kwargs = pickle.loads(blob)
     return tuple(args), dict(kwargs)
 
@@ -205,7 +207,7 @@ def pack_result(value: Any, fmt: str) -> bytes | memoryview:
     return dumps(value)
 
 
-def load_result(blob: bytes, fmt: str) -> Any:
+def load_result(blob: Buffer, fmt: str) -> Any:
     if fmt == RESULT_JSON:
         return json.loads(bytes(blob))  # json takes no memoryview (large frames arrive as one)
     return pickle.loads(blob)
@@ -244,7 +246,7 @@ def lost_error(reason: str) -> bytes:
     return failure("WorkerLost", reason)
 
 
-def load_error(blob: bytes) -> dict:
+def load_error(blob: Buffer) -> dict:
     try:
         record = msgpack.unpackb(blob, raw=False)
         if isinstance(record, dict) and isinstance(record.get("type"), str):

@@ -69,6 +69,9 @@ MAX_PAYLOAD_DEFAULT = 64 * 1024 * 1024  # one task's arguments, function or resu
 # cheaper to copy than to track.
 ZERO_COPY_MIN = 64 * 1024
 
+# A payload frame: bytes, or a view of a received message that large payloads are passed on as.
+Buffer = bytes | bytearray | memoryview
+
 _REGISTRY: dict[int, type[Message]] = {}
 
 
@@ -77,7 +80,7 @@ class Message:
     """Base of all messages. ``frames`` holds the opaque payload frames."""
 
     KIND: ClassVar[int] = -1
-    frames: tuple[bytes, ...] = dataclasses.field(default=(), kw_only=True)
+    frames: tuple[Buffer, ...] = dataclasses.field(default=(), kw_only=True)
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -85,7 +88,7 @@ class Message:
             raise TypeError(f"message kind {cls.KIND} registered twice")
         _REGISTRY[cls.KIND] = cls
 
-    def encode(self) -> list[bytes]:
+    def encode(self) -> list[Buffer]:
         header = _packer().pack([PROTOCOL_VERSION, self.KIND, *_values(type(self))(self)])
         return [header, *self.frames]
 
@@ -102,13 +105,17 @@ def _packer() -> msgpack.Packer:
     return packer
 
 
-@functools.cache
-def _values(cls: type) -> Callable[[Message], tuple]:
+def _values_of(cls: type) -> Callable[[Message], tuple[Any, ...]]:
     """The header field values of a message, in declaration order, as one call."""
     names = [f.name for f in _header_fields(cls)]
     if len(names) > 1:
         return operator.attrgetter(*names)
     return (lambda msg: (getattr(msg, names[0]),)) if names else (lambda msg: ())
+
+
+# Each of these is computed once per message class. Typed as plain callables: functools.cache's
+# wrapper asks for Hashable arguments, and mypy does not take a dataclass's class object for one.
+_values: Callable[[type], Callable[[Message], tuple[Any, ...]]] = functools.cache(_values_of)
 
 
 def decode(frames: list[bytes] | list[Any]) -> Message:
@@ -155,34 +162,41 @@ def decode(frames: list[bytes] | list[Any]) -> Message:
 _BUFFERS = (bytes, bytearray, memoryview)
 
 
-def _payload(frame: Any) -> bytes | memoryview:
+def _payload(frame: Any) -> Buffer:
     """A received payload frame as bytes, or, when large, as a view of the received
     message (``view.obj`` is the zmq.Frame): daemons forward large payloads without
     copying them (loop.send_frames)."""
     if isinstance(frame, _BUFFERS):
         return frame
-    return frame.buffer if len(frame) >= ZERO_COPY_MIN else frame.bytes
+    view: Buffer = frame.buffer if len(frame) >= ZERO_COPY_MIN else frame.bytes
+    return view
 
 
-@functools.cache
-def _header_fields(cls: type) -> tuple[dataclasses.Field, ...]:
+def _header_fields_of(cls: type) -> tuple[dataclasses.Field[Any], ...]:
     return tuple(f for f in dataclasses.fields(cls) if f.name != "frames")
 
 
-@functools.cache
-def _required(cls: type) -> int:
+_header_fields: Callable[[type], tuple[dataclasses.Field[Any], ...]] = functools.cache(_header_fields_of)
+
+
+def _required_of(cls: type) -> int:
     """How many leading header fields a sender must include: those without a default."""
     return sum(
         1 for f in _header_fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     )
 
 
-@functools.cache
-def _checks(cls: type) -> tuple[Callable[[Any], bool], ...]:
+_required: Callable[[type], int] = functools.cache(_required_of)
+
+
+def _checks_of(cls: type) -> tuple[Callable[[Any], bool], ...]:
     """One type check per header field, chosen once per message class: decoding runs
     for every message on every hop (a heartbeat from each of 5,000 agents a second)."""
     hints = typing.get_type_hints(cls)
     return tuple(_check(hints[f.name]) for f in _header_fields(cls))
+
+
+_checks: Callable[[type], tuple[Callable[[Any], bool], ...]] = functools.cache(_checks_of)
 
 
 def _check(hint: Any) -> Callable[[Any], bool]:
@@ -195,14 +209,14 @@ def _check(hint: Any) -> Callable[[Any], bool]:
     return lambda v: False  # a field type this module does not know is a bug here, not the peer's
 
 
-def _rows(value: list, arity: int, what: str) -> None:
+def _rows(value: list[Any], arity: int, what: str) -> None:
     """Items lists are lists of fixed-arity rows; check them once, here."""
     for row in value:
         if not isinstance(row, list) or len(row) != arity:
             raise ProtocolError(f"{what}: each item must be a list of {arity}")
 
 
-def _result_items(items: list, frames: tuple, what: str) -> None:
+def _result_items(items: list[Any], frames: tuple[Buffer, ...], what: str) -> None:
     """[[job, index, attempt, status], ...] with one payload frame each."""
     for row in items:  # unrolled: this runs for every result on every hop
         if type(row) is not list or len(row) != 4:
@@ -216,7 +230,7 @@ def _result_items(items: list, frames: tuple, what: str) -> None:
         raise ProtocolError(f"{what}: one frame per item")
 
 
-def _ints(row: list, what: str) -> None:
+def _ints(row: list[Any], what: str) -> None:
     for v in row:
         if type(v) is not int:  # msgpack gives exact types; this also keeps bool out
             raise ProtocolError(f"{what}: expected integers")
@@ -267,7 +281,7 @@ class SubmitJob(Message):
     KIND = 10
     job_id: str
     digest: str
-    options: dict
+    options: dict[str, Any]
 
     def validate(self) -> None:
         if len(self.frames) != 1:
@@ -292,7 +306,7 @@ class SubmitTasks(Message):
 
     KIND = 12
     job_id: str
-    indices: list
+    indices: list[int]
 
     def validate(self) -> None:
         _ints(self.indices, "SubmitTasks.indices")
@@ -306,7 +320,7 @@ class TaskResults(Message):
 
     KIND = 13
     job_id: str
-    items: list
+    items: list[list[Any]]
 
     def validate(self) -> None:
         _rows(self.items, 2, "TaskResults.items")
@@ -330,7 +344,7 @@ class CancelTasks(Message):
 
     KIND = 16
     job_id: str
-    indices: list
+    indices: list[int]
 
     def validate(self) -> None:
         _ints(self.indices, "CancelTasks.indices")
@@ -347,7 +361,7 @@ class StatusReply(Message):
     """The coordinator's view: leader, epoch, agents, jobs, queue and counters."""
 
     KIND = 18
-    status: dict
+    status: dict[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -390,7 +404,7 @@ class Welcome(Message):
     epoch: int
     workers: int
     capacity: int
-    held: list
+    held: list[list[Any]]
     draining: bool
 
     def validate(self) -> None:
@@ -405,7 +419,7 @@ class JobSpec(Message):
     epoch: int
     job_id: str
     digest: str
-    options: dict
+    options: dict[str, Any]
 
     def validate(self) -> None:
         if len(self.frames) != 1:
@@ -419,7 +433,7 @@ class Dispatch(Message):
     KIND = 23
     epoch: int
     job_id: str
-    tasks: list
+    tasks: list[list[int]]
 
     def validate(self) -> None:
         _rows(self.tasks, 2, "Dispatch.tasks")
@@ -437,7 +451,7 @@ class Results(Message):
 
     KIND = 24
     epoch: int
-    items: list
+    items: list[list[Any]]
     capacity: int = 0
 
     def validate(self) -> None:
@@ -460,7 +474,7 @@ class DropTasks(Message):
     KIND = 27
     epoch: int
     job_id: str
-    indices: list
+    indices: list[int]
 
     def validate(self) -> None:
         _ints(self.indices, "DropTasks.indices")
@@ -475,7 +489,7 @@ class ReturnTasks(Message):
 
     KIND = 28
     epoch: int
-    items: list
+    items: list[list[Any]]
     capacity: int
 
     def validate(self) -> None:
@@ -494,8 +508,8 @@ class RelayAgents(Message):
 
     KIND = 29
     epoch: int
-    connect: list
-    disconnect: list
+    connect: list[list[str]]
+    disconnect: list[list[str]]
 
     def validate(self) -> None:
         for name in ("connect", "disconnect"):
@@ -514,8 +528,8 @@ class RelayBeat(Message):
 
     KIND = 36
     epoch: int
-    agents: list
-    lost: list = dataclasses.field(default_factory=list)  # agents whose connection to the relay closed
+    agents: list[str]
+    lost: list[str] = dataclasses.field(default_factory=list)  # agents whose connection to the relay closed
 
     def validate(self) -> None:
         if not all(type(a) is str for a in (*self.agents, *self.lost)):
@@ -549,8 +563,8 @@ class RunTasks(Message):
     KIND = 33
     job_id: str
     digest: str
-    options: dict
-    tasks: list
+    options: dict[str, Any]
+    tasks: list[list[int]]
 
     def validate(self) -> None:
         _rows(self.tasks, 3, "RunTasks.tasks")
@@ -565,7 +579,7 @@ class TasksDone(Message):
     """Finished tasks in the order they ran. items = [[job, index, attempt, status], ...]."""
 
     KIND = 34
-    items: list
+    items: list[list[Any]]
 
     def validate(self) -> None:
         _result_items(self.items, self.frames, "TasksDone")
@@ -579,7 +593,7 @@ class SkipTasks(Message):
     """Agent to worker: do not start these (by seq); they were cancelled or moved to another worker."""
 
     KIND = 35
-    seqs: list
+    seqs: list[int]
 
     def validate(self) -> None:
         _ints(self.seqs, "SkipTasks.seqs")
@@ -597,7 +611,7 @@ class RunTask(Message):
     index: int
     attempt: int
     digest: str
-    options: dict
+    options: dict[str, Any]
 
     def validate(self) -> None:
         if len(self.frames) != 2:

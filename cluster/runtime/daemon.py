@@ -72,7 +72,9 @@ class Harness:
         """Run ``cleanup`` at close, before everything registered earlier."""
         self._cleanups.append(cleanup)
 
-    def socket(self, kind: int, *, max_payload: int, routing_id: bytes | None = None, hwm: int = 100_000) -> zmq.Socket:
+    def socket(
+        self, kind: int, *, max_payload: int, routing_id: bytes | None = None, hwm: int = 100_000
+    ) -> zmq.Socket[Any]:
         """A socket configured as every daemon's are (linger 0, payload limit, high-water
         marks); a ROUTER is mandatory (an unknown peer is an error, not a silent drop)."""
         sock = loop.configure(self.ctx.socket(kind), hwm=hwm, max_payload=max_payload)
@@ -83,7 +85,7 @@ class Harness:
         self.on_close(lambda: sock.close(0))
         return sock
 
-    def watch_disconnects(self, sock: zmq.Socket) -> zmq.Socket:
+    def watch_disconnects(self, sock: zmq.Socket[Any]) -> zmq.Socket[Any]:
         monitor = loop.watch_disconnects(sock)
         self.on_close(lambda: monitor.close(0))
         return monitor

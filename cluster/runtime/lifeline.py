@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 PR_SET_PDEATHSIG = 1
 
+_prctl: Callable[..., int] | None
 try:
     _prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork
 except (OSError, AttributeError):  # not Linux: children outlive a killed parent there

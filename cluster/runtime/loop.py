@@ -144,13 +144,14 @@ def read_router(
             frames = recv_frames(sock)
         except zmq.Again:
             return
-        identity: Route = frames[0].bytes
+        sender: bytes = frames[0].bytes
+        identity: Route = sender
         body = 1
-        if identity in relays:
+        if sender in relays:
             if len(frames) < 3:
-                bad(identity, "a relayed message without an agent's routing id")
+                bad(sender, "a relayed message without an agent's routing id")
                 continue
-            identity, body = (identity, frames[1].bytes), 2
+            identity, body = (sender, frames[1].bytes), 2
         try:
             msg = wire.decode(frames[body:])
         except wire.VersionMismatch as exc:

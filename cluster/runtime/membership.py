@@ -20,7 +20,7 @@ from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import EventType, WatchedEvent
 
-from cluster.contract.layout import AgentRecord, BadRecord
+from cluster.contract.layout import AgentRecord, BadRecord, RelayRecord
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,11 @@ class MemberEvent:
 
 class Membership:
     def __init__(
-        self, zk: KazooClient, cluster: str, emit: Callable[[MemberEvent], None], record_type: type = AgentRecord
+        self,
+        zk: KazooClient,
+        cluster: str,
+        emit: Callable[[MemberEvent], None],
+        record_type: type[AgentRecord] | type[RelayRecord] = AgentRecord,
     ):
         self._zk = zk
         self._path = record_type.folder(cluster)

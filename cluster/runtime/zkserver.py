@@ -107,7 +107,12 @@ def _start_all(servers: list[ZooKeeperServer], timeout: float, repick: Callable[
 # start_new_session shields the JVMs from Ctrl-C (we stop them in order); this stops them when
 # the caller exits, and dies_with_parent when it is killed.
 _LIVE: set[ZooKeeperServer] = set()
-atexit.register(lambda: [s.stop() for s in list(_LIVE)])
+
+
+@atexit.register
+def _stop_live() -> None:
+    for server in list(_LIVE):
+        server.stop()
 
 
 class ZooKeeperServer:
