@@ -175,7 +175,7 @@ class Executor(cf.Executor):
             self._jobs.pop(digest).close()
             del self._submitting[digest]
 
-    def _on_result(self, index: int, status: int, body: bytes) -> None:
+    def _on_result(self, index: int, status: int, body: wire.Buffer) -> None:
         """Runs on the client's IO thread, like a process pool's result thread."""
         future = self._futures.pop(index, None)
         if future is None or not future.set_running_or_notify_cancel():

@@ -1,18 +1,16 @@
-"""The client side of the protocol, shared by ``clusterctl submit`` and ``Executor``.
+"""The client's session with the leader, shared by ``clusterctl submit`` and ``Executor``.
 
 A ``ClusterClient`` finds the leader in ZooKeeper and runs one background
 thread that owns the DEALER socket. User threads hand it tasks through
-``JobHandle.submit``, which blocks while the job's window is full: that window
-is what keeps memory bounded however many inputs stream in. Every task stays
-in ``outstanding`` until its result arrives, so when the leader changes the
-thread reconnects to the new one and resubmits exactly what has no result yet;
-a result for an index not outstanding is a duplicate and is dropped, so each
-result reaches the user exactly once.
+``JobHandle.submit`` (job.py). Every task stays in its job's ``outstanding``
+until its result arrives, so when the leader changes the thread reconnects to
+the new one and resubmits exactly what has no result yet; a result for an index
+not outstanding is a duplicate and is dropped, so each result reaches the user
+exactly once.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 import time
@@ -24,7 +22,8 @@ import zmq
 from kazoo.client import KazooClient
 from kazoo.handlers.threading import KazooTimeoutError
 
-from cluster.contract import layout, payload, security, wire
+from cluster.client.job import BATCH, JobHandle, ResultCallback, Window
+from cluster.contract import layout, security, wire
 from cluster.contract.layout import LeaderRecord
 from cluster.runtime import loop
 from cluster.runtime.zk import ZooKeeperUnreachable, read_leader
@@ -34,120 +33,11 @@ from cluster.runtime.zk import connect as zk_connect
 log = logging.getLogger("cluster.client")
 
 HEARTBEAT = 1.0
-BATCH = 256
 BATCH_BYTES = 8 * 2**20
-
-ResultCallback = Callable[[int, int, bytes], None]  # (index, status, payload)
 
 
 class ClusterUnavailable(RuntimeError):
     """No coordinator could be reached in time."""
-
-
-class Window:
-    """How many more tasks a job may have without a result; ``take`` blocks while none.
-
-    A blocked submitter is woken once a batch of room is free, not at every result:
-    waking it per result made the submitting thread and the IO thread trade the GIL
-    once per task whenever a job outran its window."""
-
-    def __init__(self, size: int):
-        self.size = self.free = size
-        self.wake_at = min(BATCH, max(1, size // 8))
-        self._cond = threading.Condition(threading.Lock())
-        self._waiting = False
-
-    def take(self, timeout: float | None = None) -> bool:
-        with self._cond:
-            if not self.free:
-                self._waiting = True
-                if not self._cond.wait_for(lambda: self.free > 0, timeout):
-                    return False
-            self.free -= 1
-            return True
-
-    def give(self, n: int = 1) -> None:
-        with self._cond:
-            self.free += n
-            # Every task without a result gives its room back in the end, so free
-            # reaches size >= wake_at: a waiter is never left behind.
-            if self._waiting and self.free >= self.wake_at:
-                self._waiting = False
-                self._cond.notify_all()
-
-
-class JobHandle:
-    def __init__(self, client: ClusterClient, function: bytes, options: dict, on_result: ResultCallback):
-        self.client = client
-        self.job_id = uuid.uuid4().hex
-        self.function = function
-        self.digest = payload.digest(function)
-        self.options = options
-        self.on_result = on_result
-        self.window = options.get("window", 10_000)
-        self.accepted = threading.Event()
-        self.workers = 0
-        self.max_payload = 0  # from JobAccepted
-        self.failure: str | None = None
-        self._room = Window(self.window)
-        self._lock = threading.Lock()
-        self._new: collections.deque[tuple[int, wire.Buffer]] = collections.deque()
-        self.outstanding: dict[int, wire.Buffer] = {}  # owned by the IO thread
-        self.closed = False
-
-    def submit(self, index: int, args: wire.Buffer, timeout: float | None = None) -> bool:
-        """Queue a task; blocks while ``window`` tasks have no result yet.
-        Raises PayloadTooLarge, before anything is sent, for arguments over the limit."""
-        if self.max_payload and len(args) > self.max_payload:
-            raise payload.PayloadTooLarge(
-                f"task {index}: arguments are {len(args) / 2**20:.1f} MiB; the cluster "
-                f"accepts at most {self.max_payload / 2**20:.1f} MiB per task"
-            )
-        if not self._room.take(timeout):
-            return False
-        if self.closed:
-            self._room.give()
-            raise RuntimeError("job is closed")
-        with self._lock:
-            was_empty = not self._new
-            self._new.append((index, args))
-        if was_empty:  # one wake-up per burst, not per task: the IO thread takes them all
-            self.client._wake()
-        return True
-
-    @property
-    def idle(self) -> bool:
-        """No task without its result (nor a submit about to add one: see the window)."""
-        return self._room.free == self._room.size
-
-    def cancel(self, index: int) -> None:
-        """Drop one task: the cluster forgets it (stopping it if it runs) and its
-        window slot is freed. Safe from any thread."""
-        self.client._post(("cancel", (self, index)))
-
-    def close(self) -> None:
-        """Tell the cluster the job is over: queued tasks are dropped, running ones stopped."""
-        if not self.closed:
-            self.closed = True
-            self.client._post(("close", self))
-
-    # --- IO thread side
-
-    def _take_new(self) -> list[tuple[int, wire.Buffer]]:
-        with self._lock:
-            out = list(self._new)
-            self._new.clear()
-        return out
-
-    def _results(self, items: list, bodies: tuple) -> None:
-        delivered = 0
-        for (index, status), body in zip(items, bodies):
-            if self.outstanding.pop(index, None) is None:
-                continue  # a duplicate (resubmission raced a late result): already delivered
-            delivered += 1
-            self.on_result(index, status, body)
-        if delivered:
-            self._room.give(delivered)
 
 
 class ClusterClient:
