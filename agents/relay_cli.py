@@ -18,12 +18,9 @@ Examples:
 
 from __future__ import annotations
 
-import signal
-from typing import Optional
-
 import typer
 
-from cluster.cli import common
+from cluster.cli.daemon_command import daemon_command
 from cluster.contract import config
 from cluster.runtime import malloc
 
@@ -31,56 +28,9 @@ from .registration import DuplicateNode
 from .relay import Relay
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-
-
-@app.command(help=__doc__)
-def relay(
-    zk: common.ZkOpt = common.ZK,
-    cluster: Optional[str] = common.CLUSTER,
-    config_file: Optional[str] = common.CONFIG,
-    keys: Optional[str] = common.KEYS,
-    insecure: Optional[bool] = common.INSECURE,
-    zk_auth: Optional[str] = common.ZK_AUTH,
-    relay_id: Optional[str] = typer.Option(
-        None, "--id", help="The id agents name with --relay (default: the host name)."
-    ),
-    bind: Optional[str] = typer.Option(
-        None, "--bind", help="Endpoint the coordinator connects to (tcp://0.0.0.0:0, a free port)."
-    ),
-    advertise: Optional[str] = typer.Option(None, "--advertise", help="Host the coordinator uses to reach this relay."),
-    zk_session_timeout: Optional[float] = typer.Option(
-        None, help="ZooKeeper session timeout; its agents go direct this long after it vanishes (10)."
-    ),
-    metrics_port: Optional[int] = typer.Option(None, help="Serve Prometheus metrics on this port (off)."),
-    log_level: str = common.LOG_LEVEL,
-    log_format: str = common.LOG_FORMAT,
-) -> None:
-    common.setup_logging(log_level, log_format)
-    with common.clear_errors():
-        cfg = config.load(
-            config.RelayConfig,
-            config_file,
-            dict(
-                zk=zk,
-                cluster=cluster,
-                keys=keys,
-                insecure=insecure,
-                zk_auth=zk_auth,
-                relay_id=relay_id,
-                bind=bind,
-                advertise=advertise,
-                zk_session_timeout=zk_session_timeout,
-                metrics_port=metrics_port,
-            ),
-        )
-        node = Relay(cfg)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: node.stop())
-        try:
-            code = node.run()
-        except DuplicateNode as exc:
-            raise common.fail(str(exc)) from None
-    raise typer.Exit(code)
+app.command(name="relay", help=__doc__)(
+    daemon_command(config.RelayConfig, Relay, stop=Relay.stop, refused=(DuplicateNode,))
+)
 
 
 def main(argv: list[str] | None = None) -> None:

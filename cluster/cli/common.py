@@ -1,4 +1,4 @@
-"""Options and helpers every command shares: --zk, --cluster, --config, logging,
+"""Options and helpers every command shares: --config, logging,
 and turning known errors into one clear line with a documented exit code."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ import json
 import logging
 import sys
 from collections.abc import Iterator
-from typing import Optional
 
 import typer
 from kazoo.client import KazooClient
@@ -28,29 +27,11 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # Daemons still see it: setup_logging puts a handler on the root logger.
 logging.getLogger("kazoo").addHandler(logging.NullHandler())
 
-ZK = typer.Option(
-    None, "--zk", help="ZooKeeper connect string (env CLUSTER_ZK; default 127.0.0.1:2181).", show_default=False
-)
-CLUSTER = typer.Option(
-    None, "--cluster", help="Cluster name (env CLUSTER_NAME; default 'default').", show_default=False
-)
+# The settings' options (--zk, --cluster, --keys, --zk-auth...) come from their fields
+# in cluster/contract/config.py through cluster/cli/options.py; these are not settings.
 CONFIG = typer.Option(None, "--config", help="TOML config file (see configs/).", show_default=False)
-KEYS = typer.Option(
-    None, "--keys", help="Directory of CURVE keys (env CLUSTER_KEYS; see `clusterctl keys`).", show_default=False
-)
-INSECURE = typer.Option(
-    None, "--insecure", help="Run without CURVE keys (env CLUSTER_INSECURE): trusted networks only.", show_default=False
-)
-ZK_AUTH = typer.Option(
-    None,
-    "--zk-auth",
-    help="File (0600) with user:password for ZooKeeper ACLs (env CLUSTER_ZK_AUTH).",
-    show_default=False,
-)
 LOG_LEVEL = typer.Option("info", "--log-level", help="debug, info, warning or error.")
 LOG_FORMAT = typer.Option("text", "--log-format", help="text, or json (one object per line, for log shippers).")
-
-ZkOpt = Optional[str]
 
 
 class JsonLines(logging.Formatter):

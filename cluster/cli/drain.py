@@ -19,22 +19,22 @@ from typing import Optional
 import typer
 from kazoo.exceptions import NodeExistsError
 
-from cluster.cli import common
+from cluster.cli import common, options
 from cluster.contract import config, layout
 from cluster.runtime.zk import ask
 
 
+@options.with_settings(config.Common, only=("zk", "cluster", "zk_auth"))
 def drain(
     node_id: str = typer.Argument(..., help="The node id, as `clusterctl nodes` shows it."),
-    zk: common.ZkOpt = common.ZK,
-    cluster: Optional[str] = common.CLUSTER,
+    *,
     config_file: Optional[str] = common.CONFIG,
-    zk_auth: Optional[str] = common.ZK_AUTH,
+    settings: options.Settings,
     wait: bool = typer.Option(False, "--wait", help="Wait until the agent has left the cluster."),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds --wait waits before giving up (exit 1)."),
 ) -> None:
     with common.clear_errors():
-        cfg = config.load(config.Common, config_file, dict(zk=zk, cluster=cluster, zk_auth=zk_auth))
+        cfg = config.load(config.Common, config_file, settings)
         agent = layout.agent_path(cfg.cluster, node_id)
     with common.zookeeper(cfg) as client:
         if not ask(client.exists_async, agent):

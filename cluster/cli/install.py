@@ -31,7 +31,7 @@ from typing import Optional
 
 import typer
 
-from cluster.cli import common
+from cluster.cli import common, options
 from cluster.cli.service_files import (
     MARK,
     ROLES,
@@ -46,7 +46,6 @@ from cluster.cli.service_files import (
     unit_name,
     unit_path,
 )
-from cluster.contract import config
 
 # ------------------------------------------------------------------ applying
 
@@ -210,8 +209,6 @@ def install(
 ) -> None:
     with common.clear_errors():
         # Everything is checked before anything is written.
-        if flags.get("labels"):
-            flags["labels"] = config.parse_labels(flags["labels"])
         run = _begin(role, "install", root, dry_run, json_out)
         for key in ("keys", "zk_auth"):
             if flags.get(key):
@@ -258,16 +255,6 @@ def uninstall(role: str, root: Optional[Path], dry_run: bool, json_out: bool) ->
 
 # ------------------------------------------------------------------ commands
 
-ZK = typer.Option(None, "--zk", help="ZooKeeper connect string (default 127.0.0.1:2181).", show_default=False)
-CLUSTER = typer.Option(None, "--cluster", help="Cluster name (default 'default').", show_default=False)
-KEYS = typer.Option(
-    None, "--keys", help="Directory of this host's CURVE keys (referenced, not copied).", show_default=False
-)
-INSECURE = typer.Option(False, "--insecure", help="No CURVE keys: trusted networks only.")
-ZK_AUTH = typer.Option(None, "--zk-auth", help="File (0600) with user:password for ZooKeeper ACLs.", show_default=False)
-BIND = typer.Option(None, "--bind", help="Endpoint to bind (default tcp://0.0.0.0:0, a free port).", show_default=False)
-ADVERTISE = typer.Option(None, "--advertise", help="Host others use to reach this node.", show_default=False)
-METRICS = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics on this port (off).", show_default=False)
 EXEC = typer.Option(
     None, "--exec", help="clusterctl for ExecStart (default: the one running this command).", show_default=False
 )
@@ -275,154 +262,67 @@ ROOT = typer.Option(None, "--root", help="Write under DIR (DIR/etc/...) and run 
 DRY_RUN = typer.Option(False, "--dry-run", help="Print the files and commands; change nothing.")
 JSON = typer.Option(False, "--json", help="Print what was done as JSON: files (path, action) and commands.")
 
-
-def agent_install(
-    zk: Optional[str] = ZK,
-    cluster: Optional[str] = CLUSTER,
-    keys: Optional[str] = KEYS,
-    insecure: bool = INSECURE,
-    zk_auth: Optional[str] = ZK_AUTH,
-    label: list[str] = typer.Option([], "--label", help="key=value label; repeatable."),
-    workers: Optional[str] = typer.Option(None, "--workers", help="'auto' (usable cores) or a number."),
-    node_id: Optional[str] = typer.Option(None, "--node-id", help="Unique node id (default: the host name)."),
-    relay: Optional[str] = typer.Option(None, "--relay", help="Id of the relay the coordinator reaches it through."),
-    bind: Optional[str] = BIND,
-    advertise: Optional[str] = ADVERTISE,
-    metrics_port: Optional[str] = METRICS,
-    exec_path: Optional[str] = EXEC,
-    root: Optional[Path] = ROOT,
-    dry_run: bool = DRY_RUN,
-    json_out: bool = JSON,
-) -> None:
-    """Install this node's agent as the systemd service cluster-agent.
+INSTALL_HELP = {
+    "agent": """Install this node's agent as the systemd service cluster-agent.
 
     Writes /etc/clusterd/agent.toml, /etc/systemd/system/cluster-agent.service and
     /etc/sysusers.d/clusterd.conf, then runs systemd-sysusers, systemctl daemon-reload and
     systemctl enable --now cluster-agent. Again with the same options: nothing changes.
+    Every setting of `clusterctl agent` is an option here; the file holds those given.
 
     Examples:
 
       clusterctl agent install --zk zk1:2181,zk2:2181,zk3:2181 --cluster prod --keys /etc/clusterd/keys --label rack=r12 --metrics-port 9464
 
-      clusterctl agent install --zk zk1:2181 --insecure --workers 8 --dry-run
+      clusterctl agent install --zk zk1:2181 --insecure --workers 8 --prefetch 4 --dry-run
 
       clusterctl agent install --zk zk1:2181 --keys /etc/clusterd/keys --root /tmp/image --exec /opt/clusterd/venv/bin/clusterctl
-    """
-    install(
-        "agent",
-        dict(
-            zk=zk,
-            cluster=cluster,
-            keys=keys,
-            insecure=insecure,
-            zk_auth=zk_auth,
-            labels=label or None,
-            workers=workers,
-            node_id=node_id,
-            relay=relay,
-            bind=bind,
-            advertise=advertise,
-            metrics_port=metrics_port,
-        ),
-        exec_path,
-        root,
-        dry_run,
-        json_out,
-    )
-
-
-def coordinator_install(
-    zk: Optional[str] = ZK,
-    cluster: Optional[str] = CLUSTER,
-    keys: Optional[str] = KEYS,
-    insecure: bool = INSECURE,
-    zk_auth: Optional[str] = ZK_AUTH,
-    bind: Optional[str] = BIND,
-    advertise: Optional[str] = ADVERTISE,
-    metrics_port: Optional[str] = METRICS,
-    exec_path: Optional[str] = EXEC,
-    root: Optional[Path] = ROOT,
-    dry_run: bool = DRY_RUN,
-    json_out: bool = JSON,
-) -> None:
-    """Install this host's coordinator as the systemd service cluster-coordinator.
+    """,
+    "coordinator": """Install this host's coordinator as the systemd service cluster-coordinator.
 
     Writes /etc/clusterd/coordinator.toml, /etc/systemd/system/cluster-coordinator.service
     and /etc/sysusers.d/clusterd.conf, then runs systemd-sysusers, systemctl daemon-reload
     and systemctl enable --now cluster-coordinator. Install it on two or three hosts.
+    Every setting of `clusterctl coordinator` is an option here; the file holds those given.
 
     Examples:
 
       clusterctl coordinator install --zk zk1:2181,zk2:2181,zk3:2181 --cluster prod --keys /etc/clusterd/keys --bind tcp://0.0.0.0:5555 --metrics-port 9465
 
-      clusterctl coordinator install --zk zk1:2181 --insecure --dry-run --json
-    """
-    install(
-        "coordinator",
-        dict(
-            zk=zk,
-            cluster=cluster,
-            keys=keys,
-            insecure=insecure,
-            zk_auth=zk_auth,
-            bind=bind,
-            advertise=advertise,
-            metrics_port=metrics_port,
-        ),
-        exec_path,
-        root,
-        dry_run,
-        json_out,
-    )
-
-
-def relay_install(
-    zk: Optional[str] = ZK,
-    cluster: Optional[str] = CLUSTER,
-    keys: Optional[str] = KEYS,
-    insecure: bool = INSECURE,
-    zk_auth: Optional[str] = ZK_AUTH,
-    relay_id: Optional[str] = typer.Option(
-        None, "--id", help="The id its agents name with --relay (default: the host name)."
-    ),
-    bind: Optional[str] = BIND,
-    advertise: Optional[str] = ADVERTISE,
-    metrics_port: Optional[str] = METRICS,
-    exec_path: Optional[str] = EXEC,
-    root: Optional[Path] = ROOT,
-    dry_run: bool = DRY_RUN,
-    json_out: bool = JSON,
-) -> None:
-    """Install this host's relay as the systemd service cluster-relay.
+      clusterctl coordinator install --zk zk1:2181 --insecure --job-window 50000 --dry-run --json
+    """,
+    "relay": """Install this host's relay as the systemd service cluster-relay.
 
     Writes /etc/clusterd/relay.toml, /etc/systemd/system/cluster-relay.service and
     /etc/sysusers.d/clusterd.conf, then runs systemd-sysusers, systemctl daemon-reload and
     systemctl enable --now cluster-relay. Give it the coordinator's keys directory.
+    Every setting of `clusterctl relay` is an option here; the file holds those given.
 
     Examples:
 
       clusterctl relay install --zk zk1:2181,zk2:2181,zk3:2181 --cluster prod --keys /etc/clusterd/keys --id rack-12 --bind tcp://0.0.0.0:7300
 
       clusterctl relay install --zk zk1:2181 --insecure --id rack-12 --dry-run
-    """
-    install(
-        "relay",
-        dict(
-            zk=zk,
-            cluster=cluster,
-            keys=keys,
-            insecure=insecure,
-            zk_auth=zk_auth,
-            relay_id=relay_id,
-            bind=bind,
-            advertise=advertise,
-            metrics_port=metrics_port,
-        ),
-        exec_path,
-        root,
-        dry_run,
-        json_out,
-    )
+    """,
+}
+
+
+def _install_command(role: str) -> Callable[..., None]:
+    # The file must say everything, so the help names no environment variable: install
+    # reads none (cluster/cli/service_files.py: build_config).
+    @options.with_settings(ROLES[role], env=False)
+    def install_command(
+        *,
+        settings: options.Settings,
+        exec_path: Optional[str] = EXEC,
+        root: Optional[Path] = ROOT,
+        dry_run: bool = DRY_RUN,
+        json_out: bool = JSON,
+    ) -> None:
+        install(role, settings, exec_path, root, dry_run, json_out)
+
+    install_command.__doc__ = INSTALL_HELP[role]
+    return install_command
 
 
 def _uninstall_command(role: str, example: str) -> Callable[..., None]:
@@ -443,9 +343,9 @@ def _uninstall_command(role: str, example: str) -> Callable[..., None]:
 
 
 COMMANDS = {
-    "agent": (agent_install, _uninstall_command("agent", "--dry-run")),
-    "coordinator": (coordinator_install, _uninstall_command("coordinator", "--root /tmp/image")),
-    "relay": (relay_install, _uninstall_command("relay", "--dry-run --json")),
+    "agent": (_install_command("agent"), _uninstall_command("agent", "--dry-run")),
+    "coordinator": (_install_command("coordinator"), _uninstall_command("coordinator", "--root /tmp/image")),
+    "relay": (_install_command("relay"), _uninstall_command("relay", "--dry-run --json")),
 }
 
 

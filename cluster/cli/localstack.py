@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 
-from cluster.contract import layout
+from cluster.contract import config, layout
 from cluster.runtime.lifeline import dies_with_parent
 from cluster.runtime.zk import close as zk_close
 from cluster.runtime.zk import connect as zk_connect
@@ -47,7 +47,13 @@ def clear_stale_workdirs() -> list[str]:
 
 
 class LocalStack:
-    def __init__(self, *, workers: str = "auto", cluster: str = "default", log_level: str = "warning"):
+    def __init__(
+        self,
+        *,
+        workers: str = config.AgentConfig.workers,
+        cluster: str = config.Common.cluster,
+        log_level: str = "warning",
+    ):
         self.workers, self.cluster, self.log_level = workers, cluster, log_level
         self.children: list[subprocess.Popen] = []
         self.workdir = ""

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import inspect
 from importlib.metadata import entry_points
+from typing import Any
 
 import typer
 
-from cluster.cli import common, coordinator_cmd, drain, install, keys, nodes, status, submit, up
+from cluster.cli import common, coordinator_cmd, drain, install, keys, nodes, options, status, submit, up
 from cluster.runtime import malloc
 
 app = typer.Typer(
@@ -62,23 +63,19 @@ def relay(ctx: typer.Context) -> None:
     _node_program(ctx, "relay")
 
 
-def _coordinator(ctx: typer.Context, **options) -> None:
+def _coordinator(**values: Any) -> None:
     # `clusterctl coordinator [OPTIONS]` runs it; `clusterctl coordinator install ...` is a
     # subcommand of the same group, and then this callback must do nothing.
+    ctx: typer.Context = values[options.CONTEXT]
     if ctx.invoked_subcommand is None:
-        coordinator_cmd.coordinator(**options)
-    elif any(getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT" for name in options):
+        coordinator_cmd.coordinator(**values)
+    elif any(getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT" for name in values):
         raise common.fail(f"options go after the command: clusterctl coordinator {ctx.invoked_subcommand} [OPTIONS]")
 
 
-# The group's options are the coordinator's own (typer reads them from this signature).
-_options = inspect.signature(coordinator_cmd.coordinator, eval_str=True)
-_coordinator.__signature__ = _options.replace(
-    parameters=[  # type: ignore[attr-defined]
-        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
-        *_options.parameters.values(),
-    ]
-)
+# The group's options are the coordinator's own (typer reads them from this signature,
+# which includes the context parameter cluster/cli/options.py gives every generated command).
+_coordinator.__signature__ = inspect.signature(coordinator_cmd.coordinator)  # type: ignore[attr-defined]
 
 coordinator_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 coordinator_app.callback(

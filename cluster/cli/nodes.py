@@ -26,7 +26,7 @@ from typing import Optional
 import typer
 from kazoo.exceptions import NoNodeError
 
-from cluster.cli import common
+from cluster.cli import common, options
 from cluster.contract import config
 from cluster.contract.layout import AgentRecord, BadRecord, RelayRecord
 from cluster.runtime.membership import MemberEvent, Membership
@@ -36,11 +36,11 @@ COLUMNS = ("NODE", "HOST", "ENDPOINT", "STATE", "WORKERS", "CORES", "MEMORY", "V
 RELAY_COLUMNS = ("RELAY", "HOST", "ENDPOINT", "AGENTS", "VERSION", "UPTIME")
 
 
+@options.with_settings(config.Common, only=("zk", "cluster", "zk_auth"))
 def nodes(
-    zk: common.ZkOpt = common.ZK,
-    cluster: Optional[str] = common.CLUSTER,
+    *,
     config_file: Optional[str] = common.CONFIG,
-    zk_auth: Optional[str] = common.ZK_AUTH,
+    settings: options.Settings,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     relays: bool = typer.Option(
         False,
@@ -57,7 +57,7 @@ def nodes(
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds to reach ZooKeeper."),
 ) -> None:
     with common.clear_errors():
-        cfg = config.load(config.Common, config_file, dict(zk=zk, cluster=cluster, zk_auth=zk_auth))
+        cfg = config.load(config.Common, config_file, settings)
     with common.zookeeper(cfg, timeout) as client:
         if watch:
             _watch(client, cfg.cluster, as_json)

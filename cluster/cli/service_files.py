@@ -1,7 +1,8 @@
 """The files a service install writes, as text: the hardened systemd unit of each
 role, the sysusers.d line for the `clusterd` user, and the node's TOML config, which
-is validated by loading it back the way the daemon will. No file or system is touched
-here; cluster/cli/install.py writes them and runs systemd.
+is validated by loading it back the way the daemon will; and the example configs of
+configs/, every setting with its help. No file or system is touched here;
+cluster/cli/install.py writes them and runs systemd.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import os
 import re
 import sys
 import tempfile
-from dataclasses import fields
+import textwrap
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Optional
 
@@ -169,6 +171,43 @@ def render_config(role: str, cfg: object, given: set[str]) -> str:
     ]
     lines += [f"{k} = {_toml_value(getattr(cfg, k))}" for k in top]
     lines += ["", f"[{role}]"] + [f"{k} = {_toml_value(getattr(cfg, k))}" for k in section]
+    return "\n".join(lines) + "\n"
+
+
+# configs/ROLE.toml in the source tree are render_example(role): every setting with its
+# help and default, so the examples cannot drift from cluster/contract/config.py
+# (tests/test_cli_options.py keeps them equal).
+
+EXAMPLE_HEAD = {
+    "agent": "# Example agent config: clusterctl agent --config configs/agent.toml",
+    "coordinator": "# Example coordinator config: clusterctl coordinator --config configs/coordinator.toml",
+    "relay": "# Example relay config: clusterctl relay --config configs/relay.toml\n"
+    "# Run one per rack (or per few hundred agents) when a fleet reaches thousands of nodes:\n"
+    "# the coordinator then holds one connection per relay instead of one per agent.\n"
+    "# The keys directory is the coordinator's: the relay stands in for it toward its agents.",
+}
+EXAMPLE_VALUES: dict[str, dict[str, object]] = {"agent": {"labels": {"rack": "r1"}}, "relay": {"relay_id": "rack-12"}}
+
+
+def render_example(role: str) -> str:
+    """Every setting of the role: its help as a comment, then the line, commented out at
+    its default (zk, cluster and the EXAMPLE_VALUES are set)."""
+    cls = ROLES[role]
+    shared = {f.name for f in fields(config.Common)}
+    lines = [
+        EXAMPLE_HEAD[role],
+        f"# Every setting is also a flag (`clusterctl {role} --help`, with the same text) and an environment",
+        f"# variable: CLUSTER_{cls.section.upper()}_<NAME>, and CLUSTER_ZK, CLUSTER_NAME, CLUSTER_KEYS,",
+        "# CLUSTER_INSECURE, CLUSTER_ZK_AUTH. Precedence: this file < environment < flags.",
+    ]
+    for f in fields(cls):
+        if f.name not in shared and f"[{role}]" not in lines:
+            lines += ["", f"[{role}]"]
+        default = f.default_factory() if f.default is MISSING else f.default
+        value = EXAMPLE_VALUES.get(role, {}).get(f.name, default)
+        lines += ["", *textwrap.wrap(f.metadata["help"], 88, initial_indent="# ", subsequent_indent="# ")]
+        hidden = f.name not in ("zk", "cluster") and value == default
+        lines.append(f"{'# ' if hidden else ''}{f.name} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
 
 

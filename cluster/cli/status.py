@@ -17,22 +17,21 @@ import typer
 import zmq
 from kazoo.exceptions import NoNodeError
 
-from cluster.cli import common
+from cluster.cli import common, options
 from cluster.contract import config, layout, security, wire
 from cluster.runtime.zk import ask, read_leader
 
 
+@options.with_settings(config.Common, only=("zk", "cluster", "keys", "zk_auth"))
 def status(
-    zk: common.ZkOpt = common.ZK,
-    cluster: Optional[str] = common.CLUSTER,
+    *,
     config_file: Optional[str] = common.CONFIG,
-    keys: Optional[str] = common.KEYS,
-    zk_auth: Optional[str] = common.ZK_AUTH,
+    settings: options.Settings,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds to reach ZooKeeper and the leader."),
 ) -> None:
     with common.clear_errors():
-        cfg = config.load(config.Common, config_file, dict(zk=zk, cluster=cluster, keys=keys, zk_auth=zk_auth))
+        cfg = config.load(config.Common, config_file, settings)
     with common.zookeeper(cfg, timeout) as client:
         leader = read_leader(client, cfg.cluster, timeout)
         try:

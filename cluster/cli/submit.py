@@ -39,7 +39,7 @@ from typing import IO, Optional
 
 import typer
 
-from cluster.cli import common
+from cluster.cli import common, options
 from cluster.client.session import ClusterClient, JobHandle
 from cluster.contract import config, payload, wire
 
@@ -50,13 +50,12 @@ class Inputs:
     items: Iterator[tuple[int, bytes]]
 
 
+@options.with_settings(config.Common, only=("zk", "cluster", "keys", "zk_auth"))
 def submit(
     target: list[str] = typer.Argument(..., help="MODULE:FUNC, path/to/file.py:FUNC, or with --shell the command."),
-    zk: common.ZkOpt = common.ZK,
-    cluster: Optional[str] = common.CLUSTER,
+    *,
     config_file: Optional[str] = common.CONFIG,
-    keys: Optional[str] = common.KEYS,
-    zk_auth: Optional[str] = common.ZK_AUTH,
+    settings: options.Settings,
     range_: Optional[tuple[int, int]] = typer.Option(None, "--range", help="Integers A..B-1 as inputs."),
     inputs: Optional[str] = typer.Option(None, "--inputs", help="File of JSON values, one per line; '-' for stdin."),
     star: bool = typer.Option(False, "--star", help="Spread each JSON array input as positional arguments."),
@@ -82,7 +81,7 @@ def submit(
     ),
 ) -> None:
     with common.clear_errors():
-        common_cfg = config.load(config.Common, config_file, dict(zk=zk, cluster=cluster, keys=keys, zk_auth=zk_auth))
+        common_cfg = config.load(config.Common, config_file, settings)
     if (range_ is None) == (inputs is None):
         raise common.fail("give exactly one of --range A B or --inputs FILE")
     function = _function_blob(target, shell)

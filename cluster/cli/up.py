@@ -23,11 +23,14 @@ import typer
 
 from cluster.cli import common
 from cluster.cli.localstack import LocalStack, StackFailed
+from cluster.contract import config
 
 
 def up(
-    workers: str = typer.Option("auto", "--workers", help="Workers for the agent: 'auto' (usable cores) or N."),
-    cluster: str = typer.Option("default", "--cluster", help="Cluster name."),
+    workers: str = typer.Option(
+        config.AgentConfig.workers, "--workers", help="Workers for the agent: 'auto' (usable cores) or N."
+    ),
+    cluster: str = typer.Option(config.Common.cluster, "--cluster", help="Cluster name."),
     run: Optional[str] = typer.Option(None, "--run", help="Run this shell command against the cluster, then stop."),
     log_level: str = typer.Option("warning", "--log-level", help="Log level of the coordinator and agent."),
 ) -> None:

@@ -1,10 +1,12 @@
-"""Typed, frozen settings with every default in one place.
+"""Typed, frozen settings, each declared once with its default and its help text.
 
-Precedence, lowest first: these defaults, a TOML file (``--config``), the
-``CLUSTER_*`` environment (``CLUSTER_ZK``, ``CLUSTER_NAME`` and
-``CLUSTER_<SECTION>_<FIELD>``, e.g. ``CLUSTER_AGENT_WORKERS``), then
-command-line flags. A wrong key or type anywhere is a ``ConfigError`` that
-names its source.
+Every field is a setting three ways: a TOML key (``--config``; the shared ones at the
+top level, the others in the daemon's table), an environment variable
+(``CLUSTER_ZK``, ``CLUSTER_NAME`` and ``CLUSTER_<SECTION>_<FIELD>``, e.g.
+``CLUSTER_AGENT_WORKERS``) and a command-line flag, which cluster/cli/options.py
+generates from the field with the help text given here. Precedence, lowest first:
+these defaults, the TOML file, the environment, the flags. A wrong key or type
+anywhere is a ``ConfigError`` that names its source.
 """
 
 from __future__ import annotations
@@ -13,69 +15,136 @@ import dataclasses
 import os
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar, overload
+
+from cluster.contract import wire
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     pass
 
 
+@overload
+def setting(default: T, help: str, *, flag: str = "", metavar: str = "") -> T: ...
+
+
+@overload
+def setting(*, factory: Callable[[], T], help: str, flag: str = "", metavar: str = "") -> T: ...
+
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    factory: Callable[[], Any] | None = None,
+    flag: str = "",
+    metavar: str = "",
+) -> Any:
+    """A field with its help text; ``flag`` names its option when ``--field-name`` does not
+    fit (``--id`` for ``relay_id``), ``metavar`` the kind of value it takes."""
+    metadata = {"help": help, "flag": flag, "metavar": metavar}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Common:
-    zk: str = "127.0.0.1:2181"  # ZooKeeper connect string
-    cluster: str = "default"  # cluster name: the chroot under /clusterd
-    keys: str = ""  # directory of CURVE keys (`clusterctl keys generate`)
-    insecure: bool = False  # daemons: run without keys, on a trusted network only
-    zk_auth: str = ""  # file (0600) holding "user:password" for ZooKeeper digest ACLs
+    section: ClassVar[str] = ""  # the TOML table and environment prefix of the settings below Common's
+
+    zk: str = setting("127.0.0.1:2181", "ZooKeeper connect string, e.g. zk1:2181,zk2:2181,zk3:2181.")
+    cluster: str = setting("default", "Cluster name: all its state lives under /clusterd/NAME in ZooKeeper.")
+    keys: str = setting("", "Directory of CURVE keys (`clusterctl keys generate`).", metavar="DIR")
+    insecure: bool = setting(False, "Run without CURVE keys: on a trusted network only.")
+    zk_auth: str = setting("", "File (0600) holding user:password for ZooKeeper digest ACLs.", metavar="FILE")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class AgentConfig(Common):
-    node_id: str = ""  # default: the host name
-    workers: str = "auto"  # "auto" = usable cores (affinity and cgroup quota), or N
-    bind: str = "tcp://0.0.0.0:0"  # port 0 picks a free port; the real one is published
-    advertise: str = ""  # host others use to reach us; default: the address that routes to ZooKeeper
-    labels: dict[str, str] = dataclasses.field(default_factory=dict)
-    relay: str = ""  # id of the relay (`clusterctl relay`) the coordinator reaches us through; "" = directly
-    prefetch: int = 2  # tasks queued per worker beyond the one it runs; hides round trips
-    prefetch_short: int = 16  # the same while every job it holds has tasks under 5 ms: fewer, larger messages
-    heartbeat_interval: float = 0.5
-    heartbeat_misses: int = 4
-    drain_timeout: float = 30.0
-    restart_backoff_max: float = 30.0
-    zk_session_timeout: float = 10.0  # ZooKeeper drops our znode this long after we vanish
-    metrics_port: int = 0  # Prometheus endpoint on the --bind host; 0 = off
-    max_payload: int = 64 * 2**20  # keep equal to the coordinator's: larger frames drop the sender
+class DaemonConfig(Common):
+    """What the coordinator, the agent and the relay all have."""
+
+    bind: str = setting(
+        "tcp://0.0.0.0:0",
+        "Endpoint to listen on; port 0 picks a free port, and the real one is published in ZooKeeper.",
+        metavar="tcp://HOST:PORT",
+    )
+    advertise: str = setting(
+        "", "Host others use to reach this daemon; default: the local address that routes to ZooKeeper.", metavar="HOST"
+    )
+    zk_session_timeout: float = setting(
+        10.0,
+        "Seconds ZooKeeper keeps this daemon's znode after it vanishes: then a standby coordinator "
+        "takes the lead, a relay's agents are reached directly, an agent's tasks go elsewhere.",
+    )
+    metrics_port: int = setting(0, "Serve Prometheus metrics on this port of the bind host; 0 = off.")
+    max_payload: int = setting(
+        wire.MAX_PAYLOAD_DEFAULT,
+        "Bytes of one task's arguments, function or result, at most; keep it equal on every daemon "
+        "(a larger frame drops its sender).",
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class CoordinatorConfig(Common):
-    bind: str = "tcp://0.0.0.0:0"  # the client endpoint
-    advertise: str = ""
-    heartbeat_interval: float = 0.5  # the shortest; stretched past heartbeat_interval x heartbeat_budget agents
-    heartbeat_misses: int = 4
-    heartbeat_budget: float = 4000.0  # heartbeats a second from agents (and as many to them); 0 = never stretch
-    job_window: int = 10000  # most tasks a job may have queued or running at once
-    max_batch: int = 256  # most tasks in one Dispatch or TaskResults message
-    max_payload: int = 64 * 2**20  # bytes of one task's arguments, function or result
-    client_timeout: float = 30.0  # a job whose client is silent this long is cancelled
-    zk_session_timeout: float = 10.0  # a dead leader's lock is released after this; standbys then take over
-    metrics_port: int = 0  # Prometheus endpoint on the --bind host; 0 = off
+class HeartbeatConfig(DaemonConfig):
+    """The coordinator and its agents watch each other with heartbeats (the relay forwards them)."""
+
+    heartbeat_interval: float = setting(
+        0.5,
+        "Seconds between heartbeats: the coordinator's shortest (past heartbeat_budget it stretches them), "
+        "an agent's until a coordinator sets it.",
+    )
+    heartbeat_misses: int = setting(4, "Heartbeats missed before the peer is lost (silent for interval x misses).")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class RelayConfig(Common):
-    relay_id: str = ""  # the id agents name in their `relay` setting; default: the host name
-    bind: str = "tcp://0.0.0.0:0"  # where the coordinator connects; port 0 picks a free port, published
-    advertise: str = ""
-    zk_session_timeout: float = 10.0  # the relay's znode goes this long after it vanishes; its agents then go direct
-    metrics_port: int = 0
-    max_payload: int = 64 * 2**20  # keep equal to the coordinator's
+class AgentConfig(HeartbeatConfig):
+    section: ClassVar[str] = "agent"
+
+    node_id: str = setting("", "Unique node id; default: the host name.")
+    workers: str = setting("auto", "Worker processes: auto (the usable cores, by CPU affinity and cgroup quota) or N.")
+    labels: dict[str, str] = setting(
+        factory=dict, help="A label of this node; repeatable.", flag="--label", metavar="KEY=VALUE"
+    )
+    relay: str = setting(
+        "",
+        "Id of the relay (`clusterctl relay`) the coordinator reaches this agent through; empty: directly.",
+        metavar="ID",
+    )
+    prefetch: int = setting(2, "Tasks queued per worker beyond the one it runs: hides round trips.")
+    prefetch_short: int = setting(
+        16, "Tasks queued per worker while every job it holds has tasks under 5 ms: fewer, larger messages."
+    )
+    drain_timeout: float = setting(30.0, "Seconds a drain waits for the tasks its workers hold.")
+    restart_backoff_max: float = setting(30.0, "Seconds at most between restarts of a worker that keeps dying.")
 
 
-SECTIONS: dict[type, str] = {AgentConfig: "agent", CoordinatorConfig: "coordinator", RelayConfig: "relay", Common: ""}
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CoordinatorConfig(HeartbeatConfig):
+    section: ClassVar[str] = "coordinator"
+
+    heartbeat_budget: float = setting(
+        4000.0,
+        "Heartbeats a second from agents, at most: past heartbeat_interval x budget agents the interval "
+        "stretches; 0 = never.",
+    )
+    job_window: int = setting(10000, "Most tasks a job may have queued or running at once.")
+    max_batch: int = setting(256, "Most tasks in one Dispatch or TaskResults message.")
+    client_timeout: float = setting(30.0, "Seconds of silence after which a client's job is cancelled.")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RelayConfig(DaemonConfig):
+    section: ClassVar[str] = "relay"
+
+    relay_id: str = setting("", "The id agents name with --relay; default: the host name.", flag="--id", metavar="ID")
+
+
+C = TypeVar("C", bound=Common)
+
 ENV_SHARED = {
     "zk": "CLUSTER_ZK",
     "cluster": "CLUSTER_NAME",
@@ -85,15 +154,28 @@ ENV_SHARED = {
 }
 
 
+def settings(cls: type[Common]) -> tuple[dataclasses.Field[Any], ...]:
+    return dataclasses.fields(cls)
+
+
+def flag(field: dataclasses.Field[Any]) -> str:
+    return str(field.metadata.get("flag") or "--" + field.name.replace("_", "-"))
+
+
+def env_var(cls: type[Common], name: str) -> str:
+    return ENV_SHARED.get(name) or f"CLUSTER_{cls.section.upper()}_{name.upper()}"
+
+
 def load(
-    cls: type,
+    cls: type[C],
     config_file: str | Path | None = None,
     flags: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
-) -> Any:
+) -> C:
     environ = os.environ if environ is None else environ
-    section = SECTIONS[cls]
+    section = cls.section
     hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in settings(cls)}
     values: dict[str, Any] = {}
 
     if config_file:
@@ -111,25 +193,24 @@ def load(
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: [{section}] must be a table")
         for key, value in table.items():
-            if key not in hints or key == "frames":
-                raise ConfigError(f"{path}: unknown setting {key!r} in [{section}] (known: {', '.join(sorted(hints))})")
+            if key not in known:
+                raise ConfigError(f"{path}: unknown setting {key!r} in [{section}] (known: {', '.join(sorted(known))})")
             values[key] = _coerce(value, hints[key], f"{path}: {section}.{key}")
 
-    for key, hint in hints.items():
-        name = ENV_SHARED.get(key) or f"CLUSTER_{section.upper()}_{key.upper()}"
-        if section or key in ENV_SHARED:
-            if name in environ and environ[name] != "":
-                values[key] = _coerce(environ[name], hint, f"environment {name}")
+    for key in known:
+        name = env_var(cls, key)
+        if (section or key in ENV_SHARED) and environ.get(name, "") != "":
+            values[key] = _coerce(environ[name], hints[key], f"environment {name}")
 
     for key, value in (flags or {}).items():
         if value is None:
             continue
-        if key not in hints:
+        if key not in known:
             raise ConfigError(f"unknown setting {key!r}")
-        values[key] = _coerce(value, hint := hints[key], f"--{key.replace('_', '-')}")
+        values[key] = _coerce(value, hints[key], flag(known[key]))
     try:
         return cls(**values)
-    except TypeError as exc:  # pragma: no cover - guarded by the hint checks above
+    except TypeError as exc:  # pragma: no cover - guarded by the checks above
         raise ConfigError(str(exc)) from None
 
 
@@ -151,20 +232,22 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                 raise ValueError
             return out
         if hint is str:
-            return str(value) if isinstance(value, (str, int)) else _fail()
+            if isinstance(value, (str, int)):
+                return str(value)
+            raise ValueError
         if typing.get_origin(hint) is dict:
-            if isinstance(value, str):
-                return parse_labels(value.split(",") if value else [])
             if isinstance(value, dict):
                 return {str(k): str(v) for k, v in value.items()}
+            if isinstance(value, str):
+                value = value.split(",") if value else []
+            if isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
+                return parse_labels(list(value))  # repeated --label flags, or "k=v,k2=v2"
             raise ValueError
+    except ConfigError:
+        raise
     except (TypeError, ValueError):
         pass
     raise ConfigError(f"{where}: {value!r} is not a valid {getattr(hint, '__name__', hint)}")
-
-
-def _fail() -> Any:
-    raise ValueError
 
 
 def parse_labels(items: list[str]) -> dict[str, str]:
