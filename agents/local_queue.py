@@ -216,10 +216,10 @@ class LocalQueue:
         """Queued tasks to give back to the coordinator, taken off the queue's tail. When
         the capacity shrinks (see retune), those beyond it: they were sent on the deeper
         credit, and kept here they would wait behind each other while other agents have
-        room (a job of long tasks sent to an agent that had just run short ones went 11
-        to 1). A draining agent gives back every task no worker has: another agent can
-        start them now, and the drain ends when the tasks its workers hold are done. The
-        caller puts them back at the tail if they cannot go."""
+        room (docs/design.md, "Credit that shrinks gives tasks back"). A draining agent
+        gives back every task no worker has: another agent can start them now, and the
+        drain ends when the tasks its workers hold are done. The caller puts them back at
+        the tail if they cannot go."""
         if not self.tasks:
             return ()
         if draining:
