@@ -22,7 +22,7 @@ import enum
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 log = logging.getLogger("agents.pool")
@@ -39,7 +39,7 @@ class State(enum.Enum):
 
 
 class Task(Protocol):
-    key: tuple
+    key: tuple[Any, ...]
 
 
 class RunningMarker(Protocol):
@@ -77,7 +77,7 @@ class Slot:
 class Exit:
     slot: Slot
     task: Any  # the task it was running, charged with its death; or None
-    requeue: list  # tasks it held that did not kill it: they run again free
+    requeue: list[Any]  # tasks it held that did not kill it: they run again free
     reason: str
 
 
@@ -99,8 +99,8 @@ class WorkerPool:
         spawn: Callable[[int], Process],
         *,
         backoff_max: float = 30.0,
-        markers: list[RunningMarker] | None = None,
-    ):
+        markers: Sequence[RunningMarker] | None = None,
+    ) -> None:
         self.slots = [Slot(i, marker=markers[i] if markers else None) for i in range(size)]
         self._spawn = spawn
         self.backoff_max = backoff_max
@@ -142,7 +142,7 @@ class WorkerPool:
     def busy(self) -> list[Slot]:
         return [s for s in self.slots if s.tasks]
 
-    def done(self, slot: Slot, key: tuple) -> Any:
+    def done(self, slot: Slot, key: tuple[Any, ...]) -> Any:
         """The task with this key leaves the worker; None if it was no longer its (cancelled)."""
         for seq, task in slot.tasks.items():
             if task.key == key:

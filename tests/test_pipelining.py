@@ -1,4 +1,4 @@
-"""Short tasks travel to workers several per message (agents/agent.py, _assign). These
+"""Short tasks travel to workers several per message (agents/local_queue.py, LocalQueue.assign). These
 tests make sure that costs nothing in correctness: a death, a timeout or a slow task in
 the middle of a pipeline is charged to the one task that caused it, and the tasks queued
 behind it neither fail nor wait for it.
@@ -126,12 +126,12 @@ def test_garbage_written_into_the_channel_fails_only_the_task_that_wrote_it(one_
 def test_large_arguments_go_a_few_per_message_and_small_ones_together():
     """A worker starts on a message only once all of it has arrived: a pipeline of 1 MiB
     arguments in one RunTasks would make it wait for sixteen of them."""
-    from agents.agent import MESSAGE_BYTES, QueuedTask, _messages
+    from agents.local_queue import MESSAGE_BYTES, QueuedTask, worker_messages
 
     small = [QueuedTask("a", i, 1, b"x" * 100) for i in range(10)]
     large = [QueuedTask("b", i, 1, b"x" * (1 << 20)) for i in range(3)]
     mixed = [QueuedTask("c", i, 1, b"x" * (MESSAGE_BYTES // 3)) for i in range(7)]
-    runs = [(job, [t.index for t in tasks]) for job, tasks in _messages(small + large + mixed)]
+    runs = [(job, [t.index for t in tasks]) for job, tasks in worker_messages(small + large + mixed)]
     assert runs == [
         ("a", list(range(10))),
         ("b", [0]),

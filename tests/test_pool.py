@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from agents.agent import QueuedTask
 from agents.pool import FIRST_BACKOFF, State, WorkerPool, exit_reason
 
 
@@ -162,63 +161,3 @@ def test_stop_terminates_every_live_worker():
 def test_exit_reasons():
     assert exit_reason(3) == "worker exited with status 3"
     assert exit_reason(-11) == "worker exited with signal 11 (SIGSEGV)"
-
-
-def test_a_job_is_short_after_three_quick_results_and_stops_being_short_at_once():
-    from agents.agent import JobInfo
-
-    job = JobInfo("d", {}, b"")
-    for _ in range(2):
-        job.note_service(0.001)
-    assert not job.short  # not timed enough yet
-    job.note_service(0.001)
-    assert job.short
-    job.note_service(0.3)  # one slow task: stop pipelining now, not after many
-    assert not job.short
-    steady = JobInfo("d", {}, b"")
-    for _ in range(50):
-        steady.note_service(0.006)  # 6 ms tasks, each timed with its share of a batch
-    assert not steady.short
-
-
-def test_deep_queues_only_for_short_tasks_with_small_arguments():
-    """An agent asks for workers x (1 + prefetch_short) tasks only while its jobs are short
-    and their arguments small: deep queues of 1 MiB arguments would sit in its memory."""
-    from agents.agent import LARGE_ARGS, Agent
-    from cluster.contract import wire
-    from cluster.contract.config import AgentConfig
-
-    agent = Agent(AgentConfig(workers="2", insecure=True, prefetch=2, prefetch_short=16))
-    agent.pool = WorkerPool(2, lambda index: None)
-    assert agent.capacity == 2 * 3
-    agent._on_job_spec(b"", wire.JobSpec(1, "small", "d1", {}, frames=(b"fn",)))
-    for _ in range(3):
-        agent.jobs["small"].note_service(0.001)
-    agent._retune()
-    assert agent.capacity == 2 * 17
-    agent._on_job_spec(b"", wire.JobSpec(1, "large", "d2", {}, frames=(b"fn",)))
-    for _ in range(3):
-        agent.jobs["large"].note_service(0.001)
-    agent._on_dispatch(b"", wire.Dispatch(1, "large", [[0, 1]], frames=(b"x" * LARGE_ARGS,)))
-    assert agent.jobs["large"].short and not agent.jobs["large"].deep
-    assert agent.capacity == 2 * 3  # its tasks are held here: back to prefetch
-
-
-def test_an_idle_job_timed_by_a_task_or_two_long_ago_does_not_keep_queues_shallow():
-    from agents.agent import NEW_JOB, Agent
-    from cluster.contract import wire
-    from cluster.contract.config import AgentConfig
-
-    agent = Agent(AgentConfig(workers="2", insecure=True, prefetch=2, prefetch_short=16))
-    agent.pool = WorkerPool(2, lambda index: None)
-    agent._on_job_spec(b"", wire.JobSpec(1, "once", "d1", {}, frames=(b"fn",)))
-    agent.jobs["once"].note_service(0.001)  # one task, then nothing: an Executor keeps the job open
-    agent._on_job_spec(b"", wire.JobSpec(1, "busy", "d2", {}, frames=(b"fn",)))
-    for _ in range(3):
-        agent.jobs["busy"].note_service(0.001)
-    agent.queue.append(QueuedTask("busy", 0, 1, b"x"))
-    agent._retune()
-    assert agent.capacity == 2 * 3  # "once" is new: its tasks may be on their way, untimed
-    agent.jobs["once"].since -= NEW_JOB + 0.1
-    agent._retune()
-    assert agent.capacity == 2 * 17

@@ -4,13 +4,16 @@ coordinator and ZooKeeper.
 Each simulated agent is what a coordinator sees of a real one (agents/agent.py):
 an ephemeral znode with a real ``AgentRecord`` under the cluster's agents folder,
 a drain-request watch, and its own bound ROUTER socket whose routing id is its
-node id, speaking the real protocol: Hello -> Welcome (with what it holds),
-heartbeats both ways with the leader-liveness check, JobSpec, Dispatch ->
-Results in batches, EndJob, DropTasks, Draining, and epoch fencing. Only the
-workers are simulated: each agent has ``--workers`` slots that finish a task at
-once or after ``--delay`` seconds, and a task's result is its arguments frame
-(so a Python client reads ``(args, kwargs)`` back, and a test can check that
-each result belongs to its task).
+node id, speaking the real protocol through the real agent's session
+(agents/session.py, one ``CoordinatorSession`` each): epoch fencing, Hello ->
+Welcome (with what it holds), heartbeats both ways at the leader's interval with
+the leader-liveness check, Results batched as the real agent batches them, and
+Draining. JobSpec, Dispatch, EndJob and DropTasks feed the simulated workers:
+each agent has ``--workers`` slots that finish a task at once or after
+``--delay`` seconds, and a task's result is its arguments frame (so a Python
+client reads ``(args, kwargs)`` back, and a test can check that each result
+belongs to its task). Simulated agents keep a fixed capacity and give nothing
+back (the real agent's local queue policy, agents/local_queue.py, is not run).
 
 All agents of a process share ONE ZooKeeper session (ephemeral znodes need not
 have a session each); ZooKeeper then sees a handful of sessions instead of N,
@@ -63,10 +66,10 @@ from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import NodeExistsError
 from kazoo.protocol.states import EventType, WatchedEvent
 
+from agents.session import CoordinatorSession
 from bench.scale.fleet import raise_fd_limit
-from cluster.contract import layout, payload, wire
+from cluster.contract import layout, wire
 from cluster.contract.layout import AgentRecord
-from cluster.contract.liveness import Liveness
 from cluster.contract.version import PROTOCOL_VERSION, __version__
 from cluster.runtime import loop
 from cluster.runtime.zk import close as zk_close
@@ -74,7 +77,6 @@ from cluster.runtime.zk import connect as zk_connect
 
 log = logging.getLogger("bench.scale.simfleet")
 
-MAX_RESULTS_PER_MESSAGE = 256  # as the real agent
 TICK = 0.05
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # plain ints: enum arithmetic costs more than the call
 
@@ -86,41 +88,31 @@ class SimAgent:
         "fd",
         "endpoint",
         "record",
-        "leader",
-        "max_epoch",
-        "leader_liveness",
+        "session",
         "jobs",
         "queue",
         "running",
-        "outbox",
-        "draining",
         "alive",
         "registered",
-        "next_beat",
     )
 
-    def __init__(self, node_id: str, sock: zmq.Socket, endpoint: str):
+    def __init__(self, node_id: str, sock: zmq.Socket, endpoint: str, session: CoordinatorSession):
         self.node_id = node_id
         self.sock = sock
         self.fd = sock.getsockopt(zmq.FD)
         self.endpoint = endpoint
         self.record: AgentRecord | None = None
-        self.leader: bytes | None = None
-        self.max_epoch = 0
-        self.leader_liveness: Liveness | None = None  # set with the leader, by its Hello
+        self.session = session  # the leader, fencing, heartbeats and the results not sent yet
         self.jobs: dict[str, dict] = {}
         self.queue: collections.deque[tuple[str, int, int, bytes]] = collections.deque()
         self.running: dict[tuple[str, int, int], bytes] = {}
-        self.outbox: list[tuple[tuple[str, int, int], int, bytes]] = []
-        self.draining = False
         self.alive = True
         self.registered = False
-        self.next_beat = 0.0
 
     def held(self) -> list[list]:
+        """Tasks queued and running (the session adds its held results)."""
         keys = [[j, i, a] for j, i, a, _ in self.queue]
         keys += [list(k) for k in self.running]
-        keys += [list(k) for k, _, _ in self.outbox]
         return keys
 
 
@@ -130,8 +122,6 @@ class Fleet:
         self.workers = args.workers
         self.capacity = args.workers * (1 + args.prefetch)
         self.delay = args.delay
-        self.interval = args.heartbeat_interval
-        self.misses = args.heartbeat_misses
         self.host = socket.gethostname()
         self.memory = psutil.virtual_memory().total
         self.me = psutil.Process()
@@ -147,6 +137,7 @@ class Fleet:
         self.later: list = []  # heap of (due, seq, fn): znode deletions after a simulated crash
         self.check: set[SimAgent] = set()  # sockets to drain (a send may swallow the fd's edge)
         self.dirty: set[SimAgent] = set()  # agents with queued tasks or results to send
+        self.flush_at: float | None = None  # when the first results held back for a batch must go
         self.counters: collections.Counter = collections.Counter()
         self.waker = loop.Waker()
         self.epoll.register(self.waker.fd, select.EPOLLIN)
@@ -154,6 +145,14 @@ class Fleet:
         self.zk = None
         self.path = layout.agents_path(args.cluster)
         self.rejoin: list[SimAgent] = []  # registered when the session was lost: register again
+        self.handlers = {
+            wire.Hello: self._on_hello,
+            wire.Heartbeat: self._on_heartbeat,
+            wire.JobSpec: self._on_job_spec,
+            wire.Dispatch: self._on_dispatch,
+            wire.EndJob: self._on_end_job,
+            wire.DropTasks: self._on_drop_tasks,
+        }
 
     # ------------------------------------------------------------ lifecycle
 
@@ -181,7 +180,14 @@ class Fleet:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         # As the real agent: an ephemeral port the kernel picks, advertised as others reach it.
         endpoint = loop.advertised(loop.bind(sock, f"tcp://{self.args.bind}:0"), "", self.args.zk)
-        agent = SimAgent(node_id, sock, endpoint)
+        session = CoordinatorSession(
+            node_id,
+            self.workers,
+            interval=self.args.heartbeat_interval,
+            misses=self.args.heartbeat_misses,
+            counters=self.counters,
+        )
+        agent = SimAgent(node_id, sock, endpoint, session)
         agent.record = AgentRecord(
             node_id=node_id,
             host=self.host,
@@ -200,7 +206,7 @@ class Fleet:
         self.agents[node_id] = agent
         self.by_fd[agent.fd] = agent
         self.epoll.register(agent.fd, select.EPOLLIN)
-        agent.next_beat = time.monotonic() + self.interval
+        session.next_beat = time.monotonic() + self.args.heartbeat_interval  # ``beats`` stays in due order
         self.beats.append(agent)
         return agent
 
@@ -254,7 +260,10 @@ class Fleet:
         next_tick = 0.0
         while not self.stopping:
             now = time.monotonic()
-            timeout = max(0.0, min(next_tick, self.finishing[0][0] if self.finishing else next_tick) - now)
+            wake = min(next_tick, self.finishing[0][0]) if self.finishing else next_tick
+            if self.flush_at is not None:
+                wake = min(wake, self.flush_at)
+            timeout = max(0.0, wake - now)
             for fd, _ in self.epoll.poll(timeout):
                 if fd == self.waker.fd:
                     for kind, value in self.waker.drain():
@@ -271,7 +280,7 @@ class Fleet:
                 self._beat(now)
                 while self.later and self.later[0][0] <= now:
                     heapq.heappop(self.later)[2]()
-            self._flush()
+            self._flush(time.monotonic())
 
     def _read_all(self) -> None:
         while self.check:
@@ -293,55 +302,50 @@ class Fleet:
     # ----------------------------------------------------------- protocol
 
     def _on_message(self, agent: SimAgent, identity: bytes, msg: wire.Message) -> None:
-        epoch = getattr(msg, "epoch", agent.max_epoch)
-        if epoch < agent.max_epoch:
-            self.counters["fenced_messages"] += 1
-            if isinstance(msg, wire.Hello):
-                self._send(
-                    agent, wire.Refused(f"epoch {epoch} is older than {agent.max_epoch}", wire.Refusal.FENCED), identity
-                )
-            return
-        kind = type(msg)
-        if identity == agent.leader:  # any message from the leader proves it alive, as in the real agent
-            agent.leader_liveness.beat(identity, time.monotonic())
-        if kind is wire.Heartbeat:
-            self.counters["heartbeats_received"] += 1
-            if identity == agent.leader and msg.interval:
-                agent.leader_liveness.set_interval(msg.interval)
-                self._follow_interval(msg.interval)
-        elif kind is wire.Hello:
-            agent.max_epoch, agent.leader = msg.epoch, identity
-            agent.leader_liveness = Liveness(msg.heartbeat_interval, self.misses)
-            agent.leader_liveness.beat(identity, time.monotonic())
-            self._follow_interval(msg.heartbeat_interval)
-            welcome = wire.Welcome(agent.node_id, msg.epoch, self.workers, self.capacity, agent.held(), agent.draining)
-            self._send(agent, welcome, identity)
-            self.counters["hellos"] += 1
-        elif kind is wire.JobSpec:
-            agent.jobs[msg.job_id] = msg.options
-        elif kind is wire.Dispatch:
-            if msg.job_id not in agent.jobs:
-                err = payload.lost_error("the agent had no function for this job")
-                agent.outbox.extend(((msg.job_id, i, a), wire.LOST, err) for i, a in msg.tasks)
-            else:
-                for (index, attempt), args in zip(msg.tasks, msg.frames):
-                    agent.queue.append((msg.job_id, index, attempt, args))
-                self.counters["tasks_received"] += len(msg.tasks)
-                self.counters["dispatch_messages"] += 1
-            self._run(agent, time.monotonic())
-            self.dirty.add(agent)
-        elif kind is wire.EndJob:
-            if agent.jobs.pop(msg.job_id, None) is not None:
-                self._drop(agent, lambda j, i: j == msg.job_id)
-        elif kind is wire.DropTasks:
-            doomed = set(msg.indices)
-            self._drop(agent, lambda j, i: j == msg.job_id and i in doomed)
-        else:
+        handler = self.handlers.get(type(msg))
+        if handler is None:
             self.counters["dropped_messages"] += 1
+            return
+        now = time.monotonic()
+        act, answer = agent.session.admit(identity, msg, now)
+        if answer is not None:
+            self._send(agent, answer, identity)
+        if act:
+            handler(agent, identity, msg, now)
+
+    def _on_hello(self, agent: SimAgent, identity: bytes, msg: wire.Hello, now: float) -> None:
+        self._send(agent, agent.session.hello(identity, msg, now, self.capacity, agent.held()), identity)
+        self.counters["hellos"] += 1
+
+    def _on_heartbeat(self, agent: SimAgent, identity: bytes, msg: wire.Heartbeat, now: float) -> None:
+        self.counters["heartbeats_received"] += 1
+        agent.session.on_heartbeat(identity, msg, now)
+
+    def _on_job_spec(self, agent: SimAgent, identity: bytes, msg: wire.JobSpec, now: float) -> None:
+        agent.jobs[msg.job_id] = msg.options
+
+    def _on_dispatch(self, agent: SimAgent, identity: bytes, msg: wire.Dispatch, now: float) -> None:
+        if msg.job_id not in agent.jobs:
+            agent.session.no_function(msg)
+        else:
+            for (index, attempt), args in zip(msg.tasks, msg.frames):
+                agent.queue.append((msg.job_id, index, attempt, args))
+            self.counters["tasks_received"] += len(msg.tasks)
+            self.counters["dispatch_messages"] += 1
+        self._run(agent, now)
+        self.dirty.add(agent)
+
+    def _on_end_job(self, agent: SimAgent, identity: bytes, msg: wire.EndJob, now: float) -> None:
+        if agent.jobs.pop(msg.job_id, None) is not None:
+            self._drop(agent, lambda j, i: j == msg.job_id)
+
+    def _on_drop_tasks(self, agent: SimAgent, identity: bytes, msg: wire.DropTasks, now: float) -> None:
+        doomed = set(msg.indices)
+        self._drop(agent, lambda j, i: j == msg.job_id and i in doomed)
 
     def _drop(self, agent: SimAgent, doomed) -> None:
         agent.queue = collections.deque(t for t in agent.queue if not doomed(t[0], t[1]))
-        agent.outbox = [r for r in agent.outbox if not doomed(r[0][0], r[0][1])]
+        agent.session.drop(doomed)
         for key in [k for k in agent.running if doomed(k[0], k[1])]:
             del agent.running[key]  # its worker is "killed"; the heap entry is skipped
             self.counters["tasks_stopped"] += 1
@@ -352,7 +356,7 @@ class Fleet:
             job_id, index, attempt, args = agent.queue.popleft()
             key = (job_id, index, attempt)
             if self.delay <= 0:
-                agent.outbox.append((key, wire.OK, args))
+                agent.session.outbox.append((key, wire.OK, args))
                 self.counters["tasks_executed"] += 1
                 continue
             agent.running[key] = args
@@ -364,65 +368,57 @@ class Fleet:
             args = agent.running.pop(key, None)
             if args is None or not agent.alive:
                 continue
-            agent.outbox.append((key, wire.OK, args))
+            agent.session.outbox.append((key, wire.OK, args))
             self.counters["tasks_executed"] += 1
             self._run(agent, now)
             self.dirty.add(agent)
 
-    def _flush(self) -> None:
+    def _flush(self, now: float) -> None:
+        """Send the results each agent's session says are due; an agent whose results are
+        held (for a batch, or until a coordinator is reachable) is looked at again."""
         dirty, self.dirty = self.dirty, set()
+        flush_at = None
         for agent in dirty:
             if not agent.alive:
                 continue
-            if agent.leader is not None:
-                while agent.outbox:
-                    chunk = agent.outbox[:MAX_RESULTS_PER_MESSAGE]
-                    items = [[j, i, a, status] for (j, i, a), status, _ in chunk]
-                    msg = wire.Results(agent.max_epoch, items, frames=tuple(body for _, _, body in chunk))
-                    if not self._send(agent, msg, agent.leader):
-                        self.dirty.add(agent)  # keep them until a coordinator is reachable
+            session = agent.session
+            if session.results_due(now, len(agent.queue)):
+                while (msg := session.results(self.capacity)) is not None:
+                    if not self._send(agent, msg, session.leader):
                         break
-                    del agent.outbox[:MAX_RESULTS_PER_MESSAGE]
-                    self.counters["results_sent"] += len(chunk)
+                    session.sent(msg)
+                    self.counters["results_sent"] += len(msg.items)
                     self.counters["results_messages"] += 1
-            elif agent.outbox:
+            if session.outbox:
                 self.dirty.add(agent)
-            if agent.draining and not agent.queue and not agent.running and not agent.outbox:
+                if session.flush_at is not None and (flush_at is None or session.flush_at < flush_at):
+                    flush_at = session.flush_at
+            elif session.draining and not agent.queue and not agent.running:
                 self._leave_drained(agent)
-
-    def _follow_interval(self, interval: float) -> None:
-        """Beat as often as the leader asks, as the real agent does. One interval for the
-        whole process (all its agents have the same leader). Pulling every due time in
-        to at most one new interval keeps ``beats`` in due order."""
-        if interval == self.interval:
-            return
-        self.interval = interval
-        latest = time.monotonic() + interval
-        for agent in self.beats:
-            agent.next_beat = min(agent.next_beat, latest)
+        self.flush_at = flush_at
 
     def _beat(self, now: float) -> None:
-        while self.beats and self.beats[0].next_beat <= now:
+        """Heartbeats of the agents due now (``beats`` is in due order: a due time the leader
+        pulled in waits at most for its old place, never past its old due time)."""
+        while self.beats and self.beats[0].session.next_beat <= now:
             agent = self.beats.popleft()
             if not agent.alive:
                 continue
-            agent.next_beat = now + self.interval
             self.beats.append(agent)
-            if agent.leader is None:
-                continue
-            if agent.leader in agent.leader_liveness.expired(now):
-                agent.leader = None  # the coordinator went silent; wait for a Hello
+            session = agent.session
+            had_leader = session.leader is not None
+            beat = session.heartbeat(now, max(0, self.capacity - len(agent.queue) - len(agent.running)))
+            if beat is not None:
+                self._send(agent, beat, session.leader)
+                self.counters["heartbeats_sent"] += 1
+            elif had_leader and session.leader is None:
                 self.counters["leader_lost"] += 1
-                continue
-            free = max(0, self.capacity - len(agent.queue) - len(agent.running))
-            self._send(agent, wire.Heartbeat(agent.node_id, agent.max_epoch, free), agent.leader)
-            self.counters["heartbeats_sent"] += 1
 
     # ---------------------------------------------------------- churn
 
     def _on_event(self, kind: str, value) -> None:
         if kind == "drain_request":
-            if value.alive and not value.draining:
+            if value.alive and not value.session.draining:
                 self._start_drain(value)
         elif kind == "cmd":
             self._command(value)
@@ -456,7 +452,7 @@ class Fleet:
             self.out(ev="ok", op=op, n=len(fresh), id=cmd.get("id"))
         elif op == "leave":
             how = cmd.get("how", "crash")
-            candidates = [a for a in self.agents.values() if a.alive and not a.draining and a.registered]
+            candidates = [a for a in self.agents.values() if a.alive and not a.session.draining and a.registered]
             chosen = random.sample(candidates, min(int(cmd.get("n", 1)), len(candidates)))
             for agent in chosen:
                 {"crash": self._crash, "drain": self._start_drain, "deregister": self._deregister}[how](agent)
@@ -467,7 +463,7 @@ class Fleet:
                 ev="stats",
                 id=cmd.get("id"),
                 alive=len(alive),
-                connected=sum(1 for a in alive if a.leader),
+                connected=sum(1 for a in alive if a.session.leader),
                 held=sum(len(a.held()) for a in alive),
                 cpu=round(sum(self.me.cpu_times()[:2]), 3),
                 rss=self.me.memory_info().rss,
@@ -522,11 +518,11 @@ class Fleet:
 
     def _start_drain(self, agent: SimAgent) -> None:
         """As SIGTERM on a real agent: state draining, tell the leader, finish what is held, leave."""
-        agent.draining = True
         agent.record = agent.record.with_state("draining")
         self.zk.set_async(f"{self.path}/{agent.node_id}", agent.record.to_bytes())
-        if agent.leader is not None:
-            self._send(agent, wire.Draining(agent.node_id), agent.leader)
+        notice = agent.session.drain()
+        if notice is not None:
+            self._send(agent, notice, agent.session.leader)
         self.dirty.add(agent)
 
     def _leave_drained(self, agent: SimAgent) -> None:
