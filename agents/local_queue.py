@@ -40,7 +40,7 @@ class QueuedTask:
     job_id: str
     index: int
     attempt: int
-    args: bytes
+    args: wire.Buffer
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -51,7 +51,7 @@ class QueuedTask:
 class JobInfo:
     digest: str
     options: dict[str, Any]
-    function: bytes
+    function: wire.Buffer
     service: float = 0.0  # moving average of a task's time on a worker, seconds
     samples: int = 0
     large: bool = False  # a task of it carried LARGE_ARGS of arguments or more

@@ -32,7 +32,7 @@ MAX_RESULTS_PER_MESSAGE: Final = 256
 FLUSH_DELAY: Final = 0.002
 
 Key = tuple[str, int, int]  # (job id, task index, attempt)
-Result = tuple[Key, int, bytes]  # a finished task: its key, status and payload
+Result = tuple[Key, int, wire.Buffer]  # a finished task: its key, status and payload
 Doomed = Callable[[str, int], bool]  # (job id, task index) -> whether the task is dropped
 
 

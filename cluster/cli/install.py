@@ -129,7 +129,7 @@ def write_file(run: Run, path: Path, text: str, mode: int, group: bool = False) 
         raise ValueError(f"group {USER!r} does not exist: systemd-sysusers did not create it")
     st = dest.stat() if old is not None else None
     owner_ok = not chown or (st is not None and (st.st_uid, st.st_gid) == (0, gid))
-    if old == data and st.st_mode & 0o7777 == mode and owner_ok:
+    if old == data and st is not None and st.st_mode & 0o7777 == mode and owner_ok:
         run.file(dest, "unchanged")
         return False
     detail = f" ({mode:04o}{' root:' + USER if chown else ''})"

@@ -14,12 +14,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import TYPE_CHECKING
 
 from cluster.contract import config, layout
 from cluster.runtime.lifeline import dies_with_parent
 from cluster.runtime.zk import close as zk_close
 from cluster.runtime.zk import connect as zk_connect
 from cluster.runtime.zk import read_leader
+
+if TYPE_CHECKING:
+    from cluster.runtime.zkserver import ZooKeeperServer
 
 READY_TIMEOUT = 60.0
 OWNER = "owner.pid"  # in each work dir: who made it, so a later start can clear it once that one is gone
@@ -57,7 +61,7 @@ class LocalStack:
         self.workers, self.cluster, self.log_level = workers, cluster, log_level
         self.children: list[subprocess.Popen] = []
         self.workdir = ""
-        self.server = None
+        self.server: ZooKeeperServer | None = None
         self.zk = ""
 
     def start(self) -> LocalStack:
@@ -67,10 +71,10 @@ class LocalStack:
         self.workdir = tempfile.mkdtemp(prefix="clusterd-up-")
         with open(os.path.join(self.workdir, OWNER), "w") as f:
             f.write(str(os.getpid()))
-        self.server = ZooKeeperServer(data_dir=os.path.join(self.workdir, "zk"))
+        self.server = server = ZooKeeperServer(data_dir=os.path.join(self.workdir, "zk"))
         try:
-            self.server.start()
-            self.zk = self.server.connect_string
+            server.start()
+            self.zk = server.connect_string
             base = [
                 "--zk",
                 self.zk,

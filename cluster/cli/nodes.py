@@ -21,9 +21,10 @@ import collections
 import queue
 import sys
 import time
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, TypeVar
 
 import typer
+from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
 from cluster.cli import common, options
@@ -31,6 +32,10 @@ from cluster.contract import config
 from cluster.contract.layout import AgentRecord, BadRecord, RelayRecord
 from cluster.runtime.membership import MemberEvent, Membership
 from cluster.runtime.zk import answer, ask
+
+if TYPE_CHECKING:
+    from rich.table import Table
+    from rich.text import Text
 
 COLUMNS = ("NODE", "HOST", "ENDPOINT", "STATE", "WORKERS", "CORES", "MEMORY", "VERSION", "UPTIME", "RELAY")
 RELAY_COLUMNS = ("RELAY", "HOST", "ENDPOINT", "AGENTS", "VERSION", "UPTIME")
@@ -65,7 +70,10 @@ def nodes(
             _list(client, cfg.cluster, as_json, relays)
 
 
-def read_members(client, cluster: str, record_type: type = AgentRecord) -> list:
+M = TypeVar("M", AgentRecord, RelayRecord)  # the record type of the members read
+
+
+def read_members(client: KazooClient, cluster: str, record_type: type[M]) -> list[M]:
     """The agents' records (or, with ``record_type=RelayRecord``, the relays')."""
     path = record_type.folder(cluster)
     try:
@@ -74,7 +82,7 @@ def read_members(client, cluster: str, record_type: type = AgentRecord) -> list:
         return []
     # All reads in flight at once: 5,000 agents cost one pipelined burst, not 5,000 round trips.
     pending = [client.get_async(f"{path}/{child}") for child in sorted(children)]
-    records = []
+    records: list[M] = []
     for result in pending:
         try:
             data, _ = answer(result)
@@ -95,7 +103,7 @@ def _relay_rows(relays: list[RelayRecord], agents: list[AgentRecord], now: float
 
 def _list(client, cluster: str, as_json: bool, relays_only: bool) -> None:
     now = time.time()
-    agents = read_members(client, cluster)
+    agents = read_members(client, cluster, AgentRecord)
     rows = [_row(r, now) for r in agents]
     relay_rows = _relay_rows(read_members(client, cluster, RelayRecord), agents, now)
     if as_json:
@@ -229,7 +237,7 @@ def _render(agents: dict[str, AgentRecord], relays: dict[str, RelayRecord], rece
         table.add_row(
             *(Text(cell, style=STATE_STYLE.get(cell, "red") if i == 3 else "") for i, cell in enumerate(_cells(r)))
         )
-    parts = [table]
+    parts: list[Table | Text] = [table]
     if relay_rows:
         relay_table = Table(*RELAY_COLUMNS, box=None, header_style="bold")
         for r in relay_rows:

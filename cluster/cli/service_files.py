@@ -15,11 +15,15 @@ import tempfile
 import textwrap
 from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from cluster.contract import config
 
-ROLES = {"agent": config.AgentConfig, "coordinator": config.CoordinatorConfig, "relay": config.RelayConfig}
+ROLES: dict[str, type[config.DaemonConfig]] = {
+    "agent": config.AgentConfig,
+    "coordinator": config.CoordinatorConfig,
+    "relay": config.RelayConfig,
+}
 USER = "clusterd"
 DEFAULT_EXEC = "/opt/clusterd/venv/bin/clusterctl"
 SYSUSERS = Path("/etc/sysusers.d/clusterd.conf")
@@ -159,7 +163,7 @@ def _toml_value(value: object) -> str:
     return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
-def render_config(role: str, cfg: object, given: set[str]) -> str:
+def render_config(role: str, cfg: config.DaemonConfig, given: set[str]) -> str:
     """TOML with `zk`, `cluster` and every setting given, named as cluster/contract/config.py reads them."""
     shared = [f.name for f in fields(config.Common)]
     top = [k for k in shared if k in ("zk", "cluster") or k in given]
@@ -203,7 +207,7 @@ def render_example(role: str) -> str:
     for f in fields(cls):
         if f.name not in shared and f"[{role}]" not in lines:
             lines += ["", f"[{role}]"]
-        default = f.default_factory() if f.default is MISSING else f.default
+        default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[operator]
         value = EXAMPLE_VALUES.get(role, {}).get(f.name, default)
         lines += ["", *textwrap.wrap(f.metadata["help"], 88, initial_indent="# ", subsequent_indent="# ")]
         hidden = f.name not in ("zk", "cluster") and value == default
@@ -214,7 +218,7 @@ def render_example(role: str) -> str:
 # ------------------------------------------------------------------ validation
 
 
-def build_config(role: str, flags: dict) -> tuple[object, str]:
+def build_config(role: str, flags: dict[str, Any]) -> tuple[config.DaemonConfig, str]:
     """Settings from the flags alone (not this shell's CLUSTER_* environment: the file
     must say everything), checked, rendered, and loaded back the way the daemon will."""
     given = {k for k, v in flags.items() if v is not None and v is not False}
@@ -225,7 +229,7 @@ def build_config(role: str, flags: dict) -> tuple[object, str]:
         )
     if cfg.keys and cfg.insecure:
         raise ValueError("--keys and --insecure contradict each other: give one")
-    if role == "agent":
+    if isinstance(cfg, config.AgentConfig):
         w = cfg.workers.strip().lower()
         if w != "auto" and not (w.isascii() and w.isdigit() and int(w) > 0):
             raise ValueError(f"--workers must be 'auto' or a positive integer, got {cfg.workers!r}")

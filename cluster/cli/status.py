@@ -93,7 +93,7 @@ def _ask(endpoint: str, curve_key: str, keys_dir: str, timeout: float) -> dict:
             security.connect_to(sock, keys, keys.coordinator)
         sock.connect(endpoint)
         sock.send_multipart(wire.StatusRequest().encode())
-        if not sock.poll(timeout * 1000):
+        if not sock.poll(int(timeout * 1000)):
             raise ValueError(f"the leader at {endpoint} did not answer within {timeout:g} s")
         reply = wire.decode(sock.recv_multipart())
         if not isinstance(reply, wire.StatusReply):

@@ -47,7 +47,7 @@ from cluster.contract import config, payload, wire
 @dataclasses.dataclass
 class Inputs:
     count: int
-    items: Iterator[tuple[int, bytes]]
+    items: Iterator[tuple[int, wire.Buffer]]
 
 
 @options.with_settings(config.Common, only=("zk", "cluster", "keys", "zk_auth"))
@@ -86,7 +86,10 @@ def submit(
         raise common.fail("give exactly one of --range A B or --inputs FILE")
     function = _function_blob(target, shell)
     with common.clear_errors():
-        source = _range_inputs(*range_, star) if range_ else _file_inputs(inputs, star, shell)
+        if range_ is not None:
+            source = _range_inputs(*range_, star)
+        elif inputs is not None:
+            source = _file_inputs(inputs, star, shell)
     limits = {"timeout": timeout, "max_memory": _size(max_memory) if max_memory else None}
     out: IO[str] = open(output, "w") if output else sys.stdout
     try:
@@ -164,7 +167,7 @@ def _defines(node: ast.stmt, name: str) -> bool:
 
 
 def _range_inputs(start: int, stop: int, star: bool) -> Inputs:
-    def items() -> Iterator[tuple[int, bytes]]:
+    def items() -> Iterator[tuple[int, wire.Buffer]]:
         for index, value in enumerate(range(start, stop)):
             yield index, payload.pack_args((value,))
 
@@ -191,14 +194,14 @@ def _file_inputs(name: str, star: bool, shell: bool) -> Inputs:
         if not shell:
             try:
                 value = json.loads(line)
-            except ValueError as exc:
+            except json.JSONDecodeError as exc:
                 raise ValueError(f"--inputs line {lineno}: not valid JSON ({exc.msg}): {line.strip()[:80]!r}") from None
             if star and not isinstance(value, list):
                 raise ValueError(f"--inputs line {lineno}: --star needs a JSON array, got {line.strip()[:80]!r}")
         count += 1
     spool.seek(0)
 
-    def items() -> Iterator[tuple[int, bytes]]:
+    def items() -> Iterator[tuple[int, wire.Buffer]]:
         index = 0
         with spool:
             for line in spool:
