@@ -35,7 +35,7 @@ def next_epoch(zk: KazooClient, cluster: str) -> int:
     path = layout.epoch_path(cluster)
     zk.ensure_path(path)
     # A versioned write is atomic in ZooKeeper: two writers never get one version.
-    return zk.set(path, b"").version
+    return int(zk.set(path, b"").version)
 
 
 def publish_leader(zk: KazooClient, cluster: str, record: LeaderRecord) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from cluster.contract import payload, wire
 
@@ -37,11 +38,11 @@ class Job:
     client: bytes
     function: bytes
     digest: str
-    options: dict
+    options: dict[str, Any]
     retries: int
     window: int = 10_000
     tasks: dict[int, Task] = dataclasses.field(default_factory=dict)
-    queue: collections.deque = dataclasses.field(default_factory=collections.deque)
+    queue: collections.deque[int] = dataclasses.field(default_factory=collections.deque)
     outbox: list[tuple[int, int, bytes]] = dataclasses.field(default_factory=list)
     last_seen: float = 0.0
 
@@ -86,17 +87,15 @@ class Scheduler:
         self.orphan_results: collections.OrderedDict[tuple[str, int], tuple[int, bytes]] = collections.OrderedDict()
         self.orphan_held: dict[tuple[str, int], tuple[str, int]] = {}
         self.agents: dict[str, AgentSlot] = {}
-        # Agents that may have credit to use. plan() drops those it finds unable to take
-        # anything, and whatever gives an agent credit back puts it here again: with
-        # thousands of agents and a queue that outruns them, scanning every agent on
-        # every loop turn cost more than dispatching (see docs/performance.md).
+        # Agents that may have credit to use: plan() drops those that can take nothing and
+        # whatever gives credit back adds them again, so a turn does not scan every agent.
         self._open: dict[str, None] = {}
         self.max_batch = max_batch
         self.max_node_losses = max_node_losses
         self._rotation: collections.deque[str] = collections.deque()  # jobs, for round-robin
         self.queued = 0
-        self.counters = collections.Counter()
-        self.outcomes: collections.Counter = collections.Counter()  # delivered tasks by outcome
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.outcomes: collections.Counter[str] = collections.Counter()  # delivered tasks by outcome
         # Time comes from the caller (the loop gives time.monotonic); the default keeps tests clock-free.
         self.clock: Callable[[], float] = lambda: 0.0
         # (queued -> dispatched, dispatched -> result) of delivered tasks, for whoever
@@ -105,7 +104,9 @@ class Scheduler:
 
     # ------------------------------------------------------------------ jobs
 
-    def add_job(self, job_id: str, client: bytes, function: bytes, digest: str, options: dict, now: float) -> Job:
+    def add_job(
+        self, job_id: str, client: bytes, function: bytes, digest: str, options: dict[str, Any], now: float
+    ) -> Job:
         job = self.jobs.get(job_id)
         if job is None:
             retries = options.get("retries", 2)
@@ -141,14 +142,16 @@ class Scheduler:
     def cancel_tasks(self, job_id: str, indices: list[int]) -> dict[str, list[int]]:
         """Forget tasks the client cancelled; returns, by agent, those running there."""
         job = self.jobs.get(job_id)
+        if job is None:
+            return {}
         running: dict[str, list[int]] = collections.defaultdict(list)
-        for index in indices if job else ():
+        for index in indices:
             task = job.tasks.pop(index, None)
             if task is None:
                 continue
             if task.queued:
                 self.queued -= 1  # its queue entry is skipped when popped
-            else:
+            elif task.node is not None:  # always, for a task not queued: it runs there
                 running[task.node].append(index)
                 slot = self.agents.get(task.node)
                 if slot is not None:
@@ -180,7 +183,7 @@ class Scheduler:
 
     # ---------------------------------------------------------------- agents
 
-    def agent_up(self, node_id: str, workers: int, capacity: int, held: list) -> None:
+    def agent_up(self, node_id: str, workers: int, capacity: int, held: list[list[Any]]) -> None:
         slot = AgentSlot(node_id, max(0, workers), max(0, capacity))
         # Tasks it already holds use its credit until their results come back.
         slot.in_flight = {(str(j), int(i), int(a)) for j, i, a in held}
@@ -212,7 +215,7 @@ class Scheduler:
         for job_id, index, attempt in slot.in_flight:
             job = self.jobs.get(job_id)
             task = job.tasks.get(index) if job else None
-            if task is None or task.node != node_id or task.attempt != attempt:
+            if job is None or task is None or task.node != node_id or task.attempt != attempt:
                 continue
             task.node = None
             task.losses += 1
@@ -269,7 +272,7 @@ class Scheduler:
             del self.orphan_held[(job_id, index)]  # its client's resubmission must queue it, not adopt it
         job = self.jobs.get(job_id)
         task = job.tasks.get(index) if job else None
-        if task is None or task.node != node_id or task.attempt != attempt or task.queued:
+        if job is None or task is None or task.node != node_id or task.attempt != attempt or task.queued:
             return False
         task.node = None
         self._enqueue(job, index, task, front=True)
@@ -364,7 +367,7 @@ class Scheduler:
         return batches
 
     def _take(self, job: Job, node_id: str, limit: int, now: float) -> list[tuple[int, int, bytes]]:
-        out = []
+        out: list[tuple[int, int, bytes]] = []
         while job.queue and len(out) < limit:
             index = job.queue.popleft()
             task = job.tasks.get(index)

@@ -1,0 +1,148 @@
+"""The coordinator's face to its clients: jobs as a client sees them. No sockets and no
+clock: each request takes ``now`` and returns the replies to send.
+
+A job is accepted with a window (the most tasks it may have without a result) and a
+payload limit; tasks beyond the window or larger than the limit are refused; a job whose
+client stops beating for ``client_timeout`` is cancelled, and its agents told to drop it.
+The tasks themselves are the scheduler's.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable, Sequence
+
+from cluster.contract import payload, wire
+from cluster.contract.config import CoordinatorConfig
+from cluster.coordinator.actions import Action, ToAgents, ToClient
+from cluster.coordinator.directory import AgentDirectory
+from cluster.coordinator.rate import Throughput
+from cluster.coordinator.scheduler import Scheduler
+
+log = logging.getLogger("cluster.coordinator")
+
+RATE_WINDOW = 60.0  # `clusterctl status` reports tasks/s over the last minute
+NOTHING: Sequence[Action] = ()  # the usual answer to SubmitTasks, without a list for each
+
+
+class ClientFront:
+    def __init__(
+        self,
+        cfg: CoordinatorConfig,
+        scheduler: Scheduler,
+        directory: AgentDirectory,
+        coordinator_id: str,
+        bad: Callable[[bytes, str], None],
+    ) -> None:
+        self.scheduler = scheduler
+        self.directory = directory  # the routes to agents, and the epoch
+        self.coordinator_id = coordinator_id
+        self.max_payload = cfg.max_payload
+        self.max_batch = cfg.max_batch
+        self.job_window = cfg.job_window
+        self.client_timeout = cfg.client_timeout
+        self._bad = bad  # counts and logs a message dropped as unexpected
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.throughput = Throughput(RATE_WINDOW)
+
+    # -------------------------------------------------------------- requests
+
+    def on_submit_job(self, identity: bytes, msg: wire.SubmitJob, now: float) -> Sequence[Action]:
+        limit = self.max_payload
+        if len(msg.frames[0]) > limit:
+            reason = f"the function is {_mib(len(msg.frames[0]))}; the limit is {_mib(limit)}"
+            return [ToClient(wire.JobFailed(msg.job_id, reason, wire.JobFailure.TOO_LARGE), identity)]
+        options = dict(msg.options, max_payload=limit)  # workers check results against it
+        job = self.scheduler.add_job(msg.job_id, identity, msg.frames[0], msg.digest, options, now)
+        asked = msg.options.get("window")
+        job.window = min(self.job_window, asked) if isinstance(asked, int) and asked > 0 else self.job_window
+        workers = sum(a.workers for a in self.scheduler.agents.values() if not a.draining)
+        accepted = wire.JobAccepted(job.job_id, job.window, workers, self.directory.epoch, limit)
+        return [ToClient(accepted, identity)]
+
+    def on_submit_tasks(self, identity: bytes, msg: wire.SubmitTasks, now: float) -> Sequence[Action]:
+        job = self.scheduler.jobs.get(msg.job_id)
+        if job is None:
+            failed = wire.JobFailed(msg.job_id, "unknown job (the coordinator changed?)", wire.JobFailure.UNKNOWN_JOB)
+            return [ToClient(failed, identity)]
+        if len(job.tasks) + len(msg.indices) > job.window:
+            self._bad(identity, f"job {msg.job_id} exceeds its window of {job.window} tasks")
+            failed = wire.JobFailed(msg.job_id, "window exceeded", wire.JobFailure.WINDOW_EXCEEDED)
+            return [ToClient(failed, identity)]
+        job.client, job.last_seen = identity, now
+        limit = self.max_payload
+        if any(len(f) > limit for f in msg.frames):  # only a client that skipped its own check
+            fits = []
+            for index, frame in zip(msg.indices, msg.frames):
+                if len(frame) <= limit:
+                    fits.append((index, frame))
+                else:
+                    why = f"arguments are {_mib(len(frame))}; the limit is {_mib(limit)}"
+                    job.outbox.append((index, wire.ERROR, payload.failure("PayloadTooLarge", why)))
+            self.scheduler.add_tasks(job, [i for i, _ in fits], tuple(f for _, f in fits))
+            return NOTHING
+        self.scheduler.add_tasks(job, msg.indices, msg.frames)
+        return NOTHING
+
+    def on_cancel_job(self, identity: bytes, msg: wire.CancelJob, now: float) -> Sequence[Action]:
+        return self.end_job(msg.job_id)
+
+    def on_cancel_tasks(self, identity: bytes, msg: wire.CancelTasks, now: float) -> Sequence[Action]:
+        out: list[Action] = []
+        for node_id, indices in self.scheduler.cancel_tasks(msg.job_id, msg.indices).items():
+            route = self.directory.route_to(node_id)
+            if route is not None:
+                out.append(ToAgents(wire.DropTasks(self.directory.epoch, msg.job_id, indices).encode(), [route]))
+        return out
+
+    def on_heartbeat(self, identity: bytes, msg: wire.Heartbeat, now: float) -> Sequence[Action]:
+        for job in self.scheduler.jobs.values():
+            if job.client == identity:
+                job.last_seen = now
+        beat = wire.Heartbeat(self.coordinator_id, self.directory.epoch, agents=len(self.directory.peers))
+        return [ToClient(beat, identity)]
+
+    def end_job(self, job_id: str) -> Sequence[Action]:
+        """Forget a job, and tell the agents that hold its function to drop it."""
+        routes = [r for r in map(self.directory.route_to, self.scheduler.end_job(job_id)) if r is not None]
+        if not routes:
+            return NOTHING
+        return [ToAgents(wire.EndJob(self.directory.epoch, job_id).encode(), routes)]
+
+    def step_down(self) -> None:
+        """A newer leader owns the cluster now; our jobs are resubmitted to it by their clients."""
+        for job_id in list(self.scheduler.jobs):
+            self.scheduler.end_job(job_id)
+
+    # ----------------------------------------------------------------- timers
+
+    def tick(self, now: float) -> Sequence[Action]:
+        """Sample the delivery rate, and cancel the jobs of clients silent for too long."""
+        self.throughput.sample(now, self.scheduler.counters["delivered"])
+        cutoff = now - self.client_timeout
+        out: list[Action] = []
+        for job in [j for j in self.scheduler.jobs.values() if j.last_seen < cutoff]:
+            log.warning("job %s: client silent for %.0f s; cancelling it", job.job_id, self.client_timeout)
+            self.counters["clients_timed_out"] += 1
+            out += self.end_job(job.job_id)
+        return out
+
+    # --------------------------------------------------------------- results
+
+    def deliver(self, send: Callable[[wire.Message, bytes], bool]) -> None:
+        """Send each client its results, up to ``max_batch`` a message. ``send`` is the loop's
+        (not an action): a send that fails keeps the rest for the next turn, as the client
+        is gone or slow; it reconnects or times out."""
+        size = self.max_batch
+        for job in list(self.scheduler.outboxes()):
+            while job.outbox:
+                chunk = job.outbox[:size]
+                msg = wire.TaskResults(job.job_id, [[i, s] for i, s, _ in chunk], frames=tuple(f for _, _, f in chunk))
+                if not send(msg, job.client):
+                    break
+                del job.outbox[:size]
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
