@@ -25,6 +25,7 @@ LINT_PATHS := cluster agents bench tests
 lint: venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/mypy
 
 # Apply what lint can mend by itself: the format and the fixable lint rules.
 format: venv

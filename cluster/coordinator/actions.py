@@ -10,7 +10,7 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from cluster.contract.wire import Message
+    from cluster.contract.wire import Buffer, Message
     from cluster.runtime.loop import Route
 
 
@@ -31,7 +31,7 @@ class ToAgents:
     """One message, encoded once, to each route on the agent socket (a heartbeat goes to
     thousands of agents as one action)."""
 
-    frames: list[bytes]
+    frames: list[Buffer]
     routes: list[Route]
 
 

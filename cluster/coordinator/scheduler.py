@@ -22,7 +22,7 @@ TaskKey = tuple[str, int, int]  # (job id, index, attempt)
 
 @dataclasses.dataclass(slots=True)
 class Task:
-    args: bytes
+    args: wire.Buffer
     attempt: int = 0  # bumped at each dispatch, so late results of older attempts are recognised
     crashes: int = 0  # times its worker died under it
     losses: int = 0  # times its agent was lost while holding it
@@ -36,14 +36,14 @@ class Task:
 class Job:
     job_id: str
     client: bytes
-    function: bytes
+    function: wire.Buffer
     digest: str
     options: dict[str, Any]
     retries: int
     window: int = 10_000
     tasks: dict[int, Task] = dataclasses.field(default_factory=dict)
     queue: collections.deque[int] = dataclasses.field(default_factory=collections.deque)
-    outbox: list[tuple[int, int, bytes]] = dataclasses.field(default_factory=list)
+    outbox: list[tuple[int, int, wire.Buffer]] = dataclasses.field(default_factory=list)
     last_seen: float = 0.0
 
 
@@ -72,7 +72,7 @@ class Batch:
     node_id: str
     job: Job
     send_spec: bool
-    tasks: list[tuple[int, int, bytes]]  # (index, attempt, args)
+    tasks: list[tuple[int, int, wire.Buffer]]  # (index, attempt, args)
 
 
 ORPHAN_LIMIT = 100_000  # results kept for jobs this coordinator does not know (yet)
@@ -84,7 +84,9 @@ class Scheduler:
         # After a leader change, agents report tasks they still hold and send results
         # for jobs whose clients have not reconnected yet. Both are kept here so the
         # resubmitted tasks are matched to them instead of running again.
-        self.orphan_results: collections.OrderedDict[tuple[str, int], tuple[int, bytes]] = collections.OrderedDict()
+        self.orphan_results: collections.OrderedDict[tuple[str, int], tuple[int, wire.Buffer]] = (
+            collections.OrderedDict()
+        )
         self.orphan_held: dict[tuple[str, int], tuple[str, int]] = {}
         self.agents: dict[str, AgentSlot] = {}
         # Agents that may have credit to use: plan() drops those that can take nothing and
@@ -105,7 +107,7 @@ class Scheduler:
     # ------------------------------------------------------------------ jobs
 
     def add_job(
-        self, job_id: str, client: bytes, function: bytes, digest: str, options: dict[str, Any], now: float
+        self, job_id: str, client: bytes, function: wire.Buffer, digest: str, options: dict[str, Any], now: float
     ) -> Job:
         job = self.jobs.get(job_id)
         if job is None:
@@ -117,7 +119,7 @@ class Scheduler:
         job.client, job.last_seen = client, now  # a reconnecting client takes its job back
         return job
 
-    def add_tasks(self, job: Job, indices: list[int], frames: tuple[bytes, ...]) -> int:
+    def add_tasks(self, job: Job, indices: list[int], frames: tuple[wire.Buffer, ...]) -> int:
         """Queue new tasks; an index already known (a resubmission) is ignored."""
         added = 0
         for index, args in zip(indices, frames):
@@ -229,7 +231,9 @@ class Scheduler:
 
     # --------------------------------------------------------------- results
 
-    def on_result(self, node_id: str, job_id: str, index: int, attempt: int, status: int, frame: bytes) -> bool | None:
+    def on_result(
+        self, node_id: str, job_id: str, index: int, attempt: int, status: int, frame: wire.Buffer
+    ) -> bool | None:
         """Take a result. For a worker death of the task's current attempt, returns whether
         the task is retried; None otherwise."""
         slot = self.agents.get(node_id)
@@ -285,14 +289,14 @@ class Scheduler:
         task.ready_at = self.clock()
         self.queued += 1
 
-    def _keep_orphan(self, job_id: str, index: int, status: int, frame: bytes) -> None:
+    def _keep_orphan(self, job_id: str, index: int, status: int, frame: wire.Buffer) -> None:
         self.orphan_held.pop((job_id, index), None)
         self.orphan_results[(job_id, index)] = (status, frame)
         self.counters["orphan_results"] += 1
         while len(self.orphan_results) > ORPHAN_LIMIT:
             self.orphan_results.popitem(last=False)  # oldest first: its client is likely gone
 
-    def _deliver(self, job: Job, index: int, status: int, frame: bytes) -> None:
+    def _deliver(self, job: Job, index: int, status: int, frame: wire.Buffer) -> None:
         task = job.tasks.pop(index)
         if task.queued:
             self.queued -= 1  # still listed in the queue; skipped lazily when popped
@@ -366,8 +370,8 @@ class Scheduler:
                 slot.in_flight.add((job.job_id, index, attempt))
         return batches
 
-    def _take(self, job: Job, node_id: str, limit: int, now: float) -> list[tuple[int, int, bytes]]:
-        out: list[tuple[int, int, bytes]] = []
+    def _take(self, job: Job, node_id: str, limit: int, now: float) -> list[tuple[int, int, wire.Buffer]]:
+        out: list[tuple[int, int, wire.Buffer]] = []
         while job.queue and len(out) < limit:
             index = job.queue.popleft()
             task = job.tasks.get(index)
