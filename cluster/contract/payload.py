@@ -177,9 +177,9 @@ def dumps(value: Any) -> bytes | memoryview:
     if size < LARGE:
         return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     # pickle.dumps copies a large string into a buffer it grows to twice the size and
-    # then shrinks: a fresh mmap, and a page fault per 4 KiB, per call (81-258 faults and
-    # 283-649 us for 1 MiB here). Through a file the string is written once, into a buffer
-    # of about its size, and the view of it is sent without a further copy (1-3 faults, 88-123 us).
+    # then shrinks: a fresh mmap, and a page fault per 4 KiB, per call. Through a file the
+    # string is written once, into a buffer of about its size, and the view of it is sent
+    # without a further copy (docs/performance.md, "Figures behind the code").
     out = io.BytesIO()
     pickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
     return out.getbuffer()

@@ -70,7 +70,7 @@ def poll_ms(deadline: float) -> int:
 
 
 # Plain ints: pyzmq's send_multipart ORs enum flags for every frame, a quarter of
-# the cost of a small send (3.8 -> 2.9 us a heartbeat; 1.4 us encoded once).
+# the cost of a small send (docs/performance.md, "Figures behind the code").
 _MORE = int(zmq.SNDMORE) | int(zmq.NOBLOCK)
 _LAST = int(zmq.NOBLOCK)
 
@@ -116,7 +116,7 @@ def _zero_copy(frame: Any, flags: int) -> tuple[Any, int, bool]:
 
 def recv_frames(sock: zmq.Socket) -> list[zmq.Frame]:
     """``recv_multipart(NOBLOCK, copy=False)`` without its getsockopt and enum flags
-    per frame: 3.1 -> 1.4 us for a heartbeat. Raises zmq.Again when nothing waits;
+    per frame, which cost half of receiving a heartbeat. Raises zmq.Again when nothing waits;
     the rest of a message is always there once its first frame is."""
     frame = sock.recv(_LAST, copy=False)
     frames = [frame]

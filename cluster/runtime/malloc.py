@@ -9,11 +9,8 @@ after another, that costs more than copying the payload.
 heap stay before trimming it (16 MiB spare each time it grows). The daemons, their
 workers and ``clusterctl`` call it at start. An application may call
 ``cluster.tune_malloc()`` for its own process; the library never does it unasked, since
-it changes the allocator for the whole process. It matters less than it did: the client
-used to fault in a fresh 2 MiB buffer per 1 MiB argument (``pickle.dumps``), which
-``payload.dumps`` no longer does. W4's shape through the Executor (1 MiB echoes, 32 in
-flight): the client spent 1.8-2.0 ms of CPU per task untuned and 0.9-1.0 ms tuned
-before that change, 0.9-1.3 ms untuned after it (docs/benchmarks.md, "W4: two copies").
+it changes the allocator for the whole process. What it saves is measured in
+docs/benchmarks.md, "W4: two copies".
 """
 
 from __future__ import annotations
