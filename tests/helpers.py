@@ -9,12 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
 from kazoo.client import KazooClient
 from kazoo.retry import KazooRetry
 
+from cluster.cli.status import _ask as ask_status
 from cluster.contract import layout
 from cluster.runtime.zk import read_leader
 
@@ -66,9 +68,37 @@ def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05, what: str
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
+def scrape(port: int) -> dict[str, float]:
+    """A daemon's Prometheus metrics (``--metrics-port PORT``): {'name{labels}': value}."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+class Unanswered(AssertionError):
+    """No coordinator leads, or the one asked did not answer its status request."""
+
+
+def agent_state(status: dict, node: str) -> str | None:
+    """The agent's state in a coordinator's status: ready, draining or unreachable; None if it is not listed."""
+    agent = status["agents"].get(node)
+    return None if agent is None else agent["state"]
+
+
+def written_off(status: dict, node: str, cause: str) -> int:
+    """Times the coordinator wrote the agent off (assumed it lost while it was registered) for ``cause``:
+    "closed", "silent" or "unreachable". 0 for an agent it does not list."""
+    return status["agents"].get(node, {}).get("written_off", {}).get(cause, 0)
+
+
 class Proc:
     def __init__(self, name: str, argv: list[str], log: Path, env: dict):
         self.name, self.argv, self.log = name, argv, log
+        self.endpoint: str | None = None  # a coordinator's client endpoint, when the test chose its port
         self._fh = open(log, "ab")
         self.popen = subprocess.Popen(
             argv, stdout=self._fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT, stdin=subprocess.DEVNULL
@@ -142,21 +172,16 @@ class LocalCluster:
         self.procs.append(proc)
         return proc
 
-    def coordinator(self, *extra: str, name: str = "coordinator") -> Proc:
-        return self._start(
+    def coordinator(self, *extra: str, name: str = "coordinator", port: int = 0) -> Proc:
+        """With a port (a free one), the test knows its client endpoint and can ask it for its
+        status whether it leads or not (``status(proc.endpoint)``)."""
+        bind = f"tcp://127.0.0.1:{port}"
+        proc = self._start(
             name,
-            [
-                PY,
-                "-m",
-                "cluster.cli.main",
-                "coordinator",
-                "--bind",
-                "tcp://127.0.0.1:0",
-                "--log-level",
-                "debug",
-                *extra,
-            ],
+            [PY, "-m", "cluster.cli.main", "coordinator", "--bind", bind, "--log-level", "debug", *extra],
         )
+        proc.endpoint = bind if port else None
+        return proc
 
     def agent(self, node_id: str, workers: int = 2, *extra: str, name: str | None = None) -> Proc:
         return self._start(
@@ -201,13 +226,64 @@ class LocalCluster:
     def leader(self):
         return read_leader(self.kazoo, self.name)
 
-    def wait_ready(self, coordinator: Proc, nodes: list[str], timeout: float = 20.0) -> None:
-        """Registered in ZooKeeper and connected to the leader (its log says so)."""
-        wait_for(lambda: set(nodes) <= set(self.agents()), timeout, what=f"agents {nodes} to register")
-        wait_for(
-            lambda: all(f"agent {n} connected" in coordinator.text() for n in nodes),
+    def status(self, endpoint: str | None = None, timeout: float = 5.0) -> dict:
+        """What `clusterctl status --json` shows (but the standby count): the leader's, or that of
+        the coordinator at ``endpoint``, leading or not. Unanswered if there is none to ask."""
+        if endpoint is None:
+            leader = self.leader()
+            if leader is None:
+                raise Unanswered(f"no coordinator leads cluster {self.name}")
+            endpoint = leader.endpoint
+        keys = "" if self.env.get("CLUSTER_INSECURE") else self.env.get("CLUSTER_KEYS", "")
+        try:  # given a curve key, _ask secures the socket with the coordinator's key from the keys folder
+            return ask_status(endpoint, "curve" if keys else "", keys, timeout)
+        except ValueError as exc:
+            raise Unanswered(str(exc)) from None
+
+    def wait_status(self, predicate, timeout: float = 20.0, endpoint: str | None = None, what: str = "a status"):
+        """The first status (see ``status``) that ``predicate`` accepts. No leader yet, or a
+        coordinator that does not answer, is waited out like a status that does not match."""
+
+        def matching() -> dict | None:
+            try:
+                state = self.status(endpoint)
+            except Unanswered:
+                return None
+            return state if predicate(state) else None
+
+        return wait_for(matching, timeout, what=what)
+
+    def wait_agent(
+        self, node: str, state: str | None = "ready", timeout: float = 20.0, endpoint: str | None = None
+    ) -> dict:
+        """Until the coordinator lists the agent in ``state`` (None: until it no longer lists it)."""
+        return self.wait_status(
+            lambda s: agent_state(s, node) == state,
             timeout,
-            what=f"coordinator to connect to {nodes}",
+            endpoint,
+            what=f"agent {node} to be {state or 'gone'} in the coordinator's status",
+        )
+
+    def wait_written_off(
+        self, node: str, cause: str, count: int = 1, timeout: float = 20.0, endpoint: str | None = None
+    ) -> dict:
+        """Until the coordinator has written the agent off ``count`` times for ``cause`` (see ``written_off``)."""
+        return self.wait_status(
+            lambda s: written_off(s, node, cause) >= count,
+            timeout,
+            endpoint,
+            what=f"agent {node} to be written off ({cause})",
+        )
+
+    def wait_ready(self, coordinator: Proc, nodes: list[str], timeout: float = 20.0) -> None:
+        """Registered in ZooKeeper and "ready" in the status of the coordinator (of the leader, when
+        the test does not know the coordinator's endpoint): connected, it takes work."""
+        wait_for(lambda: set(nodes) <= set(self.agents()), timeout, what=f"agents {nodes} to register")
+        self.wait_status(
+            lambda s: all(agent_state(s, n) == "ready" for n in nodes),
+            timeout,
+            coordinator.endpoint,
+            what=f"agents {nodes} to be ready in the coordinator's status",
         )
 
     def clusterctl(

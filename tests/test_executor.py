@@ -115,8 +115,7 @@ def test_cancelled_future_is_not_resolved(executor):
 def test_a_new_lambda_per_call_does_not_grow_the_clusters_jobs_without_bound(local_cluster):
     """Each distinct function is a job; an executor that lives long and sees a new closure
     per call must close the idle ones, on the coordinator and on the agents alike."""
-    from helpers import wait_for
-    from test_observability import scrape
+    from helpers import scrape, wait_for
 
     from cluster.client import executor as executor_module
     from cluster.runtime.zkserver import free_ports

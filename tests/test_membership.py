@@ -75,7 +75,8 @@ def test_nodes_lists_members_without_a_coordinator(local_cluster):
 
 @contextlib.contextmanager
 def _nodes_watch(local_cluster, *args: str):
-    """`clusterctl nodes --watch ARGS` piped: its lines, once its watches are armed; it must stop cleanly on Ctrl-C."""
+    """`clusterctl nodes --watch ARGS` piped: its lines; it must stop cleanly on Ctrl-C. Members already
+    registered when its watches are armed come as joins too, so the lines are the same however late it starts."""
     watch = subprocess.Popen(
         [PY, "-m", "cluster.cli.main", "nodes", "--watch", *args],
         env=local_cluster.env,
@@ -85,7 +86,6 @@ def _nodes_watch(local_cluster, *args: str):
         text=True,
     )
     try:
-        time.sleep(1.0)
         yield LineReader(watch.stdout)
     finally:
         watch.send_signal(signal.SIGINT)
@@ -146,11 +146,7 @@ def _busy_agent(local_cluster, node_id: str, seconds: int) -> tuple:
     )
     job.stdin.write(f"{seconds}\n")
     job.stdin.close()
-    wait_for(
-        lambda: json.loads(local_cluster.clusterctl("status", "--json").stdout)["workers"]["busy"] == 1,
-        20,
-        what="the task to start",
-    )
+    local_cluster.wait_status(lambda s: s["workers"]["busy"] == 1, what="the task to start")
     return agent, job
 
 
@@ -229,13 +225,13 @@ def test_nodes_watch_on_a_terminal_is_a_live_table(local_cluster):
 
 
 def test_coordinator_discovers_joins_and_leaves(local_cluster):
-    coordinator = local_cluster.coordinator()
+    local_cluster.coordinator()
     wait_for(lambda: local_cluster.leader() is not None, what="a leader")
     agent = local_cluster.agent("late", 1)
-    wait_for(lambda: "agent late connected" in coordinator.text(), what="the coordinator to connect")
+    local_cluster.wait_agent("late", "ready")
     agent.signal(signal.SIGTERM)
     agent.popen.wait(20)
-    wait_for(lambda: "agent late left" in coordinator.text(), what="the coordinator to notice the leave")
+    local_cluster.wait_agent("late", None)
 
 
 def test_garbage_agent_znodes_are_ignored(running_cluster):
@@ -250,15 +246,17 @@ def test_garbage_agent_znodes_are_ignored(running_cluster):
 
 
 def test_one_coordinator_leads_and_a_standby_takes_over(local_cluster):
-    first = local_cluster.coordinator(name="c1")
+    ports = free_ports(2)
+    first = local_cluster.coordinator(name="c1", port=ports[0])
     wait_for(lambda: local_cluster.leader() is not None, what="a leader")
     leader = local_cluster.leader()
     assert str(first.pid) in leader.coordinator_id or leader.pid == first.pid
-    second = local_cluster.coordinator(name="c2")
+    second = local_cluster.coordinator(name="c2", port=ports[1])
     local_cluster.agent("a1", 2)
-    wait_for(lambda: "agent a1 connected" in first.text(), what="leader to connect")
-    time.sleep(0.5)
-    assert "agent a1 connected" not in second.text()  # standbys do not dispatch
+    local_cluster.wait_agent("a1", "ready", endpoint=first.endpoint)
+    time.sleep(0.5)  # time enough for a standby to connect too, were it to dispatch
+    standby = local_cluster.status(second.endpoint)
+    assert standby["leading"] is False and standby["agents"] == {}, standby  # standbys do not dispatch
     first.signal(signal.SIGKILL)
     wait_for(
         lambda: (rec := local_cluster.leader()) is not None and rec.pid == second.pid, 30, what="the standby to lead"
@@ -305,7 +303,7 @@ def test_prometheus_metrics_from_agent_and_coordinator(local_cluster):
 
 def test_json_logs_are_one_object_per_line(local_cluster):
     agent = local_cluster.agent("j1", 1, "--log-format", "json")
-    wait_for(lambda: "registered" in agent.text(), 20, what="the agent to register")
+    wait_for(lambda: local_cluster.agents() == ["j1"], 20, what="the agent to register")
     agent.stop()
     events = [json.loads(line) for line in agent.text().splitlines() if line.startswith("{")]
     assert any(e["logger"] == "agents.agent" and "registered" in e["message"] for e in events)

@@ -7,11 +7,10 @@ import os
 import random
 import shutil
 import subprocess
-import time
 
 import pytest
 from chaoslib import Job, ran_on
-from helpers import PY, LocalCluster, wait_for
+from helpers import PY, LocalCluster, agent_state, wait_for, written_off
 
 from cluster.runtime.zkserver import ZooKeeperServer
 
@@ -78,22 +77,19 @@ def test_partitioned_agent_is_written_off_then_rejoins_without_duplicates(netns,
             job = Job(cluster, tmp_path, 5000)
             job.wait_fraction(0.2)
             ip("link", "set", netns["link"], "down")  # the far node is cut off from everything
-            wait_for(
-                lambda: "agent far silent" in coordinator.text() or "agent far left" in coordinator.text(),
+            # Written off by whichever signal comes first: silence, or its ZooKeeper session expiring.
+            cluster.wait_status(
+                lambda s: written_off(s, "far", "silent") or agent_state(s, "far") is None,
                 20,
                 what="the coordinator to write off the far agent",
             )
-            time.sleep(3)  # long enough for its ZooKeeper session to expire too
+            wait_for(lambda: "far" not in cluster.agents(), 20, what="its ZooKeeper session to expire too")
             ip("link", "set", netns["link"], "up")
             rows = job.finish()
             assert ran_on(rows).get(near.pid, 0) > 0
             # Healed: the far agent registers again and is taken back.
             wait_for(lambda: "far" in cluster.agents(), 30, what="the far agent to re-register")
-            wait_for(
-                lambda: coordinator.text().count("agent far connected") >= 2,
-                30,
-                what="the coordinator to take the far agent back",
-            )
+            cluster.wait_agent("far", "ready", timeout=30)
             assert far.popen.poll() is None
         finally:
             cluster.stop()
