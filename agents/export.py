@@ -28,6 +28,11 @@ def export(m: Metrics, agent: Agent, now: float) -> None:
     m.counters("tasks_total", "Tasks finished on this agent, by outcome", agent.outcomes, "outcome")
     m.total("dropped_messages_total", "Malformed or unexpected messages dropped", counters["dropped_messages"])
     m.total("fenced_messages_total", "Messages from deposed coordinators dropped", counters["fenced_messages"])
+    m.total(
+        "registration_failures_total",
+        "Tries to register again in ZooKeeper that it refused or did not answer",
+        agent.registration.failed_rejoins,
+    )
     m.total("worker_restarts_total", "Worker processes restarted", sum(s.restarts for s in slots))
     m.total(
         "worker_messages_total",

@@ -38,6 +38,7 @@ class Registration:
         self.zk = zk
         self.path = f"{record.folder(cluster)}/{layout.check_name(record.node_id, 'node id')}"
         self.record = record
+        self.failed_rejoins = 0  # tries to register again that ZooKeeper refused or did not answer
         self._left = False
         self._reconnected = threading.Event()
 
@@ -110,6 +111,7 @@ class Registration:
             return True
         except Exception as exc:  # KazooException, KazooTimeoutError
             log.warning("re-registration failed (%s); trying again in %.1f s", str(exc) or type(exc).__name__, delay)
+            self.failed_rejoins += 1
             return False
         if self._left:  # deregister ran while our create was on its way
             tidy(self.zk, self.zk.delete_async, self.path)

@@ -312,3 +312,8 @@ class Relay:
         m.total(
             "dropped_messages_total", "messages dropped (no route, or malformed)", self.counters["dropped_messages"]
         )
+        m.total(
+            "registration_failures_total",
+            "Tries to register again in ZooKeeper that it refused or did not answer",
+            self.registration.failed_rejoins,
+        )

@@ -185,13 +185,12 @@ def test_a_draining_agent_gives_back_the_tasks_no_worker_has_started(local_clust
         10,
         what="d1's worker to start the first",
     )
-    drained_at = time.monotonic()
     agents["d1"].signal(signal.SIGTERM)
     assert agents["d1"].popen.wait(30) == 0
-    drain_took = time.monotonic() - drained_at
     out, err = job.communicate(timeout=60)
     assert job.returncode == 0, err
     ran_on = [r["result"] for r in _rows(out)]
     assert len(ran_on) == 6
-    assert ran_on.count(agents["d1"].pid) == 1, ran_on  # its running task; the queued two went to d2
-    assert drain_took < 3.5  # the one task (2 s), not three (6 s)
+    # Its running task only: the drain gave the queued two back (to d2) instead of running
+    # them first, so it lasted one task, not three.
+    assert ran_on.count(agents["d1"].pid) == 1, ran_on
