@@ -18,6 +18,7 @@ from kazoo.retry import KazooRetry
 
 from cluster.cli.status import _ask as ask_status
 from cluster.contract import layout
+from cluster.contract.layout import AgentRecord
 from cluster.runtime.zk import read_leader
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,6 +57,22 @@ class LineReader:
             return self._lines.get(timeout=timeout)
         except queue.Empty:
             raise AssertionError(f"no output line within {timeout:g} s") from None
+
+
+def agent_record(node_id: str, **fields) -> AgentRecord:
+    """An agent's record for tests: the fields given, placeholders for the rest."""
+    placeholders = dict(
+        host="h",
+        endpoint="tcp://127.0.0.1:1",
+        workers=1,
+        cores=1,
+        memory=1,
+        version="0",
+        protocol=1,
+        pid=1,
+        started=0.0,
+    )
+    return AgentRecord(node_id=node_id, **{**placeholders, **fields})
 
 
 def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):

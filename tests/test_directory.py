@@ -4,10 +4,11 @@ Hellos and heartbeats, with a fake clock (plain floats) and no sockets."""
 from __future__ import annotations
 
 import pytest
+from helpers import agent_record
 
 from cluster.contract import wire
 from cluster.contract.config import CoordinatorConfig
-from cluster.contract.layout import AgentRecord, RelayRecord
+from cluster.contract.layout import RelayRecord
 from cluster.coordinator.actions import Connect, Disconnect, ToAgents
 from cluster.coordinator.agent_messages import AgentMessages
 from cluster.coordinator.directory import HELLO_RETRY, AgentDirectory
@@ -21,20 +22,7 @@ RACK = (relay_identity("rack1"), b"")  # the route to the relay itself
 
 
 def agent(node_id, endpoint=E1, started=1.0, relay="", state="ready"):
-    return AgentRecord(
-        node_id=node_id,
-        host="h",
-        endpoint=endpoint,
-        workers=2,
-        cores=2,
-        memory=1,
-        version="0",
-        protocol=1,
-        pid=1,
-        started=started,
-        state=state,
-        relay=relay,
-    )
+    return agent_record(node_id, endpoint=endpoint, workers=2, cores=2, started=started, state=state, relay=relay)
 
 
 def relay(relay_id="rack1", endpoint=R):

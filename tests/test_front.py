@@ -3,9 +3,10 @@ time-out and result delivery, with a fake clock (plain floats) and no sockets.""
 
 from __future__ import annotations
 
+from helpers import agent_record
+
 from cluster.contract import payload, wire
 from cluster.contract.config import CoordinatorConfig
-from cluster.contract.layout import AgentRecord
 from cluster.coordinator.actions import ToAgents, ToClient
 from cluster.coordinator.directory import AgentDirectory
 from cluster.coordinator.front import ClientFront
@@ -25,18 +26,7 @@ class World:
         self.directory.elected(3, {}, {}, now=0.0)
         self.dropped = []
         self.front = ClientFront(cfg, self.scheduler, self.directory, "c1", lambda i, why: self.dropped.append(why))
-        record = AgentRecord(
-            node_id="a1",
-            host="h",
-            endpoint="tcp://10.0.0.1:7000",
-            workers=2,
-            cores=2,
-            memory=1,
-            version="0",
-            protocol=1,
-            pid=1,
-            started=0.0,
-        )
+        record = agent_record("a1", endpoint="tcp://10.0.0.1:7000", workers=2, cores=2)
         self.directory.on_member(MemberEvent("joined", "a1", record))
         self.directory.peers["a1"].up = True
         self.scheduler.agent_up("a1", 2, 4, [])

@@ -12,7 +12,7 @@ import time
 import msgpack
 import psutil
 import zmq
-from helpers import PY, ROOT, scrape, wait_for
+from helpers import PY, ROOT, agent_record, scrape, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -113,17 +113,8 @@ def test_100k_malformed_messages_while_a_job_runs(local_cluster, tmp_path):
         fake.setsockopt(zmq.ROUTING_ID, b"fuzz")
         fake.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full pipe is EAGAIN (retried), not a silent drop
         port = fake.bind_to_random_port("tcp://127.0.0.1")
-        record = AgentRecord(
-            node_id="fuzz",
-            host="fuzzhost",
-            endpoint=f"tcp://127.0.0.1:{port}",
-            workers=1,
-            cores=1,
-            memory=1,
-            version="0",
-            protocol=PROTOCOL_VERSION,
-            pid=1,
-            started=time.time(),
+        record = agent_record(
+            "fuzz", host="fuzzhost", endpoint=f"tcp://127.0.0.1:{port}", protocol=PROTOCOL_VERSION, started=time.time()
         )
         cluster.kazoo.create(layout.agent_path(cluster.name, "fuzz"), record.to_bytes(), ephemeral=True)
         assert fake.poll(10_000), "the coordinator never connected to the fake agent"
@@ -173,16 +164,11 @@ def test_an_agent_that_leaves_while_its_messages_stream_in_does_not_abort_the_co
             fake.setsockopt(zmq.LINGER, 0)
             fake.setsockopt(zmq.ROUTING_ID, b"streamer")
             port = fake.bind_to_random_port("tcp://127.0.0.1")
-            record = AgentRecord(
-                node_id="streamer",
+            record = agent_record(
+                "streamer",
                 host="fuzzhost",
                 endpoint=f"tcp://127.0.0.1:{port}",
-                workers=1,
-                cores=1,
-                memory=1,
-                version="0",
                 protocol=PROTOCOL_VERSION,
-                pid=1,
                 started=time.time() + round_,
             )
             path = layout.agent_path(local_cluster.name, "streamer")

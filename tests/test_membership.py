@@ -12,7 +12,7 @@ import signal
 import subprocess
 import time
 
-from helpers import PY, ROOT, LineReader, wait_for
+from helpers import PY, ROOT, LineReader, agent_record, wait_for
 
 from cluster.contract import layout
 from cluster.contract.layout import AgentRecord
@@ -329,20 +329,7 @@ def test_a_second_start_replaces_the_children_watch(kazoo_client, cluster_name):
     membership.start()  # as after a re-election
     wait_for(lambda: listings, what="the first listing")
     listings.clear()
-    record = AgentRecord(
-        node_id="x1",
-        host="h",
-        endpoint="tcp://127.0.0.1:1",
-        workers=1,
-        cores=1,
-        memory=1,
-        version="0",
-        protocol=1,
-        pid=1,
-        started=0.0,
-        labels={},
-        state="ready",
-    )
+    record = agent_record("x1", labels={}, state="ready")
     kazoo_client.create(layout.agent_path(cluster_name, "x1"), record.to_bytes(), ephemeral=True)
     wait_for(lambda: [e.kind for e in events] == ["joined"], what="the join")
     assert listings == [["x1"]]
@@ -359,18 +346,7 @@ def test_a_rejoin_zookeeper_refuses_is_tried_again_until_it_is_taken(cluster_nam
     admin = agent = None
     try:
         admin, agent = connect(server.connect_string), connect(server.connect_string)
-        record = AgentRecord(
-            node_id="r1",
-            host="h",
-            endpoint="tcp://127.0.0.1:1",
-            workers=1,
-            cores=1,
-            memory=1,
-            version="0",
-            protocol=1,
-            pid=1,
-            started=0.0,
-        )
+        record = agent_record("r1")
         registration = Registration(agent, cluster_name, record)
         registration.register()
         registration.keep()

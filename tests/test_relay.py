@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 import zmq
-from helpers import PY, ROOT, agent_state, scrape, wait_for, written_off
+from helpers import PY, ROOT, agent_record, agent_state, scrape, wait_for, written_off
 
 from cluster.runtime.zkserver import free_ports
 
@@ -248,23 +248,11 @@ def test_a_hung_relay_is_bypassed_while_registered_and_used_again_once_it_answer
 
 
 def test_relay_table_bypasses_a_silent_relay_until_it_is_heard_again():
-    from cluster.contract.layout import AgentRecord, RelayRecord
+    from cluster.contract.layout import RelayRecord
     from cluster.coordinator.relays import RelayTable, relay_identity
 
     table = RelayTable()
-    agent = AgentRecord(
-        node_id="a1",
-        host="h",
-        endpoint="tcp://10.0.0.1:1",
-        workers=1,
-        cores=1,
-        memory=1,
-        version="0",
-        protocol=1,
-        pid=1,
-        started=0.0,
-        relay="rack1",
-    )
+    agent = agent_record("a1", endpoint="tcp://10.0.0.1:1", relay="rack1")
     assert table.via(agent) == ""  # not registered: directly
     table.add(
         RelayRecord(

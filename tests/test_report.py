@@ -6,9 +6,11 @@ from __future__ import annotations
 import collections
 import types
 
+from helpers import agent_record
+
 from cluster.contract import wire
 from cluster.contract.config import CoordinatorConfig
-from cluster.contract.layout import AgentRecord, RelayRecord
+from cluster.contract.layout import RelayRecord
 from cluster.coordinator import report
 from cluster.coordinator.directory import AgentDirectory
 from cluster.coordinator.front import ClientFront
@@ -17,19 +19,7 @@ from cluster.runtime.membership import MemberEvent
 
 
 def agent(node_id, endpoint, relay=""):
-    return AgentRecord(
-        node_id=node_id,
-        host="h",
-        endpoint=endpoint,
-        workers=2,
-        cores=2,
-        memory=1,
-        version="0",
-        protocol=1,
-        pid=1,
-        started=0.0,
-        relay=relay,
-    )
+    return agent_record(node_id, endpoint=endpoint, workers=2, cores=2, relay=relay)
 
 
 def coordinator():

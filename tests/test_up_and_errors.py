@@ -11,7 +11,7 @@ import tempfile
 import time
 
 import psutil
-from helpers import PY, ROOT, LineReader, wait_for
+from helpers import PY, ROOT, LineReader, agent_record, wait_for
 
 from cluster.cli.localstack import OWNER, clear_stale_workdirs
 
@@ -150,25 +150,13 @@ def test_a_command_whose_zookeeper_goes_away_midway_says_so(cluster_name, own_zk
     # kazoo holds a request made while disconnected until ZooKeeper answers again, which
     # may be never: `drain --wait` in a script used to wait forever.
     from cluster.contract import layout
-    from cluster.contract.layout import AgentRecord
     from cluster.runtime.zk import close, connect
 
     server = own_zk
     admin = proc = None
     try:
         admin = connect(server.connect_string)
-        record = AgentRecord(
-            node_id="d1",
-            host="h",
-            endpoint="tcp://127.0.0.1:1",
-            workers=1,
-            cores=1,
-            memory=1,
-            version="0",
-            protocol=1,
-            pid=1,
-            started=0.0,
-        )
+        record = agent_record("d1")
         admin.create(layout.agent_path(cluster_name, "d1"), record.to_bytes(), ephemeral=True, makepath=True)
         proc = subprocess.Popen(
             [PY, "-m", "cluster.cli.main", "drain", "d1", "--wait", "--timeout", "600"],
