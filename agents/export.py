@@ -4,15 +4,32 @@ texts are what operators and dashboards know)."""
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from kazoo.client import KazooClient
+
     from cluster.runtime.metrics import Metrics
 
-    from .agent import Agent
+    from .local_queue import LocalQueue
+    from .pool import WorkerPool
+    from .registration import Registration
+    from .session import CoordinatorSession
 
 
-def export(m: Metrics, agent: Agent, now: float) -> None:
+class Source(Protocol):
+    """The parts of an agent the export reads (agents/agent.Agent has them)."""
+
+    session: CoordinatorSession
+    queue: LocalQueue
+    pool: WorkerPool
+    counters: collections.Counter[str]
+    outcomes: collections.Counter[str]
+    zk: KazooClient
+    registration: Registration
+
+
+def export(m: Metrics, agent: Source, now: float) -> None:
     session, queue, slots, counters = agent.session, agent.queue, agent.pool.slots, agent.counters
     states = collections.Counter(slot.state.value for slot in slots)
     for state in ("starting", "idle", "busy", "backoff"):

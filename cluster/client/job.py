@@ -13,12 +13,9 @@ import collections
 import threading
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any
 
 from cluster.contract import payload, wire
-
-if TYPE_CHECKING:
-    from cluster.client.session import ClusterClient
 
 BATCH = 256  # tasks per SubmitTasks message, at most
 
@@ -58,8 +55,10 @@ class Window:
 
 
 class JobHandle:
-    def __init__(self, client: ClusterClient, function: bytes, options: dict, on_result: ResultCallback):
-        self.client = client
+    def __init__(
+        self, post: Callable[[tuple[str, Any]], None], function: bytes, options: dict, on_result: ResultCallback
+    ):
+        self._post = post  # to the session's IO thread, which owns the socket
         self.job_id = uuid.uuid4().hex
         self.function = function
         self.digest = payload.digest(function)
@@ -93,7 +92,7 @@ class JobHandle:
             was_empty = not self._new
             self._new.append((index, args))
         if was_empty:  # one wake-up per burst, not per task: the IO thread takes them all
-            self.client._wake()
+            self._post(("tasks", None))
         return True
 
     @property
@@ -104,13 +103,13 @@ class JobHandle:
     def cancel(self, index: int) -> None:
         """Drop one task: the cluster forgets it (stopping it if it runs) and its
         window slot is freed. Safe from any thread."""
-        self.client._post(("cancel", (self, index)))
+        self._post(("cancel", (self, index)))
 
     def close(self) -> None:
         """Tell the cluster the job is over: queued tasks are dropped, running ones stopped."""
         if not self.closed:
             self.closed = True
-            self.client._post(("close", self))
+            self._post(("close", self))
 
     # --- IO thread side
 

@@ -108,7 +108,7 @@ class ClusterClient:
             )
 
     def open_job(self, function: bytes, options: dict, on_result: ResultCallback) -> JobHandle:
-        job = JobHandle(self, function, options, on_result)
+        job = JobHandle(self._post, function, options, on_result)
         self._post(("open", job))
         if not job.accepted.wait(self.connect_timeout):
             raise ClusterUnavailable(
@@ -136,11 +136,8 @@ class ClusterClient:
 
     # ------------------------------------------------------------- threads
 
-    def _post(self, event: tuple) -> None:
+    def _post(self, event: tuple[str, Any]) -> None:
         self._waker.post(event)
-
-    def _wake(self) -> None:
-        self._waker.post(("tasks", None))
 
     def _on_leader_znode(self, data: bytes | None, stat: object) -> bool | None:
         if self._stopping:
