@@ -38,7 +38,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -78,6 +78,11 @@ class Relay:
         self.metrics: Metrics | None = None
         self._stopping = False
         self._warned = 0
+        # What a coordinator says to the relay itself (everything else is passed on unread).
+        self.handlers: dict[type[wire.Message], Callable[[bytes, Any, list[Any]], None]] = {
+            wire.Heartbeat: self._on_heartbeat,
+            wire.RelayAgents: self._from_leader,
+        }
 
     def stop(self) -> None:
         """Safe from a signal handler."""
@@ -165,9 +170,15 @@ class Relay:
         self._loop(until=time.monotonic() + LINGER)
 
     def _on_event(self, kind: str, value: object) -> None:
-        if kind == STOP:
+        if kind == STOP:  # the one event a relay has
             self._stopping = True
             self.notifier.stopping("stopping")
+
+    def _from_leader(self, sender: bytes, msg: wire.RelayAgents, body: list[Any]) -> None:
+        if sender != self.leader:
+            self._drop(f"RelayAgents from {sender[:64]!r}, which does not lead")
+            return
+        self._on_relay_agents(msg)
 
     def _on_relay_agents(self, msg: wire.RelayAgents) -> None:
         for node_id, endpoint in msg.disconnect:
@@ -235,25 +246,27 @@ class Relay:
             log.info("coordinator %r (epoch %d) leads", sender[:64], epoch)
             self.leader, self.leader_epoch = sender, epoch
 
-    def _for_me(self, sender: bytes, body: list) -> None:
+    def _for_me(self, sender: bytes, body: list[Any]) -> None:
         try:
             msg = wire.decode(body)
         except wire.ProtocolError as exc:
             self._drop(f"for the relay that it cannot read: {exc}")
             return
         self._note_epoch(sender, msg)
-        if isinstance(msg, wire.Heartbeat):
-            heard: set[bytes] = set()
-            if sender == self.leader:  # another coordinator only learns that the relay is alive
-                for agent in self.agents:  # the same frames, encoded once by the coordinator
-                    loop.send_frames(self.down, body, agent.encode())
-                heard, self._heard = self._heard, set()
-            names = [a.decode(errors="replace") for a in heard]
-            loop.send(self.up, wire.RelayBeat(max(0, self.leader_epoch), names), (sender, b""))
-        elif isinstance(msg, wire.RelayAgents) and sender == self.leader:
-            self._on_relay_agents(msg)
-        else:
+        handler = self.handlers.get(type(msg))
+        if handler is None:
             self._drop(f"{type(msg).__name__} for the relay from {sender[:64]!r}")
+            return
+        handler(sender, msg, body)
+
+    def _on_heartbeat(self, sender: bytes, msg: wire.Heartbeat, body: list[Any]) -> None:
+        heard: set[bytes] = set()
+        if sender == self.leader:  # another coordinator only learns that the relay is alive
+            for agent in self.agents:  # the same frames, encoded once by the coordinator
+                loop.send_frames(self.down, body, agent.encode())
+            heard, self._heard = self._heard, set()
+        names = [a.decode(errors="replace") for a in heard]
+        loop.send(self.up, wire.RelayBeat(max(0, self.leader_epoch), names), (sender, b""))
 
     def _on_closed(self, endpoints: list[str]) -> None:
         """Agents' connections that closed (their process died): the leader hears it now,
