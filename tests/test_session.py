@@ -71,9 +71,8 @@ def test_a_deposed_coordinator_is_fenced_counted_and_its_hello_refused(caplog):
     assert refused.reason == "epoch 4 is older than 5"
     assert s.counters["fenced_messages"] == 4
     assert (s.leader, s.max_epoch) == (NEW, 5)  # the deposed one took nothing over
-    assert [r.message for r in caplog.records].count(
-        "fenced: dropping messages of a deposed coordinator (epoch 4 < 5)"
-    ) == 1  # one warning per coordinator and epoch, however many messages
+    # One warning per coordinator and epoch, however many messages.
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
     assert s.admit(NEW, wire.Dispatch(5, "j", [[0, 1]], frames=(b"x",)), 1.0) == (True, None)
     assert s.admit(OLD, wire.Draining("x"), 1.0) == (True, None)  # no epoch: nothing to fence on
 
