@@ -44,6 +44,7 @@ from .pool import Slot
 from .registration import Registration
 from .resources import NodeResources, detect, parse_workers
 from .session import CoordinatorSession, Doomed
+from .workspaces import Workspaces
 
 if TYPE_CHECKING:
     from cluster.runtime.metrics import Metrics
@@ -109,16 +110,24 @@ class Agent:
     def _start(self, h: Harness) -> None:
         cfg = self.cfg
         self.front = h.socket(zmq.ROUTER, max_payload=cfg.max_payload, routing_id=self.node_id.encode())
+        # A coordinator's newest connection takes its routing id over from an older one still
+        # closing: it reconnects after it dropped an agent that was at this endpoint, and without
+        # handover that connection stays unidentified, its messages unread (docs/design.md).
+        self.front.setsockopt(zmq.ROUTER_HANDOVER, 1)
         if self.keys:
             security.serve(self.front, self.keys, "coordinators")
             h.authenticate({"coordinators": {self.keys.coordinator}})
         self.poller = zmq.Poller()
+        self.workspaces = Workspaces(cfg.work_dir)
+        h.on_close(self.workspaces.close)
         markers = [Marker.create() for _ in range(self.workers)]
         for marker in markers:
             h.on_close(marker.close)
         self.links = WorkerLinks(
             self.poller,
             markers,
+            workdir=self.workspaces.root,
+            node_id=self.node_id,
             max_frame=cfg.max_payload + (1 << 20),
             backoff_max=cfg.restart_backoff_max,
             counters=self.counters,
@@ -167,6 +176,9 @@ class Agent:
                         handler(value)
             if self.front in ready:
                 loop.read_router(self.front, self._on_front, self._bad)
+            if self.links.template_fd in ready:
+                self.links.template_reports()
+                self._next_tick = 0.0  # reap the workers that exited now
             for fd, events in ready.items():
                 ch = channels.get(fd) if isinstance(fd, int) else None
                 if ch is None:
@@ -256,16 +268,27 @@ class Agent:
         loop.send(self.front, self.session.hello(identity, msg, now, self.queue.capacity, held), identity)
 
     def _on_job_spec(self, identity: bytes, msg: wire.JobSpec, now: float) -> None:
-        self.queue.add_job(msg, self.pool.slots, now)
+        # Its isolation domain: the job, unless its client names one for several of its jobs.
+        shared = msg.options.get("isolation")
+        domain = shared if isinstance(shared, str) and shared else msg.job_id
+        options = dict(msg.options, isolation=domain, **self.workspaces.open(domain))
+        self.queue.add_job(msg, options, self.pool.slots, now)
 
     def _on_dispatch(self, identity: bytes, msg: wire.Dispatch, now: float) -> None:
         if not self.queue.add_tasks(msg, self.pool.slots, now):
             self.session.no_function(msg)
 
     def _on_end_job(self, identity: bytes, msg: wire.EndJob, now: float) -> None:
-        if self.queue.end_job(msg.job_id):
-            self._drop(lambda job_id, index: job_id == msg.job_id)
-            self.queue.retune(self.pool.slots, now)
+        domain = self.queue.end_job(msg.job_id)
+        if domain is None:
+            return
+        self._drop(lambda job_id, index: job_id == msg.job_id)
+        self.queue.retune(self.pool.slots, now)
+        if domain not in self.queue.domains():  # its last job here: what it left ends with it
+            for slot in self.pool.slots:
+                if slot.domain == domain:
+                    self.pool.retire(slot)
+            self.workspaces.remove(domain)
 
     def _on_drop_tasks(self, identity: bytes, msg: wire.DropTasks, now: float) -> None:
         doomed = set(msg.indices)
@@ -336,10 +359,13 @@ class Agent:
         self.pool.kill(slot)
 
     def _assign(self) -> None:
-        for index, tasks in self.queue.assign(self.pool.slots).items():
+        assignment = self.queue.assign(self.pool.slots)
+        for index, tasks in assignment.plan.items():
             unsent = self.links.run(self.pool.slots[index], tasks, self.queue.jobs, time.monotonic()) if tasks else ()
             if unsent:  # the worker is gone: they wait for another
                 self.queue.tasks.extendleft(reversed(unsent))
+        for slot in assignment.retire:  # restarted clean for the tasks of other jobs that wait
+            self.pool.retire(slot)
 
     def _rebalance(self, now: float) -> None:
         """Move the unstarted tasks off stuck workers (LocalQueue.stuck), to idle ones. A

@@ -52,6 +52,11 @@ def export(m: Metrics, agent: Source, now: float) -> None:
     )
     m.total("worker_restarts_total", "Worker processes restarted", sum(s.restarts for s in slots))
     m.total(
+        "workers_retired_total",
+        "Worker processes replaced by clean ones: their job ended here, or another job wanted the slot",
+        sum(s.retirements for s in slots),
+    )
+    m.total(
         "worker_messages_total",
         "Messages that carried tasks to workers (short tasks share one)",
         counters["worker_messages"],

@@ -1,5 +1,5 @@
-"""The agent's side of its worker processes: their state machine (pool.py) and the
-channels to them.
+"""The agent's side of its worker processes: their state machine (pool.py), the template
+they are forked from (spawner.py), and the channels to them.
 
 Each worker starts with its end of a fresh channel (channel.py) and its running marker
 (marker.py); the agent reads and writes its own end without blocking, on the agent's
@@ -13,9 +13,6 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
-import os
-import subprocess
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -28,6 +25,7 @@ from .local_queue import JobInfo, QueuedTask, worker_messages
 from .marker import Marker
 from .pool import Slot, WorkerPool
 from .session import Doomed
+from .spawner import ForkedWorker, Template
 
 log = logging.getLogger("agents.agent")
 
@@ -38,6 +36,8 @@ class WorkerLinks:
         poller: zmq.Poller,
         markers: list[Marker],
         *,
+        workdir: str,
+        node_id: str,
         max_frame: int,
         backoff_max: float,
         counters: collections.Counter[str],
@@ -48,33 +48,44 @@ class WorkerLinks:
         self.counters = counters  # the agent's: worker_messages is counted there
         self.channels: dict[int, Channel] = {}  # fd -> a worker's channel
         self.by_slot: dict[int, Channel] = {}  # slot index -> the channel of its current process
+        self.template = Template(workdir, node_id)
+        self.template_fd = -1
         self.pool = WorkerPool(len(markers), self.spawn, backoff_max=backoff_max, markers=markers)
         self._seq = itertools.count(1)  # a task's number on its worker, which its running marker shows
 
-    def spawn(self, index: int) -> subprocess.Popen[bytes]:
-        """Start slot ``index``'s worker (the pool calls this)."""
+    def spawn(self, index: int) -> ForkedWorker:
+        """Start slot ``index``'s worker, forked clean from the template (the pool calls this)."""
         old = self.by_slot.pop(index, None)
         if old is not None and old.fileno() in self.channels:
             self.close(old.fileno())
         ours, theirs = pair()
-        marker = self.markers[index].fd
-        argv = [sys.executable, "-m", "agents.worker", f"fd:{theirs.fileno()}", str(index), str(os.getpid())]
         try:
-            proc = subprocess.Popen(
-                [*argv, f"fd:{marker}"],
-                stdin=subprocess.DEVNULL,
-                close_fds=True,
-                pass_fds=(theirs.fileno(), marker),
-            )
+            proc = self.template.spawn(index, (theirs.fileno(), self.markers[index].fd))
         except BaseException:
             ours.close()
             raise
         finally:
             theirs.close()
+        self._watch_template()
         ch = Channel(ours, index, max_frame=self.max_frame)
         self.channels[ch.fileno()] = self.by_slot[index] = ch
         self.poller.register(ch.fileno(), zmq.POLLIN)
         return proc
+
+    def template_reports(self) -> None:
+        """The template said something: workers' exits (the pool reaps them), or it is gone."""
+        self.template.read()
+        self._watch_template()
+
+    def _watch_template(self) -> None:
+        """Poll the descriptor of the template running now (a new one after a restart)."""
+        fd = self.template.fileno()
+        if fd != self.template_fd:
+            if self.template_fd >= 0:
+                self.poller.unregister(self.template_fd)
+            if fd >= 0:
+                self.poller.register(fd, zmq.POLLIN)
+            self.template_fd = fd
 
     def close(self, fd: int) -> None:
         ch = self.channels.pop(fd)
@@ -86,6 +97,10 @@ class WorkerLinks:
     def close_all(self) -> None:
         for fd in list(self.channels):
             self.close(fd)
+        if self.template_fd >= 0:
+            self.poller.unregister(self.template_fd)
+            self.template_fd = -1
+        self.template.stop()
 
     # ------------------------------------------------------------------ reading
 
@@ -136,6 +151,7 @@ class WorkerLinks:
             )
             if not self.send(slot, msg):
                 return [t for _, rest in messages[n:] for t in rest]
+            slot.domain = job.domain
             slot.digests.add(job.digest)
             self.counters["worker_messages"] += 1
             for seq, task in zip(seqs, group):

@@ -32,7 +32,14 @@ MESSAGE_BYTES: Final = 256 * 1024  # arguments per message to a worker, beyond i
 LARGE_ARGS: Final = 64 * 1024  # a job with arguments this large gets no deep queues (see JobInfo.deep)
 NEW_JOB: Final = 1.0  # seconds an untimed job with no task here still counts against deep queues
 
-_NO_PLAN: Final[Mapping[int, list[QueuedTask]]] = MappingProxyType({})
+
+@dataclass(frozen=True)
+class Assignment:
+    plan: Mapping[int, list[QueuedTask]]  # slot index -> the tasks its worker gets now
+    retire: Sequence[Slot]  # idle workers whose slots other jobs' tasks wait for
+
+
+NO_ASSIGNMENT: Final = Assignment(MappingProxyType({}), ())
 
 
 @dataclass(frozen=True)
@@ -50,8 +57,9 @@ class QueuedTask:
 @dataclass
 class JobInfo:
     digest: str
-    options: dict[str, Any]
+    options: dict[str, Any]  # as its workers get them: the coordinator's, and where the job lives here
     function: wire.Buffer
+    domain: str  # its isolation domain: the workers of one serve no other (agents/worker.py, ``bind``)
     service: float = 0.0  # moving average of a task's time on a worker, seconds
     samples: int = 0
     large: bool = False  # a task of it carried LARGE_ARGS of arguments or more
@@ -98,8 +106,9 @@ class LocalQueue:
 
     # ------------------------------------------------------ what the coordinator sends
 
-    def add_job(self, msg: wire.JobSpec, slots: Iterable[Slot], now: float) -> None:
-        self.jobs[msg.job_id] = JobInfo(msg.digest, msg.options, msg.frames[0], since=now)
+    def add_job(self, msg: wire.JobSpec, options: dict[str, Any], slots: Iterable[Slot], now: float) -> None:
+        """A job's function and ``options``, which carry its isolation domain."""
+        self.jobs[msg.job_id] = JobInfo(msg.digest, options, msg.frames[0], options["isolation"], since=now)
         self.retune(slots, now)
 
     def add_tasks(self, msg: wire.Dispatch, slots: Iterable[Slot], now: float) -> bool:
@@ -115,9 +124,15 @@ class LocalQueue:
             self.retune(slots, now)
         return True
 
-    def end_job(self, job_id: str) -> bool:
-        """Forget a job; False if it was not known. Its tasks are the caller's to drop."""
-        return self.jobs.pop(job_id, None) is not None
+    def end_job(self, job_id: str) -> str | None:
+        """Forget a job; None if it was not known, else its domain. Its tasks are the
+        caller's to drop."""
+        job = self.jobs.pop(job_id, None)
+        return job.domain if job is not None else None
+
+    def domains(self) -> set[str]:
+        """The isolation domains of the jobs open here."""
+        return {job.domain for job in self.jobs.values()}
 
     def drop(self, doomed: Doomed) -> None:
         """Forget queued tasks for which ``doomed(job id, index)`` holds."""
@@ -185,25 +200,52 @@ class LocalQueue:
             deep = bool(self.jobs) and not shallow
         self.depth = 1 + (self.deep_prefetch if deep else self.prefetch)
 
-    def assign(self, slots: Sequence[Slot]) -> Mapping[int, list[QueuedTask]]:
+    def assign(self, slots: Sequence[Slot]) -> Assignment:
         """Which queued tasks each live worker gets now, by slot index (they leave the
-        queue): one to each idle worker first; then, for jobs of short tasks, as many as
-        fit (``depth``) to the least loaded worker, then the next, so that one message
-        carries several tasks."""
+        queue), and which idle workers to retire. A worker takes only tasks of its own
+        domain, or any while it is fresh: one to each idle worker first; then, for jobs
+        of short tasks, as many as fit (``depth``) to the least loaded worker, then the
+        next, so that one message carries several tasks. Tasks left that no worker of
+        their domain can take free idle workers of other domains: those are retired and
+        restarted clean."""
         if not self.tasks:
-            return _NO_PLAN
+            return NO_ASSIGNMENT
         live = [s for s in slots if WorkerPool.is_live(s)]
+        bound = {s.index: s.domain for s in live}
         plan: dict[int, list[QueuedTask]] = {}
         for slot in live:
-            if not slot.tasks and self._next_job() is not None:
-                plan[slot.index] = [self.tasks.popleft()]
+            if not slot.tasks and (task := self._take(bound[slot.index])) is not None:
+                plan[slot.index] = [task]
+                bound[slot.index] = self.jobs[task.job_id].domain
         for slot in sorted(live, key=lambda s: len(s.tasks) + len(plan.get(s.index, ()))):
             held = plan.setdefault(slot.index, [])
-            while len(slot.tasks) + len(held) < self.depth and (job := self._next_job()) is not None and job.short:
-                held.append(self.tasks.popleft())
-        return plan
+            domain = bound[slot.index]
+            while len(slot.tasks) + len(held) < self.depth and (task := self._take_short(domain)) is not None:
+                held.append(task)
+        idle = [s for s in live if not s.tasks and not plan[s.index] and s.domain is not None]
+        if not idle or not self.tasks:
+            return Assignment(plan, ())
+        waiting = {self.jobs[t.job_id].domain for t in self.tasks if t.job_id in self.jobs}
+        return Assignment(plan, [s for s in idle if s.domain not in waiting][: len(self.tasks)])
 
-    def _next_job(self) -> JobInfo | None:
+    def _take(self, domain: str | None) -> QueuedTask | None:
+        """The first queued task a worker of ``domain`` (None: a fresh one) may run."""
+        head = self._head()
+        if head is None or domain is None or head.domain == domain:
+            return self.tasks.popleft() if head is not None else None
+        for n, task in enumerate(self.tasks):  # jobs of several domains queued at once: rare
+            job = self.jobs.get(task.job_id)
+            if job is not None and job.domain == domain:
+                del self.tasks[n]
+                return task
+        return None
+
+    def _take_short(self, domain: str | None) -> QueuedTask | None:
+        """The first queued task, if its job's tasks are short and of ``domain``."""
+        head = self._head()
+        return self.tasks.popleft() if head is not None and head.short and head.domain == domain else None
+
+    def _head(self) -> JobInfo | None:
         """The job of the first queued task, dropping tasks whose job has ended."""
         while self.tasks:
             job = self.jobs.get(self.tasks[0].job_id)

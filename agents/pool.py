@@ -2,6 +2,11 @@
 
     (spawn) -> STARTING --WorkerReady--> IDLE <--assign/done--> BUSY
     STARTING, IDLE, BUSY --process exited--> BACKOFF --due--> (spawn) STARTING
+    IDLE --retire--> (killed; restarted at once, clean)
+
+A worker serves one job (``domain``: the isolation domain of its first task; None
+while it is fresh) and is retired when the slot is wanted for another job, or its
+job ends: a job never runs in a process another job has touched.
 
 A BUSY worker may hold several tasks (short ones are pipelined, see the
 agent); they run in the order given, and the worker's marker (marker.py) says
@@ -71,6 +76,9 @@ class Slot:
     backoff: float = 0.0
     digests: set[str] = dataclasses.field(default_factory=set)  # functions this worker has cached
     restarts: int = 0
+    domain: str | None = None  # the job this process serves; None while it has run nothing
+    retired: bool = False  # killed because the slot is wanted for another job: restarted at once
+    retirements: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +124,7 @@ class WorkerPool:
                     self._back_off(slot, now, quick=True)
                     continue
                 slot.state, slot.started = State.STARTING, now
-                slot.digests = set()
+                slot.digests, slot.domain, slot.retired = set(), None, False
 
     def on_ready(self, index: int, pid: int) -> bool:
         slot = self.slots[index] if 0 <= index < len(self.slots) else None
@@ -131,7 +139,7 @@ class WorkerPool:
 
     @staticmethod
     def is_live(slot: Slot) -> bool:
-        return slot.state in (State.IDLE, State.BUSY)
+        return slot.state in (State.IDLE, State.BUSY) and not slot.retired
 
     def assign(self, slot: Slot, seq: int, task: Any, now: float) -> None:
         if not slot.tasks:
@@ -193,6 +201,10 @@ class WorkerPool:
             seq = None if slot.killed else self.running_seq(slot)
             task = slot.tasks.get(seq) if seq is not None else None
             exits.append(Exit(slot, task, [t for t in slot.tasks.values() if t is not task], reason))
+            if slot.retired:
+                log.debug("worker %d (pid %d) retired from job %s", slot.index, slot.proc.pid, slot.domain)
+                self._back_off(slot, now, quick=False, counted=False)
+                continue
             log.warning(
                 "worker %d (pid %d) %s%s",
                 slot.index,
@@ -211,11 +223,19 @@ class WorkerPool:
         if slot.proc is not None and slot.proc.poll() is None:
             slot.proc.kill()
 
-    def _back_off(self, slot: Slot, now: float, *, quick: bool) -> None:
+    def retire(self, slot: Slot) -> None:
+        """Stop a worker whose job is over here, or whose slot another job wants; reap
+        restarts it at once, clean. What it still holds runs again, on another worker."""
+        if not slot.retired:
+            slot.retired = True
+            slot.retirements += 1
+            self.kill(slot)
+
+    def _back_off(self, slot: Slot, now: float, *, quick: bool, counted: bool = True) -> None:
         slot.backoff = min(self.backoff_max, max(FIRST_BACKOFF, slot.backoff * 2)) if quick else 0.0
         slot.state, slot.retry_at = State.BACKOFF, now + slot.backoff
         slot.tasks, slot.killed = {}, False
-        slot.restarts += 1
+        slot.restarts += counted
 
     def stop(self, grace: float = 3.0) -> None:
         """terminate, wait with a deadline, then kill: no worker outlives the agent."""

@@ -20,6 +20,7 @@ import select
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -239,18 +240,25 @@ def receive(link: PairLink | ZmqLink, inbox: collections.deque) -> collections.d
 
 
 def main(argv: list[str]) -> int:
-    slot, parent_pid = int(argv[1]), int(argv[2])
+    """A worker exec'd by its agent (agents of earlier releases did; see the module's doc)."""
+    endpoint, slot, parent_pid = argv[0], int(argv[1]), int(argv[2])
+    link = PairLink(int(endpoint[3:])) if endpoint.startswith("fd:") else ZmqLink(endpoint, slot)
+    return serve(link, Marker.attach(argv[3]) if len(argv) > 3 else NoMarker(), slot, parent_pid)
+
+
+def serve(link: PairLink | ZmqLink, marker: Marker | NoMarker, slot: int, parent_pid: int) -> int:
+    """Run the tasks the agent sends until it lets go of us. The first task binds this
+    process to its job (``bind``); a task of another job is refused."""
     malloc.tune()  # payloads one after another: keep freed memory for the next (cluster/runtime/malloc.py)
     lifeline.die_with(parent_pid, signal.SIGKILL)
     # Ctrl-C in a terminal signals the whole process group; the agent decides
     # when its workers stop, so they ignore it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    endpoint = argv[0]
-    link = PairLink(int(endpoint[3:])) if endpoint.startswith("fd:") else ZmqLink(endpoint, slot)
     link.send(wire.WorkerReady(slot, os.getpid()).encode())
     functions: collections.OrderedDict = collections.OrderedDict()
     inbox: collections.deque[Item] = collections.deque()
-    results = Results(link, Marker.attach(argv[3]) if len(argv) > 3 else NoMarker())
+    results = Results(link, marker)
+    bound: str | None = None
     while True:
         try:
             inbox = receive(link, inbox)
@@ -265,9 +273,35 @@ def main(argv: list[str]) -> int:
                 return 0
             continue
         item = inbox.popleft()
+        if bound is None:
+            bound = bind(item)
+        if domain(item) != bound:
+            reason = f"internal error: a worker of job {bound} was sent a task of job {domain(item)}"
+            results.add(item, wire.LOST, payload.lost_error(reason))
+            continue
         with results.task(item.seq):
             status, body = run_task(functions, item)
         results.add(item, status, body)
+
+
+def domain(item: Item) -> str:
+    """The job a task belongs to, as isolation goes: tasks of one client's jobs share workers
+    when the client says so (an Executor's functions are one job to its user)."""
+    shared = item.options.get("isolation")
+    return shared if isinstance(shared, str) and shared else item.job_id
+
+
+def bind(item: Item) -> str:
+    """Make this process its job's: the job's private working and temporary directories
+    (the agent made them; they go with the job). Nothing of another job ran here: the
+    agent's template forked this process clean, and it never takes another job."""
+    workdir, tmpdir = item.options.get("workdir"), item.options.get("tmpdir")
+    if isinstance(workdir, str) and workdir:
+        os.chdir(workdir)
+    if isinstance(tmpdir, str) and tmpdir:
+        os.environ["TMPDIR"] = tmpdir
+        tempfile.tempdir = None  # tempfile reads TMPDIR again
+    return domain(item)
 
 
 if __name__ == "__main__":

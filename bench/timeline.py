@@ -69,8 +69,14 @@ class _Finder(importlib.abc.MetaPathFinder):
         spec.loader.exec_module = exec_module
         return spec
 
+def _forked():  # a worker forked from the agent's template: a writer of its own, nothing of the template's
+    global _events
+    _events = []
+    threading.Thread(target=_writer, daemon=True).start()
+
 sys.meta_path.insert(0, _Finder())
 atexit.register(_dump)
+os.register_at_fork(after_in_child=_forked)
 threading.Thread(target=_writer, daemon=True).start()
 """
 

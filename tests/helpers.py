@@ -131,6 +131,17 @@ class Proc:
         self._descendants.update(k.pid for k in kids)
         return kids
 
+    def workers(self) -> list[psutil.Process]:
+        """Its descendants that are worker processes (agents/template.py names them)."""
+        out = []
+        for child in self.children():
+            try:
+                if child.name() == "clusterd-worker":
+                    out.append(child)
+            except psutil.NoSuchProcess:
+                continue
+        return out
+
     def signal(self, sig: int) -> None:
         if self.popen.poll() is None:
             os.kill(self.pid, sig)

@@ -62,7 +62,7 @@ def test_worker_death_is_retried_then_reported_with_its_cause(running_cluster, t
     # Workers were restarted each time: the agents still have two workers each.
     for node in ("a1", "a2"):
         proc = next(p for p in running_cluster.procs if p.name == node)
-        wait_for(lambda: len(proc.children()) == 2, 15, what=f"{node} to be back to 2 workers")
+        wait_for(lambda: len(proc.workers()) == 2, 15, what=f"{node} to be back to 2 workers")
 
 
 def test_a_task_whose_first_worker_dies_succeeds_on_retry(running_cluster, tmp_path):
@@ -103,8 +103,8 @@ def test_agent_killed_mid_job_loses_and_duplicates_nothing(running_cluster, tmp_
 def test_workers_exit_when_their_agent_is_sigkilled(local_cluster):
     local_cluster.coordinator()
     agent = local_cluster.agent("lonely", 2)
-    wait_for(lambda: len(agent.children()) == 2, 15, what="two workers")
-    workers = [c.pid for c in agent.children()]
+    wait_for(lambda: len(agent.workers()) == 2, 15, what="two workers")
+    workers = [c.pid for c in agent.workers()]
     agent.signal(signal.SIGKILL)
     agent.popen.wait(5)
 
@@ -168,7 +168,9 @@ def test_a_draining_agent_gives_back_the_tasks_no_worker_has_started(local_clust
         "d2": local_cluster.agent("d2", 1),
     }
     local_cluster.wait_ready(coordinator, ["d1", "d2"])
-    (tmp_path / "slow.py").write_text("import os, time\n\ndef f(x):\n    time.sleep(2)\n    return os.getppid()\n")
+    (tmp_path / "slow.py").write_text(
+        "import os, time\n\ndef f(x):\n    time.sleep(2)\n    return os.environ['CLUSTERD_NODE_ID']\n"
+    )
     job = subprocess.Popen(
         [PY, "-m", "cluster.cli.main", "submit", f"{tmp_path / 'slow.py'}:f", "--range", "0", "6"],
         stdout=subprocess.PIPE,
@@ -193,4 +195,4 @@ def test_a_draining_agent_gives_back_the_tasks_no_worker_has_started(local_clust
     assert len(ran_on) == 6
     # Its running task only: the drain gave the queued two back (to d2) instead of running
     # them first, so it lasted one task, not three.
-    assert ran_on.count(agents["d1"].pid) == 1, ran_on
+    assert ran_on.count("d1") == 1, ran_on

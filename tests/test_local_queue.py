@@ -25,7 +25,7 @@ def job(
     q: LocalQueue, slots: list[Slot], job_id: str, now: float = 0.0, timed: int = 0, seconds: float = 0.001
 ) -> JobInfo:
     """A job whose JobSpec came at ``now``, with ``timed`` results of ``seconds`` seen."""
-    q.add_job(wire.JobSpec(1, job_id, f"digest-{job_id}", {}, frames=FN), slots, now)
+    q.add_job(wire.JobSpec(1, job_id, f"digest-{job_id}", {}, frames=FN), {"isolation": job_id}, slots, now)
     for _ in range(timed):
         q.jobs[job_id].note_service(seconds)
     return q.jobs[job_id]
@@ -43,7 +43,7 @@ def busy(slot: Slot, job_id: str, count: int, since: float) -> None:
 
 
 def test_a_job_is_short_after_three_quick_results_and_stops_being_short_at_once():
-    job = JobInfo("d", {}, b"")
+    job = JobInfo("d", {}, b"", "d")
     for _ in range(2):
         job.note_service(0.001)
     assert not job.short  # not timed enough yet
@@ -51,7 +51,7 @@ def test_a_job_is_short_after_three_quick_results_and_stops_being_short_at_once(
     assert job.short
     job.note_service(0.3)  # one slow task: stop pipelining now, not after many
     assert not job.short
-    steady = JobInfo("d", {}, b"")
+    steady = JobInfo("d", {}, b"", "d")
     for _ in range(50):
         steady.note_service(0.006)  # 6 ms tasks, each timed with its share of a batch
     assert not steady.short
@@ -104,7 +104,7 @@ def test_each_idle_worker_gets_one_task_and_only_short_tasks_go_deep():
     q, slots = queue(), idle(2)
     job(q, slots, "long", timed=3, seconds=0.5)
     dispatch(q, slots, "long", 5)
-    plan = q.assign(slots)
+    plan = q.assign(slots).plan
     assert {i: [t.index for t in tasks] for i, tasks in plan.items()} == {0: [0], 1: [1]}
     assert len(q.tasks) == 3
 
@@ -112,13 +112,13 @@ def test_each_idle_worker_gets_one_task_and_only_short_tasks_go_deep():
     job(q, slots, "short", timed=3)
     q.retune(slots, 0.0)
     dispatch(q, slots, "short", 40)
-    plan = q.assign(slots)
+    plan = q.assign(slots).plan
     # One each first, then the least loaded worker is filled to the depth, then the next.
     assert {i: [t.index for t in tasks] for i, tasks in plan.items()} == {
         0: [0, *range(2, 18)],
         1: [1, *range(18, 34)],
     }
-    assert not q.assign([Slot(0, state=State.STARTING)])  # only live workers get tasks
+    assert not q.assign([Slot(0, state=State.STARTING)]).plan  # only live workers get tasks
 
 
 def test_tasks_beyond_a_shrunk_capacity_go_back_and_a_draining_agent_gives_back_all_it_queued():
@@ -183,3 +183,43 @@ def test_results_that_come_back_together_share_the_time_since_the_last_answer():
     assert outcomes == {"ok": 1, "error": 1}
     assert list(q.tasks) == [tasks[1]]  # its worker evicted the function: it goes again, first
     assert not slot.tasks and not slot.digests and slot.busy_since == 1.018
+
+
+def test_a_worker_takes_only_tasks_of_its_own_job_and_a_fresh_one_takes_any():
+    q, slots = queue(), idle(3)
+    job(q, slots, "a")
+    job(q, slots, "b")
+    slots[0].domain, slots[1].domain = "a", "b"  # slot 2 is fresh: it has run nothing yet
+    dispatch(q, slots, "b", 1)
+    dispatch(q, slots, "a", 1)
+    plan = q.assign(slots).plan
+    # Slot 0 takes a's task from behind b's; slot 1 b's; the fresh one finds nothing left.
+    assert {i: [t.job_id for t in tasks] for i, tasks in plan.items() if tasks} == {0: ["a"], 1: ["b"]}
+
+    q, slots = queue(), idle(1)
+    job(q, slots, "a")
+    dispatch(q, slots, "a", 1)
+    assert [t.job_id for t in q.assign(slots).plan[0]] == ["a"]  # fresh: it takes any job
+
+
+def test_an_idle_worker_of_another_job_is_retired_for_tasks_that_wait():
+    q, slots = queue(), idle(2)
+    job(q, slots, "a")
+    job(q, slots, "b")
+    slots[0].domain = slots[1].domain = "a"
+    dispatch(q, slots, "b", 1)
+    assignment = q.assign(slots)
+    assert not any(assignment.plan.values())  # no worker of b, and no fresh one
+    assert list(assignment.retire) == [slots[0]]  # one task waits: one worker is freed for it
+
+    busy(slots[0], "a", 1, since=0.0)  # a worker of a still busy, the other idle: it goes
+    assert list(q.assign(slots).retire) == [slots[1]]
+
+    q, slots = queue(), idle(2)
+    job(q, slots, "a")
+    slots[0].domain = "a"
+    busy(slots[1], "a", 1, since=0.0)
+    slots[1].domain = "a"
+    dispatch(q, slots, "a", 3)
+    assignment = q.assign(slots)
+    assert not assignment.retire  # the tasks waiting are its own job's: it keeps its worker

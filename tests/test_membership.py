@@ -29,7 +29,7 @@ def test_agent_registers_an_ephemeral_znode_with_its_metadata(local_cluster):
     assert record.labels == {"rack": "r7", "gpu": "no"}
     assert record.endpoint.startswith("tcp://127.0.0.1:") and not record.endpoint.endswith(":0")
     assert record.cores >= 1 and record.memory > 0 and record.version
-    wait_for(lambda: len(agent.children()) == 2, what="one worker per requested core")
+    wait_for(lambda: len(agent.workers()) == 2, what="one worker per requested core")
 
 
 def test_second_agent_with_the_same_node_id_is_refused(local_cluster):

@@ -115,10 +115,13 @@ def test_tasks_queued_behind_a_slow_task_move_to_the_idle_worker(one_agent, tmp_
 
 def test_garbage_written_into_the_channel_fails_only_the_task_that_wrote_it(one_agent, tmp_path):
     # User code can write to any descriptor its worker has, the agent's channel included
-    # (argv[1] is "fd:N"). The agent must neither crash nor lose the tasks queued behind.
-    done = _run(
-        one_agent, tmp_path, 'import sys; os.write(int(sys.argv[1][3:]), b"\\xff" * 64); time.sleep(5)', "retries=0"
+    # (its one socket). The agent must neither crash nor lose the tasks queued behind.
+    culprit = (
+        "links = {fd: os.path.realpath(f'/proc/self/fd/{fd}') for fd in os.listdir('/proc/self/fd')}; "
+        "[os.write(int(fd), b'\\xff' * 64) for fd, target in links.items() if 'socket:' in target]; "
+        "time.sleep(5)"
     )
+    done = _run(one_agent, tmp_path, culprit, "retries=0")
     assert [d[:2] for d in done if d[1] != "ok"] == [["culprit", "WorkerLost"]]
     assert max(seconds for _, _, seconds in done) < 4, "the culprit's worker was killed, not waited for"
 
@@ -163,7 +166,7 @@ def test_a_long_job_after_short_ones_spreads_over_the_agents(local_cluster, tmp_
 
         def slow(i, first_takes):
             time.sleep(first_takes if i == 0 else 0.3)
-            return os.getppid()  # the agent that ran it
+            return os.environ["CLUSTERD_NODE_ID"]  # the agent that ran it
 
         if __name__ == "__main__":
             with Executor(zk={local_cluster.zk!r}, cluster={local_cluster.name!r}) as ex:
@@ -188,7 +191,7 @@ def test_a_long_job_after_short_ones_spreads_over_the_agents(local_cluster, tmp_
     new, again = json.loads(res.stdout)
     # 12 tasks of 0.3 s on two agents of one worker each: 6 and 6 when spread, 11 and 1 when
     # the first agent keeps what the deep credit brought it.
-    assert len(set(new)) == 2 and min(new.count(pid) for pid in set(new)) >= 4, new
+    assert len(set(new)) == 2 and min(new.count(node) for node in set(new)) >= 4, new
     # Task 0 takes 4 s: its agent gives the others back before it finishes, not after, and
     # the other agent runs them meanwhile (2.7 s of work). Task 0's agent keeps what its
     # shallow queue holds, 2 tasks; given back only after task 0, it ran 6 of the 12.

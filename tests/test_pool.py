@@ -161,3 +161,17 @@ def test_stop_terminates_every_live_worker():
 def test_exit_reasons():
     assert exit_reason(3) == "worker exited with status 3"
     assert exit_reason(-11) == "worker exited with signal 11 (SIGSEGV)"
+
+
+def test_a_retired_worker_is_replaced_at_once_by_a_clean_one():
+    """A worker whose job ended, or whose slot another job wants, is killed and restarted
+    without backoff and without counting as a crash; the new process serves no job yet."""
+    pool, procs = make(1)
+    slot = ready_slot(pool, procs)
+    slot.domain = "job-a"
+    pool.retire(slot)
+    assert procs[0].code == -9 and not pool.live()  # killed, and no longer given tasks
+    (ex,) = pool.reap(1.0)
+    assert ex.task is None and slot.restarts == 0 and slot.retirements == 1
+    pool.converge(1.0)  # at once: no backoff
+    assert len(procs) == 2 and slot.state is State.STARTING and slot.domain is None and not slot.retired

@@ -87,11 +87,10 @@ def test_an_agent_with_an_unknown_key_cannot_join_the_work(local_cluster, keys, 
     local_cluster.wait_ready(coordinator, ["good"])
     wait_for(lambda: "rogue" in local_cluster.agents(), 20, what="the rogue to register")
     module = tmp_path / "where.py"
-    module.write_text("import os\n\ndef parent(x):\n    return os.getppid()\n")
-    res = local_cluster.clusterctl("submit", f"{module}:parent", "--range", "0", "40")
+    module.write_text("import os\n\ndef node(x):\n    return os.environ['CLUSTERD_NODE_ID']\n")
+    res = local_cluster.clusterctl("submit", f"{module}:node", "--range", "0", "40")
     assert res.returncode == 0, res.stderr
-    good = next(p for p in local_cluster.procs if p.name == "good")
-    assert {json.loads(line)["result"] for line in res.stdout.splitlines()} == {good.pid}
+    assert {json.loads(line)["result"] for line in res.stdout.splitlines()} == {"good"}
     rogue = local_cluster.status()["agents"]["rogue"]
     assert rogue["state"] == "unreachable" and rogue["heartbeat_age"] is None, rogue  # registered, never heard
 

@@ -19,7 +19,7 @@ def running(job_id: str, started: float) -> Slot:
 
 
 def test_a_task_over_its_timeout_is_charged_counted_from_when_its_worker_reached_it():
-    jobs = {"j": JobInfo("d", {"timeout": 2}, b"")}
+    jobs = {"j": JobInfo("d", {"timeout": 2}, b"", "j")}
     slot = running("j", started=10.0)
     assert breaches([slot], jobs, 12.0, rss=lambda pid: 0) == []
     ((culprit, seq, status, err),) = breaches([slot], jobs, 12.1, rss=lambda pid: 0)
@@ -35,9 +35,9 @@ def test_memory_is_read_only_for_jobs_with_a_limit_and_a_worker_over_it_is_charg
         return 300 << 20
 
     slot = running("j", started=0.0)
-    assert breaches([slot], {"j": JobInfo("d", {}, b"")}, 1.0, rss) == [] and reads == []
-    assert breaches([slot], {"j": JobInfo("d", {"max_memory": 400 << 20}, b"")}, 1.0, rss) == []
-    ((_, seq, status, err),) = breaches([slot], {"j": JobInfo("d", {"max_memory": 200 << 20}, b"")}, 1.0, rss)
+    assert breaches([slot], {"j": JobInfo("d", {}, b"", "j")}, 1.0, rss) == [] and reads == []
+    assert breaches([slot], {"j": JobInfo("d", {"max_memory": 400 << 20}, b"", "j")}, 1.0, rss) == []
+    ((_, seq, status, err),) = breaches([slot], {"j": JobInfo("d", {"max_memory": 200 << 20}, b"", "j")}, 1.0, rss)
     assert (seq, status, reads) == (7, wire.LOST, [42, 42])
     assert "300 MiB > 200 MiB" in payload.load_error(err)["message"]
 

@@ -13,7 +13,8 @@ import time
 import psutil
 from helpers import PY, ROOT, LineReader, agent_record, wait_for
 
-from cluster.cli.localstack import OWNER, clear_stale_workdirs
+from cluster.cli.localstack import PREFIX
+from cluster.runtime.scratch import OWNER, clear_stale
 
 
 def test_up_runs_a_command_against_its_cluster_and_cleans_up(tmp_path):
@@ -116,7 +117,7 @@ def test_up_killed_with_sigkill_leaves_nothing_behind():
         # Its work dir (ZooKeeper's data and logs) had to stay; the next local cluster clears it.
         left = [d for d in glob.glob(os.path.join(tempfile.gettempdir(), "clusterd-up-*")) if _owner(d) == proc.pid]
         assert len(left) == 1
-        assert left[0] in clear_stale_workdirs() and not os.path.exists(left[0])
+        assert left[0] in clear_stale(PREFIX) and not os.path.exists(left[0])
     finally:
         for p in [psutil.Process(proc.pid), *family] if proc.poll() is None else family:
             try:

@@ -6,17 +6,16 @@ Used by ``clusterctl up``, the demo and the benchmarks. Everything binds to
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from typing import TYPE_CHECKING
 
 from cluster.contract import config, layout
+from cluster.runtime import scratch
 from cluster.runtime.lifeline import dies_with_parent
 from cluster.runtime.zk import close as zk_close
 from cluster.runtime.zk import connect as zk_connect
@@ -26,28 +25,11 @@ if TYPE_CHECKING:
     from cluster.runtime.zkserver import ZooKeeperServer
 
 READY_TIMEOUT = 60.0
-OWNER = "owner.pid"  # in each work dir: who made it, so a later start can clear it once that one is gone
+PREFIX = "clusterd-up-"  # its work dirs (runtime/scratch.py): one SIGKILL left is cleared by the next
 
 
 class StackFailed(RuntimeError):
     pass
-
-
-def clear_stale_workdirs() -> list[str]:
-    """Remove the work dirs of local clusters whose owner is gone: one killed with SIGKILL
-    had no chance to remove its own (ZooKeeper data and logs). Returns what it removed."""
-    removed = []
-    for path in glob.glob(os.path.join(tempfile.gettempdir(), "clusterd-up-*")):
-        try:
-            with open(os.path.join(path, OWNER)) as f:
-                pid = int(f.read())
-            os.kill(pid, 0)
-        except ProcessLookupError:  # its owner is dead
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-        except (OSError, ValueError):  # alive (PermissionError: someone else's), or no owner file yet
-            continue
-    return removed
 
 
 class LocalStack:
@@ -67,10 +49,7 @@ class LocalStack:
     def start(self) -> LocalStack:
         from cluster.runtime.zkserver import ZooKeeperServer
 
-        clear_stale_workdirs()
-        self.workdir = tempfile.mkdtemp(prefix="clusterd-up-")
-        with open(os.path.join(self.workdir, OWNER), "w") as f:
-            f.write(str(os.getpid()))
+        self.workdir = scratch.make(PREFIX)
         self.server = server = ZooKeeperServer(data_dir=os.path.join(self.workdir, "zk"))
         try:
             server.start()

@@ -326,13 +326,35 @@ class _Writer:
 
 def _format(index: int, status: int, body: bytes) -> str:
     if status == wire.OK:
-        # The worker already encoded {"result": ...} or {"repr": ...}: splice, don't re-encode.
-        return f'{{"index": {index}, "ok": true, {body.decode()[1:]}\n'
+        # The worker encoded {"result": ...} or {"repr": ...}. It is checked before it is
+        # printed (a task's code can break a worker's JSON), then spliced, not re-encoded.
+        if _valid_result(body):
+            return f'{{"index": {index}, "ok": true, {bytes(body).decode()[1:]}\n'
+        return (
+            json.dumps(
+                {
+                    "index": index,
+                    "ok": False,
+                    "error": "ResultUndecodable: the worker's result is not "
+                    f"the JSON it should be: {bytes(body)[:80]!r}",
+                    "traceback": "",
+                }
+            )
+            + "\n"
+        )
     err = payload.load_error(body)
     line = {"index": index, "ok": False, "error": f"{err['type']}: {err['message']}", "traceback": err["traceback"]}
     if err.get("detail") is not None:
         line["result"] = err["detail"]
     return json.dumps(line) + "\n"
+
+
+def _valid_result(body: bytes) -> bool:
+    try:
+        value = json.loads(bytes(body))
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(value, dict) and len(value) == 1 and ("result" in value or "repr" in value)
 
 
 def _summary(writer: _Writer, total: int, started: float, cancelled: bool = False) -> None:

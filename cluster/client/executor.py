@@ -19,6 +19,7 @@ import concurrent.futures as cf
 import itertools
 import os
 import threading
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -60,6 +61,8 @@ class Executor(cf.Executor):
             "result_format": payload.RESULT_PICKLE,
             "timeout": timeout,
             "max_memory": max_memory,
+            # Its functions are one job to its user: they share workers, which no other job touches.
+            "isolation": f"executor-{uuid.uuid4().hex}",
         }
         self._lock = threading.Lock()
         self._digests: collections.OrderedDict[int, tuple[Callable, str]] = collections.OrderedDict()

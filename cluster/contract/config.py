@@ -120,6 +120,12 @@ class AgentConfig(HeartbeatConfig):
     )
     drain_timeout: float = setting(30.0, "Seconds a drain waits for the tasks its workers hold.")
     restart_backoff_max: float = setting(30.0, "Seconds at most between restarts of a worker that keeps dying.")
+    work_dir: str = setting(
+        "",
+        "Directory for the jobs' private working and temporary directories, each removed when its job ends; "
+        "empty: a new directory under the system's temporary directory, removed when the agent stops.",
+        metavar="DIR",
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

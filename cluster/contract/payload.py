@@ -31,6 +31,10 @@ import msgpack
 
 from cluster.contract.wire import Buffer
 
+# Bound here, in the template, before any user code runs: a job that patches json.dumps
+# changes what its own code sees, not how its results are encoded.
+_json_dumps, _json_loads = json.dumps, json.loads
+
 RESULT_PICKLE = "pickle"  # results as pickles, for the Python Executor
 RESULT_JSON = "json"  # results as JSON text, for the CLI (no unpickling on the client)
 
@@ -121,7 +125,7 @@ def _load_module(name: str, source: str | None, filename: str | None) -> types.M
 
 def _shell_runner(template: str) -> Callable[[Any], dict]:
     def run(value: Any) -> dict:
-        text = value if isinstance(value, str) else json.dumps(value)
+        text = value if isinstance(value, str) else _json_dumps(value)
         command = template.replace("{}", shlex.quote(text)) if "{}" in template else f"{template} {shlex.quote(text)}"
         proc = subprocess.run(["/bin/sh", "-c", command], capture_output=True, stdin=subprocess.DEVNULL)
         out = {"exit": proc.returncode, "stdout": _clip(proc.stdout), "stderr": _clip(proc.stderr)}
@@ -200,16 +204,16 @@ def load_args(blob: Buffer) -> tuple[tuple, dict]:
 def pack_result(value: Any, fmt: str) -> bytes | memoryview:
     if fmt == RESULT_JSON:
         try:
-            return json.dumps({"result": value}, allow_nan=False).encode()
+            return _json_dumps({"result": value}, allow_nan=False).encode()
         except (TypeError, ValueError):
             # JSON cannot carry it: say so plainly instead of guessing a conversion.
-            return json.dumps({"repr": repr(value)[:SHELL_OUTPUT_LIMIT]}).encode()
+            return _json_dumps({"repr": repr(value)[:SHELL_OUTPUT_LIMIT]}).encode()
     return dumps(value)
 
 
 def load_result(blob: Buffer, fmt: str) -> Any:
     if fmt == RESULT_JSON:
-        return json.loads(bytes(blob))  # json takes no memoryview (large frames arrive as one)
+        return _json_loads(bytes(blob))  # json takes no memoryview (large frames arrive as one)
     return pickle.loads(blob)
 
 

@@ -415,6 +415,38 @@ class SkipTasks(Message):
         check_ints(self.seqs, "SkipTasks.seqs")
 
 
+# ----------------------------------------------------------- agent <-> template
+
+
+@dataclasses.dataclass(frozen=True)
+class SpawnWorker(Message):
+    """Agent to its template (agents/template.py): fork a clean worker for ``slot``. Its end
+    of the worker's channel and the slot's running marker travel with the message, as
+    descriptors (SCM_RIGHTS)."""
+
+    KIND = 40
+    slot: int
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSpawned(Message):
+    """Template to agent: the worker for ``slot`` runs as ``pid``, in a process group of its own."""
+
+    KIND = 41
+    slot: int
+    pid: int
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerExited(Message):
+    """Template to agent: a worker it forked has exited; ``code`` as subprocess gives it
+    (the exit status, or minus the signal that killed it)."""
+
+    KIND = 42
+    pid: int
+    code: int
+
+
 # Agents of release 0.1.0 sent one RunTask per task and expected one TaskDone back; workers
 # still answer them, because a package upgrade under a running agent restarts its
 # workers from the new code.

@@ -16,6 +16,8 @@ import signal
 from collections.abc import Callable
 
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NAME = 15
 
 _prctl: Callable[..., int] | None
 try:
@@ -35,3 +37,17 @@ def die_with(parent: int, sig: int) -> None:
 def dies_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
     """A ``preexec_fn`` for subprocess.Popen, or None where the kernel cannot do it."""
     return functools.partial(die_with, os.getpid(), sig) if _prctl is not None else None
+
+
+def adopt_orphans() -> None:
+    """Become the reaper of this process's orphaned descendants (PR_SET_CHILD_SUBREAPER):
+    a process whose parent dies is handed to us, not to init, and we must reap it."""
+    if _prctl is not None:
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def name_process(name: str) -> None:
+    """What ``ps`` and ``top`` show for this process (at most 15 bytes): forked workers
+    would otherwise look like their template."""
+    if _prctl is not None:
+        _prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]))

@@ -19,7 +19,7 @@ import os, time
 
 def square(x):
     time.sleep(0.004)
-    return [x * x, os.getppid()]
+    return [x * x, os.environ["CLUSTERD_NODE_ID"]]
 """
 
 
@@ -75,9 +75,9 @@ class Job:
         return rows
 
 
-def ran_on(rows: list[dict]) -> dict[int, int]:
-    """How many results each agent pid produced."""
-    counts: dict[int, int] = {}
+def ran_on(rows: list[dict]) -> dict[str, int]:
+    """How many results each agent (node id) produced."""
+    counts: dict[str, int] = {}
     for r in rows:
         counts[r["result"][1]] = counts.get(r["result"][1], 0) + 1
     return counts

@@ -68,7 +68,7 @@ def test_sigstop_an_agent_for_5s_then_sigcont(local_cluster, tmp_path):
     job = Job(local_cluster, tmp_path, 5000)
     job.wait_fraction(0.2)
     agents[0].signal(signal.SIGSTOP)
-    for worker in agents[0].children():
+    for worker in agents[0].workers():
         worker.suspend()  # a hung node: its workers stop too
     hung_until = time.monotonic() + 5
     # Written off by whichever signal comes first: silence, or its ZooKeeper session expiring.
@@ -76,12 +76,12 @@ def test_sigstop_an_agent_for_5s_then_sigcont(local_cluster, tmp_path):
         lambda s: written_off(s, "a1", "silent") or agent_state(s, "a1") is None, 20, what="a1 to be written off"
     )
     time.sleep(max(0.0, hung_until - time.monotonic()))  # hung for 5 s in all
-    for worker in agents[0].children():
+    for worker in agents[0].workers():
         worker.resume()
     agents[0].signal(signal.SIGCONT)
     rows = job.finish()
     local_cluster.wait_agent("a1", "ready")  # it came back and was taken back
-    assert set(ran_on(rows)) == {a.pid for a in agents}
+    assert set(ran_on(rows)) == {a.name for a in agents}
 
 
 def test_drain_mid_job_then_a_restarted_agent_gets_work(local_cluster, tmp_path):
@@ -90,11 +90,12 @@ def test_drain_mid_job_then_a_restarted_agent_gets_work(local_cluster, tmp_path)
     job.wait_fraction(0.25)
     agents[1].signal(signal.SIGTERM)
     assert agents[1].popen.wait(30) == 0
-    again = local_cluster.agent("a2", 2, *FAST, name="a2-again")
+    (port,) = free_ports(1)
+    local_cluster.agent("a2", 2, *FAST, "--metrics-port", str(port), name="a2-again")
     rows = job.finish()
     counts = ran_on(rows)
-    assert counts.get(again.pid, 0) > 0, counts  # the rejoined agent received work
-    assert counts.get(agents[1].pid, 0) > 0
+    assert counts.get("a2", 0) > 0, counts
+    assert scrape(port).get('clusterd_tasks_total{outcome="ok"}', 0) > 0  # the rejoined agent received work
 
 
 def test_worker_crash_memory_and_timeout_faults_in_a_big_job(local_cluster, tmp_path):

@@ -86,7 +86,7 @@ def test_partitioned_agent_is_written_off_then_rejoins_without_duplicates(netns,
             wait_for(lambda: "far" not in cluster.agents(), 20, what="its ZooKeeper session to expire too")
             ip("link", "set", netns["link"], "up")
             rows = job.finish()
-            assert ran_on(rows).get(near.pid, 0) > 0
+            assert ran_on(rows).get(near.name, 0) > 0
             # Healed: the far agent registers again and is taken back.
             wait_for(lambda: "far" in cluster.agents(), 30, what="the far agent to re-register")
             cluster.wait_agent("far", "ready", timeout=30)
