@@ -33,9 +33,11 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 
 import psutil
 
@@ -137,7 +139,52 @@ class Clusterd(System):
         }
 
     def extras(self) -> dict:
-        return {"w1_cli": self.w1_cli, "w4_tuned": self.w4_tuned}
+        return {"switch": self.job_switch, "w1_cli": self.w1_cli, "w4_tuned": self.w4_tuned}
+
+    def job_switch(self, sizes: Sizes) -> dict:
+        """The first task of each of N new jobs, one after another: a job never runs in a
+        process another job touched, so each new job's workers are retired and forked clean
+        from the agent's template. Beside it, the same with every job in one isolation
+        domain (as an Executor's functions share one): what is left is opening a job."""
+        from cluster.client.session import ClusterClient
+        from cluster.contract import payload
+
+        # A builtin: the first task of a job on a fresh worker would otherwise also import the
+        # function's module, which is the user's cost, not the switch's.
+        function = payload.pack_callable(abs)
+
+        def first_tasks(domain: Callable[[int], str]) -> list[float]:
+            out = []
+            with ClusterClient(self.stack.zk, "bench") as client:
+                for i in range(sizes.switches):
+                    done = threading.Event()
+                    started = time.perf_counter()
+                    options = {"isolation": domain(i), "result_format": payload.RESULT_PICKLE}
+                    job = client.open_job(function, options, lambda *result, done=done: done.set())
+                    job.submit(0, payload.pack_args((-i,)))
+                    if not done.wait(60):
+                        raise RuntimeError(f"job {i}'s first task did not finish within 60 s")
+                    out.append(time.perf_counter() - started)
+                    job.close()
+            return out
+
+        switched = first_tasks(lambda i: f"bench-switch-{i}")
+        with ClusterClient(self.stack.zk, "bench") as client:
+            # A job of the shared domain open throughout, which has run a task on the agent: the
+            # domain, and its workers, stay while the others come and go.
+            ran = threading.Event()
+            anchor = client.open_job(function, {"isolation": "bench-switch-shared"}, lambda *result: ran.set())
+            anchor.submit(0, payload.pack_args((1,)))
+            ran.wait(60)
+            same = first_tasks(lambda i: "bench-switch-shared")
+            anchor.close()
+        return {
+            "jobs": sizes.switches,
+            "p50_ms": workloads.percentile(switched, 50) * 1e3,
+            "p99_ms": workloads.percentile(switched, 99) * 1e3,
+            "same_domain_p50_ms": workloads.percentile(same, 50) * 1e3,
+            "same_domain_p99_ms": workloads.percentile(same, 99) * 1e3,
+        }
 
     def w4_tuned(self, sizes: Sizes) -> dict:
         """W4 again, after this (the client's) process tuned its allocator as cluster/runtime/malloc.py

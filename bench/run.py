@@ -385,6 +385,28 @@ def report(results: dict, meta: dict) -> tuple[str, list[dict]]:
     )
     lines.append("")
 
+    # Job switch: clusterd only (the peers share worker processes between jobs)
+    switch = get(results, "clusterd", "switch", "p50_ms")
+    if switch is not None:
+        s = results["clusterd"]["switch"]
+        rows = [
+            ["new job, new workers", f"{s['p50_ms']:.2f}", f"{s['p99_ms']:.2f}"],
+            ["new job, same workers", f"{s['same_domain_p50_ms']:.2f}", f"{s['same_domain_p99_ms']:.2f}"],
+        ]
+        lines.append(
+            table(
+                f"Job switch: the first task of each of {sizes['switch_jobs']} new jobs, one after another (clusterd)",
+                ["case", "p50 ms", "p99 ms"],
+                rows,
+                "A job never runs in a process another job touched: each new job's workers are forked clean\n"
+                "from the agent's template. 'Same workers': every job in one isolation domain, as an\n"
+                "Executor's functions are; the difference is the cost of switching. The task is a builtin\n"
+                "(abs): a fresh worker also imports the user's module at its first task, which is not counted.",
+                left=1,
+            )
+        )
+        lines.append("")
+
     # W4: CPU-µs per task (1 MiB each way) / 2,000 = CPU-ms per MiB moved
     rows = compared_rows(
         results,

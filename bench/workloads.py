@@ -45,6 +45,7 @@ N_LATENCY = 500
 N_CLASSIC = 8
 CLASSIC_ITEMS = 1_000_000
 N_ECHO = 2_000
+N_SWITCH = 200  # new jobs one after another: the first task of each (clusterd only)
 ECHO_SIZE = MiB
 ECHO_WINDOW = 32
 WARMUP = 100
@@ -91,6 +92,10 @@ class Sizes:
     def echo(self) -> int:
         return self._n(N_ECHO, 40)
 
+    @property
+    def switches(self) -> int:
+        return self._n(N_SWITCH, 20)
+
     def as_dict(self) -> dict:
         return {
             "scale": self.scale,
@@ -99,6 +104,7 @@ class Sizes:
             "w2_items": self.classic_items,
             "w3_round_trips": self.latency,
             "w4_tasks": self.echo,
+            "switch_jobs": self.switches,
             "w4_bytes": ECHO_SIZE,
             "w4_window": ECHO_WINDOW,
         }
