@@ -19,7 +19,9 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import platform
 import socket
+import sysconfig
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -398,6 +400,8 @@ def _record(cfg: AgentConfig, node_id: str, endpoint: str, workers: int, resourc
         labels=dict(cfg.labels),
         state="ready",
         relay=cfg.relay,
+        python=platform.python_version(),  # its workers' too: the template is started with this interpreter
+        platform=sysconfig.get_platform(),
     )
 
 

@@ -35,6 +35,7 @@ from . import channel
 from .marker import IDLE, Marker, NoMarker
 
 FUNCTION_CACHE = 64
+PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"  # the bytecode this interpreter loads
 PARENT_CHECK_MS = 500
 # Results of tasks that follow each other closely go back together, held at most this
 # long or this many; a worker that runs out of tasks sends what it has at once.
@@ -73,6 +74,8 @@ def items_of(msg: wire.Message) -> list[Item]:
 def run_task(functions: collections.OrderedDict, item: Item) -> tuple[int, wire.Buffer]:
     fmt = item.options.get("result_format", payload.RESULT_PICKLE)
     try:
+        if item.function[:1] == b"P":
+            _check_python(item.options.get("python"))
         fn = _function(functions, item.digest, item.function)
         if fn is None:
             return wire.NEED_FUNCTION, b""
@@ -87,6 +90,17 @@ def run_task(functions: collections.OrderedDict, item: Item) -> tuple[int, wire.
         return wire.OK, body
     except BaseException as exc:  # SystemExit and KeyboardInterrupt from user code are task errors too
         return wire.ERROR, payload.pack_error(exc, fmt)
+
+
+def _check_python(python: object) -> None:
+    """Code serialized by value is bytecode: another minor version of Python would run it wrongly
+    or crash on it. The coordinator sends it only to agents on its client's Python; this guards
+    against one that does not know (of an older release)."""
+    if isinstance(python, str) and python and python != PYTHON:
+        raise RuntimeError(
+            f"this function was serialized by value by Python {python}; this worker runs Python "
+            f"{sys.version.split()[0]}, which cannot load its bytecode: run it on agents with Python {python}"
+        )
 
 
 def _function(functions: collections.OrderedDict, digest: str, blob: wire.Buffer) -> Callable | None:

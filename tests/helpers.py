@@ -211,11 +211,12 @@ class LocalCluster:
         proc.endpoint = bind if port else None
         return proc
 
-    def agent(self, node_id: str, workers: int = 2, *extra: str, name: str | None = None) -> Proc:
+    def agent(self, node_id: str, workers: int = 2, *extra: str, name: str | None = None, python: str = PY) -> Proc:
+        """``python``: the interpreter it (and so its workers) runs, one with the project installed."""
         return self._start(
             name or node_id,
             [
-                PY,
+                python,
                 "-m",
                 "agents",
                 "--node-id",

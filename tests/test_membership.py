@@ -65,6 +65,8 @@ def test_nodes_lists_members_without_a_coordinator(local_cluster):
         "CORES",
         "MEMORY",
         "VERSION",
+        "PYTHON",
+        "PLATFORM",
         "UPTIME",
         "RELAY",
     ]

@@ -12,6 +12,9 @@ Examples:
 
   clusterctl nodes --watch --json | jq -c 'select(.event == "left")'
 
+PYTHON and PLATFORM are the interpreter and platform each agent's workers run: the Executor's
+functions (serialized by value) go only to agents on the client's Python minor version.
+
 Agents behind a relay (`clusterctl agent --relay ID`) show it in their RELAY column; the relays follow the agents in the table, with the number of agents that name each one.
 """
 
@@ -37,7 +40,20 @@ if TYPE_CHECKING:
     from rich.table import Table
     from rich.text import Text
 
-COLUMNS = ("NODE", "HOST", "ENDPOINT", "STATE", "WORKERS", "CORES", "MEMORY", "VERSION", "UPTIME", "RELAY")
+COLUMNS = (
+    "NODE",
+    "HOST",
+    "ENDPOINT",
+    "STATE",
+    "WORKERS",
+    "CORES",
+    "MEMORY",
+    "VERSION",
+    "PYTHON",
+    "PLATFORM",
+    "UPTIME",
+    "RELAY",
+)
 RELAY_COLUMNS = ("RELAY", "HOST", "ENDPOINT", "AGENTS", "VERSION", "UPTIME")
 
 
@@ -139,6 +155,8 @@ def _cells(r: dict) -> tuple[str, ...]:
         str(r["cores"]),
         _gib(r["memory"]),
         r["version"],
+        r["python"] or "-",  # an agent of a release that does not say
+        r["platform"] or "-",
         _duration(r["uptime"]),
         r["relay"] or "-",
     )

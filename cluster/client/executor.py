@@ -18,6 +18,7 @@ import collections
 import concurrent.futures as cf
 import itertools
 import os
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -63,6 +64,9 @@ class Executor(cf.Executor):
             "max_memory": max_memory,
             # Its functions are one job to its user: they share workers, which no other job touches.
             "isolation": f"executor-{uuid.uuid4().hex}",
+            # Its functions are bytecode, which loads only on this Python minor version: the
+            # coordinator sends them to agents that run it, and fails a job no agent can run.
+            "python": f"{sys.version_info.major}.{sys.version_info.minor}",
         }
         self._lock = threading.Lock()
         self._digests: collections.OrderedDict[int, tuple[Callable, str]] = collections.OrderedDict()

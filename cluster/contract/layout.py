@@ -146,6 +146,10 @@ class AgentRecord(_Record):
     state: str = "ready"
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
     relay: str = ""  # the relay the coordinator reaches it through while that relay is registered
+    # Its interpreter, which its workers run: code serialized by value (the Executor's) loads only on
+    # the same minor version. "" in records of releases that did not say.
+    python: str = ""  # platform.python_version(), e.g. "3.11.7"
+    platform: str = ""  # sysconfig.get_platform(), e.g. "linux-x86_64"
 
     @staticmethod
     def folder(cluster: str) -> str:

@@ -50,6 +50,7 @@ class JobFailure(enum.IntEnum):
     UNKNOWN_JOB = 1  # it has no such job (it restarted under the same address): submit the job again
     TOO_LARGE = 2  # the function is larger than the payload limit
     WINDOW_EXCEEDED = 3  # the client sent more tasks than the job's window
+    PYTHON_VERSION = 4  # its code was serialized by a Python no registered agent runs (options["python"])
 
 
 # ---------------------------------------------------------------- any channel

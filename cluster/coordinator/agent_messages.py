@@ -70,7 +70,9 @@ class AgentMessages:
             return  # an answer to an older Hello of ours, or a confused agent
         if not peer.up:
             peer.up = True
-            self.scheduler.agent_up(peer.node_id, msg.workers, msg.capacity, msg.held)
+            record = self.directory.records.get(peer.node_id)
+            python = record.python if record is not None else ""  # which code it can load
+            self.scheduler.agent_up(peer.node_id, msg.workers, msg.capacity, msg.held, python)
             if msg.draining:
                 self.scheduler.agent_draining(peer.node_id)
             log.info(

@@ -110,6 +110,7 @@ class AgentDirectory:
             self.records.pop(node_id, None)
         else:
             self.records[node_id] = record
+            self.scheduler.agent_python(node_id, record.python)  # a replaced agent's Welcome can come first
         peer = self.peers.get(node_id)
         if peer is not None and (
             record is None or peer.endpoint != record.endpoint or peer.via != self.relays.via(record)

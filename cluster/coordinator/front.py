@@ -18,7 +18,7 @@ from cluster.contract.config import CoordinatorConfig
 from cluster.coordinator.actions import Action, ToAgents, ToClient
 from cluster.coordinator.directory import AgentDirectory
 from cluster.coordinator.rate import Throughput
-from cluster.coordinator.scheduler import Scheduler
+from cluster.coordinator.scheduler import Scheduler, python_minor
 
 log = logging.getLogger("cluster.coordinator")
 
@@ -53,6 +53,13 @@ class ClientFront:
         if len(msg.frames[0]) > limit:
             reason = f"the function is {_mib(len(msg.frames[0]))}; the limit is {_mib(limit)}"
             return [ToClient(wire.JobFailed(msg.job_id, reason, wire.JobFailure.TOO_LARGE), identity)]
+        python = msg.options.get("python")  # a new job's: a client taking its job back keeps it
+        fresh = msg.job_id not in self.scheduler.jobs
+        if isinstance(python, str) and python and fresh and not self.scheduler.runs_python(python):
+            refusal = self._no_agent_runs(python)
+            if refusal is not None:
+                log.info("job %s refused: %s", msg.job_id, refusal)
+                return [ToClient(wire.JobFailed(msg.job_id, refusal, wire.JobFailure.PYTHON_VERSION), identity)]
         options = dict(msg.options, max_payload=limit)  # workers check results against it
         job = self.scheduler.add_job(msg.job_id, identity, msg.frames[0], msg.digest, options, now)
         asked = msg.options.get("window")
@@ -60,6 +67,18 @@ class ClientFront:
         workers = sum(a.workers for a in self.scheduler.agents.values() if not a.draining)
         accepted = wire.JobAccepted(job.job_id, job.window, workers, self.directory.epoch, limit)
         return [ToClient(accepted, identity)]
+
+    def _no_agent_runs(self, python: str) -> str | None:
+        """Why no agent can load code serialized by Python ``python``; None while a registered agent
+        may (one not connected yet, too), or none is registered at all: the job waits for one."""
+        versions = collections.Counter(record.python for record in self.directory.records.values())
+        if not versions or any(not v or python_minor(v) == python for v in versions):
+            return None
+        agents = ", ".join(f"{v} ({n} agent{'' if n == 1 else 's'})" for v, n in sorted(versions.items()))
+        return (
+            f"its functions were serialized by value by Python {python} (the client's), whose bytecode "
+            f"only Python {python} can load; the agents run Python {agents}"
+        )
 
     def on_submit_tasks(self, identity: bytes, msg: wire.SubmitTasks, now: float) -> Sequence[Action]:
         job = self.scheduler.jobs.get(msg.job_id)

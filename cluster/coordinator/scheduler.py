@@ -6,6 +6,11 @@ result (deliver, drop as a duplicate, or retry), what happens when an agent
 is lost (its tasks go back to the front of the queue), and what each client is
 owed. Exactly-once delivery lives here: a task leaves ``Job.tasks`` the moment
 its first result is accepted, and any later result for it is dropped.
+
+A job whose code was serialized by value (``options["python"]``, the Executor's) goes
+only to agents on that Python minor version (or of a release that does not say which).
+While every connected agent runs the Python of every such job, planning checks nothing;
+only a mixed fleet pays, a little per planning round.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ class Job:
     queue: collections.deque[int] = dataclasses.field(default_factory=collections.deque)
     outbox: list[tuple[int, int, wire.Buffer]] = dataclasses.field(default_factory=list)
     last_seen: float = 0.0
+    python: str = ""  # the Python minor version its code loads on ("3.11"); "" for code that runs anywhere
 
 
 @dataclasses.dataclass
@@ -55,6 +61,10 @@ class AgentSlot:
     in_flight: set[TaskKey] = dataclasses.field(default_factory=set)
     jobs: set[str] = dataclasses.field(default_factory=set)  # jobs whose JobSpec it has
     draining: bool = False
+    python: str = ""  # its Python minor version ("3.12"); "" for an agent of a release that does not say
+
+    def runs(self, job: Job) -> bool:
+        return not (job.python and self.python and job.python != self.python)
 
     @property
     def free(self) -> int:
@@ -78,6 +88,11 @@ class Batch:
 ORPHAN_LIMIT = 100_000  # results kept for jobs this coordinator does not know (yet)
 
 
+def python_minor(version: str) -> str:
+    """``"3.11.7"`` -> ``"3.11"``: bytecode loads on the Python minor version that wrote it."""
+    return ".".join(version.split(".")[:2])
+
+
 class Scheduler:
     def __init__(self, *, max_batch: int = 256, max_node_losses: int = 3):
         self.jobs: dict[str, Job] = {}
@@ -89,6 +104,9 @@ class Scheduler:
         )
         self.orphan_held: dict[tuple[str, int], tuple[str, int]] = {}
         self.agents: dict[str, AgentSlot] = {}
+        self.pythons: collections.Counter[str] = collections.Counter()  # connected agents by Python minor version
+        self._pins: collections.Counter[str] = collections.Counter()  # jobs by the Python their code needs
+        self._mixed = False  # some connected agent cannot run some job's code: planning must look
         # Agents that may have credit to use: plan() drops those that can take nothing and
         # whatever gives credit back adds them again, so a turn does not scan every agent.
         self._open: dict[str, None] = {}
@@ -113,9 +131,13 @@ class Scheduler:
         if job is None:
             retries = options.get("retries", 2)
             retries = retries if isinstance(retries, int) and 0 <= retries <= 100 else 2
+            python = options.get("python")
             job = Job(job_id, client, function, digest, options, retries, last_seen=now)
+            job.python = python if isinstance(python, str) else ""
             self.jobs[job_id] = job
             self._rotation.append(job_id)
+            if job.python:
+                self._count(self._pins, job.python, 1)
         job.client, job.last_seen = client, now  # a reconnecting client takes its job back
         return job
 
@@ -168,6 +190,8 @@ class Scheduler:
             del self.orphan_results[key]
         if job is None:
             return []
+        if job.python:
+            self._count(self._pins, job.python, -1)
         self.queued -= sum(1 for task in job.tasks.values() if task.queued)
         nodes = [n for n, a in self.agents.items() if job_id in a.jobs]
         for agent in self.agents.values():
@@ -185,15 +209,34 @@ class Scheduler:
 
     # ---------------------------------------------------------------- agents
 
-    def agent_up(self, node_id: str, workers: int, capacity: int, held: list[list[Any]]) -> None:
-        slot = AgentSlot(node_id, max(0, workers), max(0, capacity))
+    def agent_up(self, node_id: str, workers: int, capacity: int, held: list[list[Any]], python: str = "") -> None:
+        """An agent answers; ``python``: its record's Python version ("" when it does not say)."""
+        slot = AgentSlot(node_id, max(0, workers), max(0, capacity), python=python_minor(python))
         # Tasks it already holds use its credit until their results come back.
         slot.in_flight = {(str(j), int(i), int(a)) for j, i, a in held}
+        old = self.agents.get(node_id)
+        if old is not None:
+            self._count(self.pythons, old.python, -1)
         self.agents[node_id] = slot
+        self._count(self.pythons, slot.python, 1)
         self._open[node_id] = None
         for job_id, index, attempt in slot.in_flight:
             if job_id not in self.jobs:
                 self.orphan_held[(job_id, index)] = (node_id, attempt)
+
+    def agent_python(self, node_id: str, python: str) -> None:
+        """A connected agent's record names another Python (it was replaced, and its record came after its Welcome)."""
+        slot = self.agents.get(node_id)
+        if slot is None or slot.python == python_minor(python):
+            return
+        self._count(self.pythons, slot.python, -1)
+        slot.python = python_minor(python)
+        self._count(self.pythons, slot.python, 1)
+        self._open[node_id] = None
+
+    def runs_python(self, python: str) -> bool:
+        """Whether a connected agent can run code serialized by that Python minor version."""
+        return python in self.pythons or "" in self.pythons
 
     def agent_capacity(self, node_id: str, capacity: int) -> None:
         slot = self.agents.get(node_id)
@@ -211,6 +254,7 @@ class Scheduler:
         self._open.pop(node_id, None)
         if slot is None:
             return 0
+        self._count(self.pythons, slot.python, -1)
         for key in [k for k, (node, _) in self.orphan_held.items() if node == node_id]:
             del self.orphan_held[key]
         requeued = 0
@@ -283,6 +327,14 @@ class Scheduler:
         self.counters["returned"] += 1
         return True
 
+    def _count(self, counter: collections.Counter[str], python: str, change: int) -> None:
+        """Count an agent or a job in or out by its Python, and say whether the fleet is mixed now."""
+        counter[python] += change
+        if not counter[python]:
+            del counter[python]
+        known = self.pythons.keys() - {""}  # an agent that does not say runs everything, as before
+        self._mixed = bool(self._pins and known) and (len(known) > 1 or known != self._pins.keys())
+
     def _enqueue(self, job: Job, index: int, task: Task, front: bool = False) -> None:
         (job.queue.appendleft if front else job.queue.append)(index)
         task.queued = True
@@ -321,6 +373,9 @@ class Scheduler:
             return []
         grants: dict[str, int] = {}
         budget = self.queued
+        # In a mixed fleet an agent is granted no more than it may run, or it would take the
+        # budget of agents that can run what it cannot.
+        runnable = self._runnable() if self._mixed else None
         looked: list[AgentSlot] = []  # seen in the prefetch phase: every chance they had this round
         for phase in ("idle", "prefetch"):
             for node_id in self._open:
@@ -335,10 +390,14 @@ class Scheduler:
                     limit = min(limit, slot.workers - len(slot.in_flight) - have)
                 elif not have and limit < slot.refill:
                     continue  # its queue is still half full: top it up later, in one batch
+                if runnable is not None:
+                    limit = min(limit, runnable.get(slot.python, limit))
                 take = min(max(0, limit), budget)
                 if take:
                     grants[node_id] = have + take
                     budget -= take
+                    if runnable is not None and slot.python in runnable:
+                        runnable[slot.python] -= take
         batches: list[Batch] = []
         now = self.clock()
         for node_id, count in grants.items():
@@ -347,6 +406,18 @@ class Scheduler:
             if not slot.free or (slot.free < slot.refill and len(slot.in_flight) >= slot.workers):
                 del self._open[slot.node_id]  # it would take nothing until credit comes back
         return batches
+
+    def _runnable(self) -> dict[str, int]:
+        """For each Python minor version of the connected agents, the queued tasks its agents
+        may run: an upper bound, as a queue still lists tasks finished or cancelled meanwhile."""
+        anywhere = 0
+        pinned: collections.Counter[str] = collections.Counter()
+        for job in self.jobs.values():
+            if job.python:
+                pinned[job.python] += len(job.queue)
+            else:
+                anywhere += len(job.queue)
+        return {python: anywhere + pinned[python] for python in self.pythons if python}
 
     def _fill(self, slot: AgentSlot, count: int, now: float) -> list[Batch]:
         batches = []
@@ -357,6 +428,9 @@ class Scheduler:
             job = self.jobs.get(job_id)
             if job is None:
                 self._rotation.remove(job_id)
+                continue
+            if self._mixed and not slot.runs(job):
+                misses += 1
                 continue
             tasks = self._take(job, slot.node_id, min(count, self.max_batch), now)
             if not tasks:
