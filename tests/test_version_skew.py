@@ -106,23 +106,23 @@ def test_a_uniform_fleet_is_not_checked_and_a_mixed_one_is_while_it_lasts():
     s = fleet(("a", "3.11.7"), ("b", "3.11.1"), ("c", ""))
     job(s, "bytecode", 10, "3.11")
     job(s, "reference", 10)
-    assert not s._mixed  # every agent loads every job's code: planning looks at nothing more than before
+    assert not s.pythons.mixed  # every agent loads every job's code: planning looks at nothing more than before
     s.agent_up("d", 2, 4, [], "3.12.1")
-    assert s._mixed
+    assert s.pythons.mixed
     s.agent_down("d")
-    assert not s._mixed
+    assert not s.pythons.mixed
     job(s, "other", 1, "3.13")
-    assert s._mixed
+    assert s.pythons.mixed
     s.end_job("other")
-    assert not s._mixed
-    assert s.pythons == {"3.11": 2, "": 1}
+    assert not s.pythons.mixed
+    assert s.pythons.agents == {"3.11": 2, "": 1}
 
 
 def test_a_connected_agent_whose_record_names_another_python_is_planned_for_as_that():
     s = fleet(("a", "3.11.7"))
     job(s, "bytecode", 4, "3.11")
     s.agent_python("a", "3.12.0")  # replaced by an agent on 3.12; its record came after its Welcome
-    assert s.plan() == [] and not s.runs_python("3.11")
+    assert s.plan() == [] and not s.pythons.runs("3.11")
     s.agent_python("a", "3.11.9")
     assert ran(s.plan()) == {"a": {"bytecode": 4}}
 
@@ -160,7 +160,7 @@ def test_an_agent_is_planned_for_with_the_python_of_its_record():
     w = World()
     w.register("a1", "3.12.1")
     w.connect("a1")
-    assert w.scheduler.agents["a1"].python == "3.12" and w.scheduler.runs_python("3.12")
+    assert w.scheduler.agents["a1"].python == "3.12" and w.scheduler.pythons.runs("3.12")
 
 
 def test_a_job_no_registered_agent_can_run_fails_at_once_naming_the_versions_on_both_sides():

@@ -17,8 +17,9 @@ from cluster.contract import payload, wire
 from cluster.contract.config import CoordinatorConfig
 from cluster.coordinator.actions import Action, ToAgents, ToClient
 from cluster.coordinator.directory import AgentDirectory
+from cluster.coordinator.pythons import minor
 from cluster.coordinator.rate import Throughput
-from cluster.coordinator.scheduler import Scheduler, python_minor
+from cluster.coordinator.scheduler import Scheduler
 
 log = logging.getLogger("cluster.coordinator")
 
@@ -55,7 +56,7 @@ class ClientFront:
             return [ToClient(wire.JobFailed(msg.job_id, reason, wire.JobFailure.TOO_LARGE), identity)]
         python = msg.options.get("python")  # a new job's: a client taking its job back keeps it
         fresh = msg.job_id not in self.scheduler.jobs
-        if isinstance(python, str) and python and fresh and not self.scheduler.runs_python(python):
+        if isinstance(python, str) and python and fresh and not self.scheduler.pythons.runs(python):
             refusal = self._no_agent_runs(python)
             if refusal is not None:
                 log.info("job %s refused: %s", msg.job_id, refusal)
@@ -72,7 +73,7 @@ class ClientFront:
         """Why no agent can load code serialized by Python ``python``; None while a registered agent
         may (one not connected yet, too), or none is registered at all: the job waits for one."""
         versions = collections.Counter(record.python for record in self.directory.records.values())
-        if not versions or any(not v or python_minor(v) == python for v in versions):
+        if not versions or any(not v or minor(v) == python for v in versions):
             return None
         agents = ", ".join(f"{v} ({n} agent{'' if n == 1 else 's'})" for v, n in sorted(versions.items()))
         return (

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from cluster.contract import payload, wire
+from cluster.coordinator.pythons import Pythons, minor
 
 TaskKey = tuple[str, int, int]  # (job id, index, attempt)
 
@@ -88,11 +89,6 @@ class Batch:
 ORPHAN_LIMIT = 100_000  # results kept for jobs this coordinator does not know (yet)
 
 
-def python_minor(version: str) -> str:
-    """``"3.11.7"`` -> ``"3.11"``: bytecode loads on the Python minor version that wrote it."""
-    return ".".join(version.split(".")[:2])
-
-
 class Scheduler:
     def __init__(self, *, max_batch: int = 256, max_node_losses: int = 3):
         self.jobs: dict[str, Job] = {}
@@ -104,9 +100,7 @@ class Scheduler:
         )
         self.orphan_held: dict[tuple[str, int], tuple[str, int]] = {}
         self.agents: dict[str, AgentSlot] = {}
-        self.pythons: collections.Counter[str] = collections.Counter()  # connected agents by Python minor version
-        self._pins: collections.Counter[str] = collections.Counter()  # jobs by the Python their code needs
-        self._mixed = False  # some connected agent cannot run some job's code: planning must look
+        self.pythons = Pythons()  # which Python the agents run, which the jobs need (coordinator/pythons.py)
         # Agents that may have credit to use: plan() drops those that can take nothing and
         # whatever gives credit back adds them again, so a turn does not scan every agent.
         self._open: dict[str, None] = {}
@@ -136,8 +130,7 @@ class Scheduler:
             job.python = python if isinstance(python, str) else ""
             self.jobs[job_id] = job
             self._rotation.append(job_id)
-            if job.python:
-                self._count(self._pins, job.python, 1)
+            self.pythons.job(job.python, 1)
         job.client, job.last_seen = client, now  # a reconnecting client takes its job back
         return job
 
@@ -190,8 +183,7 @@ class Scheduler:
             del self.orphan_results[key]
         if job is None:
             return []
-        if job.python:
-            self._count(self._pins, job.python, -1)
+        self.pythons.job(job.python, -1)
         self.queued -= sum(1 for task in job.tasks.values() if task.queued)
         nodes = [n for n, a in self.agents.items() if job_id in a.jobs]
         for agent in self.agents.values():
@@ -211,14 +203,14 @@ class Scheduler:
 
     def agent_up(self, node_id: str, workers: int, capacity: int, held: list[list[Any]], python: str = "") -> None:
         """An agent answers; ``python``: its record's Python version ("" when it does not say)."""
-        slot = AgentSlot(node_id, max(0, workers), max(0, capacity), python=python_minor(python))
+        slot = AgentSlot(node_id, max(0, workers), max(0, capacity), python=minor(python))
         # Tasks it already holds use its credit until their results come back.
         slot.in_flight = {(str(j), int(i), int(a)) for j, i, a in held}
         old = self.agents.get(node_id)
         if old is not None:
-            self._count(self.pythons, old.python, -1)
+            self.pythons.agent(old.python, -1)
         self.agents[node_id] = slot
-        self._count(self.pythons, slot.python, 1)
+        self.pythons.agent(slot.python, 1)
         self._open[node_id] = None
         for job_id, index, attempt in slot.in_flight:
             if job_id not in self.jobs:
@@ -227,16 +219,12 @@ class Scheduler:
     def agent_python(self, node_id: str, python: str) -> None:
         """A connected agent's record names another Python (it was replaced, and its record came after its Welcome)."""
         slot = self.agents.get(node_id)
-        if slot is None or slot.python == python_minor(python):
+        if slot is None or slot.python == minor(python):
             return
-        self._count(self.pythons, slot.python, -1)
-        slot.python = python_minor(python)
-        self._count(self.pythons, slot.python, 1)
+        self.pythons.agent(slot.python, -1)
+        slot.python = minor(python)
+        self.pythons.agent(slot.python, 1)
         self._open[node_id] = None
-
-    def runs_python(self, python: str) -> bool:
-        """Whether a connected agent can run code serialized by that Python minor version."""
-        return python in self.pythons or "" in self.pythons
 
     def agent_capacity(self, node_id: str, capacity: int) -> None:
         slot = self.agents.get(node_id)
@@ -254,7 +242,7 @@ class Scheduler:
         self._open.pop(node_id, None)
         if slot is None:
             return 0
-        self._count(self.pythons, slot.python, -1)
+        self.pythons.agent(slot.python, -1)
         for key in [k for k, (node, _) in self.orphan_held.items() if node == node_id]:
             del self.orphan_held[key]
         requeued = 0
@@ -327,14 +315,6 @@ class Scheduler:
         self.counters["returned"] += 1
         return True
 
-    def _count(self, counter: collections.Counter[str], python: str, change: int) -> None:
-        """Count an agent or a job in or out by its Python, and say whether the fleet is mixed now."""
-        counter[python] += change
-        if not counter[python]:
-            del counter[python]
-        known = self.pythons.keys() - {""}  # an agent that does not say runs everything, as before
-        self._mixed = bool(self._pins and known) and (len(known) > 1 or known != self._pins.keys())
-
     def _enqueue(self, job: Job, index: int, task: Task, front: bool = False) -> None:
         (job.queue.appendleft if front else job.queue.append)(index)
         task.queued = True
@@ -375,7 +355,7 @@ class Scheduler:
         budget = self.queued
         # In a mixed fleet an agent is granted no more than it may run, or it would take the
         # budget of agents that can run what it cannot.
-        runnable = self._runnable() if self._mixed else None
+        runnable = self.pythons.runnable(self.jobs.values()) if self.pythons.mixed else None
         looked: list[AgentSlot] = []  # seen in the prefetch phase: every chance they had this round
         for phase in ("idle", "prefetch"):
             for node_id in self._open:
@@ -407,18 +387,6 @@ class Scheduler:
                 del self._open[slot.node_id]  # it would take nothing until credit comes back
         return batches
 
-    def _runnable(self) -> dict[str, int]:
-        """For each Python minor version of the connected agents, the queued tasks its agents
-        may run: an upper bound, as a queue still lists tasks finished or cancelled meanwhile."""
-        anywhere = 0
-        pinned: collections.Counter[str] = collections.Counter()
-        for job in self.jobs.values():
-            if job.python:
-                pinned[job.python] += len(job.queue)
-            else:
-                anywhere += len(job.queue)
-        return {python: anywhere + pinned[python] for python in self.pythons if python}
-
     def _fill(self, slot: AgentSlot, count: int, now: float) -> list[Batch]:
         batches = []
         misses = 0  # a full turn of the rotation with nothing taken ends the fill
@@ -429,7 +397,7 @@ class Scheduler:
             if job is None:
                 self._rotation.remove(job_id)
                 continue
-            if self._mixed and not slot.runs(job):
+            if self.pythons.mixed and not slot.runs(job):
                 misses += 1
                 continue
             tasks = self._take(job, slot.node_id, min(count, self.max_batch), now)
