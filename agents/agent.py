@@ -288,10 +288,12 @@ class Agent:
         domain = shared if isinstance(shared, str) and shared else msg.job_id
         options = dict(msg.options, isolation=domain, **self.workspaces.open(domain))
         digests = msg.options.get("bundles")
-        if isinstance(digests, list) and digests:
+        if digests:
             try:
+                wire.check_digests(digests, "JobSpec.options.bundles")
                 options["paths"] = self.bundles.open(msg.job_id, digests, options["workdir"], time.time())
-            except MissingBundle as exc:
+                self.bundle_failures.pop(msg.job_id, None)  # they came since: sent again after a reconnection
+            except (MissingBundle, wire.ProtocolError) as exc:
                 log.warning("job %s cannot run here: %s", msg.job_id, exc)
                 self.bundle_failures[msg.job_id] = str(exc)
         self.queue.add_job(msg, options, self.pool.slots, now)
