@@ -384,11 +384,15 @@ def finished(port: int) -> float:
     return scrape(port).get('clusterd_tasks_total{outcome="ok"}', 0.0)
 
 
-def test_an_agent_removes_unused_bundles_and_the_leader_sends_them_again(local_cluster, tmp_path):
+@pytest.mark.parametrize("relayed", [False, True], ids=["direct", "through-a-relay"])
+def test_an_agent_removes_unused_bundles_and_the_leader_sends_them_again(local_cluster, tmp_path, relayed):
     port = free_ports(1)[0]
     work = tmp_path / "agent-work"
     coordinator = local_cluster.coordinator()
-    local_cluster.agent("r1", 1, "--metrics-port", str(port), "--work-dir", str(work), "--bundle-max-age", "0")
+    via = ["--relay", "rack1"] if relayed else []
+    if relayed:
+        local_cluster.relay("rack1")
+    local_cluster.agent("r1", 1, "--metrics-port", str(port), "--work-dir", str(work), "--bundle-max-age", "0", *via)
     local_cluster.wait_ready(coordinator, ["r1"])
     root = str(project(tmp_path))
     assert {r["text"] for r in submit_cli(local_cluster, "shipped_helper:peek", 2, root)} == {"alpha beta gamma"}
@@ -419,3 +423,33 @@ def test_an_executor_ships_directories(local_cluster, tmp_path):
 
         assert ex.submit(use, 1).result(timeout=60) == ("beta", "alpha beta gamma")
         assert ex.submit(lambda x: __import__("shipped_helper").look(x)["value"], 2).result(timeout=60) == "gamma"
+
+
+def test_a_new_leader_gets_the_bundles_with_the_jobs_resubmitted_to_it(local_cluster, tmp_path):
+    import signal
+
+    from cluster import Executor
+
+    port = free_ports(1)[0]
+    first = local_cluster.coordinator("--zk-session-timeout", "2", name="c1")
+    local_cluster.agent("f1", 1, "--metrics-port", str(port))
+    local_cluster.wait_ready(first, ["f1"])
+    local_cluster.coordinator("--zk-session-timeout", "2", name="c2")
+    with Executor(zk=local_cluster.zk, cluster=local_cluster.name, ship=[project(tmp_path)]) as ex:
+
+        def use(x):
+            import shipped_helper
+
+            return shipped_helper.look(x)["value"]
+
+        assert ex.submit(use, 0).result(timeout=60) == "alpha"
+        old = local_cluster.leader()
+        first.signal(signal.SIGKILL)
+        wait_for(lambda: (leader := local_cluster.leader()) is not None and leader.epoch > old.epoch, 30)
+        assert ex.submit(use, 1).result(timeout=60) == "beta"  # its job, resubmitted to the new leader
+        assert ex.submit(lambda x: use(x).upper(), 2).result(timeout=60) == "GAMMA"  # a new job
+    wait_for(lambda: finished(port) == 3, what="the agent's metrics of every task")
+    metrics = scrape(port)
+    # Each leader sent it once; the agent unpacked it once.
+    assert metrics["clusterd_bundles_received_total"] == 2.0
+    assert metrics["clusterd_bundles_unpacked_total"] == 1.0
