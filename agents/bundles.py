@@ -20,6 +20,7 @@ finds its bundles here.
 from __future__ import annotations
 
 import collections
+import compileall
 import contextlib
 import dataclasses
 import hashlib
@@ -200,6 +201,10 @@ class BundleCache:
                     tar.extractall(tmp, members, filter="data")
                 else:
                     tar.extractall(tmp, members)
+                # Compiled now, once, so that no worker writes __pycache__ into the cache (a
+                # worker running as root could, read-only or not); a file that does not compile
+                # fails the task that imports it, as it would anywhere.
+                compileall.compile_dir(tmp, quiet=2)
                 _read_only(tmp)
                 os.rename(tmp, target)
             except BaseException:

@@ -232,7 +232,7 @@ def test_a_bundle_is_unpacked_once_read_only_and_each_job_gets_its_own_copy(tmp_
     work = tmp_path / "work"
     work.mkdir()
     (path,) = c.open("j", [b.digest], str(work), 2.0)
-    assert sorted(os.listdir(path)) == [".gitignore", "data", "shipped_helper.py"]
+    assert cached_files(path).keys() == expected_cache(b)  # compiled once, here: no worker writes there
     assert not os.stat(os.path.join(path, "data", "values.txt")).st_mode & 0o222
     (work / "data" / "values.txt").write_text("changed by a task")  # the job's copy is writable
     assert open(os.path.join(path, "data", "values.txt")).read() == "alpha beta gamma"
@@ -358,11 +358,27 @@ def test_a_directory_over_the_limit_is_refused_before_anything_is_sent(tmp_path)
     assert res.stdout == ""
 
 
+def cached_files(path: str) -> dict[str, bytes]:
+    return {
+        os.path.relpath(os.path.join(top, name), path): open(os.path.join(top, name), "rb").read()
+        for top, _, names in os.walk(path)
+        for name in names
+    }
+
+
+def expected_cache(b: bundle.Bundle) -> set[str]:
+    """What the cache holds of a bundle: its files, and the bytecode the agent compiled."""
+    import importlib.util
+
+    names = tarfile.open(fileobj=io.BytesIO(b.data)).getnames()
+    return set(names) | {importlib.util.cache_from_source(n) for n in names if n.endswith(".py")}
+
+
 def test_bundles_are_sent_once_to_each_agent_and_a_task_cannot_change_them(local_cluster, tmp_path):
     cport, p1, p2 = free_ports(3)
     coordinator = local_cluster.coordinator("--metrics-port", str(cport))
-    local_cluster.agent("b1", 1, "--metrics-port", str(p1))
-    local_cluster.agent("b2", 1, "--metrics-port", str(p2))
+    local_cluster.agent("b1", 1, "--metrics-port", str(p1), "--work-dir", str(tmp_path / "b1"))
+    local_cluster.agent("b2", 1, "--metrics-port", str(p2), "--work-dir", str(tmp_path / "b2"))
     local_cluster.wait_ready(coordinator, ["b1", "b2"])
     root = str(project(tmp_path))
     scribbled = submit_cli(local_cluster, "shipped_helper:scribble", 12, root)
@@ -372,6 +388,10 @@ def test_bundles_are_sent_once_to_each_agent_and_a_task_cannot_change_them(local
     peeked = submit_cli(local_cluster, "shipped_helper:peek", 12, root)
     assert {r["node"] for r in peeked} == {"b1", "b2"}, peeked
     assert {r["text"] for r in peeked} == {"alpha beta gamma"}, peeked
+    b = bundle.build(root)
+    for node in ("b1", "b2"):
+        cached = cached_files(str(tmp_path / node / "bundles" / b.digest))
+        assert cached.keys() == expected_cache(b) and cached["data/values.txt"] == b"alpha beta gamma"
     wait_for(lambda: sum(finished(p) for p in (p1, p2)) == 24, what="the agents' metrics of every task")
     for port in (p1, p2):
         metrics = scrape(port)
