@@ -204,7 +204,7 @@ class BundleCache:
                 # Compiled now, once, so that no worker writes __pycache__ into the cache (a
                 # worker running as root could, read-only or not); a file that does not compile
                 # fails the task that imports it, as it would anywhere.
-                compileall.compile_dir(tmp, quiet=2)
+                compileall.compile_dir(tmp, ddir=target, quiet=2)
                 _read_only(tmp)
                 os.rename(tmp, target)
             except BaseException:
