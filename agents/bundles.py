@@ -130,7 +130,7 @@ class BundleCache:
         entries = [self.entries[d] for d in digests]
         for digest, entry in reversed(list(zip(digests, entries))):
             if (workdir, digest) not in self._copied:
-                shutil.copytree(entry.path, workdir, dirs_exist_ok=True, copy_function=_copy_writable)
+                _copy_writable(entry.path, workdir)
                 self._copied.add((workdir, digest))
         for entry in entries:
             entry.jobs.add(job_id)
@@ -240,9 +240,15 @@ def _is_digest(name: str) -> bool:
 
 
 def _copy_writable(src: str, dst: str) -> None:
-    """A job's copy of a bundle file: its own to change (the cache's stay read-only)."""
-    shutil.copyfile(src, dst)
-    os.chmod(dst, 0o755 if os.stat(src).st_mode & stat.S_IXUSR else 0o644)
+    """A job's copy of a bundle: its own to change, where the cache's stays read-only
+    (shutil.copytree would copy the read-only modes of its directories too)."""
+    for top, _, files in os.walk(src):
+        target = os.path.normpath(os.path.join(dst, os.path.relpath(top, src)))
+        os.makedirs(target, mode=0o700, exist_ok=True)
+        for name in files:
+            source, copy = os.path.join(top, name), os.path.join(target, name)
+            shutil.copyfile(source, copy)
+            os.chmod(copy, 0o700 if os.stat(source).st_mode & stat.S_IXUSR else 0o600)
 
 
 def _read_only(top: str) -> None:

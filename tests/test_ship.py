@@ -234,7 +234,8 @@ def test_a_bundle_is_unpacked_once_read_only_and_each_job_gets_its_own_copy(tmp_
     (path,) = c.open("j", [b.digest], str(work), 2.0)
     assert cached_files(path).keys() == expected_cache(b)  # compiled once, here: no worker writes there
     assert not os.stat(os.path.join(path, "data", "values.txt")).st_mode & 0o222
-    (work / "data" / "values.txt").write_text("changed by a task")  # the job's copy is writable
+    assert os.stat(work / "data").st_mode & 0o200 and os.stat(work / "data" / "values.txt").st_mode & 0o200
+    (work / "data" / "values.txt").write_text("changed by a task")  # the job's copy is its own
     assert open(os.path.join(path, "data", "values.txt")).read() == "alpha beta gamma"
     # A restarted agent takes the cache over, and unpacks nothing again.
     again = BundleCache(c.root, max_bytes=10**9, max_age=100.0, now=3.0)
