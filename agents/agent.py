@@ -38,6 +38,7 @@ from cluster.runtime.daemon import Harness
 from cluster.runtime.zk import tidy
 
 from . import limits
+from .bundles import BundleCache, MissingBundle
 from .export import export
 from .links import WorkerLinks
 from .local_queue import LocalQueue
@@ -81,6 +82,8 @@ class Agent:
         self.front_handlers: dict[type[wire.Message], Callable[[bytes, Any, float], None]] = {
             wire.Hello: self._on_hello,
             wire.Heartbeat: self.session.on_heartbeat,
+            wire.Bundle: self._on_bundle,
+            wire.ForgetBundles: self._on_forget_bundles,
             wire.JobSpec: self._on_job_spec,
             wire.Dispatch: self._on_dispatch,
             wire.EndJob: self._on_end_job,
@@ -122,6 +125,16 @@ class Agent:
         self.poller = zmq.Poller()
         self.workspaces = Workspaces(cfg.work_dir)
         h.on_close(self.workspaces.close)
+        self.bundles = BundleCache(
+            os.path.join(self.workspaces.root, "bundles"),
+            max_bytes=cfg.bundle_cache_bytes,
+            max_age=cfg.bundle_max_age,
+            now=time.time(),
+            counters=self.counters,
+        )
+        if not cfg.work_dir:
+            h.on_close(self.bundles.close_all)  # before the workspaces: its directories are read-only
+        self.bundle_failures: dict[str, str] = {}  # job -> why its bundles are not here
         markers = [Marker.create() for _ in range(self.workers)]
         for marker in markers:
             h.on_close(marker.close)
@@ -204,6 +217,7 @@ class Agent:
         if self.metrics is not None:
             export(self.metrics, self, now)
         self.pool.observe(now)
+        self._sweep_bundles()
         for slot, seq, status, err in limits.breaches(self.pool.busy(), self.queue.jobs, now, _rss):
             self._charge(slot, seq, status, err)
         self._reap(now)
@@ -266,6 +280,7 @@ class Agent:
             handler(identity, msg, now)
 
     def _on_hello(self, identity: bytes, msg: wire.Hello, now: float) -> None:
+        self.bundles.hello()
         held = self.queue.held(self.pool.slots)
         loop.send(self.front, self.session.hello(identity, msg, now, self.queue.capacity, held), identity)
 
@@ -274,13 +289,46 @@ class Agent:
         shared = msg.options.get("isolation")
         domain = shared if isinstance(shared, str) and shared else msg.job_id
         options = dict(msg.options, isolation=domain, **self.workspaces.open(domain))
+        digests = msg.options.get("bundles")
+        if digests:
+            try:
+                wire.check_digests(digests, "JobSpec.options.bundles")
+                options["paths"] = self.bundles.open(msg.job_id, digests, options["workdir"], time.time())
+                self.bundle_failures.pop(msg.job_id, None)  # they came since: sent again after a reconnection
+            except (MissingBundle, wire.ProtocolError) as exc:
+                log.warning("job %s cannot run here: %s", msg.job_id, exc)
+                self.bundle_failures[msg.job_id] = str(exc)
         self.queue.add_job(msg, options, self.pool.slots, now)
 
+    def _on_bundle(self, identity: bytes, msg: wire.Bundle, now: float) -> None:
+        self.bundles.receive(msg.digest, msg.frames[0], time.time())
+
+    def _on_forget_bundles(self, identity: bytes, msg: wire.ForgetBundles, now: float) -> None:
+        self.bundles.forgotten(msg.digests)
+
+    def _sweep_bundles(self) -> None:
+        """Remove the bundles due to go; those the leader counts on, once it has forgotten them."""
+        ask = self.bundles.sweep(time.time())
+        leader = self.session.leader
+        if (
+            ask
+            and leader is not None
+            and loop.send(self.front, wire.ForgetBundles(self.session.max_epoch, ask), leader)
+        ):
+            self.bundles.asking(ask)
+
     def _on_dispatch(self, identity: bytes, msg: wire.Dispatch, now: float) -> None:
+        failure = self.bundle_failures.get(msg.job_id)
+        if failure is not None:
+            err = payload.failure("BundleMissing", failure)
+            self.session.outbox.extend(((msg.job_id, i, a), wire.ERROR, err) for i, a in msg.tasks)
+            return
         if not self.queue.add_tasks(msg, self.pool.slots, now):
             self.session.no_function(msg)
 
     def _on_end_job(self, identity: bytes, msg: wire.EndJob, now: float) -> None:
+        self.bundles.close(msg.job_id, time.time())
+        self.bundle_failures.pop(msg.job_id, None)
         domain = self.queue.end_job(msg.job_id)
         if domain is None:
             return

@@ -61,6 +61,8 @@ def export(m: Metrics, agent: Source, now: float) -> None:
         "Messages that carried tasks to workers (short tasks share one)",
         counters["worker_messages"],
     )
+    m.total("bundles_received_total", "Shipped directories received from the leader", counters["bundles_received"])
+    m.total("bundles_unpacked_total", "Shipped directories unpacked into the cache", counters["bundles_unpacked"])
     m.total("tasks_moved_total", "Tasks moved off a worker stuck on a long task", counters["tasks_moved"])
     m.total(
         "tasks_returned_total",

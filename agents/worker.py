@@ -307,9 +307,13 @@ def domain(item: Item) -> str:
 
 def bind(item: Item) -> str:
     """Make this process its job's: the job's private working and temporary directories
-    (the agent made them; they go with the job). Nothing of another job ran here: the
-    agent's template forked this process clean, and it never takes another job."""
+    (the agent made them; they go with the job), and the directories it shipped first on
+    ``sys.path`` (agents/bundles.py). Nothing of another job ran here: the agent's
+    template forked this process clean, and it never takes another job."""
     workdir, tmpdir = item.options.get("workdir"), item.options.get("tmpdir")
+    paths = item.options.get("paths")
+    if isinstance(paths, list):
+        sys.path[:0] = [p for p in paths if isinstance(p, str)]
     if isinstance(workdir, str) and workdir:
         os.chdir(workdir)
     if isinstance(tmpdir, str) and tmpdir:

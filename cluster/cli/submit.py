@@ -19,6 +19,8 @@ Examples:
   seq 1 100 | clusterctl submit mypkg.stats:pair --star --inputs -
 
   ls *.csv | clusterctl submit --shell --inputs - -- 'gzip -9 {}'
+
+  clusterctl submit model:predict --ship ./model --inputs rows.jsonl
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from typing import IO, Optional
 import typer
 
 from cluster.cli import common, options
+from cluster.client import bundle
 from cluster.client.session import ClusterClient, JobHandle
 from cluster.contract import config, payload, wire
 
@@ -79,12 +82,18 @@ def submit(
     progress: Optional[bool] = typer.Option(
         None, "--progress/--no-progress", help="Progress bar (default: when stderr is a terminal)."
     ),
+    ship: Optional[list[Path]] = typer.Option(
+        None,
+        "--ship",
+        help="Send this directory's files (less what its .gitignore files ignore) to the nodes: first on the tasks' sys.path, and in their working directory; repeatable.",
+    ),
 ) -> None:
     with common.clear_errors():
         common_cfg = config.load(config.Common, config_file, settings)
     if (range_ is None) == (inputs is None):
         raise common.fail("give exactly one of --range A B or --inputs FILE")
     function = _function_blob(target, shell)
+    bundles = _bundles(ship or [])
     with common.clear_errors():
         if range_ is not None:
             source = _range_inputs(*range_, star)
@@ -106,6 +115,7 @@ def submit(
             connect_timeout=connect_timeout,
             shell=shell,
             progress=sys.stderr.isatty() if progress is None else progress,
+            bundles=bundles,
         )
     finally:
         if output:
@@ -151,6 +161,14 @@ def _function_blob(target: list[str], shell: bool) -> bytes:
             raise common.fail(f"{path} defines no top-level function {func!r}")
         return payload.pack_reference(path.stem, func, source, str(path.resolve()))
     return payload.pack_reference(module, func)
+
+
+def _bundles(directories: list[Path]) -> list[bundle.Bundle]:
+    """Built before anything is sent: a directory over the limit is a usage error naming its largest files."""
+    try:
+        return [bundle.build(directory) for directory in directories]
+    except (OSError, bundle.BundleTooLarge) as exc:
+        raise common.fail(str(exc)) from None
 
 
 def _defines(node: ast.stmt, name: str) -> bool:
@@ -235,6 +253,7 @@ def _run(
     connect_timeout: float,
     shell: bool,
     progress: bool,
+    bundles: list[bundle.Bundle],
 ) -> int:
     results: queue.SimpleQueue = queue.SimpleQueue()
     started = time.monotonic()
@@ -247,6 +266,7 @@ def _run(
                 function,
                 {"retries": retries, "window": window, "result_format": payload.RESULT_JSON, **limits},
                 lambda i, s, b: results.put((i, s, b)),
+                bundles,
             )
         if job.workers == 0 and source.count:
             typer.echo(

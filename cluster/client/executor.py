@@ -5,7 +5,9 @@
         print(sum(ex.map(lambda x: x * x, range(10_000))))
 
 Functions travel by value with cloudpickle, so lambdas and functions defined in
-``__main__`` or a notebook work. Each distinct function is one job on the
+``__main__`` or a notebook work. ``ship=[DIR, ...]`` sends directories along
+(cluster/client/bundle.py): first on the tasks' ``sys.path``, and in their working
+directory. Each distinct function is one job on the
 cluster (its blob is sent to each agent once, not once per task). A job with no
 task in flight stays open for its function's next task, but only the
 ``MAX_IDLE_JOBS`` most recently used do: an executor that lives for days and
@@ -24,6 +26,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from cluster.client import bundle
 from cluster.client.session import ClusterClient, JobHandle
 from cluster.contract import payload, wire
 
@@ -43,11 +46,16 @@ class Executor(cf.Executor):
         timeout: float | None = None,
         max_memory: int | None = None,
         keys: str | None = None,
+        ship: Iterable[str | os.PathLike[str]] = (),
     ):
         """``timeout``: seconds a task may run before its worker is killed and it
         fails with ``TaskTimeout``; ``max_memory``: bytes of RSS a worker may use
         for a task before it is killed (the task is retried, then ``WorkerLost``);
-        ``keys``: a CURVE keys directory (default: env CLUSTER_KEYS)."""
+        ``keys``: a CURVE keys directory (default: env CLUSTER_KEYS); ``ship``:
+        directories whose files every task finds in its working directory and
+        imports from first (raises ``BundleTooLarge`` before anything is sent for
+        one over the cluster's payload limit)."""
+        self._bundles = [bundle.build(directory) for directory in ship]
         self._client = ClusterClient(
             zk or os.environ.get("CLUSTER_ZK", "127.0.0.1:2181"),
             cluster or os.environ.get("CLUSTER_NAME", "default"),
@@ -169,7 +177,8 @@ class Executor(cf.Executor):
             job = self._jobs.get(digest)
             if job is None:
                 self._close_idle_jobs()
-                job = self._client.open_job(blob or payload.pack_callable(fn), self._options, self._on_result)
+                function = blob or payload.pack_callable(fn)
+                job = self._client.open_job(function, self._options, self._on_result, self._bundles)
                 self._jobs[digest] = job
             self._jobs.move_to_end(digest)
             self._submitting[digest] += 1

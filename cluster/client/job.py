@@ -12,10 +12,13 @@ from __future__ import annotations
 import collections
 import threading
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from cluster.contract import payload, wire
+
+if TYPE_CHECKING:
+    from cluster.client.bundle import Bundle
 
 BATCH = 256  # tasks per SubmitTasks message, at most
 
@@ -56,13 +59,21 @@ class Window:
 
 class JobHandle:
     def __init__(
-        self, post: Callable[[tuple[str, Any]], None], function: bytes, options: dict, on_result: ResultCallback
+        self,
+        post: Callable[[tuple[str, Any]], None],
+        function: bytes,
+        options: dict,
+        on_result: ResultCallback,
+        bundles: Sequence[Bundle] = (),
     ):
         self._post = post  # to the session's IO thread, which owns the socket
         self.job_id = uuid.uuid4().hex
         self.function = function
         self.digest = payload.digest(function)
-        self.options = options
+        # Shipped directories: sent before the SubmitJob that names them, first on the tasks' sys.path.
+        self.bundles = tuple(bundles)
+        self.options = dict(options, bundles=[b.digest for b in self.bundles]) if self.bundles else options
+        self.bundles_resent = False  # after the coordinator said it had lost them (see ClusterClient)
         self.on_result = on_result
         self.window = options.get("window", 10_000)
         self.accepted = threading.Event()

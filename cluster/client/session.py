@@ -15,8 +15,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import zmq
 from kazoo.client import KazooClient
@@ -29,6 +29,9 @@ from cluster.runtime import loop
 from cluster.runtime.zk import ZooKeeperUnreachable, read_leader
 from cluster.runtime.zk import close as zk_close
 from cluster.runtime.zk import connect as zk_connect
+
+if TYPE_CHECKING:
+    from cluster.client.bundle import Bundle
 
 log = logging.getLogger("cluster.client")
 
@@ -58,6 +61,7 @@ class ClusterClient:
         self.coordinator_silent = False
         self.refused = False  # the coordinator refused a message: it did not lead yet, or no longer
         self.agents = -1  # agents the leader has, from its heartbeat replies; -1 until one arrives
+        self._bundles_sent: set[str] = set()  # digests the leader got over this connection
         self._waker = loop.Waker()
         self._stopping = False
         self._event_handlers: dict[str, Callable[[Any], None]] = {
@@ -107,8 +111,11 @@ class ClusterClient:
                 "the keys are out of date, or this is not the cluster you think"
             )
 
-    def open_job(self, function: bytes, options: dict, on_result: ResultCallback) -> JobHandle:
-        job = JobHandle(self._post, function, options, on_result)
+    def open_job(
+        self, function: bytes, options: dict, on_result: ResultCallback, bundles: Sequence[Bundle] = ()
+    ) -> JobHandle:
+        """``bundles`` (cluster/client/bundle.py) go to the leader before the job, each once."""
+        job = JobHandle(self._post, function, options, on_result, bundles)
         self._post(("open", job))
         if not job.accepted.wait(self.connect_timeout):
             raise ClusterUnavailable(
@@ -162,6 +169,7 @@ class ClusterClient:
         self.poller.register(self.sock, zmq.POLLIN)
         self.poller.register(self._waker.fd, zmq.POLLIN)
         self.last_heard = time.monotonic()
+        self._bundles_sent.clear()
 
     def _run(self) -> None:
         self.ctx = zmq.Context()
@@ -219,6 +227,10 @@ class ClusterClient:
         self._stopping = True
 
     def _send_job(self, job: JobHandle) -> None:
+        for bundle in job.bundles:
+            if bundle.digest not in self._bundles_sent:
+                loop.send(self.sock, wire.Bundle(bundle.digest, frames=(bundle.data,)))
+                self._bundles_sent.add(bundle.digest)
         options = dict(job.options, window=job.window)
         loop.send(self.sock, wire.SubmitJob(job.job_id, job.digest, options, frames=(job.function,)))
 
@@ -268,6 +280,7 @@ class ClusterClient:
         if self.refused:  # it answers heartbeats only while it leads: what it refused, it takes now
             self.refused = False
             log.info("coordinator %s leads now; resubmitting", self.leader.endpoint)
+            self._bundles_sent.clear()  # it dropped what it refused
             self._resubmit_all()
 
     def _on_task_results(self, msg: wire.TaskResults) -> None:
@@ -292,6 +305,12 @@ class ClusterClient:
             return
         if msg.code == wire.JobFailure.UNKNOWN_JOB:
             self._resubmit(job)  # the coordinator restarted under the same address
+        elif msg.code == wire.JobFailure.MISSING_BUNDLE and not job.bundles_resent:
+            # It keeps a bundle only a while after its last job ended, and loses all when it
+            # restarts under the same address: send them again, once.
+            job.bundles_resent = True
+            self._bundles_sent.difference_update(b.digest for b in job.bundles)
+            self._resubmit(job)
         else:
             job.failure = f"the coordinator refused job {msg.job_id}: {msg.reason}"
             job.accepted.set()

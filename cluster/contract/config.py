@@ -126,6 +126,14 @@ class AgentConfig(HeartbeatConfig):
         "empty: a new directory under the system's temporary directory, removed when the agent stops.",
         metavar="DIR",
     )
+    bundle_cache_bytes: int = setting(
+        4 * 2**30,
+        "Bytes of shipped directories (`submit --ship`) kept unpacked in work_dir/bundles, at most: past it "
+        "the least recently used that no job here uses are removed; a larger one is refused.",
+    )
+    bundle_max_age: float = setting(
+        86400.0, "Seconds a shipped directory that no job here uses is kept after its last use."
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 from typing import Any
 
 from cluster.contract.codec import MAX_HEADER_BYTES as MAX_HEADER_BYTES
@@ -51,6 +52,7 @@ class JobFailure(enum.IntEnum):
     TOO_LARGE = 2  # the function is larger than the payload limit
     WINDOW_EXCEEDED = 3  # the client sent more tasks than the job's window
     PYTHON_VERSION = 4  # its code was serialized by a Python no registered agent runs (options["python"])
+    MISSING_BUNDLE = 5  # options["bundles"] names a bundle the coordinator does not hold: send it first
 
 
 # ---------------------------------------------------------------- any channel
@@ -189,6 +191,32 @@ class JobFailed(Message):
     job_id: str
     reason: str
     code: int = JobFailure.UNSPECIFIED
+
+
+def check_digests(digests: object, what: str) -> None:
+    """Bundle digests: lowercase sha256 hex, as cluster/client/bundle.py names them."""
+    if not isinstance(digests, list) or not all(isinstance(d, str) and _DIGEST.fullmatch(d) for d in digests):
+        raise ProtocolError(f"{what}: bundle digests are sha256 hex")
+
+
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Bundle(Message):
+    """A shipped directory (cluster/client/bundle.py), named by the sha256 of its archive:
+    frames = [the archive]. Client to coordinator before the SubmitJob whose
+    ``options["bundles"]`` names it; coordinator to agent, with its epoch, before the
+    first JobSpec there that names it, once per connection."""
+
+    KIND = 19
+    digest: str
+    epoch: int = 0
+
+    def validate(self) -> None:
+        check_digests([self.digest], "Bundle.digest")
+        if len(self.frames) != 1:
+            raise ProtocolError("Bundle carries exactly one archive frame")
 
 
 # -------------------------------------------------------- coordinator <-> agent
@@ -351,6 +379,21 @@ class RelayBeat(Message):
     def validate(self) -> None:
         if not all(type(a) is str for a in (*self.agents, *self.lost)):
             raise ProtocolError("RelayBeat: node ids")
+
+
+@dataclasses.dataclass(frozen=True)
+class ForgetBundles(Message):
+    """Agent to coordinator: these bundles are to leave its cache (agents/bundles.py), so
+    send them again before a job that names them. The coordinator answers with the same
+    message once it has forgotten them; only then does the agent remove them, so a JobSpec
+    sent before the answer still finds its bundles there."""
+
+    KIND = 37
+    epoch: int
+    digests: list[str]
+
+    def validate(self) -> None:
+        check_digests(self.digests, "ForgetBundles.digests")
 
 
 @dataclasses.dataclass(frozen=True)

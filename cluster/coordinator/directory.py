@@ -46,6 +46,9 @@ class AgentPeer:
     via: str = ""  # the relay it is reached through; "" when connected to directly
     route: Route = b""
     written_off: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)  # by cause
+    # Bundles sent over this connection: an agent taken back after a write-off may be a new
+    # process whose cache lost them, so they go again (it skips unpacking one it has).
+    bundles: set[str] = dataclasses.field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.route = (relay_identity(self.via), self.identity) if self.via else self.identity
@@ -70,6 +73,20 @@ class AgentDirectory:
         """The route to an agent that answers; None for one that does not."""
         peer = self.peers.get(node_id)
         return peer.route if peer is not None and peer.up else None
+
+    def unsent_bundles(self, node_id: str, digests: Iterable[str]) -> list[str]:
+        """Which of a job's bundles to send an agent before its JobSpec: those not sent over
+        this connection, or forgotten since (``forget_bundles``). They count as sent now."""
+        peer = self.peers[node_id]
+        unsent = [d for d in digests if d not in peer.bundles]
+        peer.bundles.update(unsent)
+        return unsent
+
+    def forget_bundles(self, node_id: str, digests: Iterable[str]) -> None:
+        """The agent removes these from its cache once we answer (wire.ForgetBundles)."""
+        peer = self.peers.get(node_id)
+        if peer is not None:
+            peer.bundles.difference_update(digests)
 
     # -------------------------------------------------------------- the lead
 
@@ -280,6 +297,7 @@ class AgentDirectory:
         self.written_off[cause] += 1
         peer.written_off[cause] += 1
         peer.up = False
+        peer.bundles.clear()
         self.liveness.forget(node_id)
 
     # ----------------------------------------------------------------- timers

@@ -4,14 +4,17 @@ clock: each request takes ``now`` and returns the replies to send.
 A job is accepted with a window (the most tasks it may have without a result) and a
 payload limit; tasks beyond the window or larger than the limit are refused; a job whose
 client stops beating for ``client_timeout`` is cancelled, and its agents told to drop it.
-The tasks themselves are the scheduler's.
+The tasks themselves are the scheduler's. Shipped directories (``Bundles``) come before
+the jobs that name them and are kept while a job needs them.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
+import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from cluster.contract import payload, wire
 from cluster.contract.config import CoordinatorConfig
@@ -46,6 +49,7 @@ class ClientFront:
         self._bad = bad  # counts and logs a message dropped as unexpected
         self.counters: collections.Counter[str] = collections.Counter()
         self.throughput = Throughput(RATE_WINDOW)
+        self.bundles = Bundles(keep=cfg.client_timeout)
 
     # -------------------------------------------------------------- requests
 
@@ -61,6 +65,16 @@ class ClientFront:
             if refusal is not None:
                 log.info("job %s refused: %s", msg.job_id, refusal)
                 return [ToClient(wire.JobFailed(msg.job_id, refusal, wire.JobFailure.PYTHON_VERSION), identity)]
+        named = msg.options.get("bundles", [])
+        try:
+            wire.check_digests(named, "options.bundles")
+        except wire.ProtocolError as exc:
+            return [ToClient(wire.JobFailed(msg.job_id, str(exc), wire.JobFailure.MISSING_BUNDLE), identity)]
+        missing = self.bundles.missing(named)
+        if missing:
+            reason = f"bundle {missing[0][:12]} is not here: send it before the job"
+            return [ToClient(wire.JobFailed(msg.job_id, reason, wire.JobFailure.MISSING_BUNDLE), identity)]
+        self.bundles.use(msg.job_id, named, now)
         options = dict(msg.options, max_payload=limit)  # workers check results against it
         job = self.scheduler.add_job(msg.job_id, identity, msg.frames[0], msg.digest, options, now)
         asked = msg.options.get("window")
@@ -105,8 +119,22 @@ class ClientFront:
         self.scheduler.add_tasks(job, msg.indices, msg.frames)
         return NOTHING
 
+    def on_bundle(self, identity: bytes, msg: wire.Bundle, now: float) -> Sequence[Action]:
+        """Keep a shipped directory for the job that follows; one over the limit, or whose
+        archive is not what its digest names, is dropped (that job then fails)."""
+        if msg.digest in self.bundles:
+            return NOTHING
+        data = msg.frames[0]
+        if len(data) > self.max_payload:
+            self._bad(identity, f"bundle {msg.digest[:12]} is {_mib(len(data))}; the limit is {_mib(self.max_payload)}")
+        elif hashlib.sha256(data).hexdigest() != msg.digest:
+            self._bad(identity, f"bundle {msg.digest[:12]}: its archive has another digest")
+        else:
+            self.bundles.put(msg.digest, data, now)
+        return NOTHING
+
     def on_cancel_job(self, identity: bytes, msg: wire.CancelJob, now: float) -> Sequence[Action]:
-        return self.end_job(msg.job_id)
+        return self.end_job(msg.job_id, now)
 
     def on_cancel_tasks(self, identity: bytes, msg: wire.CancelTasks, now: float) -> Sequence[Action]:
         out: list[Action] = []
@@ -123,8 +151,9 @@ class ClientFront:
         beat = wire.Heartbeat(self.coordinator_id, self.directory.epoch, agents=len(self.directory.peers))
         return [ToClient(beat, identity)]
 
-    def end_job(self, job_id: str) -> Sequence[Action]:
+    def end_job(self, job_id: str, now: float) -> Sequence[Action]:
         """Forget a job, and tell the agents that hold its function to drop it."""
+        self.bundles.release(job_id, now)
         routes = [r for r in map(self.directory.route_to, self.scheduler.end_job(job_id)) if r is not None]
         if not routes:
             return NOTHING
@@ -134,18 +163,20 @@ class ClientFront:
         """A newer leader owns the cluster now; our jobs are resubmitted to it by their clients."""
         for job_id in list(self.scheduler.jobs):
             self.scheduler.end_job(job_id)
+        self.bundles.clear()
 
     # ----------------------------------------------------------------- timers
 
     def tick(self, now: float) -> Sequence[Action]:
         """Sample the delivery rate, and cancel the jobs of clients silent for too long."""
         self.throughput.sample(now, self.scheduler.counters["delivered"])
+        self.bundles.expire(now)
         cutoff = now - self.client_timeout
         out: list[Action] = []
         for job in [j for j in self.scheduler.jobs.values() if j.last_seen < cutoff]:
             log.warning("job %s: client silent for %.0f s; cancelling it", job.job_id, self.client_timeout)
             self.counters["clients_timed_out"] += 1
-            out += self.end_job(job.job_id)
+            out += self.end_job(job.job_id, now)
         return out
 
     # --------------------------------------------------------------- results
@@ -162,6 +193,58 @@ class ClientFront:
                 if not send(msg, job.client):
                     break
                 del job.outbox[:size]
+
+
+@dataclasses.dataclass
+class _Held:
+    data: wire.Buffer
+    jobs: set[str]
+    last_used: float
+
+
+class Bundles:
+    """Shipped directories by digest, each from the Bundle its client sends before the
+    first job naming it until ``keep`` seconds after the last such job ended (a client's
+    next job often names it too). Agents get them from here (service.Coordinator)."""
+
+    def __init__(self, keep: float) -> None:
+        self.keep = keep
+        self._held: dict[str, _Held] = {}
+
+    def __contains__(self, digest: str) -> bool:
+        return digest in self._held
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def put(self, digest: str, data: wire.Buffer, now: float) -> None:
+        self._held[digest] = _Held(data, set(), now)
+
+    def get(self, digest: str) -> wire.Buffer:
+        return self._held[digest].data
+
+    def missing(self, digests: Iterable[str]) -> list[str]:
+        return [d for d in digests if d not in self._held]
+
+    def use(self, job_id: str, digests: Iterable[str], now: float) -> None:
+        for digest in digests:
+            held = self._held[digest]
+            held.jobs.add(job_id)
+            held.last_used = now
+
+    def release(self, job_id: str, now: float) -> None:
+        for held in self._held.values():
+            if job_id in held.jobs:
+                held.jobs.discard(job_id)
+                held.last_used = now
+
+    def expire(self, now: float) -> None:
+        cutoff = now - self.keep
+        for digest in [d for d, h in self._held.items() if not h.jobs and h.last_used < cutoff]:
+            del self._held[digest]
+
+    def clear(self) -> None:
+        self._held.clear()
 
 
 def _mib(n: int) -> str:

@@ -33,7 +33,7 @@ from cluster.coordinator.actions import Action, Connect, Disconnect, ToAgents, T
 from cluster.coordinator.agent_messages import AgentMessages
 from cluster.coordinator.directory import HELLO_RETRY, AgentDirectory, AgentPeer
 from cluster.coordinator.front import ClientFront
-from cluster.coordinator.scheduler import Scheduler
+from cluster.coordinator.scheduler import Job, Scheduler
 from cluster.runtime import loop
 from cluster.runtime.daemon import STOP, Harness
 from cluster.runtime.membership import MemberEvent, Membership
@@ -66,6 +66,7 @@ class Coordinator:
         self._first_dispatch = False
         a, f = self.agent_messages, self.front
         self.client_handlers: dict[type[wire.Message], ClientHandler] = {
+            wire.Bundle: f.on_bundle,
             wire.SubmitJob: f.on_submit_job,
             wire.SubmitTasks: f.on_submit_tasks,
             wire.CancelJob: f.on_cancel_job,
@@ -80,6 +81,7 @@ class Coordinator:
             wire.Heartbeat: a.on_heartbeat,
             wire.Draining: a.on_draining,
             wire.Refused: a.on_refused,
+            wire.ForgetBundles: self._on_forget_bundles,
         }
         self.event_handlers: dict[str, Callable[[Any], None]] = {
             STOP: self._on_stop,
@@ -297,6 +299,19 @@ class Coordinator:
             return
         handler(peer, msg, now)
 
+    def _on_forget_bundles(self, peer: AgentPeer, msg: wire.ForgetBundles, now: float) -> None:
+        """Forget that the agent has these bundles, and say so: it removes them then."""
+        self.directory.forget_bundles(peer.node_id, msg.digests)
+        loop.send(self.agents, wire.ForgetBundles(self.epoch, msg.digests), peer.route)
+
+    def _send_bundles(self, node_id: str, job: Job, route: loop.Route) -> bool:
+        """Send the job's bundles the agent was not sent over this connection (before its JobSpec)."""
+        for digest in self.directory.unsent_bundles(node_id, job.options.get("bundles", ())):
+            bundle = wire.Bundle(digest, self.epoch, frames=(self.front.bundles.get(digest),))
+            if not loop.send(self.agents, bundle, route):
+                return False
+        return True
+
     def _dispatch(self) -> None:
         failed: set[str] = set()
         for batch in self.scheduler.plan():
@@ -305,6 +320,10 @@ class Coordinator:
             route = self.directory.peers[batch.node_id].route
             job = batch.job
             if batch.send_spec:
+                if not self._send_bundles(batch.node_id, job, route):
+                    self.directory.write_off(batch.node_id, "unreachable (a bundle could not be sent)", "unreachable")
+                    failed.add(batch.node_id)
+                    continue
                 loop.send(
                     self.agents,
                     wire.JobSpec(self.epoch, job.job_id, job.digest, job.options, frames=(job.function,)),
