@@ -371,3 +371,16 @@ def test_an_installed_distribution_of_another_version_on_the_node_fails_naming_b
     assert run_client(local_cluster, client, env={"PYTHONPATH": f"{ROOT}:{old}"}) == {"error": mismatch}
     # The same client code with the node's version runs: the version is all that failed it.
     assert run_client(local_cluster, client, env={"PYTHONPATH": f"{ROOT}:{new}"}) == {"results": ["2.0"] * 6}
+
+
+def test_the_executor_collects_a_functions_code_once_not_per_task(running_cluster, client_modules, monkeypatch):
+    from cluster import Executor
+
+    work, _ = client_modules
+    packed = []
+    pack = code.pack_callable
+    monkeypatch.setattr(code, "pack_callable", lambda fn: packed.append(fn) or pack(fn))
+    with Executor(zk=running_cluster.zk, cluster=running_cluster.name) as ex:
+        assert list(ex.map(work.f, range(50))) == [x + 1 for x in range(50)]
+        assert ex.submit(work.f, 1).result(timeout=30) == 2
+    assert packed == [work.f]
