@@ -17,7 +17,6 @@ code of the client's.
 
 from __future__ import annotations
 
-import ast
 import functools
 import importlib.machinery
 import importlib.metadata
@@ -30,6 +29,7 @@ import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
+from cluster.client import imports
 from cluster.contract import payload, shipped
 
 # What a top-level name is, as the cluster moves it.
@@ -130,10 +130,10 @@ class Collector:
         source = _source(name, spec)
         local, requires = [], {}
         try:
-            imports = _imports(source or "", name if package else name.rpartition(".")[0])
+            named = imports.named(source or "", name if package else name.rpartition(".")[0])
         except SyntaxError:
-            imports = ()  # it fails on the node as it would here, when it is imported
-        for imported, optional in imports:
+            named = ()  # it fails on the node as it would here, when it is imported
+        for imported, optional in named:
             kind, dists = self._kind(imported)
             if kind == LOCAL:
                 local.append(imported)
@@ -151,10 +151,10 @@ class Collector:
             return
         try:
             source = Path(path).read_bytes()
-            imports = _imports(importlib.util.decode_source(source), getattr(main, "__package__", None) or "")
+            named = imports.named(importlib.util.decode_source(source), getattr(main, "__package__", None) or "")
         except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
             return  # not Python source we can read (an interpreter's launcher, say): nothing to follow
-        self._follow([name for name, _ in imports if self._kind(name)[0] == LOCAL])
+        self._follow([name for name, _ in named if self._kind(name)[0] == LOCAL])
 
     # ------------------------------------------------------------ what a name is
 
@@ -290,7 +290,7 @@ def _names(code: types.CodeType) -> Iterator[str]:
             yield from _names(const)
 
 
-# ------------------------------------------------------------ sources and imports
+# ------------------------------------------------------------ sources
 
 
 def _prefixes(name: str) -> Iterator[str]:
@@ -317,78 +317,6 @@ def _source(name: str, spec: importlib.machinery.ModuleSpec) -> str | None:
         )
     with open(origin, "rb") as f:
         return importlib.util.decode_source(f.read())
-
-
-@functools.lru_cache(maxsize=1024)
-def _imports(source: str, package: str) -> tuple[tuple[str, bool], ...]:
-    """Every module an import in ``source`` names, absolute, with whether it is optional
-    (in a ``try`` with handlers, or under ``if TYPE_CHECKING``). ``package``: the package
-    relative imports start from. ``from X import a`` names X and X.a (a may be a submodule)."""
-    visitor = _ImportVisitor(package)
-    visitor.visit(ast.parse(source))
-    return tuple(visitor.found)
-
-
-class _ImportVisitor(ast.NodeVisitor):
-    def __init__(self, package: str):
-        self.package = package
-        self.optional = 0
-        self.found: list[tuple[str, bool]] = []
-
-    def visit_Try(self, node: ast.Try) -> None:
-        self._try(node)
-
-    def visit_TryStar(self, node: ast.TryStar) -> None:
-        self._try(node)
-
-    def _try(self, node: ast.Try | ast.TryStar) -> None:
-        if not node.handlers:
-            self.generic_visit(node)
-            return
-        self._optional(node.body)
-        for child in (*node.handlers, *node.orelse, *node.finalbody):
-            self.visit(child)
-
-    def visit_If(self, node: ast.If) -> None:
-        if not _is_type_checking(node.test):
-            self.generic_visit(node)
-            return
-        self._optional(node.body)
-        for child in node.orelse:
-            self.visit(child)
-
-    def visit_Import(self, node: ast.Import) -> None:
-        for alias in node.names:
-            self._add(alias.name)
-
-    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
-        base = node.module or ""
-        if node.level:
-            try:
-                base = importlib.util.resolve_name("." * node.level + base, self.package)
-            except (ImportError, ValueError):  # above the top-level package: fails on the client too
-                return
-        if not base:
-            return
-        self._add(base)
-        for alias in node.names:
-            if alias.name != "*":
-                self._add(f"{base}.{alias.name}")
-
-    def _optional(self, body: list[ast.stmt]) -> None:
-        self.optional += 1
-        for child in body:
-            self.visit(child)
-        self.optional -= 1
-
-    def _add(self, name: str) -> None:
-        self.found.append((name, self.optional > 0))
-
-
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
 
 
 # ------------------------------------------------------------ what is installed
