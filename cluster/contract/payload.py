@@ -9,7 +9,7 @@ says what it is:
 - ``R``: a reference ``MODULE:FUNC`` (``clusterctl submit``; clients of earlier
   releases may add the module's source, which runs as that module),
 - ``S``: a shell command template (``clusterctl submit --shell``),
-- ``C``: one of the above with the client's code around it: the sources of the local
+- ``C``: a ``P`` or ``R`` blob with the client's code around it: the sources of the local
   modules it needs and the versions of the installed distributions it reaches by
   reference (``cluster/client/code.py`` collects them, ``shipped.py`` serves them).
 """
