@@ -113,12 +113,12 @@ def written_off(status: dict, node: str, cause: str) -> int:
 
 
 class Proc:
-    def __init__(self, name: str, argv: list[str], log: Path, env: dict):
+    def __init__(self, name: str, argv: list[str], log: Path, env: dict, cwd: Path = ROOT):
         self.name, self.argv, self.log = name, argv, log
         self.endpoint: str | None = None  # a coordinator's client endpoint, when the test chose its port
         self._fh = open(log, "ab")
         self.popen = subprocess.Popen(
-            argv, stdout=self._fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT, stdin=subprocess.DEVNULL
+            argv, stdout=self._fh, stderr=subprocess.STDOUT, env=env, cwd=cwd, stdin=subprocess.DEVNULL
         )
         self.pid = self.popen.pid
         self._descendants: set[int] = set()
@@ -195,8 +195,9 @@ class LocalCluster:
         env.update(self.extra_env)
         return env
 
-    def _start(self, name: str, argv: list[str]) -> Proc:
-        proc = Proc(name, argv, self.tmp / f"{name}.log", self.env)
+    def _start(self, name: str, argv: list[str], env: dict | None = None, cwd: Path = ROOT) -> Proc:
+        """``env``: variables of this process's own, over ``self.env``."""
+        proc = Proc(name, argv, self.tmp / f"{name}.log", {**self.env, **(env or {})}, cwd)
         self.procs.append(proc)
         return proc
 
@@ -211,7 +212,16 @@ class LocalCluster:
         proc.endpoint = bind if port else None
         return proc
 
-    def agent(self, node_id: str, workers: int = 2, *extra: str, name: str | None = None, python: str = PY) -> Proc:
+    def agent(
+        self,
+        node_id: str,
+        workers: int = 2,
+        *extra: str,
+        name: str | None = None,
+        python: str = PY,
+        env: dict | None = None,
+        cwd: Path = ROOT,
+    ) -> Proc:
         """``python``: the interpreter it (and so its workers) runs, one with the project installed."""
         return self._start(
             name or node_id,
@@ -229,6 +239,8 @@ class LocalCluster:
                 "debug",
                 *extra,
             ],
+            env,
+            cwd,
         )
 
     def relay(self, relay_id: str, *extra: str, name: str | None = None) -> Proc:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
 
+import cloudpickle
+import msgpack
 import pytest
 
 from cluster.contract import config, layout, payload
@@ -127,6 +130,17 @@ def test_shell_runner_quotes_and_truncates():
     with pytest.raises(payload.CommandFailed) as info:
         payload.load_function(payload.pack_shell("exit 4"))("")
     assert info.value.args[1]["exit"] == 4
+
+
+def test_function_blobs_of_earlier_clients_still_load():
+    """A new agent under an old client, during an upgrade: b"P" and b"R" as they sent them."""
+    assert payload.load_function(b"P" + cloudpickle.dumps(lambda x: x + 1))(1) == 2
+    assert payload.load_function(b"R" + msgpack.packb({"module": "math", "func": "sqrt"}))(9) == 3
+    shipped_file = {"module": "earlier_job", "func": "f", "source": "def f(x):\n    return -x\n", "filename": "/a/x.py"}
+    try:
+        assert payload.load_function(b"R" + msgpack.packb(shipped_file))(4) == -4
+    finally:
+        sys.modules.pop("earlier_job", None)
 
 
 @pytest.mark.parametrize(

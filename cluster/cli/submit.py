@@ -26,6 +26,7 @@ Examples:
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import json
 import os
@@ -42,7 +43,7 @@ from typing import IO, Optional
 import typer
 
 from cluster.cli import common, options
-from cluster.client import bundle
+from cluster.client import bundle, code
 from cluster.client.session import ClusterClient, JobHandle
 from cluster.contract import config, payload, wire
 
@@ -159,8 +160,18 @@ def _function_blob(target: list[str], shell: bool) -> bytes:
             raise common.fail(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
         if not any(_defines(node, func) for node in tree.body):
             raise common.fail(f"{path} defines no top-level function {func!r}")
-        return payload.pack_reference(path.stem, func, source, str(path.resolve()))
-    return payload.pack_reference(module, func)
+        with _unshippable_is_usage():
+            return code.pack_file(path.resolve(), func)
+    with _unshippable_is_usage():
+        return code.pack_reference(module, func)
+
+
+@contextlib.contextmanager
+def _unshippable_is_usage() -> Iterator[None]:
+    try:
+        yield
+    except code.Unshippable as exc:
+        raise common.fail(str(exc)) from None
 
 
 def _bundles(directories: list[Path]) -> list[bundle.Bundle]:

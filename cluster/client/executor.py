@@ -5,7 +5,9 @@
         print(sum(ex.map(lambda x: x * x, range(10_000))))
 
 Functions travel by value with cloudpickle, so lambdas and functions defined in
-``__main__`` or a notebook work. ``ship=[DIR, ...]`` sends directories along
+``__main__`` or a notebook work; the client's own modules they need travel as source
+with them, and installed ones by reference, checked on the node against the client's
+version (``code.py``). ``ship=[DIR, ...]`` sends directories along
 (cluster/client/bundle.py): first on the tasks' ``sys.path``, and in their working
 directory. Each distinct function is one job on the
 cluster (its blob is sent to each agent once, not once per task). A job with no
@@ -26,7 +28,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from cluster.client import bundle
+from cluster.client import bundle, code
 from cluster.client.session import ClusterClient, JobHandle
 from cluster.contract import payload, wire
 
@@ -77,7 +79,8 @@ class Executor(cf.Executor):
             "python": f"{sys.version_info.major}.{sys.version_info.minor}",
         }
         self._lock = threading.Lock()
-        self._digests: collections.OrderedDict[int, tuple[Callable, str]] = collections.OrderedDict()
+        # By id(fn): the function (holding it keeps its id from being reused), its blob and digest.
+        self._packed: collections.OrderedDict[int, tuple[Callable, bytes, str]] = collections.OrderedDict()
         # By function digest: one cluster job per function, least recently used first.
         self._jobs: collections.OrderedDict[str, JobHandle] = collections.OrderedDict()
         self._submitting: collections.Counter[str] = collections.Counter()  # submits under way, by digest
@@ -163,26 +166,26 @@ class Executor(cf.Executor):
         """The job for fn's tasks, opened if need be; counted as submitting until
         submit() is done with it, so it is not closed under the caller."""
         with self._lock:
-            cached = self._digests.get(id(fn))
-            blob = None
-            if cached is not None and cached[0] is fn:
-                digest = cached[1]
-            else:
-                blob = payload.pack_callable(fn)
-                digest = payload.digest(blob)
-                # Holding fn keeps its id from being reused by another object.
-                self._digests[id(fn)] = (fn, digest)
-                if len(self._digests) > FUNCTION_CACHE:
-                    self._digests.popitem(last=False)
+            _, blob, digest = self._packing(fn)
             job = self._jobs.get(digest)
             if job is None:
                 self._close_idle_jobs()
-                function = blob or payload.pack_callable(fn)
-                job = self._client.open_job(function, self._options, self._on_result, self._bundles)
+                job = self._client.open_job(blob, self._options, self._on_result, self._bundles)
                 self._jobs[digest] = job
             self._jobs.move_to_end(digest)
             self._submitting[digest] += 1
             return job
+
+    def _packing(self, fn: Callable) -> tuple[Callable, bytes, str]:
+        """fn packed once while it is among the FUNCTION_CACHE most recently packed: finding
+        the modules it needs reads and parses files, which no task should pay for."""
+        packed = self._packed.get(id(fn))
+        if packed is None or packed[0] is not fn:
+            blob = code.pack_callable(fn)
+            packed = self._packed[id(fn)] = (fn, blob, payload.digest(blob))
+            if len(self._packed) > FUNCTION_CACHE:
+                self._packed.popitem(last=False)
+        return packed
 
     def _close_idle_jobs(self) -> None:
         """Close the least recently used jobs with nothing in flight, beyond MAX_IDLE_JOBS."""

@@ -6,9 +6,12 @@ says what it is:
 
 - ``P``: a cloudpickled callable (the Python Executor; lambdas and functions
   from ``__main__`` travel by value),
-- ``R``: a reference ``MODULE:FUNC``, optionally with the module's source so
-  nodes need not have it installed (``clusterctl submit path/to/file.py:f``),
-- ``S``: a shell command template (``clusterctl submit --shell``).
+- ``R``: a reference ``MODULE:FUNC`` (``clusterctl submit``; clients of earlier
+  releases may add the module's source, which runs as that module),
+- ``S``: a shell command template (``clusterctl submit --shell``),
+- ``C``: a ``P`` or ``R`` blob with the client's code around it: the sources of the local
+  modules it needs and the versions of the installed distributions it reaches by
+  reference (``cluster/client/code.py`` collects them, ``shipped.py`` serves them).
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ import subprocess
 import sys
 import traceback
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import cloudpickle
 import msgpack
 
+from cluster.contract import shipped
 from cluster.contract.wire import Buffer
 
 # Bound here, in the template, before any user code runs: a job that patches json.dumps
@@ -87,12 +91,21 @@ def pack_callable(fn: Callable) -> bytes:
     return b"P" + cloudpickle.dumps(fn)
 
 
-def pack_reference(module: str, func: str, source: str | None = None, filename: str | None = None) -> bytes:
-    return b"R" + msgpack.packb({"module": module, "func": func, "source": source, "filename": filename})
+def pack_reference(module: str, func: str) -> bytes:
+    return b"R" + msgpack.packb({"module": module, "func": func})
 
 
 def pack_shell(template: str) -> bytes:
     return b"S" + template.encode()
+
+
+def pack_with_code(function: bytes, modules: Iterable[shipped.Module], requires: Mapping[str, str]) -> bytes:
+    """``function`` (a P or R blob) with the modules to serve and the versions to check
+    first; itself when there are none. Sorted, so the same code gives the same digest."""
+    records = [m.record() for m in sorted(modules, key=lambda m: m.name)]
+    if not records and not requires:
+        return function
+    return b"C" + msgpack.packb({"function": function, "modules": records, "requires": dict(sorted(requires.items()))})
 
 
 def load_function(blob: Buffer) -> Callable:
@@ -109,6 +122,11 @@ def load_function(blob: Buffer) -> Callable:
             raise AttributeError(f"module {ref['module']!r} has no function {ref['func']!r}") from None
     if kind == b"S":
         return _shell_runner(bytes(body).decode())
+    if kind == b"C":
+        code = msgpack.unpackb(body)
+        shipped.check(code["requires"])
+        shipped.serve(shipped.Module.from_record(record) for record in code["modules"])
+        return load_function(code["function"])
     raise ValueError(f"unknown function blob kind {kind!r}")
 
 
@@ -119,7 +137,7 @@ def _load_module(name: str, source: str | None, filename: str | None) -> types.M
     module = types.ModuleType(name)
     module.__file__ = filename or f"<{name}>"
     sys.modules[name] = module
-    exec(compile(source, module.__file__, "exec"), module.__dict__)
+    exec(compile(source, module.__file__, "exec", dont_inherit=True), module.__dict__)
     return module
 
 
