@@ -74,7 +74,9 @@ def test_what_a_job_does_to_its_workers_ends_with_it(one_node, tmp_path):
     second = _submit(one_node, tmp_path / "probe.py", "look", 8)
     assert not workers & {r["pid"] for r in second}  # fresh processes, not the first job's
     for r in second:
-        assert r["dumps"] == "[1]" and r["leak"] is None and r["tmp_files"] == [], r
+        # Not "== []": tempfile.gettempdir() probes the directory with a short-lived file of a
+        # random name, which the job's other worker may be listing at that moment.
+        assert r["dumps"] == "[1]" and r["leak"] is None and "leftover" not in r["tmp_files"], r
         assert r["cwd"] != "/" and r["tmp"] not in {f["tmp"] for f in first}, r
 
 
