@@ -6,7 +6,17 @@ The client side (this package) never imports the node side (``agents``).
 
 from cluster.client.executor import Executor
 from cluster.contract.payload import PayloadTooLarge, TaskError, TaskTimeout, WorkerLost
+from cluster.contract.shipped import VersionMismatch
 from cluster.contract.version import __version__
 from cluster.runtime.malloc import tune as tune_malloc
 
-__all__ = ["Executor", "PayloadTooLarge", "TaskError", "TaskTimeout", "WorkerLost", "tune_malloc", "__version__"]
+__all__ = [
+    "Executor",
+    "PayloadTooLarge",
+    "TaskError",
+    "TaskTimeout",
+    "VersionMismatch",
+    "WorkerLost",
+    "tune_malloc",
+    "__version__",
+]

@@ -271,14 +271,15 @@ def run_client(cluster, script: Path, env: dict | None = None) -> dict:
 
 EXECUTOR_CLIENT = """
 import json, sys
-from cluster import Executor
+from cluster import Executor, VersionMismatch
 import {module}
 
 with Executor() as ex:
     try:
         print(json.dumps({{"results": list(ex.map({module}.{func}, range(6)))}}))
     except Exception as exc:
-        print(json.dumps({{"error": f"{{type(exc).__name__}}: {{exc}}"}}))
+        error = {{"error": f"{{type(exc).__name__}}: {{exc}}"}}
+        print(json.dumps({{**error, "mismatch": True}} if isinstance(exc, VersionMismatch) else error))
 """
 
 
@@ -368,7 +369,8 @@ def test_an_installed_distribution_of_another_version_on_the_node_fails_naming_b
     assert res.returncode == 1
     assert [json.loads(line)["error"] for line in res.stdout.splitlines()] == [mismatch] * 4
     client = executor_client(tmp_path, "mypkg", "f")
-    assert run_client(local_cluster, client, env={"PYTHONPATH": f"{ROOT}:{old}"}) == {"error": mismatch}
+    failed = run_client(local_cluster, client, env={"PYTHONPATH": f"{ROOT}:{old}"})
+    assert failed == {"error": mismatch, "mismatch": True}  # raised as cluster.VersionMismatch
     # The same client code with the node's version runs: the version is all that failed it.
     assert run_client(local_cluster, client, env={"PYTHONPATH": f"{ROOT}:{new}"}) == {"results": ["2.0"] * 6}
 

@@ -112,7 +112,7 @@ def test_a_refusal_reads_the_same_in_every_protocol_version():
 
 def test_other_protocol_version_is_named():
     frames = [msgpack.packb([PROTOCOL_VERSION + 1, wire.Heartbeat.KIND, "c", 1, 0])]
-    with pytest.raises(wire.VersionMismatch, match=f"version {PROTOCOL_VERSION + 1}"):
+    with pytest.raises(wire.ProtocolVersionMismatch, match=f"version {PROTOCOL_VERSION + 1}"):
         wire.decode(frames)
 
 

@@ -27,7 +27,7 @@ class ProtocolError(ValueError):
     """A frame that is not a valid message of this protocol version."""
 
 
-class VersionMismatch(ProtocolError):
+class ProtocolVersionMismatch(ProtocolError):
     def __init__(self, theirs: object):
         super().__init__(f"peer speaks protocol version {theirs!r}, this side speaks {PROTOCOL_VERSION}")
         self.theirs = theirs
@@ -106,7 +106,7 @@ def decode(frames: list[bytes] | list[Any]) -> Message:
         raise ProtocolError("header is not a [version, kind, ...] list")
     version, kind, *values = header
     if version != PROTOCOL_VERSION and kind != REFUSED_KIND:
-        raise VersionMismatch(version)  # a refusal alone reads the same in every version (wire.Refused)
+        raise ProtocolVersionMismatch(version)  # a refusal alone reads the same in every version (wire.Refused)
     cls = _REGISTRY.get(kind) if isinstance(kind, int) else None
     if cls is None:
         raise ProtocolError(f"unknown message kind {kind!r}")

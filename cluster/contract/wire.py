@@ -19,7 +19,7 @@ from cluster.contract.codec import ZERO_COPY_MIN as ZERO_COPY_MIN
 from cluster.contract.codec import Buffer as Buffer
 from cluster.contract.codec import Message as Message
 from cluster.contract.codec import ProtocolError as ProtocolError
-from cluster.contract.codec import VersionMismatch as VersionMismatch
+from cluster.contract.codec import ProtocolVersionMismatch as ProtocolVersionMismatch
 from cluster.contract.codec import decode as decode
 
 MAX_PAYLOAD_DEFAULT = 64 * 1024 * 1024  # one task's arguments, function or result

@@ -154,7 +154,7 @@ def read_router(
             identity, body = (sender, frames[1].bytes), 2
         try:
             msg = wire.decode(frames[body:])
-        except wire.VersionMismatch as exc:
+        except wire.ProtocolVersionMismatch as exc:
             bad(identity, str(exc))
             send(sock, wire.Refused(str(exc), wire.Refusal.PROTOCOL_VERSION), identity)
             continue
