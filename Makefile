@@ -37,11 +37,14 @@ format: venv
 # bench/run.py reports it as "skipped", so when the whole extra fails to install, each
 # peer is installed on its own and a failure is only reported.
 # Figures as JSON too: make bench BENCH_ARGS='--json bench.json'; smaller: BENCH_ARGS=--quick
+# BENCH_BEFORE: the commit whose clusterd runs beside this tree's (W1-W3 side by side);
+# ac6c932 is the last one before job isolation (workers forked per job). Empty: none.
 BENCH_STAMP := $(VENV)/.installed-bench
 BENCH_ARGS ?=
+BENCH_BEFORE ?= ac6c932
 
 bench: venv zookeeper $(BENCH_STAMP)
-	$(VENV)/bin/python -m bench.run $(BENCH_ARGS)
+	$(VENV)/bin/python -m bench.run $(if $(BENCH_BEFORE),--before $(BENCH_BEFORE)) $(BENCH_ARGS)
 	$(VENV)/bin/python -m bench.faults
 	$(VENV)/bin/python -m bench.hop
 	$(VENV)/bin/python -m bench.timeline

@@ -20,7 +20,11 @@ Every system runs in its own subprocess (python -m bench.peers SYSTEM), one
 after the other. A peer that is not installed (the `bench` extra) or fails to
 start is reported as "skipped: <reason>" and the run goes on.
 
-Usage: python -m bench.run [--quick | --scale S] [--workers N] [--systems a,b] [--json FILE]
+With --before REF, clusterd of that git commit runs too, right before this tree's, and a
+table sets W1-W3 of both side by side (`make bench` passes BENCH_BEFORE, the commit before
+job isolation).
+
+Usage: python -m bench.run [--quick | --scale S] [--workers N] [--systems a,b] [--json FILE] [--before REF]
 Env:   BENCH_SCALE=S  shrinks every workload (counts and the CPU-bound task size);
        --quick is BENCH_SCALE=0.1.
 """
@@ -70,14 +74,16 @@ def say(text: str) -> None:
 # ------------------------------------------------------------------ running
 
 
-def run_system(name: str, workers: int, sizes: Sizes, logdir: str, timeout: float) -> dict:
+def run_system(name: str, workers: int, sizes: Sizes, logdir: str, timeout: float, root: str = ROOT) -> dict:
     """One system in its own process (and session); whatever it leaves behind
-    (processes it started that outlive it) is killed by pid afterwards."""
-    out = os.path.join(logdir, f"{name}.json")
-    log = os.path.join(logdir, f"{name}.log")
+    (processes it started that outlive it) is killed by pid afterwards. ``root``: the
+    source tree it runs from (another commit's, for --before)."""
+    stem = name if root == ROOT else f"{name}-before"
+    out = os.path.join(logdir, f"{stem}.json")
+    log = os.path.join(logdir, f"{stem}.log")
     env = dict(
         os.environ,
-        PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p),
+        PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
         PYTHONUNBUFFERED="1",
     )
     argv = [
@@ -96,7 +102,7 @@ def run_system(name: str, workers: int, sizes: Sizes, logdir: str, timeout: floa
     with open(log, "w") as logf:
         child = subprocess.Popen(
             argv,
-            cwd=ROOT,
+            cwd=root,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=logf,
@@ -145,6 +151,27 @@ def run_system(name: str, workers: int, sizes: Sizes, logdir: str, timeout: floa
     if record.get("status") == "failed":
         record["log"] = log
     return record
+
+
+def export_commit(ref: str, into: str) -> str:
+    """REF's tree written into ``into`` (git archive: no worktree left registered in the
+    repository); returns the short commit id. Raises RuntimeError saying why it cannot."""
+    try:
+        sha = subprocess.run(
+            ["git", "-C", ROOT, "rev-parse", "--short", f"{ref}^{{commit}}"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        archive = subprocess.Popen(["git", "-C", ROOT, "archive", sha], stdout=subprocess.PIPE)
+        subprocess.run(["tar", "-x", "-C", into], stdin=archive.stdout, check=True, capture_output=True)
+        if archive.wait() != 0:
+            raise RuntimeError(f"git archive {sha} failed")
+    except FileNotFoundError as exc:
+        raise RuntimeError(f"{exc.filename} is not installed") from None
+    except subprocess.CalledProcessError as exc:
+        raise RuntimeError(f"{ref!r} is no commit of this checkout ({(exc.stderr or '').strip()[:160]})") from None
+    return sha
 
 
 def tail(path: str) -> str:
@@ -407,6 +434,11 @@ def report(results: dict, meta: dict) -> tuple[str, list[dict]]:
         )
         lines.append("")
 
+    before = meta.get("before")
+    if before:
+        lines.append(before_and_after(results, before))
+        lines.append("")
+
     # W4: CPU-µs per task (1 MiB each way) / 2,000 = CPU-ms per MiB moved
     rows = compared_rows(
         results,
@@ -485,6 +517,38 @@ def report(results: dict, meta: dict) -> tuple[str, list[dict]]:
     return "\n".join(lines), targets
 
 
+def before_and_after(results: dict, before: dict) -> str:
+    """clusterd of this tree against clusterd of an earlier commit, run one after the other."""
+    title = f"Before and after: clusterd of commit {before['commit']} ({before['ref']}) and of this tree"
+    record = before.get("record") or {}
+    if record.get("status") != "ok":
+        return table(title, ["", ""], [["not measured", record.get("reason") or before.get("reason", "")]])
+    serial = get(results, "serial", "w2", "wall_s")
+    rows = []
+    for figure, keys, fmt, better in (
+        ("W1 tasks/s", ("w1", "tasks_per_s"), ",.0f", "higher"),
+        ("W1 CPU-µs/task", ("w1", "cpu_us_per_task"), ",.0f", "lower"),
+        ("W2 wall s", ("w2", "wall_s"), ".2f", "lower"),
+        ("W3 p50 ms", ("w3", "p50_ms"), ".3f", "lower"),
+        ("W3 p99 ms", ("w3", "p99_ms"), ".3f", "lower"),
+    ):
+        then, now = get({"b": record}, "b", *keys), get(results, "clusterd", *keys)
+        rows.append([figure, num(then, fmt), num(now, fmt), ratio(now, then), better])
+    if serial:
+        then, now = get({"b": record}, "b", "w2", "wall_s"), get(results, "clusterd", "w2", "wall_s")
+        rows.append(
+            ["W2 speedup over serial", num(serial / then, ".2f"), num(serial / now, ".2f"), ratio(then, now), "higher"]
+        )
+    return table(
+        title,
+        ["figure", "before", "after", "after ÷ before", "better"],
+        rows,
+        "One run of each, back to back. On a quiet 2-core machine W1 varies about ±8% from run to run and\n"
+        "W2 a few percent: a ratio within that is noise; run again before reading more into it.",
+        left=1,
+    )
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -497,6 +561,23 @@ def cpu_model() -> str:
 
 
 # --------------------------------------------------------------------- main
+
+
+def run_before(ref: str, workers: int, sizes: Sizes, logdir: str, timeout: float) -> dict:
+    """clusterd of commit ``ref``, from its own exported tree, with this run's sizes."""
+    tree = tempfile.mkdtemp(prefix="clusterd-before-")
+    try:
+        try:
+            commit = export_commit(ref, tree)
+        except RuntimeError as exc:
+            say(f"--before {ref}: {exc}; not measured")
+            return {"ref": ref, "commit": "?", "reason": str(exc)}
+        say(f"clusterd of commit {commit} ({ref}) ...")
+        record = run_system("clusterd", workers, sizes, logdir, timeout, root=tree)
+        say(f"clusterd of commit {commit}: {record.get('status')} in {record['elapsed_s']:.1f} s")
+        return {"ref": ref, "commit": commit, "record": record}
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
 
 
 def main() -> int:
@@ -518,6 +599,11 @@ def main() -> int:
         help="seconds one system may take before it is killed (default: 900 x scale, at least 180)",
     )
     parser.add_argument("--logs", metavar="DIR", help="keep each system's log and figures in DIR")
+    parser.add_argument(
+        "--before",
+        metavar="REF",
+        help="also run clusterd of this git commit (W1-W4, right before this tree's) and print both side by side",
+    )
     args = parser.parse_args()
 
     if args.scale is not None:
@@ -554,6 +640,8 @@ def main() -> int:
     results: dict[str, dict] = {}
     started = time.monotonic()
     for i, name in enumerate(names, 1):
+        if name == "clusterd" and args.before:
+            meta["before"] = run_before(args.before, args.workers, sizes, logdir, timeout)
         say(f"[{i}/{len(names)}] {name} ...")
         rec = run_system(name, args.workers, sizes, logdir, timeout)
         results[name] = rec
