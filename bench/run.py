@@ -519,7 +519,8 @@ def report(results: dict, meta: dict) -> tuple[str, list[dict]]:
 
 def before_and_after(results: dict, before: dict) -> str:
     """clusterd of this tree against clusterd of an earlier commit, run one after the other."""
-    title = f"Before and after: clusterd of commit {before['commit']} ({before['ref']}) and of this tree"
+    named = before["commit"] if before["ref"].startswith(before["commit"]) else f"{before['commit']} ({before['ref']})"
+    title = f"Before and after: clusterd of commit {named} and of this tree"
     record = before.get("record") or {}
     if record.get("status") != "ok":
         return table(title, ["", ""], [["not measured", record.get("reason") or before.get("reason", "")]])
