@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import platform
 import socket
@@ -47,6 +48,7 @@ from .pool import Slot
 from .registration import Registration
 from .resources import NodeResources, detect, parse_workers
 from .session import CoordinatorSession, Doomed
+from .starts import StartWatch
 from .workspaces import Workspaces
 
 if TYPE_CHECKING:
@@ -180,9 +182,10 @@ class Agent:
         poller.register(self.waker.fd, zmq.POLLIN)
         tick = min(0.1, self.cfg.heartbeat_interval)
         self._next_tick = 0.0
+        starts = StartWatch(self.pool)
         while not self._stopping:
             flush_at = session.flush_at
-            wake = min(self._next_tick, flush_at) if flush_at is not None else self._next_tick
+            wake = min(self._next_tick, starts.next, math.inf if flush_at is None else flush_at)
             ready = dict(poller.poll(loop.poll_ms(wake)))
             if self.waker.fd in ready:
                 for kind, value in self.waker.drain():
@@ -194,10 +197,12 @@ class Agent:
             if self.links.template_fd in ready:
                 self.links.template_reports()
                 self._next_tick = 0.0  # reap the workers that exited now
+            news = False  # from a worker: its next task may have started
             for fd, events in ready.items():
                 ch = channels.get(fd) if isinstance(fd, int) else None
                 if ch is None:
                     continue
+                news = True
                 if events & zmq.POLLOUT:
                     self.links.writable(ch)
                 if events & (zmq.POLLIN | zmq.POLLERR) and self.links.read(fd, self._on_back, self._bad):
@@ -208,6 +213,8 @@ class Agent:
                 self._tick(now)
             if self.queue.tasks:
                 self._assign()
+                news = True
+            session.started.extend(task.key for task in starts.look(now, news))
             self._give_back()
             self._rebalance(now)
             self._flush(time.monotonic())
@@ -342,13 +349,15 @@ class Agent:
 
     def _on_drop_tasks(self, identity: bytes, msg: wire.DropTasks, now: float) -> None:
         doomed = set(msg.indices)
-        self._drop(lambda job_id, index: job_id == msg.job_id and index in doomed)
+        self._drop(lambda job_id, index: job_id == msg.job_id and index in doomed, stop=msg.stop)
 
-    def _drop(self, doomed: Doomed) -> None:
-        """Forget cancelled tasks, queued, running or finished: their client no longer waits."""
+    def _drop(self, doomed: Doomed, *, stop: bool = True) -> None:
+        """Forget cancelled tasks, queued, running or finished: their client no longer
+        waits. Running ones are stopped, or with ``stop`` False finish (their results are
+        dropped by the leader)."""
         self.queue.drop(doomed)
         self.session.drop(doomed)
-        self.links.cancel(doomed)
+        self.links.cancel(doomed, stop=stop)
 
     def _give_back(self) -> None:
         session = self.session

@@ -168,13 +168,17 @@ class WorkerLinks:
             self.pool.forget(slot, seq)
         return tasks
 
-    def cancel(self, doomed: Doomed) -> None:
-        """Stop the cancelled tasks workers hold: one running loses its worker now (the
-        others that worker held run again on another), one not started is withdrawn."""
+    def cancel(self, doomed: Doomed, *, stop: bool = True) -> None:
+        """Take back the cancelled tasks workers hold: one not started is withdrawn; one
+        running loses its worker now with ``stop`` (the others that worker held run again
+        on another), else it runs on to its end."""
         for slot in self.pool.busy():
             running = self.pool.running_seq(slot)
             doomed_seqs = [seq for seq, task in slot.tasks.items() if doomed(task.job_id, task.index)]
-            if running in doomed_seqs or slot.killed:
+            if not stop and running in doomed_seqs and not slot.killed:
+                doomed_seqs.remove(running)  # its result reaches the leader, which drops it
+                self.withdraw(slot, doomed_seqs)
+            elif running in doomed_seqs or slot.killed:
                 for seq in doomed_seqs:
                     self.pool.forget(slot, seq)
                 self.pool.kill(slot)

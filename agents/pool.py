@@ -68,6 +68,7 @@ class Slot:
     tasks: dict[int, Any] = dataclasses.field(default_factory=dict)  # seq -> task, in the order they run
     marker: RunningMarker | None = None
     running: int = 0  # seq of the task last seen running, and since when
+    told: int = 0  # seq of the last task whose start the coordinator was told of
     task_started: float = 0.0
     busy_since: float = 0.0  # when the task now at the head started, as far as the agent can tell
     killed: bool = False  # the agent killed it: nothing it held is charged
@@ -179,6 +180,26 @@ class WorkerPool:
             return []
         seqs = list(slot.tasks)
         return seqs[seqs.index(running) + 1 :]
+
+    def started(self) -> list[Any]:
+        """The tasks workers are running now that were not reported yet, each reported
+        once. Only the marker says a task started: a task that starts and ends between
+        two looks is never reported, as its result says all (seqs only grow, so ``told``
+        is one number)."""
+        out = []
+        for slot in self.slots:
+            if slot.tasks and slot.marker is not None:
+                seq = slot.marker.get()
+                if seq > slot.told and seq in slot.tasks:
+                    slot.told = seq
+                    out.append(slot.tasks[seq])
+        return out
+
+    def awaiting_start(self) -> bool:
+        """Whether a worker holds a task whose start was not reported yet."""
+        return any(
+            slot.tasks and slot.marker is not None and next(reversed(slot.tasks)) > slot.told for slot in self.slots
+        )
 
     def observe(self, now: float) -> None:
         """Note when each busy worker moved on to its next task (timeouts count from then)."""

@@ -60,6 +60,7 @@ class CoordinatorSession:
         "next_beat",
         "draining",
         "outbox",
+        "started",
         "flush_at",
         "announced",
         "_fenced",
@@ -78,6 +79,7 @@ class CoordinatorSession:
         self.next_beat = 0.0
         self.draining = False
         self.outbox: list[Result] = []  # finished tasks the leader has not been sent; the agent appends
+        self.started: list[Key] = []  # tasks seen running, the leader not told yet; the agent appends
         self.flush_at: float | None = None  # when held results must go at the latest
         self.announced = 0  # the capacity the leader knows
         self._fenced: set[tuple[bytes, int]] = set()  # (coordinator, epoch) already warned about
@@ -143,6 +145,7 @@ class CoordinatorSession:
     def drop(self, doomed: Doomed) -> None:
         """Forget the held results of cancelled tasks: their client no longer waits."""
         self.outbox[:] = [r for r in self.outbox if not doomed(r[0][0], r[0][1])]
+        self.started[:] = [k for k in self.started if not doomed(k[0], k[1])]
 
     # ------------------------------------------------------------ what we say
 
@@ -169,11 +172,11 @@ class CoordinatorSession:
         return wire.Draining(self.node_id) if self.leader is not None else None
 
     def results_due(self, now: float, queued: int) -> bool:
-        """Whether the held results go now. They wait, FLUSH_DELAY at most, only while the
-        workers have queued tasks to go on with (``queued``, at least one per worker): a
-        drain, a worker about to go idle or a full message sends them at once. Never while
-        no coordinator leads."""
-        if not self.outbox or self.leader is None:
+        """Whether the held results (and news of started tasks) go now. They wait,
+        FLUSH_DELAY at most, only while the workers have queued tasks to go on with
+        (``queued``, at least one per worker): a drain, a worker about to go idle or a full
+        message sends them at once. Never while no coordinator leads."""
+        if self.leader is None or not (self.outbox or self.started):
             self.flush_at = None  # nothing to send, or nobody to send it to: no early wake-ups
             return False
         if self.flush_at is None:
@@ -185,10 +188,10 @@ class CoordinatorSession:
         return True
 
     def results(self, capacity: int) -> wire.Results | None:
-        """The next message of held results for the leader, carrying ``capacity`` if the
-        leader does not know it yet; None when none are held. They stay held until the
-        message is ``sent``."""
-        if not self.outbox:
+        """The next message of held results (and of tasks seen started) for the leader,
+        carrying ``capacity`` if the leader does not know it yet; None when none are held.
+        They stay held until the message is ``sent``."""
+        if not self.outbox and not self.started:
             return None
         chunk = self.outbox[:MAX_RESULTS_PER_MESSAGE]
         items = [[job, index, attempt, status] for (job, index, attempt), status, _ in chunk]
@@ -196,6 +199,7 @@ class CoordinatorSession:
             self.max_epoch,
             items,
             capacity if capacity != self.announced else 0,
+            [list(key) for key in self.started],
             frames=tuple(body for _, _, body in chunk),
         )
 
@@ -217,3 +221,4 @@ class CoordinatorSession:
             self.announced = msg.capacity
         if isinstance(msg, wire.Results):
             del self.outbox[: len(msg.items)]
+            del self.started[: len(msg.started)]

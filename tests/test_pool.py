@@ -59,6 +59,17 @@ def ready_slot(pool, procs):
     return pool.slots[0]
 
 
+def three_tasks_held():
+    """One worker with a marker, holding three tasks as seqs 11, 12 and 13."""
+    marker = FakeMarker()
+    pool, procs = make(1, [marker])
+    slot = ready_slot(pool, procs)
+    tasks = [Task(("j", i, 1)) for i in range(3)]
+    for seq, task in zip((11, 12, 13), tasks):
+        pool.assign(slot, seq, task, 0.0)
+    return marker, pool, procs, slot, tasks
+
+
 def test_converges_on_size_and_becomes_idle_on_ready():
     pool, procs = make(2)
     pool.converge(0.0)
@@ -81,12 +92,7 @@ def test_death_under_a_task_reports_it_and_restarts_at_once():
 
 
 def test_a_death_is_charged_to_the_task_the_marker_names_and_the_others_run_again():
-    marker = FakeMarker()
-    pool, procs = make(1, [marker])
-    slot = ready_slot(pool, procs)
-    tasks = [Task(("j", i, 1)) for i in range(3)]
-    for seq, task in zip((11, 12, 13), tasks):
-        pool.assign(slot, seq, task, 0.0)
+    marker, pool, procs, slot, tasks = three_tasks_held()
     assert pool.done(slot, ("j", 0, 1)) == tasks[0]
     assert pool.done(slot, ("j", 0, 1)) is None  # answered once only
     marker.value = 12  # the worker runs the second; the third waits behind it
@@ -175,3 +181,46 @@ def test_a_retired_worker_is_replaced_at_once_by_a_clean_one():
     assert ex.task is None and slot.restarts == 0 and slot.retirements == 1
     pool.converge(1.0)  # at once: no backoff
     assert len(procs) == 2 and slot.state is State.STARTING and slot.domain is None and not slot.retired
+
+
+def test_started_reports_the_task_a_worker_runs_once_and_only_from_its_marker():
+    marker, pool, procs, slot, tasks = three_tasks_held()
+    assert pool.started() == [] and pool.awaiting_start()  # held, not started yet
+    marker.value = 11
+    assert pool.started() == [tasks[0]]
+    assert pool.started() == []  # told once
+    marker.value = 13  # the second started and ended between two looks: its result tells
+    assert pool.started() == [tasks[2]]
+    assert not pool.awaiting_start()
+    marker.value = 0
+    assert pool.started() == []  # between tasks
+
+
+def test_without_a_marker_nothing_is_reported_started():
+    pool, procs = make(1)
+    slot = ready_slot(pool, procs)
+    pool.assign(slot, 1, Task(("j", 0, 1)), 0.0)
+    assert pool.started() == [] and not pool.awaiting_start()
+
+
+def test_starts_are_looked_for_soon_after_news_then_less_and_less_often():
+    from agents.starts import FIRST, LAST, StartWatch
+
+    marker, pool, procs, slot, tasks = three_tasks_held()
+    watch = StartWatch(pool)
+    assert watch.look(0.0, news=True) == [] and watch.next == FIRST  # tasks taken: look soon
+    marker.value = 11
+    assert watch.look(FIRST, news=False) == [tasks[0]]
+    now, gaps = FIRST, []
+    while watch.next - now < LAST:  # the first runs long, the others wait behind it
+        gaps.append(watch.next - now)
+        now = watch.next
+        assert watch.look(now, news=False) == []
+    assert gaps == [FIRST, 2 * FIRST, 4 * FIRST, 8 * FIRST, 16 * FIRST]
+    marker.value = 12  # its result came, and the next started
+    assert watch.look(now + 0.001, news=True) == []  # soon, not at once
+    assert watch.look(now + 0.001 + FIRST, news=False) == [tasks[1]]
+    marker.value = 13
+    assert watch.look(now + 1.0, news=False) == [tasks[2]]
+    assert watch.next == float("inf")  # nothing held is unreported: no more wake-ups
+    assert watch.look(now + 2.0, news=False) == []

@@ -193,3 +193,19 @@ def test_draining_is_told_to_the_leader_and_in_every_welcome(leader):
     notice = s.drain()
     assert notice == (wire.Draining("n1") if leader else None)
     assert hello(s, NEW, 2).draining
+
+
+def test_started_tasks_go_with_the_results_by_the_same_rule_and_are_told_once():
+    s = session(workers=2)
+    hello(s, NEW, 3)
+    s.started.append(("j", 5, 1))
+    assert not s.results_due(10.0, queued=4)  # held like a result, FLUSH_DELAY at most
+    assert s.results_due(10.0 + FLUSH_DELAY, queued=4)
+    results(s, 2)
+    msg = s.results(6)
+    assert msg.started == [["j", 5, 1]] and len(msg.items) == 2
+    s.started.append(("j", 6, 1))  # found while the message was on its way
+    s.sent(msg)
+    assert s.started == [("j", 6, 1)] and not s.outbox
+    s.drop(lambda job_id, index: index == 6)  # cancelled: its start is news for nobody
+    assert s.results(6) is None

@@ -135,11 +135,14 @@ class SubmitTasks(Message):
 
 @dataclasses.dataclass(frozen=True)
 class TaskResults(Message):
-    """items = [[index, status], ...]; frames[i] is item i's payload."""
+    """items = [[index, status], ...]; frames[i] is item i's payload. ``started``: tasks a
+    worker has started since the last message (appended: clients of earlier releases
+    ignore it; its tasks' results, when in ``items``, come after it)."""
 
     KIND = 13
     job_id: str
     items: list[list[Any]]
+    started: list[int] = dataclasses.field(default_factory=list)
 
     def validate(self) -> None:
         check_rows(self.items, 2, "TaskResults.items")
@@ -147,6 +150,7 @@ class TaskResults(Message):
             check_ints(row, "TaskResults.items")
         if len(self.items) != len(self.frames):
             raise ProtocolError("TaskResults: one frame per item")
+        check_ints(self.started, "TaskResults.started")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,11 +163,15 @@ class CancelJob(Message):
 
 @dataclasses.dataclass(frozen=True)
 class CancelTasks(Message):
-    """The client no longer wants these tasks (``Future.cancel()``)."""
+    """The client no longer wants these tasks. ``stop``: a running one's worker is killed
+    (``TaskFuture.stop()``); without it, running ones finish and their results are
+    dropped (``Future.cancel()``, which CPython refuses for a running call; appended:
+    clients of earlier releases always stop)."""
 
     KIND = 16
     job_id: str
     indices: list[int]
+    stop: bool = True
 
     def validate(self) -> None:
         check_ints(self.indices, "CancelTasks.indices")
@@ -292,15 +300,22 @@ class Dispatch(Message):
 class Results(Message):
     """Finished tasks. items = [[job, index, attempt, status], ...]; frames[i] = payload.
     ``capacity``, when not 0, replaces the one the agent gave in its Welcome: it asks
-    for deeper queues while its jobs' tasks are short."""
+    for deeper queues while its jobs' tasks are short. ``started`` = [[job, index,
+    attempt], ...]: tasks a worker was seen running, each told once (appended:
+    coordinators of earlier releases ignore it)."""
 
     KIND = 24
     epoch: int
     items: list[list[Any]]
     capacity: int = 0
+    started: list[list[Any]] = dataclasses.field(default_factory=list)
 
     def validate(self) -> None:
         check_result_items(self.items, self.frames, "Results")
+        check_rows(self.started, 3, "Results.started")
+        for job, index, attempt in self.started:
+            if type(job) is not str or type(index) is not int or type(attempt) is not int:
+                raise ProtocolError("Results.started: each item must be [job, index, attempt]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,12 +329,14 @@ class EndJob(Message):
 
 @dataclasses.dataclass(frozen=True)
 class DropTasks(Message):
-    """Coordinator to agent: forget these tasks; stop any that are running."""
+    """Coordinator to agent: forget these tasks; with ``stop``, kill the workers of any
+    that are running, else let them finish (appended: earlier agents always stop)."""
 
     KIND = 27
     epoch: int
     job_id: str
     indices: list[int]
+    stop: bool = True
 
     def validate(self) -> None:
         check_ints(self.indices, "DropTasks.indices")

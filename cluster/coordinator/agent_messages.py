@@ -98,6 +98,8 @@ class AgentMessages:
         if peer.up:
             self.liveness.beat(peer.node_id, now)
             self.scheduler.agent_capacity(peer.node_id, msg.capacity)
+        if msg.started:
+            self.scheduler.on_started(peer.node_id, msg.started)
         for (job_id, index, attempt, status), frame in zip(msg.items, msg.frames):
             retried = self.scheduler.on_result(peer.node_id, job_id, index, attempt, status, frame)
             if retried is not None:

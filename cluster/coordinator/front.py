@@ -141,7 +141,8 @@ class ClientFront:
         for node_id, indices in self.scheduler.cancel_tasks(msg.job_id, msg.indices).items():
             route = self.directory.route_to(node_id)
             if route is not None:
-                out.append(ToAgents(wire.DropTasks(self.directory.epoch, msg.job_id, indices).encode(), [route]))
+                drop = wire.DropTasks(self.directory.epoch, msg.job_id, indices, msg.stop)
+                out.append(ToAgents(drop.encode(), [route]))
         return out
 
     def on_heartbeat(self, identity: bytes, msg: wire.Heartbeat, now: float) -> Sequence[Action]:
@@ -187,12 +188,14 @@ class ClientFront:
         is gone or slow; it reconnects or times out."""
         size = self.max_batch
         for job in list(self.scheduler.outboxes()):
-            while job.outbox:
+            while job.outbox or job.started:
                 chunk = job.outbox[:size]
-                msg = wire.TaskResults(job.job_id, [[i, s] for i, s, _ in chunk], frames=tuple(f for _, _, f in chunk))
+                items = [[i, s] for i, s, _ in chunk]
+                msg = wire.TaskResults(job.job_id, items, job.started, frames=tuple(f for _, _, f in chunk))
                 if not send(msg, job.client):
                     break
                 del job.outbox[:size]
+                job.started = []
 
 
 @dataclasses.dataclass

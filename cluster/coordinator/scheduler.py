@@ -36,6 +36,7 @@ class Task:
     queued: bool = False  # listed in its job's queue (entries of finished tasks are skipped lazily)
     ready_at: float = 0.0  # when it last entered the queue
     sent_at: float = 0.0  # when its current attempt was dispatched
+    started: bool = False  # a worker was seen running it, and its client is (to be) told
 
 
 @dataclasses.dataclass
@@ -50,6 +51,7 @@ class Job:
     tasks: dict[int, Task] = dataclasses.field(default_factory=dict)
     queue: collections.deque[int] = dataclasses.field(default_factory=collections.deque)
     outbox: list[tuple[int, int, wire.Buffer]] = dataclasses.field(default_factory=list)
+    started: list[int] = dataclasses.field(default_factory=list)  # tasks whose client is not told yet
     last_seen: float = 0.0
     python: str = ""  # the Python minor version its code loads on ("3.11"); "" for code that runs anywhere
 
@@ -338,9 +340,21 @@ class Scheduler:
         self.counters["delivered"] += 1
         self.outcomes[wire.OUTCOMES.get(status, "other")] += 1
 
+    def on_started(self, node_id: str, started: list[list[Any]]) -> None:
+        """An agent saw these tasks running: their clients are told once, whatever happens
+        to the attempt later. A report of another attempt or another agent is stale."""
+        for job_id, index, attempt in started:
+            job = self.jobs.get(job_id)
+            task = job.tasks.get(index) if job is not None else None
+            if job is None or task is None or task.started or task.node != node_id or task.attempt != attempt:
+                continue
+            task.started = True
+            job.started.append(index)
+
     def outboxes(self) -> Iterator[Job]:
+        """Jobs whose clients are owed results or news of started tasks."""
         for job in self.jobs.values():
-            if job.outbox:
+            if job.outbox or job.started:
                 yield job
 
     # --------------------------------------------------------------- dispatch
