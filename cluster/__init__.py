@@ -4,7 +4,7 @@ one worker per core, and a coordinator streams tasks to them over ZeroMQ.
 The client side (this package) never imports the node side (``agents``).
 """
 
-from cluster.client.executor import Executor
+from cluster.client.executor import Executor, TaskFuture, TaskStopped
 from cluster.contract.payload import PayloadTooLarge, TaskError, TaskTimeout, WorkerLost
 from cluster.contract.shipped import VersionMismatch
 from cluster.contract.version import __version__
@@ -14,6 +14,8 @@ __all__ = [
     "Executor",
     "PayloadTooLarge",
     "TaskError",
+    "TaskFuture",
+    "TaskStopped",
     "TaskTimeout",
     "VersionMismatch",
     "WorkerLost",

@@ -4,16 +4,34 @@
     with Executor(zk="127.0.0.1:2181") as ex:
         print(sum(ex.map(lambda x: x * x, range(10_000))))
 
+It keeps the promises ``ProcessPoolExecutor`` makes (tests/test_futures_conformance.py
+holds CPython's own tests of them, adapted; README, "The Executor and
+concurrent.futures", lists what a remote executor does differently and why):
+
+- ``submit`` never blocks. Up to ``window`` calls are on the cluster at once; more wait
+  in the client, in order, and go as results come.
+- A future is RUNNING once a worker has started its call (agents look for starts 5 ms
+  after a worker's news, and report them with the next results: a call that ends sooner
+  goes from PENDING to FINISHED; agents/starts.py). ``cancel()`` then fails, as in CPython, and never kills a call: one that
+  started before its RUNNING arrived runs on, its result dropped. ``TaskFuture.stop()``
+  stops a call wherever it is (a running call's worker is killed and replaced) and fails
+  its future with ``TaskStopped``.
+- ``shutdown(wait=False)`` still runs every call submitted, and so does an interpreter
+  that exits without calling shutdown; ``cancel_futures=True`` cancels the calls not
+  started, and the running ones finish.
+- ``map`` submits every call at once, or with ``buffersize`` (Python 3.14's) at most that
+  many ahead of the consumer; its ``timeout`` is one deadline counted from the call.
+
 Functions travel by value with cloudpickle, so lambdas and functions defined in
 ``__main__`` or a notebook work; the client's own modules they need travel as source
 with them, and installed ones by reference, checked on the node against the client's
 version (``code.py``). ``ship=[DIR, ...]`` sends directories along
 (cluster/client/bundle.py): first on the tasks' ``sys.path``, and in their working
-directory. Each distinct function is one job on the
-cluster (its blob is sent to each agent once, not once per task). A job with no
-task in flight stays open for its function's next task, but only the
-``MAX_IDLE_JOBS`` most recently used do: an executor that lives for days and
-sees a new lambda per call must not grow the cluster's jobs without bound.
+directory. Each distinct function is one job on the cluster (its blob is sent to each
+agent once, not once per task). A job with no task in flight stays open for its
+function's next task, but only the ``MAX_IDLE_JOBS`` most recently used do: an executor
+that lives for days and sees a new lambda per call must not grow the cluster's jobs
+without bound.
 """
 
 from __future__ import annotations
@@ -24,7 +42,9 @@ import itertools
 import os
 import sys
 import threading
+import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -34,6 +54,44 @@ from cluster.contract import payload, wire
 
 FUNCTION_CACHE = 256
 MAX_IDLE_JOBS = 32
+EXIT_NOTICE_AFTER = 5.0  # seconds an exiting interpreter waits for calls before it says so
+
+
+class TaskStopped(Exception):
+    """The call was stopped by ``TaskFuture.stop()`` while it ran."""
+
+
+class TaskFuture(cf.Future):
+    """A ``concurrent.futures.Future`` that can also stop a running call."""
+
+    def __init__(self, executor: Executor, job: JobHandle, index: int) -> None:
+        super().__init__()
+        self._executor, self._job, self._index = executor, job, index
+        self._stop = False  # cancelled by stop(): a call already running is killed
+
+    def stop(self) -> bool:
+        """Stop the call wherever it is. A call not reported RUNNING is cancelled, as by
+        ``cancel()``, and killed should it have started meanwhile; a RUNNING one's worker
+        is killed (it is replaced, and the other calls it held run elsewhere) and the
+        future fails with ``TaskStopped``. False when the call has finished already."""
+        self._stop = True
+        if self.cancel():
+            return True
+        try:
+            self.set_exception(TaskStopped("stopped by TaskFuture.stop() while it ran"))
+        except cf.InvalidStateError:
+            return False  # it finished first
+        self._executor._forget(self)
+        return True
+
+    def _started(self) -> None:
+        """A worker started the call (the IO thread tells): PENDING becomes RUNNING."""
+        if self.running() or self.done():
+            return
+        try:
+            self.set_running_or_notify_cancel()
+        except RuntimeError:
+            pass  # finished or cancelled-and-notified meanwhile: nothing to do
 
 
 class Executor(cf.Executor):
@@ -42,6 +100,7 @@ class Executor(cf.Executor):
         zk: str | None = None,
         cluster: str | None = None,
         *,
+        max_workers: int | None = None,
         retries: int = 2,
         window: int = 10_000,
         connect_timeout: float = 10.0,
@@ -50,13 +109,21 @@ class Executor(cf.Executor):
         keys: str | None = None,
         ship: Iterable[str | os.PathLike[str]] = (),
     ):
-        """``timeout``: seconds a task may run before its worker is killed and it
-        fails with ``TaskTimeout``; ``max_memory``: bytes of RSS a worker may use
-        for a task before it is killed (the task is retried, then ``WorkerLost``);
-        ``keys``: a CURVE keys directory (default: env CLUSTER_KEYS); ``ship``:
-        directories whose files every task finds in its working directory and
-        imports from first (raises ``BundleTooLarge`` before anything is sent for
-        one over the cluster's payload limit)."""
+        """``max_workers``: at most this many of its calls run at once (default: as many as
+        the cluster has workers for; ``ProcessPoolExecutor``'s argument, so code moves with
+        one line changed); ``window``: calls on the cluster at once, the rest wait in the
+        client; ``timeout``: seconds a call may run once started before its worker is killed
+        and it fails with ``TaskTimeout``; ``max_memory``: bytes of RSS a worker may use for
+        a call before it is killed (the call is retried, then ``WorkerLost``); ``keys``: a
+        CURVE keys directory (default: env CLUSTER_KEYS); ``ship``: directories whose files
+        every call finds in its working directory and imports from first (raises
+        ``BundleTooLarge`` before anything is sent for one over the cluster's payload limit)."""
+        if max_workers is not None and max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if window <= 0:
+            raise ValueError("window must be greater than 0")
+        if max_workers is not None:
+            window = min(window, max_workers)  # calls on the cluster bound those running
         self._bundles = [bundle.build(directory) for directory in ship]
         self._client = ClusterClient(
             zk or os.environ.get("CLUSTER_ZK", "127.0.0.1:2181"),
@@ -79,47 +146,45 @@ class Executor(cf.Executor):
             "python": f"{sys.version_info.major}.{sys.version_info.minor}",
         }
         self._lock = threading.Lock()
-        # By id(fn): the function (holding it keeps its id from being reused), its blob and digest.
-        self._packed: collections.OrderedDict[int, tuple[Callable, bytes, str]] = collections.OrderedDict()
+        # By id(fn): a weak reference to the function (its id is reused once it is gone: the
+        # reference tells), its blob and digest. Weak, so that caching never keeps a function,
+        # or the object of a bound method, alive.
+        self._packed: collections.OrderedDict[int, tuple[weakref.ref, bytes, str]] = collections.OrderedDict()
         # By function digest: one cluster job per function, least recently used first.
         self._jobs: collections.OrderedDict[str, JobHandle] = collections.OrderedDict()
         self._submitting: collections.Counter[str] = collections.Counter()  # submits under way, by digest
-        self._futures: dict[int, cf.Future] = {}
+        self._futures: dict[int, TaskFuture] = {}  # by index: calls without a result yet
         self._counter = itertools.count()
         self._shutdown = False
+        self._closed = False
+        _live.add(self)
 
     @property
     def window(self) -> int:
         return self._window
 
-    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> cf.Future:
-        if self._shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> TaskFuture:
+        with _exit_lock:
+            if _exiting:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+        packed = payload.pack_args(args, kwargs)
         job = self._job_for(fn)
-        future: cf.Future = cf.Future()
-        index = next(self._counter)
-        self._futures[index] = future
         try:
-            job.submit(index, payload.pack_args(args, kwargs))
-        except BaseException:  # refused (too large) or interrupted: no future is left pending
-            self._futures.pop(index, None)
-            raise
+            index = next(self._counter)
+            future = TaskFuture(self, job, index)
+            self._futures[index] = future
+            try:
+                job.submit_nowait(index, packed)
+            except BaseException:  # refused (too large): no future is left pending
+                self._futures.pop(index, None)
+                raise
         finally:
             with self._lock:
                 self._submitting[job.digest] -= 1
-
-        def on_done(f: cf.Future) -> None:
-            if f.cancelled():
-                self._cancelled(job, index, f)
-
-        future.add_done_callback(on_done)
+        future.add_done_callback(self._on_done)
         return future
-
-    def _cancelled(self, job: JobHandle, index: int, future: cf.Future) -> None:
-        self._futures.pop(index, None)
-        # CANCELLED -> CANCELLED_AND_NOTIFIED, or wait() and as_completed() never see it done.
-        future.set_running_or_notify_cancel()
-        job.cancel(index)
 
     def map(
         self,
@@ -129,63 +194,122 @@ class Executor(cf.Executor):
         chunksize: int = 1,
         buffersize: int | None = None,
     ) -> Iterator:
-        """Results in input order. Lazy and bounded: at most ``buffersize``
-        (default: the window) tasks are submitted ahead of the consumer."""
-        limit = buffersize or self.window
+        """Results in input order. Every call is submitted now, or with ``buffersize`` at
+        most that many ahead of the results consumed. ``timeout``: seconds from this call
+        until the last result; past it, the next result raises TimeoutError. ``chunksize``
+        is accepted for ProcessPoolExecutor's sake: calls travel in batches anyway."""
+        if buffersize is not None and not isinstance(buffersize, int):
+            raise TypeError("buffersize must be an integer or None")
+        if buffersize is not None and buffersize < 1:
+            raise ValueError("buffersize must be None or > 0")
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        end = None if timeout is None else time.monotonic() + timeout
         inputs = zip(*iterables)
-        pending: collections.deque[cf.Future] = collections.deque(
-            self.submit(fn, *args) for args in itertools.islice(inputs, limit)
-        )
+        ahead = inputs if buffersize is None else itertools.islice(inputs, buffersize)
+        futures = collections.deque(self.submit(fn, *args) for args in ahead)
+        # Weak, so that an abandoned iterator does not keep the executor alive.
+        executor = weakref.ref(self) if buffersize is not None else None
 
         def results() -> Iterator:
             try:
-                while pending:
-                    yield pending.popleft().result(timeout)
-                    for args in itertools.islice(inputs, 1):
-                        pending.append(self.submit(fn, *args))
+                while futures:
+                    if executor is not None:
+                        ex = executor()
+                        args = next(inputs, None) if ex is not None else None
+                        if ex is not None and args is not None:
+                            futures.append(ex.submit(fn, *args))
+                        del ex
+                    yield _result_or_cancel(futures.popleft(), None if end is None else end - time.monotonic())
             finally:
-                for future in pending:
+                for future in futures:
                     future.cancel()
 
         return results()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        if self._shutdown:
-            return
-        self._shutdown = True
+        """No new calls from now on. ``cancel_futures``: cancel the calls not started (the
+        running ones finish). ``wait``: return once every call left has finished; without
+        it they still run, and the connection closes after the last one."""
+        with _exit_lock:
+            self._shutdown = True
         if cancel_futures:
             for future in list(self._futures.values()):
-                future.cancel()
+                future.cancel()  # refused by a running call
         if wait:
-            cf.wait(list(self._futures.values()))
-        self._client.close()
+            self._drain()
+        else:
+            threading.Thread(target=self._drain, name="cluster-executor-shutdown", daemon=True).start()
 
     # -------------------------------------------------------------- internals
+
+    def _drain(self) -> None:
+        """Wait for every call left, then close the connection (once)."""
+        cf.wait(list(self._futures.values()))
+        self._close()
+
+    def _drain_at_exit(self) -> None:
+        """``_drain`` for an exiting interpreter, which says what it waits for, and gives
+        up once the coordinator has been silent for ``connect_timeout``: a script must not
+        hang at its end for a cluster that is gone."""
+        pending: Iterable[cf.Future] = list(self._futures.values())
+        started, said, silent_since = time.monotonic(), False, None
+        while pending:
+            _, pending = cf.wait(pending, timeout=0.5)
+            now = time.monotonic()
+            if pending and not said and now - started >= EXIT_NOTICE_AFTER:
+                said = True
+                print(f"cluster.Executor: waiting for {len(pending)} calls to finish before exit", file=sys.stderr)
+            silent_since = (silent_since or now) if self._client.coordinator_silent else None
+            if pending and silent_since is not None and now - silent_since >= self._client.connect_timeout:
+                print(
+                    f"cluster.Executor: abandoning {len(pending)} calls: the coordinator has not answered for "
+                    f"{now - self._client.last_heard:.0f} s",
+                    file=sys.stderr,
+                )
+                break
+        self._close()
+
+    def _close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._client.close()
 
     def _job_for(self, fn: Callable) -> JobHandle:
         """The job for fn's tasks, opened if need be; counted as submitting until
         submit() is done with it, so it is not closed under the caller."""
         with self._lock:
-            _, blob, digest = self._packing(fn)
+            blob, digest = self._packing(fn)
             job = self._jobs.get(digest)
             if job is None:
                 self._close_idle_jobs()
-                job = self._client.open_job(blob, self._options, self._on_result, self._bundles)
+                job = self._client.open_job(blob, self._options, self._on_result, self._bundles, self._on_started)
                 self._jobs[digest] = job
             self._jobs.move_to_end(digest)
             self._submitting[digest] += 1
             return job
 
-    def _packing(self, fn: Callable) -> tuple[Callable, bytes, str]:
+    def _packing(self, fn: Callable) -> tuple[bytes, str]:
         """fn packed once while it is among the FUNCTION_CACHE most recently packed: finding
-        the modules it needs reads and parses files, which no task should pay for."""
+        the modules it needs reads and parses files, which no task should pay for. A bound
+        method is a new object at each attribute access, and a builtin cannot be referenced
+        weakly: those are packed at each submit."""
         packed = self._packed.get(id(fn))
-        if packed is None or packed[0] is not fn:
-            blob = code.pack_callable(fn)
-            packed = self._packed[id(fn)] = (fn, blob, payload.digest(blob))
-            if len(self._packed) > FUNCTION_CACHE:
-                self._packed.popitem(last=False)
-        return packed
+        if packed is not None and packed[0]() is fn:
+            self._packed.move_to_end(id(fn))
+            return packed[1], packed[2]
+        blob = code.pack_callable(fn)
+        digest = payload.digest(blob)
+        try:
+            ref = weakref.ref(fn)
+        except TypeError:
+            return blob, digest
+        self._packed[id(fn)] = (ref, blob, digest)
+        if len(self._packed) > FUNCTION_CACHE:
+            self._packed.popitem(last=False)
+        return blob, digest
 
     def _close_idle_jobs(self) -> None:
         """Close the least recently used jobs with nothing in flight, beyond MAX_IDLE_JOBS."""
@@ -194,15 +318,76 @@ class Executor(cf.Executor):
             self._jobs.pop(digest).close()
             del self._submitting[digest]
 
+    def _on_done(self, future: cf.Future) -> None:
+        if future.cancelled():
+            assert isinstance(future, TaskFuture)
+            self._forget(future)
+            try:
+                # CANCELLED -> CANCELLED_AND_NOTIFIED, or wait() and as_completed() never see it done.
+                future.set_running_or_notify_cancel()
+            except RuntimeError:
+                pass  # already notified
+
+    def _forget(self, future: TaskFuture) -> None:
+        """The call is cancelled or stopped: the cluster drops it; one that runs already
+        is killed only when stopped (``cancel()`` lets it finish, its result dropped)."""
+        if self._futures.pop(future._index, None) is not None:
+            future._job.cancel([future._index], stop=future._stop)
+
+    def _on_started(self, index: int) -> None:
+        """Runs on the client's IO thread."""
+        future = self._futures.get(index)
+        if future is not None:
+            future._started()
+
     def _on_result(self, index: int, status: int, body: wire.Buffer) -> None:
         """Runs on the client's IO thread, like a process pool's result thread."""
         future = self._futures.pop(index, None)
-        if future is None or not future.set_running_or_notify_cancel():
-            return  # cancelled by the user: the result is dropped
+        if future is None:
+            return  # cancelled or stopped by the user: the result is dropped
         try:
             if status == wire.OK:
                 future.set_result(payload.load_result(body, payload.RESULT_PICKLE))
             else:
                 future.set_exception(payload.error_to_exception(payload.load_error(body)))
+        except cf.InvalidStateError:
+            pass  # cancelled or stopped meanwhile
         except Exception as exc:  # a result that cannot be unpickled on this side
-            future.set_exception(exc)
+            try:
+                future.set_exception(exc)
+            except cf.InvalidStateError:
+                pass
+
+
+def _result_or_cancel(future: cf.Future, timeout: float | None) -> Any:
+    """Its result; a call not finished in time is cancelled (if it has not started)."""
+    try:
+        return future.result(timeout)
+    finally:
+        future.cancel()
+
+
+# What a process pool promises when the interpreter exits: every call submitted runs (a
+# script may submit and end without shutdown), and nothing may be submitted after that.
+_live: weakref.WeakSet[Executor] = weakref.WeakSet()
+_exit_lock = threading.Lock()
+_exiting = False
+
+
+def _python_exit() -> None:
+    global _exiting
+    with _exit_lock:
+        _exiting = True
+    for executor in list(_live):
+        executor._drain_at_exit()
+
+
+# threading's own exit hooks run before the interpreter joins its threads and before
+# atexit's, while the client's IO thread still runs: concurrent.futures uses the same.
+_register = getattr(threading, "_register_atexit", None)
+if _register is not None:
+    _register(_python_exit)
+else:  # pragma: no cover - every CPython since 3.9 has it
+    import atexit
+
+    atexit.register(_python_exit)

@@ -2,9 +2,12 @@
 without a result yet, and the window that bounds them.
 
 ``JobHandle.submit`` blocks while the job's window is full: that window is what keeps
-the client's memory bounded however many inputs stream in. The session's IO thread
-(session.py) takes new tasks, keeps them in ``outstanding`` until their results arrive,
-and hands each result to ``on_result`` once.
+the client's memory bounded however many inputs stream in (``clusterctl submit``).
+``submit_nowait`` never blocks: beyond the window, tasks wait in the job's backlog, in
+the client, and go as results free room (the Executor's, as a process pool's submit
+never blocks either). The session's IO thread (session.py) takes new tasks, keeps them
+in ``outstanding`` until their results arrive, and hands each result to ``on_result``
+once, and news that a worker started a task to ``on_started``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ if TYPE_CHECKING:
 BATCH = 256  # tasks per SubmitTasks message, at most
 
 ResultCallback = Callable[[int, int, wire.Buffer], None]  # (index, status, payload)
+StartedCallback = Callable[[int], None]  # (index): a worker started that task
 
 
 class Window:
@@ -65,6 +69,7 @@ class JobHandle:
         options: dict,
         on_result: ResultCallback,
         bundles: Sequence[Bundle] = (),
+        on_started: StartedCallback | None = None,
     ):
         self._post = post  # to the session's IO thread, which owns the socket
         self.job_id = uuid.uuid4().hex
@@ -75,6 +80,7 @@ class JobHandle:
         self.options = dict(options, bundles=[b.digest for b in self.bundles]) if self.bundles else options
         self.bundles_resent = False  # after the coordinator said it had lost them (see ClusterClient)
         self.on_result = on_result
+        self.on_started = on_started
         self.window = options.get("window", 10_000)
         self.accepted = threading.Event()
         self.workers = 0
@@ -83,43 +89,68 @@ class JobHandle:
         self._room = Window(self.window)
         self._lock = threading.Lock()
         self._new: collections.deque[tuple[int, wire.Buffer]] = collections.deque()
+        # submit_nowait's tasks beyond the window, in order; they hold no room until they move to _new.
+        self._backlog: collections.OrderedDict[int, wire.Buffer] = collections.OrderedDict()
         self.outstanding: dict[int, wire.Buffer] = {}  # owned by the IO thread
+        self.running: set[int] = set()  # the outstanding tasks a worker started; the IO thread's
         self.closed = False
 
     def submit(self, index: int, args: wire.Buffer, timeout: float | None = None) -> bool:
         """Queue a task; blocks while ``window`` tasks have no result yet.
         Raises PayloadTooLarge, before anything is sent, for arguments over the limit."""
-        if self.max_payload and len(args) > self.max_payload:
-            raise payload.PayloadTooLarge(
-                f"task {index}: arguments are {len(args) / 2**20:.1f} MiB; the cluster "
-                f"accepts at most {self.max_payload / 2**20:.1f} MiB per task"
-            )
+        self._check(index, args)
         if not self._room.take(timeout):
             return False
         if self.closed:
             self._room.give()
             raise RuntimeError("job is closed")
         with self._lock:
-            was_empty = not self._new
-            self._new.append((index, args))
+            self._hand_over(index, args)
+        return True
+
+    def submit_nowait(self, index: int, args: wire.Buffer) -> None:
+        """Queue a task without blocking: with the window full it waits in the backlog,
+        behind those already there. Raises PayloadTooLarge as ``submit`` does."""
+        self._check(index, args)
+        if self.closed:
+            raise RuntimeError("job is closed")
+        with self._lock:
+            if not self._backlog and self._room.take(0):
+                self._hand_over(index, args)
+            else:
+                self._backlog[index] = args
+
+    def _check(self, index: int, args: wire.Buffer) -> None:
+        if self.max_payload and len(args) > self.max_payload:
+            raise payload.PayloadTooLarge(
+                f"task {index}: arguments are {len(args) / 2**20:.1f} MiB; the cluster "
+                f"accepts at most {self.max_payload / 2**20:.1f} MiB per task"
+            )
+
+    def _hand_over(self, index: int, args: wire.Buffer) -> None:
+        """To the IO thread (under ``_lock``, with the task's room taken)."""
+        was_empty = not self._new
+        self._new.append((index, args))
         if was_empty:  # one wake-up per burst, not per task: the IO thread takes them all
             self._post(("tasks", None))
-        return True
 
     @property
     def idle(self) -> bool:
         """No task without its result (nor a submit about to add one: see the window)."""
-        return self._room.free == self._room.size
+        return self._room.free == self._room.size and not self._backlog
 
-    def cancel(self, index: int) -> None:
-        """Drop one task: the cluster forgets it (stopping it if it runs) and its
-        window slot is freed. Safe from any thread."""
-        self._post(("cancel", (self, index)))
+    def cancel(self, indices: Sequence[int] | None, *, stop: bool) -> None:
+        """Drop tasks: the cluster forgets them and their window room is freed. A running
+        one's worker is killed with ``stop``; else it runs to its end and its result is
+        dropped. ``None``: every task not known to have started (``clusterctl submit``'s
+        Ctrl-C). Safe from any thread."""
+        self._post(("cancel", (self, None if indices is None else list(indices), stop)))
 
     def close(self) -> None:
         """Tell the cluster the job is over: queued tasks are dropped, running ones stopped."""
         if not self.closed:
             self.closed = True
+            self._unqueue_all()
             self._post(("close", self))
 
     # --- IO thread side
@@ -130,12 +161,38 @@ class JobHandle:
             self._new.clear()
         return out
 
-    def _results(self, items: list, bodies: tuple) -> None:
+    def _unqueue(self, index: int) -> bool:
+        """Take a task back from the backlog; False when it is not there (sent, or to be)."""
+        with self._lock:
+            return self._backlog.pop(index, None) is not None
+
+    def _unqueue_all(self) -> None:
+        with self._lock:
+            self._backlog.clear()
+
+    def _release(self, n: int) -> None:
+        """Room for ``n`` more tasks: the backlog's oldest take it first."""
+        with self._lock:
+            moved = min(n, len(self._backlog))
+            for _ in range(moved):
+                self._new.append(self._backlog.popitem(last=False))
+        if n > moved:
+            self._room.give(n - moved)
+
+    def _results(self, items: list, bodies: tuple, started: Sequence[int] = ()) -> None:
+        for index in started:
+            if index in self.outstanding and index not in self.running:
+                self.running.add(index)
+                if self.on_started is not None:
+                    self.on_started(index)
         delivered = 0
+        running = self.running
         for (index, status), body in zip(items, bodies):
             if self.outstanding.pop(index, None) is None:
                 continue  # a duplicate (resubmission raced a late result): already delivered
+            if running:
+                running.discard(index)
             delivered += 1
             self.on_result(index, status, body)
         if delivered:
-            self._room.give(delivered)
+            self._release(delivered)

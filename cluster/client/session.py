@@ -22,7 +22,7 @@ import zmq
 from kazoo.client import KazooClient
 from kazoo.handlers.threading import KazooTimeoutError
 
-from cluster.client.job import BATCH, JobHandle, ResultCallback, Window
+from cluster.client.job import BATCH, JobHandle, ResultCallback, StartedCallback, Window
 from cluster.contract import layout, security, wire
 from cluster.contract.layout import LeaderRecord
 from cluster.runtime import loop
@@ -64,6 +64,9 @@ class ClusterClient:
         self._bundles_sent: set[str] = set()  # digests the leader got over this connection
         self._waker = loop.Waker()
         self._stopping = False
+        self._cancels: dict[
+            tuple[str, bool], list[int]
+        ] = {}  # (job, stop) -> tasks to cancel, sent after each batch of events
         self._event_handlers: dict[str, Callable[[Any], None]] = {
             "open": self._on_open,
             "close": self._on_close,
@@ -112,10 +115,17 @@ class ClusterClient:
             )
 
     def open_job(
-        self, function: bytes, options: dict, on_result: ResultCallback, bundles: Sequence[Bundle] = ()
+        self,
+        function: bytes,
+        options: dict,
+        on_result: ResultCallback,
+        bundles: Sequence[Bundle] = (),
+        on_started: StartedCallback | None = None,
     ) -> JobHandle:
-        """``bundles`` (cluster/client/bundle.py) go to the leader before the job, each once."""
-        job = JobHandle(self._post, function, options, on_result, bundles)
+        """``bundles`` (cluster/client/bundle.py) go to the leader before the job, each once.
+        ``on_started(index)``: a worker started that task (coordinators of earlier releases
+        do not say; then a task's result is the first news of it)."""
+        job = JobHandle(self._post, function, options, on_result, bundles, on_started)
         self._post(("open", job))
         if not job.accepted.wait(self.connect_timeout):
             raise ClusterUnavailable(
@@ -181,6 +191,7 @@ class ClusterClient:
                 if self._waker.fd in ready:
                     for kind, value in self._waker.drain():
                         self._on_event(kind, value)
+                    self._send_cancels()
                 if self.sock in ready:
                     self._read()
                 self._send_new()
@@ -208,12 +219,25 @@ class ClusterClient:
         self.jobs.pop(job.job_id, None)
         loop.send(self.sock, wire.CancelJob(job.job_id))
 
-    def _on_cancel(self, value: tuple[JobHandle, int]) -> None:
-        job, index = value
-        self._send_new()  # so the task is outstanding (and its cancel follows its submit)
-        if job.outstanding.pop(index, None) is not None:
-            job._room.give()
-            loop.send(self.sock, wire.CancelTasks(job.job_id, [index]))
+    def _on_cancel(self, value: tuple[JobHandle, list[int] | None, bool]) -> None:
+        """Tasks still in the backlog are just forgotten; those sent are cancelled on the
+        cluster after this batch of events, in one message per job (shutdown cancels a
+        future at a time). ``None``: every task not known to have started."""
+        job, indices, stop = value
+        self._send_new()  # so the tasks are outstanding (and their cancel follows their submit)
+        if indices is None:
+            job._unqueue_all()
+            indices = [i for i in job.outstanding if i not in job.running]
+        sent = [i for i in indices if not job._unqueue(i) and job.outstanding.pop(i, None) is not None]
+        job.running.difference_update(sent)
+        if sent:
+            job._release(len(sent))
+            self._cancels.setdefault((job.job_id, stop), []).extend(sent)
+
+    def _send_cancels(self) -> None:
+        for (job_id, stop), indices in self._cancels.items():
+            loop.send(self.sock, wire.CancelTasks(job_id, indices, stop))
+        self._cancels.clear()
 
     def _on_leader(self, record: LeaderRecord) -> None:
         if (record.endpoint, record.epoch) != (self.leader.endpoint, self.leader.epoch):
@@ -286,7 +310,7 @@ class ClusterClient:
     def _on_task_results(self, msg: wire.TaskResults) -> None:
         job = self.jobs.get(msg.job_id)
         if job is not None:
-            job._results(msg.items, msg.frames)
+            job._results(msg.items, msg.frames, msg.started)
 
     def _on_job_accepted(self, msg: wire.JobAccepted) -> None:
         job = self.jobs.get(msg.job_id)
