@@ -10,7 +10,7 @@ import subprocess
 import time
 
 import pytest
-from helpers import PY, ROOT, LineReader, wait_for
+from helpers import PY, ROOT, wait_for
 
 from cluster import Executor
 from cluster.contract.payload import TaskTimeout
@@ -73,31 +73,109 @@ def test_executor_timeout_and_cancel(running_cluster):
         assert ex.submit(abs, -3).result(timeout=30) == 3  # the window slots came back
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_or_sigterm_cancels_the_job_on_the_cluster_and_summarises(running_cluster, tmp_path, sig):
-    mod = tmp_path / "hogs.py"
-    mod.write_text(HOGS)
+GATED = """
+import pathlib, time
+
+def gated(x):
+    here = pathlib.Path({here!r})
+    (here / f"started-{{x}}").touch()
+    while not (here / "gate").exists():
+        time.sleep(0.01)
+    return x
+"""
+
+
+class StderrText:
+    """All a child wrote to stderr so far: the progress bar redraws with \r, not lines."""
+
+    def __init__(self, stream):
+        import threading
+
+        self.text = ""
+
+        def pump():
+            for chunk in iter(lambda: stream.read(1), ""):
+                self.text += chunk
+
+        self._thread = threading.Thread(target=pump, daemon=True)
+        self._thread.start()
+
+    def all(self, timeout: float) -> str:
+        """Everything, once the child has closed its stderr."""
+        self._thread.join(timeout)
+        return self.text
+
+
+def test_ctrl_c_cancels_what_has_not_started_and_writes_what_runs_to_its_end(running_cluster, tmp_path):
+    (tmp_path / "gated.py").write_text(GATED.format(here=str(tmp_path)))
     proc = subprocess.Popen(
-        [PY, "-m", "cluster.cli.main", "submit", f"{mod}:nap", "--range", "0", "400"],
+        [PY, "-m", "cluster.cli.main", "submit", f"{tmp_path / 'gated.py'}:gated", "--range", "0", "400", "--progress"],
         env=running_cluster.env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    lines = LineReader(proc.stdout)
-    lines.next(60)  # work is flowing
-    proc.send_signal(sig)
+    err = StderrText(proc.stderr)
+    # Each of the four workers runs one task, and the bar shows the client knows it.
+    wait_for(lambda: " 4 running " in err.text, 60, what="four tasks reported running")
+    running = {int(p.name.split("-")[1]) for p in tmp_path.glob("started-*")}
+    assert len(running) == 4
+    proc.send_signal(signal.SIGINT)
+    # What had not started is gone from the cluster, and the command waits for the rest.
+    running_cluster.wait_status(lambda s: s["queued"] == 0 and s["running"] == 4, 30, what="the queued tasks cancelled")
+    assert proc.poll() is None
+    (tmp_path / "gate").touch()
+    assert proc.wait(60) == 130
+    rows = _rows(proc.stdout.read())
+    assert {r["index"] for r in rows} == running and all(r["ok"] and r["result"] == r["index"] for r in rows)
+    text = err.all(10)
+    assert "cancelled after 4 of 400 tasks, 0 failed, 396 not run" in text and "Traceback" not in text
+    assert {int(p.name.split("-")[1]) for p in tmp_path.glob("started-*")} == running  # nothing else ever ran
+    running_cluster.wait_status(lambda s: s["jobs"] == 0 and s["workers"]["busy"] == 0, 10, what="the job to end")
+
+
+@pytest.mark.parametrize("second", ["sigint", "sigterm"])
+def test_a_second_ctrl_c_or_sigterm_stops_the_running_tasks_too(running_cluster, tmp_path, second):
+    mod = tmp_path / "hogs.py"
+    mod.write_text(HOGS)
+    proc = subprocess.Popen(
+        [PY, "-m", "cluster.cli.main", "submit", f"{mod}:hang", "--range", "0", "400"],
+        env=running_cluster.env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    running_cluster.wait_status(lambda s: s["workers"]["busy"] == 4, 60, what="every worker busy")
+    if second == "sigint":
+        proc.send_signal(signal.SIGINT)
+        running_cluster.wait_status(lambda s: s["queued"] == 0, 30, what="the queued tasks cancelled")
+        assert proc.poll() is None  # waiting for the four that run (an hour each)
+    proc.send_signal(signal.SIGINT if second == "sigint" else signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
-    assert "cancelled after" in err and "Traceback" not in err
-    # The cluster dropped the job: no job, nothing queued, no worker busy (its 400 tasks
-    # of 0.3 s would keep the four workers busy for 30 s), and new work runs.
+    assert "cancelled after 0 of 400 tasks, 0 failed, 400 not run" in err and "Traceback" not in err
+    # The cluster dropped the job and killed its workers (their tasks would run an hour),
+    # and new work runs.
     running_cluster.wait_status(
-        lambda s: s["jobs"] == 0 and s["queued"] == 0 and s["workers"]["busy"] == 0, 10, what="the job to be dropped"
+        lambda s: s["jobs"] == 0 and s["queued"] == 0 and s["workers"]["busy"] == 0, 30, what="the job to be dropped"
     )
     res = running_cluster.clusterctl("submit", "math:sqrt", "--range", "0", "4")
     assert res.returncode == 0, res.stderr
+
+
+def test_submit_timeout_counts_from_the_start_of_each_task(local_cluster):
+    coordinator = local_cluster.coordinator()
+    local_cluster.agent("one", 1)
+    local_cluster.wait_ready(coordinator, ["one"])
+    # One worker runs both, one after the other: the second starts a second after both
+    # were sent. Counted from the submit, it would be killed half a second before its end.
+    res = local_cluster.clusterctl("submit", "time:sleep", "--inputs", "-", "--timeout", "1.5", input="1\n1\n")
+    assert res.returncode == 0, res.stderr
+    assert [r["ok"] for r in _rows(res.stdout)] == [True, True]
+    res = local_cluster.clusterctl("submit", "time:sleep", "--inputs", "-", "--timeout", "0.5", input="1\n")
+    assert res.returncode == 1 and "TaskTimeout" in _rows(res.stdout)[0]["error"]
 
 
 def test_clusterctl_drain_waits_for_the_agent_to_leave(running_cluster):

@@ -8,7 +8,12 @@ value per line. Output: one line per task on stdout (or --output FILE):
 
 A result JSON cannot carry comes as {"index": 2, "ok": true, "repr": "Decimal('1.5')"}.
 Exit status: 0 all tasks succeeded, 1 some failed, 2 usage error or cluster unreachable,
-130 cancelled with Ctrl-C (queued and running tasks are cancelled on the cluster).
+130 cancelled.
+
+Ctrl-C cancels the tasks not started and feeds no more inputs; the running ones finish
+and their results are written (as the Executor's shutdown(cancel_futures=True)). A
+second Ctrl-C, or SIGTERM, stops the running ones too. The summary on stderr says how
+many tasks were not run.
 
 Examples:
 
@@ -36,7 +41,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Optional
 
@@ -75,7 +80,9 @@ def submit(
         60.0, "--wait-workers", help="Seconds to wait for a first agent when the cluster has none (then exit 2)."
     ),
     timeout: Optional[float] = typer.Option(
-        None, "--timeout", help="Seconds a task may run; then its worker is killed and it fails with TaskTimeout."
+        None,
+        "--timeout",
+        help="Seconds a task may run, counted from its start on a worker (not from the submit); then its worker is killed and it fails with TaskTimeout.",
     ),
     max_memory: Optional[str] = typer.Option(
         None, "--max-memory", help="Memory a worker may use for a task, e.g. 512M or 2G; over it the worker is killed."
@@ -268,7 +275,7 @@ def _run(
 ) -> int:
     results: queue.SimpleQueue = queue.SimpleQueue()
     started = time.monotonic()
-    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM cancels the job like Ctrl-C does
+    signal.signal(signal.SIGTERM, _terminate)
     with common.clear_errors():
         client = ClusterClient(cfg.zk, cfg.cluster, connect_timeout=connect_timeout, keys=cfg.keys, zk_auth=cfg.zk_auth)
     try:
@@ -283,55 +290,87 @@ def _run(
             typer.echo(
                 f"clusterctl: no workers in cluster {cfg.cluster!r} yet; tasks wait until an agent joins", err=True
             )
-        feeder = threading.Thread(target=_feed, args=(job, source, results), daemon=True)
+        feeding = threading.Event()
+        feeding.set()
+        feeder = threading.Thread(target=_feed, args=(job, source, results, feeding), daemon=True)
         feeder.start()
         writer = _Writer(out, ordered)
         bar = _Progress(source.count) if progress else None
-        try:
-            while writer.done < source.count:
+
+        def collect(until: Callable[[], bool]) -> bool:
+            """Write results as they come until ``until()``; False when no agent joined in time."""
+            while not until():
                 try:
                     item = results.get(timeout=0.2)
                 except queue.Empty:
                     if bar:
-                        bar.update(writer.done, writer.failed)
+                        bar.update(writer.done, writer.failed, len(job.running))
                     if writer.done == 0 and client.agents == 0 and time.monotonic() - started > wait_workers:
-                        job.close()
-                        typer.echo(
-                            f"clusterctl: no agent joined cluster {cfg.cluster!r} within {wait_workers:g} s; "
-                            "start one with `clusterctl agent`",
-                            err=True,
-                        )
-                        return common.EXIT_USAGE
+                        return False
                     continue
                 writer.add(*item)
                 if bar and writer.done % 64 == 0:
-                    bar.update(writer.done, writer.failed)
-        except KeyboardInterrupt:
-            job.close()
+                    bar.update(writer.done, writer.failed, len(job.running))
+            return True
+
+        try:
+            try:
+                if not collect(lambda: writer.done >= source.count):
+                    typer.echo(
+                        f"clusterctl: no agent joined cluster {cfg.cluster!r} within {wait_workers:g} s; "
+                        "start one with `clusterctl agent`",
+                        err=True,
+                    )
+                    return common.EXIT_USAGE
+            except _Terminated:
+                raise
+            except KeyboardInterrupt:
+                # As shutdown(cancel_futures=True): what has not started is cancelled, what
+                # runs finishes and is written; a second Ctrl-C stops it.
+                feeding.clear()
+                feeder.join()
+                job.cancel(None, stop=False)
+                if job.running:
+                    typer.echo(
+                        f"\nclusterctl: cancelling; waiting for {len(job.running)} running tasks "
+                        "(Ctrl-C again to stop them)",
+                        err=True,
+                    )
+                collect(lambda: job.idle and results.empty())
+                _summary(writer, source.count, started, cancelled=True)
+                return 130
+        except KeyboardInterrupt:  # a second Ctrl-C, or SIGTERM: stop everything now
             _summary(writer, source.count, started, cancelled=True)
             return 130
         finally:
+            job.close()
             if bar:
-                bar.close(writer.done, writer.failed)
-        job.close()
+                bar.close(writer.done, writer.failed, 0)
         _summary(writer, source.count, started)
         return common.EXIT_FAILED if writer.failed else common.EXIT_OK
     finally:
         client.close()
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM: the job stops at once, running tasks and all (a service manager waits
+    for no task)."""
 
 
-def _feed(job: JobHandle, source: Inputs, results: queue.SimpleQueue) -> None:
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+def _feed(job: JobHandle, source: Inputs, results: queue.SimpleQueue, feeding: threading.Event) -> None:
     for index, args in source.items:
         try:
-            while not job.submit(index, args, timeout=0.5):
-                if job.closed:
+            while not job.submit(index, args, timeout=0.2):
+                if job.closed or not feeding.is_set():
                     return
         except payload.PayloadTooLarge as exc:  # refused here, before sending: report it as this task's failure
             results.put((index, wire.ERROR, payload.failure("PayloadTooLarge", str(exc))))
+        if not feeding.is_set():
+            return
 
 
 class _Writer:
@@ -392,7 +431,10 @@ def _summary(writer: _Writer, total: int, started: float, cancelled: bool = Fals
     wall = time.monotonic() - started
     rate = writer.done / wall if wall > 0 else 0.0
     state = f"cancelled after {writer.done} of {total}" if cancelled else f"{writer.done}"
-    typer.echo(f"clusterctl: {state} tasks, {writer.failed} failed, {wall:.2f} s wall, {rate:.0f} tasks/s", err=True)
+    not_run = f", {total - writer.done} not run" if cancelled else ""
+    typer.echo(
+        f"clusterctl: {state} tasks, {writer.failed} failed{not_run}, {wall:.2f} s wall, {rate:.0f} tasks/s", err=True
+    )
 
 
 class _Progress:
@@ -401,7 +443,7 @@ class _Progress:
     def __init__(self, total: int):
         self.total, self.started, self._last = total, time.monotonic(), 0.0
 
-    def update(self, done: int, failed: int, force: bool = False) -> None:
+    def update(self, done: int, failed: int, running: int, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last < 0.1:
             return
@@ -412,9 +454,11 @@ class _Progress:
         rate = done / max(now - self.started, 1e-9)
         eta = (self.total - done) / rate if rate > 0 else float("inf")
         eta_text = f"{eta:.0f}s" if eta != float("inf") else "?"
-        sys.stderr.write(f"\r[{bar}] {done}/{self.total} {frac:6.1%}  {failed} failed  {rate:.0f}/s  eta {eta_text} ")
+        sys.stderr.write(
+            f"\r[{bar}] {done}/{self.total} {frac:6.1%}  {running} running  {failed} failed  {rate:.0f}/s  eta {eta_text} "
+        )
         sys.stderr.flush()
 
-    def close(self, done: int, failed: int) -> None:
-        self.update(done, failed, force=True)
+    def close(self, done: int, failed: int, running: int) -> None:
+        self.update(done, failed, running, force=True)
         sys.stderr.write("\n")
