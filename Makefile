@@ -38,10 +38,10 @@ format: venv
 # peer is installed on its own and a failure is only reported.
 # Figures as JSON too: make bench BENCH_ARGS='--json bench.json'; smaller: BENCH_ARGS=--quick
 # BENCH_BEFORE: the commit whose clusterd runs beside this tree's (W1-W3 side by side);
-# ac6c932 is the last one before job isolation (workers forked per job). Empty: none.
+# c9b54b0 is the last one before RUNNING notifications (issue 16: they must not cost W1). Empty: none.
 BENCH_STAMP := $(VENV)/.installed-bench
 BENCH_ARGS ?=
-BENCH_BEFORE ?= ac6c932
+BENCH_BEFORE ?= c9b54b0
 
 bench: venv zookeeper $(BENCH_STAMP)
 	$(VENV)/bin/python -m bench.run $(if $(BENCH_BEFORE),--before $(BENCH_BEFORE)) $(BENCH_ARGS)
