@@ -12,10 +12,10 @@ concurrent.futures", lists what a remote executor does differently and why):
   in the client, in order, and go as results come.
 - A future is RUNNING once a worker has started its call (agents look for starts 5 ms
   after a worker's news, and report them with the next results: a call that ends sooner
-  goes from PENDING to FINISHED; agents/starts.py). ``cancel()`` then fails, as in CPython, and never kills a call: one that
-  started before its RUNNING arrived runs on, its result dropped. ``TaskFuture.stop()``
-  stops a call wherever it is (a running call's worker is killed and replaced) and fails
-  its future with ``TaskStopped``.
+  goes from PENDING to FINISHED; agents/starts.py). ``cancel()`` then fails, as in
+  CPython, and never kills a call: one that started before its RUNNING arrived runs on,
+  its result dropped. ``TaskFuture.stop()`` stops a call wherever it is (a running call's
+  worker is killed and replaced) and fails its future with ``TaskStopped``.
 - ``shutdown(wait=False)`` still runs every call submitted, and so does an interpreter
   that exits without calling shutdown; ``cancel_futures=True`` cancels the calls not
   started, and the running ones finish.
