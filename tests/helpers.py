@@ -16,7 +16,7 @@ import psutil
 from kazoo.client import KazooClient
 from kazoo.retry import KazooRetry
 
-from cluster.cli.status import _ask as ask_status
+from cluster.cli.status import ask_leader as ask_status
 from cluster.contract import layout
 from cluster.contract.layout import AgentRecord
 from cluster.runtime.zk import read_leader
@@ -276,7 +276,7 @@ class LocalCluster:
                 raise Unanswered(f"no coordinator leads cluster {self.name}")
             endpoint = leader.endpoint
         keys = "" if self.env.get("CLUSTER_INSECURE") else self.env.get("CLUSTER_KEYS", "")
-        try:  # given a curve key, _ask secures the socket with the coordinator's key from the keys folder
+        try:  # given a curve key, ask_leader secures the socket with the coordinator's key from the keys folder
             return ask_status(endpoint, "curve" if keys else "", keys, timeout)
         except ValueError as exc:
             raise Unanswered(str(exc)) from None

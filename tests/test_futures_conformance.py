@@ -189,14 +189,23 @@ def test_map_timeout(executor):
     assert results == [None, None]
 
 
-def test_map_timeout_is_one_deadline_from_the_call(executor):
-    # Each result comes within 1.5 s of the one before (two workers, two rounds of 1 s),
-    # but the last not within 1.5 s of the call: a timeout per result would not raise.
+def test_map_timeout_is_one_deadline_from_the_call(executor, tmp_path):
+    # The first call may end 0.5 s after the map, the second 0.8 s after the first: each
+    # within 1 s of the one before, so a timeout per result would not raise, but the
+    # second is past 1 s from the call.
+    gates = [tmp_path / f"gate{i}" for i in range(2)]
+    timers = [threading.Timer(at, gate.touch) for at, gate in zip((0.5, 1.3), gates)]
     results = []
-    with pytest.raises(cf.TimeoutError):
-        for r in executor.map(time.sleep, [1.0] * (2 * WORKERS), timeout=1.5):
-            results.append(r)
-    assert results == [None] * WORKERS
+    try:
+        with pytest.raises(cf.TimeoutError):
+            for timer in timers:
+                timer.start()
+            for r in executor.map(wait_for_file, map(str, gates), range(2), timeout=1.0):
+                results.append(r)
+    finally:
+        for timer in timers:
+            timer.cancel()
+    assert results == [0]
 
 
 def test_shutdown_race_issue12456(executor):

@@ -47,7 +47,7 @@ def coordinator():
         scheduler.agent_up(node_id, 2, 4, [])
         directory.liveness.beat(node_id, 9.0)
     directory.write_off("a2", "silent for 2.0 s", "silent")
-    job = scheduler.add_job("j", b"client", b"fn", "d", {}, now=0.0)
+    job = scheduler.add_job("j", b"client", b"fn", "d", {"record": 7}, now=0.0)
     scheduler.add_tasks(job, [0, 1], (b"0", b"1"))
     scheduler.plan()  # both to a1 (idle workers first)
     scheduler.on_result("a1", "j", 0, 1, wire.OK, b"r")
@@ -117,6 +117,7 @@ def test_the_status_document_keeps_every_key_its_readers_use():
         "relays_bypassed": ["rack2"],
         "counters": {"dropped_messages": 2, "clients_timed_out": 1, "delivered": 1, "rejected_keys": 4},
         "written_off": {"silent": 1},
+        "job_progress": {"7": {"done": 1, "failed": 0, "outstanding": 1}},
     }
 
 

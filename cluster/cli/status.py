@@ -41,7 +41,7 @@ def status(
     if leader is None:
         raise common.fail(f"no coordinator leads cluster {cfg.cluster!r}")
     with common.clear_errors():
-        state = _ask(leader.endpoint, leader.curve_key, cfg.keys, timeout)
+        state = ask_leader(leader.endpoint, leader.curve_key, cfg.keys, timeout)
     state["standbys"] = max(0, candidates - 1)
     if as_json:
         common.print_json(state)
@@ -81,7 +81,8 @@ def render(state: dict) -> str:
     return "\n".join(lines)
 
 
-def _ask(endpoint: str, curve_key: str, keys_dir: str, timeout: float) -> dict:
+def ask_leader(endpoint: str, curve_key: str, keys_dir: str, timeout: float) -> dict:
+    """The leader's status document (ValueError when it cannot be had)."""
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)

@@ -48,7 +48,7 @@ from typing import IO, Optional
 import typer
 
 from cluster.cli import common, options
-from cluster.client import bundle, code
+from cluster.client import bundle, code, records
 from cluster.client.session import ClusterClient, JobHandle
 from cluster.contract import config, payload, wire
 
@@ -113,6 +113,7 @@ def submit(
         code = _run(
             common_cfg,
             function,
+            " ".join(target),
             source,
             out,
             ordered=ordered,
@@ -260,6 +261,7 @@ def _file_inputs(name: str, star: bool, shell: bool) -> Inputs:
 def _run(
     cfg: config.Common,
     function: bytes,
+    label: str,
     source: Inputs,
     out: IO[str],
     *,
@@ -278,11 +280,26 @@ def _run(
     signal.signal(signal.SIGTERM, _terminate)
     with common.clear_errors():
         client = ClusterClient(cfg.zk, cfg.cluster, connect_timeout=connect_timeout, keys=cfg.keys, zk_auth=cfg.zk_auth)
+    writer = _Writer(out, ordered)
+    outcome = "cancelled"  # how the job ended, for its record: until it is known otherwise
+    try:
+        with common.clear_errors():
+            entry = records.open_job(client.zk, cfg.cluster, label, source.count)
+    except BaseException:
+        client.close()
+        raise
+    typer.echo(f"clusterctl: job {entry.id}: {source.count} tasks", err=True)
     try:
         with common.clear_errors():
             job = client.open_job(
                 function,
-                {"retries": retries, "window": window, "result_format": payload.RESULT_JSON, **limits},
+                {
+                    "retries": retries,
+                    "window": window,
+                    "result_format": payload.RESULT_JSON,
+                    "record": entry.id,
+                    **limits,
+                },
                 lambda i, s, b: results.put((i, s, b)),
                 bundles,
             )
@@ -294,7 +311,6 @@ def _run(
         feeding.set()
         feeder = threading.Thread(target=_feed, args=(job, source, results, feeding), daemon=True)
         feeder.start()
-        writer = _Writer(out, ordered)
         bar = _Progress(source.count) if progress else None
 
         def collect(until: Callable[[], bool]) -> bool:
@@ -347,8 +363,10 @@ def _run(
             if bar:
                 bar.close(writer.done, writer.failed, 0)
         _summary(writer, source.count, started)
+        outcome = "failed" if writer.failed else "done"
         return common.EXIT_FAILED if writer.failed else common.EXIT_OK
     finally:
+        entry.finish(outcome, total=source.count, done=writer.done, failed=writer.failed)
         client.close()
 
 

@@ -48,7 +48,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from cluster.client import bundle, code
+from cluster.client import bundle, code, records
 from cluster.client.session import ClusterClient, JobHandle
 from cluster.contract import payload, wire
 
@@ -157,7 +157,19 @@ class Executor(cf.Executor):
         self._counter = itertools.count()
         self._shutdown = False
         self._closed = False
+        self._done = self._failed = 0  # calls with a result, and those that raised, for the job's record
+        try:
+            self._record = records.open_job(self._client.zk, self._client.cluster, _label(), 0)
+        except BaseException:
+            self._client.close()
+            raise
+        self._options["record"] = self._record.id
         _live.add(self)
+
+    @property
+    def job_id(self) -> int:
+        """This executor's job id, as ``clusterctl jobs`` lists it (all its functions are one job)."""
+        return self._record.id
 
     @property
     def window(self) -> int:
@@ -275,6 +287,12 @@ class Executor(cf.Executor):
             if self._closed:
                 return
             self._closed = True
+        submitted = next(self._counter)
+        if self._done < submitted:
+            state = "cancelled"  # some calls were cancelled, stopped or abandoned
+        else:
+            state = "failed" if self._failed else "done"
+        self._record.finish(state, total=submitted, done=self._done, failed=self._failed)
         self._client.close()
 
     def _job_for(self, fn: Callable) -> JobHandle:
@@ -345,6 +363,9 @@ class Executor(cf.Executor):
         future = self._futures.pop(index, None)
         if future is None:
             return  # cancelled or stopped by the user: the result is dropped
+        self._done += 1
+        if status != wire.OK:
+            self._failed += 1
         try:
             if status == wire.OK:
                 future.set_result(payload.load_result(body, payload.RESULT_PICKLE))
@@ -357,6 +378,12 @@ class Executor(cf.Executor):
                 future.set_exception(exc)
             except cf.InvalidStateError:
                 pass
+
+
+def _label() -> str:
+    """What an Executor's job record says it runs: the script that made it."""
+    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return f"Executor in {script}" if script else "Executor"
 
 
 def _result_or_cancel(future: cf.Future, timeout: float | None) -> Any:

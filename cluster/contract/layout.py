@@ -6,6 +6,9 @@
     /clusterd/<cluster>/coordinator/election/   kazoo Election (lock) children
     /clusterd/<cluster>/coordinator/epoch       persistent; its version is the epoch counter
     /clusterd/<cluster>/coordinator/leader      ephemeral, LeaderRecord JSON
+    /clusterd/<cluster>/jobs/j-<10 digits>      persistent sequential, JobRecord JSON; its
+                                                number is the job's id
+    /clusterd/<cluster>/jobs/j-<...>/attached   ephemeral: the job's owning process lives
 
 Records are decoded defensively: znode data can be garbage, truncated or written
 by another version, and a reader must skip it with a warning, never crash.
@@ -22,6 +25,10 @@ ROOT = "/clusterd"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_RECORD_BYTES = 64 * 1024
 STATES = ("ready", "draining")
+# A job's record says "running" until its owner writes how it ended; a running job whose
+# owner's session is gone (no ``attached`` node) is shown "lost".
+JOB_STATES = ("running", "done", "failed", "cancelled")
+JOB_PREFIX = "j-"
 
 
 class BadRecord(ValueError):
@@ -76,6 +83,23 @@ def epoch_path(cluster: str) -> str:
 
 def leader_path(cluster: str) -> str:
     return f"{coordinator_path(cluster)}/leader"
+
+
+def jobs_path(cluster: str) -> str:
+    return f"{cluster_root(cluster)}/jobs"
+
+
+def job_node(job_id: int) -> str:
+    """The znode name of job ``job_id``: what ZooKeeper's sequential create gives it."""
+    return f"{JOB_PREFIX}{job_id:010d}"
+
+
+def job_id_of(name: str) -> int:
+    """A job's id from its znode name, or from what a user typed (``42``, ``j-0000000042``)."""
+    digits = name[len(JOB_PREFIX) :] if name.startswith(JOB_PREFIX) else name
+    if not digits.isdigit() or len(digits) > 10:
+        raise ValueError(f"{name!r} is not a job id (a number, as `clusterctl jobs` shows)")
+    return int(digits)
 
 
 def _load(data: bytes | None, what: str) -> dict[str, Any]:
@@ -208,3 +232,31 @@ class LeaderRecord(_Record):
     @classmethod
     def from_bytes(cls, data: bytes | None) -> LeaderRecord:
         return _build(cls, _load(data, "leader record"), "leader record")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class JobRecord(_Record):
+    """A job as every host sees it (``clusterctl jobs``), written by the process that owns
+    it when the job starts and when it ends, never in between: live counts come from the
+    leader."""
+
+    # Its id is the number of its sequential znode (job_id_of): short, sortable, unique in
+    # the cluster, and not stored here, as it is known only once the znode exists.
+    owner: str
+    host: str
+    pid: int
+    function: str  # what its tasks run: MODULE:FUNC, the shell command, or "Executor"
+    state: str
+    total: int  # tasks submitted; for an Executor, known when it ends
+    done: int = 0  # tasks with a result, failed ones included
+    failed: int = 0
+    started: float  # wall-clock time.time()
+    ended: float = 0.0
+    version: str
+
+    @classmethod
+    def from_bytes(cls, data: bytes | None) -> JobRecord:
+        record = _build(cls, _load(data, "job record"), "job record")
+        if record.state not in JOB_STATES:
+            raise BadRecord(f"job record: unknown state {record.state!r}")
+        return record

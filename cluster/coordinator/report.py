@@ -5,12 +5,13 @@ front and the scheduler."""
 from __future__ import annotations
 
 import collections
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from cluster.coordinator.directory import AgentDirectory
     from cluster.coordinator.front import ClientFront
-    from cluster.coordinator.scheduler import Scheduler
+    from cluster.coordinator.scheduler import Job, Scheduler
     from cluster.runtime.metrics import Metrics
 
 
@@ -82,7 +83,23 @@ def status(c: Source, now: float) -> dict[str, Any]:
         "relays_bypassed": sorted(r for r in relays.records if relays.bypassed(r)),
         "counters": dict(c.counters + c.front.counters + s.counters, rejected_keys=c.rejected_keys()),
         "written_off": dict(d.written_off),  # agents assumed lost while registered, by cause
+        "job_progress": job_progress(s.jobs.values()),
     }
+
+
+def job_progress(jobs: Iterable[Job]) -> dict[str, dict[str, int]]:
+    """By job id (the record's, clusterctl jobs): its results delivered by this leader,
+    failed ones, and tasks without a result yet; an Executor's functions add up."""
+    progress: dict[str, dict[str, int]] = {}
+    for job in jobs:
+        record = job.options.get("record")
+        if type(record) is not int:
+            continue
+        p = progress.setdefault(str(record), {"done": 0, "failed": 0, "outstanding": 0})
+        p["done"] += job.done
+        p["failed"] += job.failed
+        p["outstanding"] += len(job.tasks)
+    return progress
 
 
 def export(m: Metrics, c: Source, now: float) -> None:

@@ -52,6 +52,8 @@ class Job:
     queue: collections.deque[int] = dataclasses.field(default_factory=collections.deque)
     outbox: list[tuple[int, int, wire.Buffer]] = dataclasses.field(default_factory=list)
     started: list[int] = dataclasses.field(default_factory=list)  # tasks whose client is not told yet
+    done: int = 0  # results delivered (on this leader), failed ones included
+    failed: int = 0
     last_seen: float = 0.0
     python: str = ""  # the Python minor version its code loads on ("3.11"); "" for code that runs anywhere
 
@@ -339,6 +341,9 @@ class Scheduler:
             self.latencies.append((task.sent_at - task.ready_at, self.clock() - task.sent_at))
         self.counters["delivered"] += 1
         self.outcomes[wire.OUTCOMES.get(status, "other")] += 1
+        job.done += 1
+        if status != wire.OK:
+            job.failed += 1
 
     def on_started(self, node_id: str, started: list[list[Any]]) -> None:
         """An agent saw these tasks running: their clients are told once, whatever happens

@@ -1,0 +1,198 @@
+"""List the cluster's jobs (`clusterctl jobs`), or show or remove one (`clusterctl job`).
+
+Every job, from `clusterctl submit` or an `Executor`, has an id: a number, short,
+sortable and unique in the cluster, shown on stderr when `submit` starts
+(`clusterctl: job 42: 1000 tasks`) and as `Executor.job_id`. Its record in ZooKeeper says
+who ran it from where, what it ran and how it ended; this works from any host, with or
+without a coordinator. While a job runs, its done and failed counts come live from the
+leader. A job whose submitting process went away before it ended is "lost".
+
+Examples:
+
+  clusterctl jobs                       (jobs running now, and lost ones)
+
+  clusterctl jobs --all --json | jq '.[] | select(.state == "failed") | .id'
+
+  clusterctl job status 42
+
+  clusterctl job rm 42
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from typing import Optional
+
+import typer
+from kazoo.client import KazooClient
+from kazoo.exceptions import NotEmptyError
+
+from cluster.cli import common, options
+from cluster.cli.status import ask_leader
+from cluster.client import records
+from cluster.contract import config, layout
+from cluster.runtime.zk import read_leader
+
+KEEP = "7d"
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+COLUMNS = ("ID", "OWNER", "HOST", "FUNCTION", "STATE", "DONE", "FAILED", "TOTAL", "STARTED", "ELAPSED")
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help="Show or remove one job (see `jobs`).")
+
+
+@options.with_settings(config.Common, only=("zk", "cluster", "keys", "zk_auth"))
+def jobs(
+    *,
+    config_file: Optional[str] = common.CONFIG,
+    settings: options.Settings,
+    all_: bool = typer.Option(False, "--all", help="Finished jobs too (done, failed, cancelled)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output: a JSON list."),
+    keep: str = typer.Option(
+        KEEP, "--keep", help="Remove the records of jobs that ended longer ago than this (30m, 12h, 7d)."
+    ),
+    timeout: float = typer.Option(10.0, "--timeout", help="Seconds to reach ZooKeeper and the leader."),
+) -> None:
+    with common.clear_errors():
+        cfg = config.load(config.Common, config_file, settings)
+        keep_seconds = duration(keep, "--keep")
+    with common.zookeeper(cfg, timeout) as zk:
+        listed, skipped = records.list_jobs(zk, cfg.cluster, timeout)
+        now = time.time()
+        for old in list(records.expired(listed, keep_seconds, now)):
+            try:
+                records.remove(zk, cfg.cluster, old.id, timeout)
+            except NotEmptyError:
+                continue
+            listed.remove(old)
+        live = _live_counts(zk, cfg, timeout) if any(job.state == "running" for job in listed) else {}
+    shown = [_row(job, live, now) for job in listed if all_ or job.state in ("running", "lost")]
+    if skipped:
+        typer.echo(f"clusterctl: {skipped} job znodes are not readable records; skipped", err=True)
+    if as_json:
+        common.print_json(shown)
+        return
+    if not shown:
+        typer.echo("no jobs" if all_ else "no running jobs (--all for finished ones)")
+        return
+    typer.echo(_table(shown))
+
+
+@app.command("status")
+@options.with_settings(config.Common, only=("zk", "cluster", "keys", "zk_auth"))
+def status(
+    job_id: str = typer.Argument(..., help="The job's id, as `clusterctl jobs` shows it."),
+    *,
+    config_file: Optional[str] = common.CONFIG,
+    settings: options.Settings,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    timeout: float = typer.Option(10.0, "--timeout", help="Seconds to reach ZooKeeper and the leader."),
+) -> None:
+    """One job: who ran it from where, what it runs, its state and counts (live while it runs).
+
+    Examples:
+
+      clusterctl job status 42
+
+      clusterctl job status 42 --json | jq .state
+    """
+    cfg, number = _which(config_file, settings, job_id)
+    with common.zookeeper(cfg, timeout) as zk:
+        try:
+            job = records.find(zk, cfg.cluster, number, timeout)
+        except layout.BadRecord as exc:
+            raise common.fail(f"job {number}: its record is not readable ({exc})") from None
+        if job is None:
+            raise common.fail(f"no job {number} in cluster {cfg.cluster!r} (`clusterctl jobs --all` lists them)")
+        live = _live_counts(zk, cfg, timeout) if job.state == "running" else {}
+    row = _row(job, live, time.time())
+    if as_json:
+        common.print_json(row)
+        return
+    for key in ("id", "state", "owner", "host", "pid", "function", "done", "failed", "total", "started", "elapsed"):
+        typer.echo(f"{key:<9} {_text(key, row[key])}")
+
+
+@app.command("rm")
+@options.with_settings(config.Common, only=("zk", "cluster", "zk_auth"))
+def rm(
+    job_id: str = typer.Argument(..., help="The job's id, as `clusterctl jobs` shows it."),
+    *,
+    config_file: Optional[str] = common.CONFIG,
+    settings: options.Settings,
+    timeout: float = typer.Option(10.0, "--timeout", help="Seconds to reach ZooKeeper."),
+) -> None:
+    """Remove the record of a job that has ended (or was lost).
+
+    Examples:
+
+      clusterctl job rm 42
+    """
+    cfg, number = _which(config_file, settings, job_id)
+    with common.zookeeper(cfg, timeout) as zk:
+        try:
+            removed = records.remove(zk, cfg.cluster, number, timeout)
+        except NotEmptyError:
+            raise common.fail(f"job {number} is running: its record goes once it has ended") from None
+    if not removed:
+        raise common.fail(f"no job {number} in cluster {cfg.cluster!r}")
+    typer.echo(f"job {number} removed")
+
+
+def _which(config_file: Optional[str], settings: options.Settings, job_id: str) -> tuple[config.Common, int]:
+    """The settings, and the job the user named: a bad id is one clear line, exit 2."""
+    with common.clear_errors():
+        return config.load(config.Common, config_file, settings), layout.job_id_of(job_id)
+
+
+def duration(text: str, what: str) -> float:
+    """Seconds in ``30m``, ``12h``, ``7d`` or a plain number of seconds."""
+    value, unit = (text[:-1], text[-1]) if text and text[-1] in UNITS else (text, "s")
+    try:
+        seconds = float(value) * UNITS[unit]
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise ValueError(f"{what} {text!r} is not a duration like 30m, 12h or 7d")
+    return seconds
+
+
+def _live_counts(zk: KazooClient, cfg: config.Common, timeout: float) -> dict[str, dict[str, int]]:
+    """The leader's counts of the running jobs, by id; none when it cannot be asked (the
+    records' own counts are shown then)."""
+    try:
+        leader = read_leader(zk, cfg.cluster, timeout)
+        if leader is None:
+            return {}
+        return ask_leader(leader.endpoint, leader.curve_key, cfg.keys, min(timeout, 2.0)).get("job_progress", {})
+    except (ValueError, OSError):
+        return {}
+
+
+def _row(job: records.Listed, live: dict[str, dict[str, int]], now: float) -> dict:
+    row = job.as_dict()
+    counts = live.get(str(job.id)) if job.state == "running" else None
+    if counts is not None:
+        row["done"], row["failed"] = counts.get("done", 0), counts.get("failed", 0)
+    end = job.record.ended or now
+    row["elapsed"] = round(max(0.0, end - job.record.started), 1)
+    return row
+
+
+def _text(key: str, value: object) -> str:
+    if key in ("started", "ended") and isinstance(value, (int, float)) and value:
+        return datetime.datetime.fromtimestamp(value).strftime("%Y-%m-%d %H:%M:%S")
+    if key == "elapsed" and isinstance(value, (int, float)):
+        return f"{value:.0f}s" if value < 120 else f"{value / 60:.0f}m"
+    if key == "total" and value == 0:
+        return "-"
+    return str(value)
+
+
+def _table(rows: list[dict]) -> str:
+    keys = [c.lower() for c in COLUMNS]
+    cells = [[_text(k, row[k])[:40] for k in keys] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(COLUMNS)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
+    return "\n".join(lines)

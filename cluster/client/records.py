@@ -1,0 +1,162 @@
+"""Job records: every job gets a short id, and every host can list the jobs that ran.
+
+A job's owner (``clusterctl submit``, an ``Executor``) creates its record when the job
+starts, as a persistent sequential znode (layout.JobRecord: the number ZooKeeper gives
+it is the job's id), with an ephemeral ``attached`` child that lives as long as the
+owner's session; it writes the record again once, when the job ends. A record still
+"running" without ``attached`` belongs to an owner that went away: the job is "lost".
+Nothing is written while a job runs; its live counts come from the leader
+(``clusterctl jobs`` asks it).
+
+ZooKeeper may be slow or gone when a job ends: the final write is best effort, bounded in
+time, and never fails the user's job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
+from kazoo.handlers.threading import KazooTimeoutError
+
+from cluster.client.session import ClusterUnavailable
+from cluster.contract import layout
+from cluster.contract.layout import JobRecord
+from cluster.contract.version import __version__
+from cluster.runtime.zk import ask, tidy
+
+log = logging.getLogger("cluster.records")
+
+ATTACHED = "attached"
+
+
+def owner() -> str:
+    """Who a job belongs to: the OS user that submits it."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (a container's arbitrary uid)
+        return f"uid{os.getuid()}"
+
+
+class JobEntry:
+    """The record of a job this process owns."""
+
+    def __init__(self, zk: KazooClient, path: str, record: JobRecord, timeout: float) -> None:
+        self._zk, self.path, self.record, self._timeout = zk, path, record, timeout
+        self.id = layout.job_id_of(path.rsplit("/", 1)[1])
+
+    def finish(self, state: str, *, total: int, done: int, failed: int) -> bool:
+        """Write how the job ended, and let go of ``attached``. False when ZooKeeper did
+        not take it (the job then shows "lost")."""
+        self.record = dataclasses.replace(
+            self.record, state=state, total=total, done=done, failed=failed, ended=time.time()
+        )
+        written = tidy(self._zk, self._zk.set_async, self.path, self.record.to_bytes(), timeout=self._timeout)
+        tidy(self._zk, self._zk.delete_async, f"{self.path}/{ATTACHED}", timeout=self._timeout)
+        if not written:
+            log.warning("job %d: could not record its end in ZooKeeper", self.id)
+        return written
+
+
+def open_job(zk: KazooClient, cluster: str, function: str, total: int, timeout: float = 10.0) -> JobEntry:
+    """Create the record of a new job owned by this process; raises KazooException or
+    KazooTimeoutError when ZooKeeper does not take it."""
+    record = JobRecord(
+        owner=owner(),
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        function=function[:500],
+        state="running",
+        total=total,
+        started=time.time(),
+        version=__version__,
+    )
+    folder = layout.jobs_path(cluster)
+    try:
+        try:
+            ask(zk.create_async, folder, makepath=True, timeout=timeout)
+        except NodeExistsError:
+            pass
+        path = ask(zk.create_async, f"{folder}/{layout.JOB_PREFIX}", record.to_bytes(), sequence=True, timeout=timeout)
+        ask(zk.create_async, f"{path}/{ATTACHED}", ephemeral=True, timeout=timeout)
+    except (KazooException, KazooTimeoutError) as exc:
+        raise ClusterUnavailable(f"cannot record the job in ZooKeeper: {str(exc) or type(exc).__name__}") from None
+    return JobEntry(zk, path, record, timeout)
+
+
+@dataclasses.dataclass(frozen=True)
+class Listed:
+    id: int
+    record: JobRecord
+    attached: bool
+
+    @property
+    def state(self) -> str:
+        return "lost" if self.record.state == "running" and not self.attached else self.record.state
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, **dataclasses.asdict(self.record), "state": self.state}
+
+
+def list_jobs(zk: KazooClient, cluster: str, timeout: float = 10.0) -> tuple[list[Listed], int]:
+    """Every job's record, oldest first, and how many znodes were not readable records
+    (garbage, another version's, removed while read): those are skipped."""
+    folder = layout.jobs_path(cluster)
+    try:
+        names = ask(zk.get_children_async, folder, timeout=timeout)
+    except NoNodeError:
+        return [], 0
+    ids = {}
+    for name in names:
+        try:
+            ids[name] = layout.job_id_of(name)
+        except ValueError:
+            continue  # not a job's znode
+    reads = {name: (zk.get_async(f"{folder}/{name}"), zk.exists_async(f"{folder}/{name}/{ATTACHED}")) for name in ids}
+    listed, skipped = [], len(names) - len(ids)
+    for name, (data_request, attached_request) in reads.items():
+        try:
+            data, _ = data_request.get(timeout=timeout)
+            attached = attached_request.get(timeout=timeout) is not None
+            listed.append(Listed(ids[name], JobRecord.from_bytes(data), attached))
+        except (KazooException, KazooTimeoutError, layout.BadRecord) as exc:
+            log.debug("job znode %s skipped: %s", name, exc)
+            skipped += 1
+    listed.sort(key=lambda job: job.id)
+    return listed, skipped
+
+
+def find(zk: KazooClient, cluster: str, job_id: int, timeout: float = 10.0) -> Listed | None:
+    """One job's record; None when there is no such job. BadRecord for one not readable."""
+    path = f"{layout.jobs_path(cluster)}/{layout.job_node(job_id)}"
+    try:
+        data, _ = ask(zk.get_async, path, timeout=timeout)
+    except NoNodeError:
+        return None
+    attached = ask(zk.exists_async, f"{path}/{ATTACHED}", timeout=timeout) is not None
+    return Listed(job_id, JobRecord.from_bytes(data), attached)
+
+
+def remove(zk: KazooClient, cluster: str, job_id: int, timeout: float = 10.0) -> bool:
+    """Delete a job's record; False when there was none. NotEmptyError while its owner
+    is attached: a running job's record goes when it has ended."""
+    try:
+        ask(zk.delete_async, f"{layout.jobs_path(cluster)}/{layout.job_node(job_id)}", timeout=timeout)
+    except NoNodeError:
+        return False
+    return True
+
+
+def expired(jobs: list[Listed], keep: float, now: float) -> Iterator[Listed]:
+    """Finished jobs that ended more than ``keep`` seconds ago."""
+    for job in jobs:
+        if job.state in ("done", "failed", "cancelled") and job.record.ended and now - job.record.ended > keep:
+            yield job
