@@ -4,6 +4,7 @@ one worker per core, and a coordinator streams tasks to them over ZeroMQ.
 The client side (this package) never imports the node side (``agents``).
 """
 
+from cluster.client import jobs
 from cluster.client.executor import Executor, TaskFuture, TaskStopped
 from cluster.contract.payload import PayloadTooLarge, TaskError, TaskTimeout, WorkerLost
 from cluster.contract.shipped import VersionMismatch
@@ -19,6 +20,7 @@ __all__ = [
     "TaskTimeout",
     "VersionMismatch",
     "WorkerLost",
+    "jobs",
     "tune_malloc",
     "__version__",
 ]

@@ -9,12 +9,13 @@ import re
 import signal
 import socket
 import subprocess
+import time
 
 import pytest
 from helpers import PY, ROOT, wait_for
 from kazoo.client import KazooClient
 
-from cluster import Executor
+from cluster import Executor, TaskStopped
 from cluster.contract import layout
 
 GATED = """
@@ -143,3 +144,77 @@ def test_old_records_are_removed_and_bad_input_is_one_clear_line(running_cluster
     assert number in {j["id"] for j in jobs(running_cluster, "--all", "--keep", "1h")}
     assert number not in {j["id"] for j in jobs(running_cluster, "--all", "--keep", "0s")}
     assert running_cluster.clusterctl("job", "status", str(number)).returncode == 2
+
+
+def test_job_cancel_from_anywhere_stops_a_submit_and_job_wait_says_how_it_ended(running_cluster, tmp_path):
+    gate = tmp_path / "gate"
+    (tmp_path / "gated.py").write_text(GATED.format(gate=str(gate)))
+    proc = subprocess.Popen(
+        [PY, "-m", "cluster.cli.main", "submit", f"{tmp_path / 'gated.py'}:gated", "--range", "0", "30"],
+        env=running_cluster.env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        number = job_id(next(line for line in proc.stderr if line.startswith("clusterctl: job ")))
+        wait_for(lambda: [j["done"] for j in jobs(running_cluster)] == [10], 30, what="ten tasks done")
+        res = running_cluster.clusterctl("job", "cancel", str(number))
+        assert res.returncode == 0 and f"job {number} cancelled" in res.stdout, res.stderr
+        assert proc.wait(30) == 130
+        # Its tasks waited for a gate that never opened: they were stopped, not left running.
+        running_cluster.wait_status(
+            lambda s: s["jobs"] == 0 and s["workers"]["busy"] == 0, 30, what="the job's tasks stopped"
+        )
+    finally:
+        gate.touch()
+        if proc.poll() is None:
+            proc.kill()
+    res = running_cluster.clusterctl("job", "wait", str(number), "--json")
+    assert res.returncode == 130 and json.loads(res.stdout)["state"] == "cancelled"
+    res = running_cluster.clusterctl("job", "cancel", str(number))
+    assert res.returncode == 0 and "has ended already (cancelled)" in res.stdout
+
+
+def test_cluster_jobs_from_python_cancel_an_executor_and_wait_for_it(running_cluster, monkeypatch):
+    import cluster
+
+    monkeypatch.setenv("CLUSTER_ZK", running_cluster.zk)
+    monkeypatch.setenv("CLUSTER_NAME", running_cluster.name)
+    ex = Executor()
+    try:
+        future = ex.submit(time.sleep, 600)
+        wait_for(future.running, 30, what="the call to run")
+        assert [j["id"] for j in cluster.jobs.list()] == [ex.job_id]
+        assert cluster.jobs.cancel(ex.job_id)["state"] == "running"
+        with pytest.raises(TaskStopped):
+            future.result(timeout=30)
+        with pytest.raises(RuntimeError):
+            ex.submit(abs, 1)
+    finally:
+        ex.shutdown()
+    final = cluster.jobs.wait(ex.job_id, timeout=30)
+    assert final["state"] == "cancelled" and (final["done"], final["total"]) == (0, 1)
+    with pytest.raises(cluster.jobs.NoSuchJob):
+        cluster.jobs.status(123456)
+
+
+def test_only_its_owner_may_cancel_a_job(running_cluster):
+    zk = KazooClient(hosts=running_cluster.zk)
+    zk.start()
+    try:
+        folder = layout.jobs_path(running_cluster.name)
+        zk.create(folder, makepath=True)
+        record = layout.JobRecord(
+            owner="somebody-else", host="h", pid=1, function="f", state="running", total=1, started=1.0, version="0"
+        )
+        path = zk.create(f"{folder}/{layout.JOB_PREFIX}", record.to_bytes(), sequence=True)
+    finally:
+        zk.stop()
+        zk.close()
+    number = layout.job_id_of(path.rsplit("/", 1)[1])
+    res = running_cluster.clusterctl("job", "cancel", str(number))
+    assert res.returncode == 2 and f"job {number} belongs to somebody-else" in res.stderr
+    res = running_cluster.clusterctl("job", "wait", str(number), "--json")  # no owner attached: lost
+    assert res.returncode == 1 and json.loads(res.stdout)["state"] == "lost"

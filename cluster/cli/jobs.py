@@ -15,13 +15,16 @@ Examples:
 
   clusterctl job status 42
 
-  clusterctl job rm 42
+  clusterctl job wait 42; clusterctl job cancel 42; clusterctl job rm 42
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import sys
 import time
+from collections.abc import Iterator
 from typing import Optional
 
 import typer
@@ -30,11 +33,13 @@ from kazoo.exceptions import NotEmptyError
 
 from cluster.cli import common, options
 from cluster.cli.status import ask_leader
+from cluster.client import jobs as cluster_jobs
 from cluster.client import records
 from cluster.contract import config, layout
 from cluster.runtime.zk import read_leader
 
 KEEP = "7d"
+EXIT_STATUS = {"done": 0, "failed": 1, "lost": 1, "cancelled": 130}
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 COLUMNS = ("ID", "OWNER", "HOST", "FUNCTION", "STATE", "DONE", "FAILED", "TOTAL", "STARTED", "ELAPSED")
 
@@ -113,6 +118,93 @@ def status(
         typer.echo(f"{key:<9} {_text(key, row[key])}")
 
 
+@app.command("wait")
+@options.with_settings(config.Common, only=("zk", "cluster", "keys", "zk_auth"))
+def wait(
+    job_id: str = typer.Argument(..., help="The job's id, as `clusterctl jobs` shows it."),
+    *,
+    config_file: Optional[str] = common.CONFIG,
+    settings: options.Settings,
+    as_json: bool = typer.Option(False, "--json", help="Print the job as it ended, as JSON."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Give up after this many seconds (exit 124)."),
+) -> None:
+    """Wait for a job to end. Exit status as `clusterctl submit`'s: 0 done, 1 some tasks
+    failed or the job was lost, 130 cancelled; 124 when --timeout passes first.
+
+    Examples:
+
+      clusterctl job wait 42 && echo all done
+
+      clusterctl job wait 42 --timeout 600 --json | jq .failed
+    """
+    cfg, number = _which(config_file, settings, job_id)
+    bar = sys.stderr.isatty()
+    try:
+        with common.clear_errors(), _not_found():
+            final = cluster_jobs.wait(
+                number,
+                timeout,
+                zk=cfg.zk,
+                cluster=cfg.cluster,
+                zk_auth=cfg.zk_auth,
+                on_poll=(lambda job: _progress(job)) if bar else None,
+            )
+    except TimeoutError as exc:
+        typer.echo(f"clusterctl: {exc}", err=True)
+        raise typer.Exit(124) from None
+    finally:
+        if bar:
+            sys.stderr.write("\n")
+    if as_json:
+        common.print_json(final)
+    else:
+        typer.echo(f"job {number} {final['state']}: {final['done']} of {final['total']} done, {final['failed']} failed")
+    raise typer.Exit(EXIT_STATUS[final["state"]])
+
+
+@app.command("cancel")
+@options.with_settings(config.Common, only=("zk", "cluster", "zk_auth"))
+def cancel(
+    job_id: str = typer.Argument(..., help="The job's id, as `clusterctl jobs` shows it."),
+    *,
+    config_file: Optional[str] = common.CONFIG,
+    settings: options.Settings,
+    timeout: float = typer.Option(10.0, "--timeout", help="Seconds to wait for the job to end (then exit 1)."),
+) -> None:
+    """Cancel a running job: its tasks are dropped, running ones stopped, and its owner
+    (the `clusterctl submit` or the Executor) ends it as cancelled. Only its owner may.
+
+    Examples:
+
+      clusterctl job cancel 42
+    """
+    cfg, number = _which(config_file, settings, job_id)
+    with common.clear_errors(), _not_found():
+        asked = cluster_jobs.cancel(number, zk=cfg.zk, cluster=cfg.cluster, zk_auth=cfg.zk_auth)
+        if asked["state"] not in ("running", "lost"):
+            typer.echo(f"job {number} has ended already ({asked['state']})")
+            return
+        try:
+            final = cluster_jobs.wait(number, timeout, zk=cfg.zk, cluster=cfg.cluster, zk_auth=cfg.zk_auth)
+        except TimeoutError:
+            raise common.fail(f"job {number}: asked to cancel, but it has not ended within {timeout:g} s", 1) from None
+    typer.echo(f"job {number} {final['state']}")
+
+
+@contextlib.contextmanager
+def _not_found() -> Iterator[None]:
+    try:
+        yield
+    except (cluster_jobs.NoSuchJob, cluster_jobs.NotYours) as exc:
+        raise common.fail(str(exc)) from None
+
+
+def _progress(job: dict) -> None:
+    total = job["total"] or "?"
+    sys.stderr.write(f"\rjob {job['id']} {job['state']}: {job['done']}/{total} done, {job['failed']} failed ")
+    sys.stderr.flush()
+
+
 @app.command("rm")
 @options.with_settings(config.Common, only=("zk", "cluster", "zk_auth"))
 def rm(
@@ -170,12 +262,10 @@ def _live_counts(zk: KazooClient, cfg: config.Common, timeout: float) -> dict[st
 
 
 def _row(job: records.Listed, live: dict[str, dict[str, int]], now: float) -> dict:
-    row = job.as_dict()
+    row = job.as_dict(now)
     counts = live.get(str(job.id)) if job.state == "running" else None
     if counts is not None:
         row["done"], row["failed"] = counts.get("done", 0), counts.get("failed", 0)
-    end = job.record.ended or now
-    row["elapsed"] = round(max(0.0, end - job.record.started), 1)
     return row
 
 

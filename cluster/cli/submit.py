@@ -289,6 +289,8 @@ def _run(
         client.close()
         raise
     typer.echo(f"clusterctl: job {entry.id}: {source.count} tasks", err=True)
+    # `clusterctl job cancel` from anywhere: as SIGTERM, everything stops now.
+    entry.on_cancel(lambda: os.kill(os.getpid(), signal.SIGTERM))
     try:
         with common.clear_errors():
             job = client.open_job(

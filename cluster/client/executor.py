@@ -164,6 +164,7 @@ class Executor(cf.Executor):
             self._client.close()
             raise
         self._options["record"] = self._record.id
+        self._record.on_cancel(self._cancelled_remotely)
         _live.add(self)
 
     @property
@@ -254,6 +255,14 @@ class Executor(cf.Executor):
             threading.Thread(target=self._drain, name="cluster-executor-shutdown", daemon=True).start()
 
     # -------------------------------------------------------------- internals
+
+    def _cancelled_remotely(self) -> None:
+        """``clusterctl job cancel``: no new calls, and every call left is stopped (those
+        not started are cancelled, running ones fail with TaskStopped)."""
+        with _exit_lock:
+            self._shutdown = True
+        for future in list(self._futures.values()):
+            future.stop()
 
     def _drain(self) -> None:
         """Wait for every call left, then close the connection (once)."""

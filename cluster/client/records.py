@@ -5,6 +5,7 @@ starts, as a persistent sequential znode (layout.JobRecord: the number ZooKeeper
 it is the job's id), with an ephemeral ``attached`` child that lives as long as the
 owner's session; it writes the record again once, when the job ends. A record still
 "running" without ``attached`` belongs to an owner that went away: the job is "lost".
+A ``cancel`` child is a request to cancel the job, which its owner watches for.
 Nothing is written while a job runs; its live counts come from the leader
 (``clusterctl jobs`` asks it).
 
@@ -19,8 +20,9 @@ import getpass
 import logging
 import os
 import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from kazoo.client import KazooClient
@@ -36,6 +38,7 @@ from cluster.runtime.zk import ask, tidy
 log = logging.getLogger("cluster.records")
 
 ATTACHED = "attached"
+CANCEL = "cancel"  # a request to cancel the job, which its owner watches for
 
 
 def owner() -> str:
@@ -53,6 +56,20 @@ class JobEntry:
         self._zk, self.path, self.record, self._timeout = zk, path, record, timeout
         self.id = layout.job_id_of(path.rsplit("/", 1)[1])
 
+    def on_cancel(self, cancel: Callable[[], None]) -> None:
+        """Call ``cancel`` (once, on ZooKeeper's thread) when someone asks for this job to
+        be cancelled (``clusterctl job cancel``, ``cluster.jobs.cancel``)."""
+        called = threading.Event()
+
+        def seen(data: bytes | None, stat: object) -> bool | None:
+            if stat is None or called.is_set():
+                return None
+            called.set()
+            cancel()
+            return False  # stop watching
+
+        self._zk.DataWatch(f"{self.path}/{CANCEL}", seen)
+
     def finish(self, state: str, *, total: int, done: int, failed: int) -> bool:
         """Write how the job ended, and let go of ``attached``. False when ZooKeeper did
         not take it (the job then shows "lost")."""
@@ -60,7 +77,8 @@ class JobEntry:
             self.record, state=state, total=total, done=done, failed=failed, ended=time.time()
         )
         written = tidy(self._zk, self._zk.set_async, self.path, self.record.to_bytes(), timeout=self._timeout)
-        tidy(self._zk, self._zk.delete_async, f"{self.path}/{ATTACHED}", timeout=self._timeout)
+        for child in (ATTACHED, CANCEL):
+            tidy(self._zk, self._zk.delete_async, f"{self.path}/{child}", timeout=self._timeout)
         if not written:
             log.warning("job %d: could not record its end in ZooKeeper", self.id)
         return written
@@ -102,8 +120,11 @@ class Listed:
     def state(self) -> str:
         return "lost" if self.record.state == "running" and not self.attached else self.record.state
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, **dataclasses.asdict(self.record), "state": self.state}
+    def as_dict(self, now: float | None = None) -> dict[str, Any]:
+        """What ``clusterctl jobs --json`` and ``cluster.jobs`` show of it."""
+        end = self.record.ended or (time.time() if now is None else now)
+        elapsed = round(max(0.0, end - self.record.started), 1)
+        return {"id": self.id, **dataclasses.asdict(self.record), "state": self.state, "elapsed": elapsed}
 
 
 def list_jobs(zk: KazooClient, cluster: str, timeout: float = 10.0) -> tuple[list[Listed], int]:
@@ -143,6 +164,21 @@ def find(zk: KazooClient, cluster: str, job_id: int, timeout: float = 10.0) -> L
         return None
     attached = ask(zk.exists_async, f"{path}/{ATTACHED}", timeout=timeout) is not None
     return Listed(job_id, JobRecord.from_bytes(data), attached)
+
+
+def request_cancel(zk: KazooClient, cluster: str, job: Listed, timeout: float = 10.0) -> None:
+    """Ask a running job's owner to cancel it. A lost job has no owner to ask: its
+    record is marked cancelled here (the leader drops its tasks once it has not heard
+    from its client for its client timeout)."""
+    path = f"{layout.jobs_path(cluster)}/{layout.job_node(job.id)}"
+    if job.state == "lost":
+        ended = dataclasses.replace(job.record, state="cancelled", ended=time.time())
+        ask(zk.set_async, path, ended.to_bytes(), timeout=timeout)
+        return
+    try:
+        ask(zk.create_async, f"{path}/{CANCEL}", owner().encode(), timeout=timeout)
+    except NodeExistsError:
+        pass  # asked already
 
 
 def remove(zk: KazooClient, cluster: str, job_id: int, timeout: float = 10.0) -> bool:
