@@ -21,10 +21,14 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
+import logging
+import socket
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -33,9 +37,11 @@ from kazoo.exceptions import NotEmptyError
 
 from cluster.cli import common, options
 from cluster.cli.status import ask_leader
+from cluster.cli.submit import Writer
+from cluster.client import holder, records
 from cluster.client import jobs as cluster_jobs
-from cluster.client import records
-from cluster.contract import config, layout
+from cluster.client.spool import Spool
+from cluster.contract import config, layout, wire
 from cluster.runtime.zk import read_leader
 
 KEEP = "7d"
@@ -70,6 +76,8 @@ def jobs(
             except NotEmptyError:
                 continue
             listed.remove(old)
+        resumed = set(holder.resume(zk, cfg.cluster, listed))
+        listed = [dataclasses.replace(job, attached=True) if job.id in resumed else job for job in listed]
         live = _live_counts(zk, cfg, timeout) if any(job.state == "running" for job in listed) else {}
     shown = [_row(job, live, now) for job in listed if all_ or job.state in ("running", "lost")]
     if skipped:
@@ -103,12 +111,7 @@ def status(
     """
     cfg, number = _which(config_file, settings, job_id)
     with common.zookeeper(cfg, timeout) as zk:
-        try:
-            job = records.find(zk, cfg.cluster, number, timeout)
-        except layout.BadRecord as exc:
-            raise common.fail(f"job {number}: its record is not readable ({exc})") from None
-        if job is None:
-            raise common.fail(f"no job {number} in cluster {cfg.cluster!r} (`clusterctl jobs --all` lists them)")
+        job = _found(zk, cfg, number)
         live = _live_counts(zk, cfg, timeout) if job.state == "running" else {}
     row = _row(job, live, time.time())
     if as_json:
@@ -138,6 +141,8 @@ def wait(
       clusterctl job wait 42 --timeout 600 --json | jq .failed
     """
     cfg, number = _which(config_file, settings, job_id)
+    with common.zookeeper(cfg) as zk:
+        _found(zk, cfg, number)  # a lost detached job of ours starts again
     bar = sys.stderr.isatty()
     try:
         with common.clear_errors(), _not_found():
@@ -203,6 +208,85 @@ def _progress(job: dict) -> None:
     total = job["total"] or "?"
     sys.stderr.write(f"\rjob {job['id']} {job['state']}: {job['done']}/{total} done, {job['failed']} failed ")
     sys.stderr.flush()
+
+
+@app.command("results")
+@options.with_settings(config.Common, only=("zk", "cluster", "zk_auth"))
+def results(
+    job_id: str = typer.Argument(..., help="The job's id, as `clusterctl jobs` shows it."),
+    *,
+    config_file: Optional[str] = common.CONFIG,
+    settings: options.Settings,
+    follow: bool = typer.Option(
+        False, "--follow", "-f", help="Go on printing results as they come, until the job ends."
+    ),
+    ordered: bool = typer.Option(False, "--ordered", help="In input order (default: the order they came in)."),
+    failed_only: bool = typer.Option(False, "--failed", help="Only the failed tasks."),
+) -> None:
+    """A detached job's results, as `clusterctl submit` would have printed them, from its
+    spool on the host that submitted it. Exit status: with --follow, as `clusterctl submit`'s
+    once the job has ended; else 0.
+
+    Examples:
+
+      clusterctl job results 42 > results.jsonl
+
+      clusterctl job results 42 --follow --ordered
+
+      clusterctl job results 42 --failed | jq -r .error
+    """
+    cfg, number = _which(config_file, settings, job_id)
+    with common.zookeeper(cfg) as zk:
+        job = _detached(zk, cfg, number)
+        with common.clear_errors():
+            spool = Spool.open(Path(job.record.spool))
+        writer = Writer(sys.stdout, ordered)
+        seen = 0
+        try:
+            while True:
+                state = _found(zk, cfg, number).state
+                for seq, index, status, body in spool.results(seen):
+                    seen = seq
+                    if failed_only and status == wire.OK:
+                        writer.skip(index)
+                    else:
+                        writer.add(index, status, body)
+                sys.stdout.flush()
+                if not follow or state in cluster_jobs.FINAL:
+                    break
+                time.sleep(0.2)
+        finally:
+            spool.close()
+    raise typer.Exit(EXIT_STATUS[state] if follow else 0)
+
+
+@app.command("hold", hidden=True)
+def hold(spool: Path = typer.Argument(..., help="The job's spool.")) -> None:
+    """Run a detached job from its spool (started by `clusterctl submit --detach`)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    raise typer.Exit(holder.hold(spool))
+
+
+def _detached(zk: KazooClient, cfg: config.Common, number: int) -> records.Listed:
+    """A detached job whose spool is on this host."""
+    job = _found(zk, cfg, number)
+    if not job.record.spool:
+        raise common.fail(f"job {number} was not detached: its results went to the terminal that submitted it")
+    if job.record.host != socket.gethostname():
+        raise common.fail(f"job {number}'s spool is on host {job.record.host}: run this there")
+    return job
+
+
+def _found(zk: KazooClient, cfg: config.Common, number: int) -> records.Listed:
+    try:
+        job = records.find(zk, cfg.cluster, number)
+    except layout.BadRecord as exc:
+        raise common.fail(f"job {number}: its record is not readable ({exc})") from None
+    if job is None:
+        raise common.fail(f"no job {number} in cluster {cfg.cluster!r} (`clusterctl jobs --all` lists them)")
+    if job.state == "lost" and holder.resume(zk, cfg.cluster, [job]):
+        job = dataclasses.replace(job, attached=True)  # its holder starts again
+    return job
 
 
 @app.command("rm")

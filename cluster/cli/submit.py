@@ -41,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Optional
@@ -48,8 +49,9 @@ from typing import IO, Optional
 import typer
 
 from cluster.cli import common, options
-from cluster.client import bundle, code, records
+from cluster.client import bundle, code, holder, records
 from cluster.client.session import ClusterClient, JobHandle
+from cluster.client.spool import Spool, SpoolError
 from cluster.contract import config, payload, wire
 
 
@@ -95,6 +97,16 @@ def submit(
         "--ship",
         help="Send this directory's files (less what its .gitignore files ignore) to the nodes: first on the tasks' sys.path, and in their working directory; repeatable.",
     ),
+    detach: bool = typer.Option(
+        False,
+        "--detach",
+        help="Return once the job and its inputs are held on disk, printing its id; a holder process runs it with no terminal (see `clusterctl job results ID`).",
+    ),
+    spool: Optional[Path] = typer.Option(
+        None,
+        "--spool",
+        help="With --detach: the directory for the job's spool (default ~/.local/state/clusterd/CLUSTER/jobs).",
+    ),
 ) -> None:
     with common.clear_errors():
         common_cfg = config.load(config.Common, config_file, settings)
@@ -108,6 +120,12 @@ def submit(
         elif inputs is not None:
             source = _file_inputs(inputs, star, shell)
     limits = {"timeout": timeout, "max_memory": _size(max_memory) if max_memory else None}
+    if detach:
+        if bundles:
+            raise common.fail("--ship does not work with --detach yet: the holder cannot send bundles")
+        options = {"retries": retries, "window": window, "result_format": payload.RESULT_JSON, **limits}
+        _detach(common_cfg, function, " ".join(target), source, options, spool, connect_timeout)
+        return
     out: IO[str] = open(output, "w") if output else sys.stdout
     try:
         code = _run(
@@ -255,6 +273,51 @@ def _file_inputs(name: str, star: bool, shell: bool) -> Inputs:
     return Inputs(count, items())
 
 
+# ----------------------------------------------------------------- detach
+
+
+def _detach(
+    cfg: config.Common,
+    function: bytes,
+    label: str,
+    source: Inputs,
+    options: dict,
+    spool_dir: Path | None,
+    timeout: float,
+) -> None:
+    """Spool the job, start its holder, and return once the holder has taken it."""
+    folder = (spool_dir or holder.spool_dir(cfg.cluster)).resolve()
+    path = folder / f"{uuid.uuid4().hex}.db"
+    with common.zookeeper(cfg, timeout) as zk:
+        with common.clear_errors():
+            entry = records.open_job(zk, cfg.cluster, label, source.count, spool=str(path))
+        meta = {
+            "job": entry.id,
+            "zk": cfg.zk,
+            "cluster": cfg.cluster,
+            "keys": cfg.keys,
+            "zk_auth": cfg.zk_auth,
+            "options": options,
+            "label": label,
+        }
+        try:
+            Spool.create(path, meta, function, (args for _, args in source.items)).close()
+        except SpoolError as exc:
+            records.remove(zk, cfg.cluster, entry.id)
+            raise common.fail(str(exc)) from None
+        proc = holder.start(path)
+        deadline = time.monotonic() + max(timeout, 15.0)
+        while True:
+            job = records.find(zk, cfg.cluster, entry.id)
+            if job is not None and (job.attached or job.state != "running"):
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise common.fail(f"job {entry.id}: its holder did not start; see {path.with_suffix('.log')}")
+            time.sleep(0.05)
+    typer.echo(f"clusterctl: job {entry.id} detached: {source.count} tasks, spooled in {path}", err=True)
+    typer.echo(str(entry.id))
+
+
 # -------------------------------------------------------------------- run
 
 
@@ -280,7 +343,7 @@ def _run(
     signal.signal(signal.SIGTERM, _terminate)
     with common.clear_errors():
         client = ClusterClient(cfg.zk, cfg.cluster, connect_timeout=connect_timeout, keys=cfg.keys, zk_auth=cfg.zk_auth)
-    writer = _Writer(out, ordered)
+    writer = Writer(out, ordered)
     outcome = "cancelled"  # how the job ended, for its record: until it is known otherwise
     try:
         with common.clear_errors():
@@ -393,7 +456,9 @@ def _feed(job: JobHandle, source: Inputs, results: queue.SimpleQueue, feeding: t
             return
 
 
-class _Writer:
+class Writer:
+    """Result lines, in the order they come or (``ordered``) in input order."""
+
     def __init__(self, out: IO[str], ordered: bool):
         self.out, self.ordered = out, ordered
         self.done = self.failed = 0
@@ -404,7 +469,13 @@ class _Writer:
         self.done += 1
         if status != wire.OK:
             self.failed += 1
-        line = _format(index, status, body)
+        self._write(index, format_result(index, status, body))
+
+    def skip(self, index: int) -> None:
+        """A result not to print (``job results --failed``): in input order, the next go on."""
+        self._write(index, "")
+
+    def _write(self, index: int, line: str) -> None:
         if not self.ordered:
             self.out.write(line)
             return
@@ -414,7 +485,7 @@ class _Writer:
             self._next += 1
 
 
-def _format(index: int, status: int, body: bytes) -> str:
+def format_result(index: int, status: int, body: bytes) -> str:
     if status == wire.OK:
         # The worker encoded {"result": ...} or {"repr": ...}. It is checked before it is
         # printed (a task's code can break a worker's JSON), then spliced, not re-encoded.
@@ -447,7 +518,7 @@ def _valid_result(body: bytes) -> bool:
     return isinstance(value, dict) and len(value) == 1 and ("result" in value or "repr" in value)
 
 
-def _summary(writer: _Writer, total: int, started: float, cancelled: bool = False) -> None:
+def _summary(writer: Writer, total: int, started: float, cancelled: bool = False) -> None:
     wall = time.monotonic() - started
     rate = writer.done / wall if wall > 0 else 0.0
     state = f"cancelled after {writer.done} of {total}" if cancelled else f"{writer.done}"

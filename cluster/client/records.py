@@ -84,9 +84,12 @@ class JobEntry:
         return written
 
 
-def open_job(zk: KazooClient, cluster: str, function: str, total: int, timeout: float = 10.0) -> JobEntry:
-    """Create the record of a new job owned by this process; raises KazooException or
-    KazooTimeoutError when ZooKeeper does not take it."""
+def open_job(
+    zk: KazooClient, cluster: str, function: str, total: int, timeout: float = 10.0, *, spool: str = ""
+) -> JobEntry:
+    """Create the record of a new job owned by this process (for a detached job with its
+    ``spool``, owned by the holder that ``adopt``s it); raises ClusterUnavailable when
+    ZooKeeper does not take it."""
     record = JobRecord(
         owner=owner(),
         host=socket.gethostname(),
@@ -96,6 +99,7 @@ def open_job(zk: KazooClient, cluster: str, function: str, total: int, timeout: 
         total=total,
         started=time.time(),
         version=__version__,
+        spool=spool,
     )
     folder = layout.jobs_path(cluster)
     try:
@@ -104,9 +108,26 @@ def open_job(zk: KazooClient, cluster: str, function: str, total: int, timeout: 
         except NodeExistsError:
             pass
         path = ask(zk.create_async, f"{folder}/{layout.JOB_PREFIX}", record.to_bytes(), sequence=True, timeout=timeout)
-        ask(zk.create_async, f"{path}/{ATTACHED}", ephemeral=True, timeout=timeout)
+        if not spool:
+            ask(zk.create_async, f"{path}/{ATTACHED}", ephemeral=True, timeout=timeout)
     except (KazooException, KazooTimeoutError) as exc:
         raise ClusterUnavailable(f"cannot record the job in ZooKeeper: {str(exc) or type(exc).__name__}") from None
+    return JobEntry(zk, path, record, timeout)
+
+
+def adopt(zk: KazooClient, cluster: str, job_id: int, timeout: float = 10.0) -> JobEntry | None:
+    """Become the owner of a detached job: its ``attached`` node is this session's, and
+    its record names this process. None when another process holds it already."""
+    path = f"{layout.jobs_path(cluster)}/{layout.job_node(job_id)}"
+    try:
+        data, _ = ask(zk.get_async, path, timeout=timeout)
+        record = dataclasses.replace(JobRecord.from_bytes(data), host=socket.gethostname(), pid=os.getpid())
+        ask(zk.create_async, f"{path}/{ATTACHED}", ephemeral=True, timeout=timeout)
+    except NodeExistsError:
+        return None
+    except (KazooException, KazooTimeoutError, layout.BadRecord) as exc:
+        raise ClusterUnavailable(f"cannot take job {job_id} over: {str(exc) or type(exc).__name__}") from None
+    tidy(zk, zk.set_async, path, record.to_bytes(), timeout=timeout)
     return JobEntry(zk, path, record, timeout)
 
 

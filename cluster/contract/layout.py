@@ -253,6 +253,7 @@ class JobRecord(_Record):
     started: float  # wall-clock time.time()
     ended: float = 0.0
     version: str
+    spool: str = ""  # a detached job's spool on ``host`` (its inputs and results); "" for an attached job
 
     @classmethod
     def from_bytes(cls, data: bytes | None) -> JobRecord:

@@ -1,0 +1,154 @@
+"""The holder of a detached job: a process of its own, with no terminal, that runs the
+job from its spool (spool.py) and records each result there.
+
+``clusterctl submit --detach`` writes the spool and the job's record, starts the holder
+(``start``) in a session of its own, so that closing the terminal, logging out or killing
+the submitting shell's process group leaves it running, and returns once the holder has
+taken the job (its ``attached`` node). One holder per job: a job's failure or a holder's
+crash touches no other job.
+
+A holder that is killed, or whose host restarts, leaves the job "lost" with its spool on
+disk; ``resume`` (run by every ``clusterctl jobs`` and ``job`` command on that host, for
+the user's own jobs) starts a holder for it again, which sends only the inputs without a
+result. A lock on the spool keeps a second holder of the same job from starting.
+SIGTERM stops a holder without ending the job (a host shutting down): the job resumes.
+``clusterctl job cancel`` ends it as cancelled.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from kazoo.client import KazooClient
+
+from cluster.client import records
+from cluster.client.session import ClusterClient, JobHandle
+from cluster.client.spool import Spool, SpoolError
+from cluster.contract import layout
+
+log = logging.getLogger("cluster.holder")
+
+FLUSH_EVERY = 0.2  # seconds between writes of results to the spool (one transaction each)
+FLUSH_ROWS = 512
+
+
+def spool_dir(cluster: str) -> Path:
+    """Where detached jobs' spools go by default: the user's own state directory."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "clusterd" / layout.check_name(cluster, "cluster name") / "jobs"
+
+
+def start(spool: Path) -> subprocess.Popen:
+    """A holder for the job in ``spool``, detached from this process's session and terminal."""
+    log_file = open(spool.with_suffix(".log"), "ab")
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cluster.cli.main", "job", "hold", str(spool)],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            start_new_session=True,
+            close_fds=True,
+        )
+    finally:
+        log_file.close()
+
+
+def resume(zk: KazooClient, cluster: str, listed: list[records.Listed]) -> list[int]:
+    """Start holders again for this user's lost detached jobs whose spool is on this host;
+    returns their ids."""
+    import socket
+
+    host, me, resumed = socket.gethostname(), records.owner(), []
+    for job in listed:
+        spool = Path(job.record.spool) if job.record.spool else None
+        if job.state == "lost" and spool and job.record.host == host and job.record.owner == me and spool.is_file():
+            start(spool)
+            resumed.append(job.id)
+    return resumed
+
+
+def hold(spool_path: Path) -> int:
+    """Run the job in ``spool_path`` to its end; the exit status says how it went (0: it
+    ended, whatever its tasks did; 3: another holder has it; 2: it cannot run)."""
+    lock = open(spool_path.with_suffix(".lock"), "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.info("another holder runs %s", spool_path)
+        return 3
+    try:
+        spool = Spool.open(spool_path)
+    except SpoolError as exc:
+        log.error("%s", exc)
+        return 2
+    meta = spool.meta
+    client = ClusterClient(
+        meta["zk"], meta["cluster"], connect_timeout=10.0, keys=meta.get("keys", ""), zk_auth=meta.get("zk_auth", "")
+    )
+    try:
+        entry = records.adopt(client.zk, meta["cluster"], meta["job"])
+        if entry is None:
+            log.info("job %d is held elsewhere", meta["job"])
+            return 3
+        return _run(client, spool, entry, meta)
+    finally:
+        client.close()
+        spool.close()
+
+
+def _run(client: ClusterClient, spool: Spool, entry: records.JobEntry, meta: dict) -> int:
+    results: queue.SimpleQueue = queue.SimpleQueue()
+    cancelled, stopping = threading.Event(), threading.Event()
+    entry.on_cancel(cancelled.set)
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    options = dict(meta["options"], record=entry.id)
+    job = client.open_job(spool.function, options, lambda i, s, b: results.put((i, s, b)))
+    total = spool.count
+    done, failed = spool.counts()
+    log.info("job %d: %d of %d tasks to run", entry.id, total - done, total)
+    feeder = threading.Thread(target=_feed, args=(job, spool.pending(), stopping, cancelled), daemon=True)
+    feeder.start()
+    rows: list[tuple[int, int, bytes]] = []
+    flushed = time.monotonic()
+    while done < total and not cancelled.is_set() and not stopping.is_set():
+        try:
+            index, status, body = results.get(timeout=FLUSH_EVERY)
+            rows.append((index, status, bytes(body)))
+        except queue.Empty:
+            pass
+        if rows and (len(rows) >= FLUSH_ROWS or time.monotonic() - flushed >= FLUSH_EVERY):
+            spool.record(rows)
+            rows.clear()
+            flushed = time.monotonic()
+            done, failed = spool.counts()
+    if rows:
+        spool.record(rows)
+    done, failed = spool.counts()
+    job.close()
+    if stopping.is_set() and not cancelled.is_set():
+        log.info("job %d: stopped with %d of %d done; it resumes from its spool", entry.id, done, total)
+        return 0  # the record stays "running"; without this process it shows lost, and resumes
+    state = "cancelled" if cancelled.is_set() else ("failed" if failed else "done")
+    entry.finish(state, total=total, done=done, failed=failed)
+    log.info("job %d %s: %d of %d done, %d failed", entry.id, state, done, total, failed)
+    return 0
+
+
+def _feed(
+    job: JobHandle, pending: Iterator[tuple[int, bytes]], stopping: threading.Event, cancelled: threading.Event
+) -> None:
+    for index, args in pending:
+        while not job.submit(index, args, timeout=0.5):
+            if stopping.is_set() or cancelled.is_set() or job.closed:
+                return

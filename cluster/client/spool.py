@@ -1,0 +1,163 @@
+"""A job's durable spool: its function, inputs and results in one SQLite file (WAL).
+
+A detached job (``clusterctl submit --detach``) lives here, not in a terminal: the inputs
+are written, and made durable, before the command returns; the process that runs the job
+(holder.py) records each result once, by index, as it arrives. After that process is
+killed, or the host restarts, the job resumes from the spool: only the inputs without a
+result are sent again. ``clusterctl job results`` reads the results from here.
+
+The file is checked when opened: one that is not SQLite, not a spool, or a spool of
+another format version is refused with SpoolError, never half-read.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+FORMAT = 1
+BATCH = 1000  # inputs per insert while spooling
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE inputs (idx INTEGER PRIMARY KEY, args BLOB NOT NULL);
+CREATE TABLE results (idx INTEGER PRIMARY KEY, status INTEGER NOT NULL, body BLOB NOT NULL, seq INTEGER NOT NULL);
+CREATE INDEX results_seq ON results (seq);
+"""
+
+
+class SpoolError(ValueError):
+    """A spool that cannot be used: missing, corrupted, foreign, or the disk is full."""
+
+
+class Spool:
+    def __init__(self, path: Path, db: sqlite3.Connection) -> None:
+        self.path, self._db = path, db
+        self._lock = threading.Lock()  # the holder's feeder reads while its main thread writes
+        self._seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM results").fetchone()[0]
+
+    @classmethod
+    def create(
+        cls, path: Path, meta: dict[str, Any], function: bytes, inputs: Iterable[bytes | bytearray | memoryview]
+    ) -> Spool:
+        """Write a new spool, durably, with every input; nothing is left of it on failure."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.exists():
+                raise SpoolError(f"{path} exists already")
+            db = _connect(path)
+            with db:
+                db.executescript(_SCHEMA)
+                rows = {"format": FORMAT, "meta": meta, "function": function.hex()}
+                db.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in rows.items()])
+                batch: list[tuple[int, bytes]] = []
+                count = 0
+                for count, args in enumerate(inputs, 1):
+                    batch.append((count - 1, bytes(args)))
+                    if len(batch) >= BATCH:
+                        db.executemany("INSERT INTO inputs VALUES (?, ?)", batch)
+                        batch.clear()
+                db.executemany("INSERT INTO inputs VALUES (?, ?)", batch)
+                db.execute("INSERT INTO meta VALUES ('count', ?)", (json.dumps(count),))
+        except (sqlite3.Error, OSError) as exc:
+            if not path.parent.is_dir():
+                raise SpoolError(f"cannot create the spool directory {path.parent}: {exc}") from None
+            for leftover in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+                leftover.unlink(missing_ok=True)
+            raise SpoolError(f"cannot write the spool {path}: {exc}") from None
+        return cls(path, db)
+
+    @classmethod
+    def open(cls, path: Path) -> Spool:
+        if not path.is_file():
+            raise SpoolError(f"no spool at {path}")
+        try:
+            db = _connect(path)
+            found = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            version = json.loads(found.get("format", "null"))
+        except (sqlite3.Error, ValueError) as exc:
+            raise SpoolError(f"{path} is not a job spool ({exc})") from None
+        if version != FORMAT:
+            raise SpoolError(f"{path} is a spool of format {version!r}; this release reads format {FORMAT}")
+        return cls(path, db)
+
+    # --------------------------------------------------------------- reading
+
+    def _meta(self, key: str) -> Any:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return dict(self._meta("meta") or {})
+
+    @property
+    def function(self) -> bytes:
+        return bytes.fromhex(self._meta("function"))
+
+    @property
+    def count(self) -> int:
+        return int(self._meta("count"))
+
+    def pending(self, page: int = BATCH) -> Iterator[tuple[int, bytes]]:
+        """The inputs without a result, in index order, read ``page`` at a time: no read
+        stays open while results are written (a long one would keep the WAL from being
+        checkpointed), and a million inputs are never in memory at once."""
+        after = -1
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT idx, args FROM inputs WHERE idx > ? AND idx NOT IN (SELECT idx FROM results) "
+                    "ORDER BY idx LIMIT ?",
+                    (after, page),
+                ).fetchall()
+            if not rows:
+                return
+            yield from rows
+            after = rows[-1][0]
+
+    def counts(self) -> tuple[int, int]:
+        """Results recorded, and how many of them are failures (status not OK, which is 0)."""
+        done, failed = self._db.execute("SELECT COUNT(*), COALESCE(SUM(status != 0), 0) FROM results").fetchone()
+        return done, failed
+
+    def results(self, after: int = 0) -> Iterator[tuple[int, int, int, bytes]]:
+        """(seq, index, status, body) of the results recorded after ``after``, in the
+        order they were recorded."""
+        yield from self._db.execute("SELECT seq, idx, status, body FROM results WHERE seq > ? ORDER BY seq", (after,))
+
+    # --------------------------------------------------------------- writing
+
+    def record(self, rows: Iterable[tuple[int, int, bytes]]) -> int:
+        """Record results (index, status, body) in one transaction; a result for an index
+        that has one already is ignored (a task run again after a restart). Returns how
+        many were new."""
+        new = 0
+        try:
+            with self._lock, self._db:
+                for index, status, body in rows:
+                    cursor = self._db.execute(
+                        "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?)", (index, status, bytes(body), self._seq + 1)
+                    )
+                    if cursor.rowcount:
+                        self._seq += 1
+                        new += 1
+        except sqlite3.Error as exc:
+            raise SpoolError(f"cannot record results in {self.path}: {exc}") from None
+        return new
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # autocommit off, explicit transactions (``with db``); WAL lets readers (job results)
+    # read while the holder writes; synchronous=FULL: a result recorded survives a host crash.
+    db = sqlite3.connect(path, timeout=30, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    return db

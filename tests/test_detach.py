@@ -1,0 +1,142 @@
+"""Detached jobs (`clusterctl submit --detach`): a holder process runs them from a spool,
+with no terminal, and resumes them after it is killed. Real cluster, real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+
+import psutil
+import pytest
+from helpers import PY, ROOT, wait_for
+
+# Each run of a task leaves a file (index-pid-time): a test counts how often each index ran.
+GATED = """
+import os, pathlib, time
+
+def gated(x):
+    here = pathlib.Path({here!r})
+    (here / "runs" / f"{{x}}-{{os.getpid()}}-{{time.monotonic_ns()}}").touch()
+    while x >= 10 and not (here / "gate").exists():
+        time.sleep(0.01)
+    return x * x
+"""
+
+
+@pytest.fixture(autouse=True)
+def no_holder_left(tmp_path):
+    """A test that fails midway must not leave its holders running: they are found by
+    their spool, which is in this test's directory."""
+    yield
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if "hold" in cmdline and any(arg.startswith(str(tmp_path)) for arg in cmdline):
+            proc.kill()
+
+
+def detach(cluster, tmp_path, tasks: int) -> int:
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "gated.py").write_text(GATED.format(here=str(tmp_path)))
+    res = cluster.clusterctl(
+        "submit", f"{tmp_path / 'gated.py'}:gated", "--range", "0", str(tasks), "--detach", "--spool", str(tmp_path)
+    )
+    assert res.returncode == 0, res.stderr
+    return int(res.stdout.strip())
+
+
+def results(cluster, number: int, *args: str) -> list[dict]:
+    res = cluster.clusterctl("job", "results", str(number), *args)
+    assert res.returncode == 0, res.stderr
+    return [json.loads(line) for line in res.stdout.splitlines()]
+
+
+def status(cluster, number: int) -> dict:
+    res = cluster.clusterctl("job", "status", str(number), "--json")
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def runs(tmp_path) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for run in (tmp_path / "runs").iterdir():
+        index = int(run.name.split("-")[0])
+        counts[index] = counts.get(index, 0) + 1
+    return counts
+
+
+def test_a_detached_job_outlives_the_shell_that_submitted_it(running_cluster, tmp_path):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "gated.py").write_text(GATED.format(here=str(tmp_path)))
+    # A shell that submits, then stays: its whole process group is killed, as a closed
+    # terminal or a lost SSH session would.
+    shell = subprocess.Popen(
+        [
+            "bash",
+            "-c",
+            f"{PY} -m cluster.cli.main submit {tmp_path / 'gated.py'}:gated "
+            f"--range 0 40 --detach --spool {tmp_path}; exec sleep 600",
+        ],
+        env=running_cluster.env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    number = int(shell.stdout.readline())
+    os.killpg(shell.pid, signal.SIGKILL)
+    shell.wait(10)
+    wait_for(lambda: len(results(running_cluster, number)) == 10, 30, what="the ten ungated tasks' results")
+    assert status(running_cluster, number)["state"] == "running"
+    (tmp_path / "gate").touch()
+    res = running_cluster.clusterctl("job", "wait", str(number), "--timeout", "60")
+    assert res.returncode == 0, res.stderr
+    got = results(running_cluster, number, "--ordered")
+    assert [r["index"] for r in got] == list(range(40)) and all(r["result"] == r["index"] ** 2 for r in got)
+    final = status(running_cluster, number)
+    assert final["state"] == "done" and (final["done"], final["failed"], final["total"]) == (40, 0, 40)
+
+
+def test_a_killed_holder_resumes_and_only_tasks_without_a_result_run_again(running_cluster, tmp_path):
+    number = detach(running_cluster, tmp_path, 30)
+    wait_for(lambda: len(results(running_cluster, number)) == 10, 30, what="the ten ungated tasks' results")
+    holder = psutil.Process(status(running_cluster, number)["pid"])
+    holder.kill()  # SIGKILL: no chance to say anything
+    holder.wait(10)
+    # Its ZooKeeper session ends within 10 s: the job is lost, and any `job` command on
+    # this host starts a holder for it again.
+    wait_for(lambda: status(running_cluster, number)["pid"] != holder.pid, 30, what="a new holder")
+    (tmp_path / "gate").touch()
+    res = running_cluster.clusterctl("job", "wait", str(number), "--timeout", "90")
+    assert res.returncode == 0, res.stderr
+    got = results(running_cluster, number)
+    assert sorted(r["index"] for r in got) == list(range(30))  # every result exactly once
+    counts = runs(tmp_path)
+    assert all(counts[i] == 1 for i in range(10))  # those with a result never ran again
+    assert status(running_cluster, number)["state"] == "done"
+
+
+def test_detached_results_follow_and_bad_spools_are_clear_errors(running_cluster, tmp_path):
+    number = detach(running_cluster, tmp_path, 20)
+    follow = subprocess.Popen(
+        [PY, "-m", "cluster.cli.main", "job", "results", str(number), "--follow", "--failed"],
+        env=running_cluster.env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    (tmp_path / "gate").touch()
+    out, err = follow.communicate(timeout=60)
+    assert follow.returncode == 0 and out == "", err  # no task failed; --follow ended with the job
+    res = running_cluster.clusterctl("job", "results", str(number), "--ordered")
+    assert [json.loads(line)["index"] for line in res.stdout.splitlines()] == list(range(20))
+    # A spool that is not one: one clear line, exit 2.
+    spool = next(tmp_path.glob("*.db"))
+    spool.write_bytes(b"not a database" * 100)
+    res = running_cluster.clusterctl("job", "results", str(number))
+    assert res.returncode == 2 and "is not a job spool" in res.stderr and "Traceback" not in res.stderr
+    res = running_cluster.clusterctl("submit", "math:sqrt", "--range", "0", "3", "--detach", "--spool", "/proc/nope")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
