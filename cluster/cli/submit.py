@@ -7,6 +7,8 @@ value per line. Output: one line per task on stdout (or --output FILE):
   {"index": 1, "ok": false, "error": "ZeroDivisionError: division by zero", "traceback": "..."}
 
 A result JSON cannot carry comes as {"index": 2, "ok": true, "repr": "Decimal('1.5')"}.
+What a task wrote to its stdout or stderr comes in "stdout" and "stderr" fields (the
+first 64 KiB of each); --show-output also prints it live on stderr, prefixed [task N].
 Exit status: 0 all tasks succeeded, 1 some failed, 2 usage error or cluster unreachable,
 130 cancelled.
 
@@ -48,6 +50,7 @@ from typing import IO, Optional
 import typer
 
 from cluster.cli import common, options
+from cluster.cli.task_output import TaskOutputs
 from cluster.client import bundle, code, records
 from cluster.client.session import ClusterClient, JobHandle
 from cluster.contract import config, payload, wire
@@ -95,6 +98,9 @@ def submit(
         "--ship",
         help="Send this directory's files (less what its .gitignore files ignore) to the nodes: first on the tasks' sys.path, and in their working directory; repeatable.",
     ),
+    show_output: bool = typer.Option(
+        False, "--show-output", help="Print what tasks write to stdout and stderr live on stderr, as [task N] lines."
+    ),
 ) -> None:
     with common.clear_errors():
         common_cfg = config.load(config.Common, config_file, settings)
@@ -125,6 +131,7 @@ def submit(
             shell=shell,
             progress=sys.stderr.isatty() if progress is None else progress,
             bundles=bundles,
+            outputs=TaskOutputs(show_output),
         )
     finally:
         if output:
@@ -274,13 +281,14 @@ def _run(
     shell: bool,
     progress: bool,
     bundles: list[bundle.Bundle],
+    outputs: TaskOutputs,
 ) -> int:
     results: queue.SimpleQueue = queue.SimpleQueue()
     started = time.monotonic()
     signal.signal(signal.SIGTERM, _terminate)
     with common.clear_errors():
         client = ClusterClient(cfg.zk, cfg.cluster, connect_timeout=connect_timeout, keys=cfg.keys, zk_auth=cfg.zk_auth)
-    writer = _Writer(out, ordered)
+    writer = _Writer(out, ordered, outputs)
     outcome = "cancelled"  # how the job ended, for its record: until it is known otherwise
     try:
         with common.clear_errors():
@@ -302,6 +310,7 @@ def _run(
                 },
                 lambda i, s, b: results.put((i, s, b)),
                 bundles,
+                on_output=outputs.add,
             )
         if job.workers == 0 and source.count:
             typer.echo(
@@ -392,8 +401,8 @@ def _feed(job: JobHandle, source: Inputs, results: queue.SimpleQueue, feeding: t
 
 
 class _Writer:
-    def __init__(self, out: IO[str], ordered: bool):
-        self.out, self.ordered = out, ordered
+    def __init__(self, out: IO[str], ordered: bool, outputs: TaskOutputs):
+        self.out, self.ordered, self.outputs = out, ordered, outputs
         self.done = self.failed = 0
         self._next = 0
         self._held: dict[int, str] = {}  # --ordered: at most the window's worth
@@ -402,7 +411,7 @@ class _Writer:
         self.done += 1
         if status != wire.OK:
             self.failed += 1
-        line = _format(index, status, body)
+        line = self.outputs.annotate(_format(index, status, body), index)
         if not self.ordered:
             self.out.write(line)
             return
