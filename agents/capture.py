@@ -8,8 +8,9 @@ names at the end. While the task runs, whole lines go out live (``live``), once
 ``CHUNK`` bytes wait or the oldest line has waited ``LIVE_DELAY``; a line is cut only
 when it alone exceeds ``CHUNK``. When the task returns, ``end`` flushes Python's
 buffers, reads what the pipes still hold and returns the rest, to be sent before the
-task's result. What arrives between tasks (a thread or a subprocess the task left
-behind) is read and dropped.
+task's result. What is written between tasks (by a thread or a subprocess a task left
+behind) is read and dropped, except what Python buffered for sys.stdout or sys.stderr
+and flushes only at the end of the next task, which it joins.
 
 The worker's own diagnostics still reach the agent's journal: ``diagnostics`` is a
 stream on a copy of the original descriptor 2, and ``close`` puts both descriptors
@@ -168,7 +169,9 @@ class Capture:
     # ------------------------------------------------------------ main thread
 
     def begin(self, key: Key) -> None:
+        """A task starts: what the pipes hold now was written between tasks, and is dropped."""
         with self.lock:
+            self._drain(None, time.monotonic())
             self.key = key
 
     def end(self) -> list[wire.TaskOutput]:
@@ -178,13 +181,7 @@ class Capture:
             key, self.key = self.key, None
             if key is None:
                 return []
-            now = time.monotonic()
-            for _ in range(DRAIN_READS):
-                ready = self._drainer.poll(0)
-                if not ready:
-                    break
-                for fd, _event in ready:
-                    self._read(fd, key, now)
+            self._drain(key, time.monotonic())
             out = [wire.TaskOutput(*key, s.name, frames=(chunk,)) for s in self.streams.values() for chunk in s.final()]
             for s in self.streams.values():
                 s.reset()
@@ -199,6 +196,15 @@ class Capture:
         for fd, saved in self._saved.items():
             os.dup2(saved, fd)
             os.close(saved)
+
+    def _drain(self, key: Key | None, now: float) -> None:
+        """Read what the pipes hold (under ``lock``), not what a leftover writer keeps adding."""
+        for _ in range(DRAIN_READS):
+            ready = self._drainer.poll(0)
+            if not ready:
+                return
+            for fd, _event in ready:
+                self._read(fd, key, now)
 
     # ----------------------------------------------------------- reader thread
 
