@@ -94,6 +94,7 @@ class Agent:
         self.back_handlers: dict[type[wire.Message], Callable[[Slot, Any], None]] = {
             wire.WorkerReady: self._on_ready,
             wire.TasksDone: self._on_tasks_done,
+            wire.TaskOutput: self._on_task_output,
         }
         self.event_handlers: dict[str, Callable[[object], None]] = {"drain": self._on_drain}
 
@@ -402,6 +403,15 @@ class Agent:
             self.counters["dropped_messages"] += 1
             return
         self.queue.finished(self.pool, slot, msg, time.monotonic(), self.session.outbox, self.outcomes)
+
+    def _on_task_output(self, slot: Slot, msg: wire.TaskOutput) -> None:
+        """Passed on at once, so it goes before the task's result, which the worker sent
+        after it and the session holds a little. Without a leader that takes it, dropped."""
+        session = self.session
+        if not self.pool.is_live(slot) or session.leader is None or not session.takes_output:
+            self.counters["dropped_output"] += 1
+            return
+        loop.send(self.front, msg, session.leader)
 
     def _reap(self, now: float) -> None:
         for ex in self.pool.reap(now):

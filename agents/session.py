@@ -54,6 +54,7 @@ class CoordinatorSession:
         "counters",
         "leader",
         "takes_back",
+        "takes_output",
         "max_epoch",
         "liveness",
         "interval",
@@ -73,6 +74,7 @@ class CoordinatorSession:
         self.counters = counters  # the agent's: fenced_messages is counted there
         self.leader: bytes | None = None  # routing id of the coordinator we work for
         self.takes_back = False  # the leader accepts ReturnTasks (its Hello says so)
+        self.takes_output = False  # the leader accepts TaskOutput (its Hello says so)
         self.max_epoch = 0
         self.liveness = Liveness(interval, misses)
         self.interval = interval  # between heartbeats: the leader's once it says Hello, as it is the judge
@@ -114,6 +116,7 @@ class CoordinatorSession:
         if msg.epoch > self.max_epoch or self.leader != identity:
             log.info("coordinator %s (epoch %d) is the leader", msg.coordinator_id, msg.epoch)
         self.max_epoch, self.leader, self.takes_back = msg.epoch, identity, msg.takes_back
+        self.takes_output = msg.takes_output
         self.liveness = Liveness(msg.heartbeat_interval, self.misses)
         self.liveness.beat(identity, now)
         self._follow(msg.heartbeat_interval, now)

@@ -7,7 +7,8 @@ older releases started it, and still work. It is the only
 place besides the client that deserializes user payloads. It
 exits by itself when its agent is gone, even after a SIGKILL of the agent:
 the kernel sends it SIGKILL (PR_SET_PDEATHSIG), and a ppid check covers the
-window before that is armed and kernels without it.
+window before that is armed and kernels without it. What a task writes to its
+stdout and stderr goes to its client (capture.py), not to the agent's journal.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from cluster.contract import payload, wire
 from cluster.runtime import lifeline, malloc
 
 from . import channel
+from .capture import Capture
 from .marker import IDLE, Marker, NoMarker
 
 FUNCTION_CACHE = 64
@@ -160,6 +162,16 @@ class Results:
         if not self.held.is_set():
             self.held.set()
 
+    def live(self, messages: list[wire.TaskOutput]) -> bool:
+        """Send a running task's output (agents/capture.py's reader thread); False, sending
+        nothing, once the task has returned: then the main thread sends it."""
+        with self.lock:
+            if not self.running:
+                return False
+            for msg in messages:
+                self.link.send(msg.encode())
+            return True
+
     def send(self) -> None:
         self.link.send(wire.TasksDone(self.items, frames=tuple(self.bodies)).encode())
         self.items, self.bodies = [], []
@@ -269,9 +281,18 @@ def serve(link: PairLink | ZmqLink, marker: Marker | NoMarker, slot: int, parent
     # when its workers stop, so they ignore it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     link.send(wire.WorkerReady(slot, os.getpid()).encode())
+    results = Results(link, marker)
+    capture = Capture(results.live)
+    capture.log_to_diagnostics("agents", "cluster")
+    try:
+        return _serve(link, results, capture, parent_pid)
+    finally:
+        capture.close()  # what is said of the worker's end reaches the journal
+
+
+def _serve(link: PairLink | ZmqLink, results: Results, capture: Capture, parent_pid: int) -> int:
     functions: collections.OrderedDict = collections.OrderedDict()
     inbox: collections.deque[Item] = collections.deque()
-    results = Results(link, marker)
     bound: str | None = None
     while True:
         try:
@@ -293,8 +314,12 @@ def serve(link: PairLink | ZmqLink, marker: Marker | NoMarker, slot: int, parent
             reason = f"internal error: a worker of job {bound} was sent a task of job {domain(item)}"
             results.add(item, wire.LOST, payload.lost_error(reason))
             continue
+        capture.begin((item.job_id, item.index, item.attempt))
         with results.task(item.seq):
             status, body = run_task(functions, item)
+        for output in capture.end():  # before the result: its client then has all of it
+            if not item.legacy:  # agents that send RunTask predate TaskOutput
+                link.send(output.encode())
         results.add(item, status, body)
 
 

@@ -158,3 +158,22 @@ def test_stepping_down_forgets_every_job():
     w.tasks(range(3))
     w.front.step_down()
     assert w.scheduler.jobs == {} and w.scheduler.queued == 0
+
+
+def test_task_output_goes_to_a_client_that_asked_for_it_of_the_attempt_running_now():
+    w = World()
+    w.submit(output=True)
+    w.tasks([0, 1])
+    ((index, attempt, _),) = [t for batch in w.scheduler.plan() for t in batch.tasks if t[0] == 0]
+    out = wire.TaskOutput("j", 0, attempt, "out", frames=(b"a line\n",))
+    assert w.front.on_task_output("a1", out) == [ToClient(out, CLIENT)]  # forwarded as it came
+    stale = wire.TaskOutput("j", 0, attempt - 1, "out", frames=(b"x\n",))
+    assert w.front.on_task_output("a1", stale) == ()  # of an earlier attempt
+    assert w.front.on_task_output("a2", out) == ()  # from an agent the task does not run on
+    w.scheduler.on_result("a1", "j", 0, attempt, wire.OK, b"r")
+    assert w.front.on_task_output("a1", out) == ()  # the task is done
+    assert w.front.on_task_output("a1", wire.TaskOutput("nope", 1, 1, "err", frames=(b"x",))) == ()
+    w.submit("k")  # a client of an earlier release: never sent a kind it does not know
+    w.tasks([0], job_id="k")
+    ((index, attempt, _),) = [t for batch in w.scheduler.plan() for t in batch.tasks if batch.job.job_id == "k"]
+    assert w.front.on_task_output("a1", wire.TaskOutput("k", index, attempt, "out", frames=(b"x\n",))) == ()

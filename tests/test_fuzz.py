@@ -54,6 +54,23 @@ def test_well_formed_msgpack_with_wrong_fields_is_rejected_cleanly(kind, fields)
         pass
 
 
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.integers(-(2**63), 2**64 - 1), st.text(max_size=8), st.binary(max_size=8), st.none()),
+        max_size=6,
+    ),
+    st.lists(st.binary(max_size=8), max_size=3),
+)
+def test_task_output_with_any_fields_and_frames_decodes_or_is_rejected_cleanly(fields, frames):
+    """The kind above, aimed at TaskOutput: its one data frame and its stream name."""
+    try:
+        msg = wire.decode([msgpack.packb([PROTOCOL_VERSION, wire.TaskOutput.KIND, *fields]), *frames])
+    except wire.ProtocolError:
+        return
+    assert isinstance(msg, wire.TaskOutput) and msg.stream in ("out", "err") and len(msg.frames) == 1
+
+
 def garbage(rng: random.Random) -> list[bytes]:
     """A message that can never decode: each kind of malformation in turn."""
     choice = rng.randrange(5)

@@ -37,6 +37,8 @@ SAMPLES = [
     wire.TaskDone("job1", 3, 1, wire.LOST, frames=(b"err",)),
     wire.RelayBeat(2, ["n1", "n2"]),
     wire.RelayBeat(2, [], ["n3"]),
+    wire.TaskOutput("job1", 3, 1, "out", frames=(b"a line\n",)),
+    wire.TaskOutput("job1", 3, 1, "err", frames=(b"",)),
 ]
 
 
@@ -73,6 +75,10 @@ def header(*fields):
         [header(wire.RunTasks.KIND, "j", "d", {}, [[1, 1]]), b"fn", b"a"],  # row without seq
         [header(wire.SubmitJob.KIND, "j", "d", {})],  # no function frame
         [header(wire.Welcome.KIND, "n", 1, 1, 1, [1, 2], False)],  # held rows not lists
+        [header(wire.TaskOutput.KIND, "j", 1, 1, "stdout"), b"x"],  # streams are "out" and "err"
+        [header(wire.TaskOutput.KIND, "j", 1, 1, "out")],  # no data frame
+        [header(wire.TaskOutput.KIND, "j", 1, 1, "out"), b"x", b"y"],  # two
+        [header(wire.TaskOutput.KIND, "j", "1", 1, "out"), b"x"],  # index not an int
     ],
 )
 def test_malformed_is_a_protocol_error(frames):
@@ -166,3 +172,8 @@ def test_received_payloads_are_views_of_the_frames_not_copies():
     assert isinstance(view, memoryview) and view.obj is frames[1]
     assert copied == small and isinstance(copied, bytes)
     assert allocated < wire.ZERO_COPY_MIN, f"decoding allocated {allocated} bytes: the payload was copied"
+
+
+def test_the_hello_of_a_coordinator_that_takes_output_and_of_one_before_it():
+    assert wire.decode(wire.Hello("c", 1, 0.5, True, True).encode()).takes_output is True
+    assert wire.decode([header(wire.Hello.KIND, "c", 1, 0.5, True)]).takes_output is False

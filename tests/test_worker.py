@@ -129,6 +129,38 @@ def test_a_one_task_message_of_a_0_1_0_agent_gets_a_one_task_answer(worker):
     assert payload.load_result(done.frames[0], payload.RESULT_PICKLE) == -4
 
 
+def test_a_tasks_output_comes_before_its_result_and_a_quiet_task_sends_none(worker):
+    end, _ = worker
+
+    def talk(x):
+        import sys
+
+        if x:
+            print("to stdout")
+            print("to stderr", file=sys.stderr)
+        return x
+
+    end.send(
+        wire.RunTasks(
+            "j",
+            "d4",
+            {},
+            [[0, 1, 1], [1, 1, 2]],
+            frames=(payload.pack_callable(talk), *map(payload.pack_args, [(1,), (0,)])),
+        )
+    )
+    said, results = [], []
+    while len(results) < 2:
+        said.append(end.recv())
+        results += said[-1].items if isinstance(said[-1], wire.TasksDone) else []
+    first_result = next(n for n, m in enumerate(said) if isinstance(m, wire.TasksDone))
+    outputs = [m for m in said if isinstance(m, wire.TaskOutput)]
+    assert said[:first_result] == outputs  # all of it before the result
+    assert {(m.job_id, m.index, m.attempt) for m in outputs} == {("j", 0, 1)}
+    assert {m.stream: bytes(m.frames[0]) for m in outputs} == {"out": b"to stdout\n", "err": b"to stderr\n"}
+    assert results == [["j", 0, 1, wire.OK], ["j", 1, 1, wire.OK]]
+
+
 def test_a_function_it_does_not_have_is_asked_for_again(worker):
     end, _ = worker
     end.send(wire.RunTasks("j", "never-sent", {}, [[0, 1, 1]], frames=(b"", payload.pack_args((1,)))))

@@ -7,6 +7,8 @@ value per line. Output: one line per task on stdout (or --output FILE):
   {"index": 1, "ok": false, "error": "ZeroDivisionError: division by zero", "traceback": "..."}
 
 A result JSON cannot carry comes as {"index": 2, "ok": true, "repr": "Decimal('1.5')"}.
+What a task wrote to its stdout or stderr comes in "stdout" and "stderr" fields (the
+first 64 KiB of each); --show-output also prints it live on stderr, prefixed [task N].
 Exit status: 0 all tasks succeeded, 1 some failed, 2 usage error or cluster unreachable,
 130 cancelled.
 
@@ -49,6 +51,7 @@ from typing import IO, Optional
 import typer
 
 from cluster.cli import common, options
+from cluster.cli.task_output import TaskOutputs
 from cluster.client import bundle, code, holder, records
 from cluster.client.session import ClusterClient, JobHandle
 from cluster.client.spool import Spool, SpoolError
@@ -107,6 +110,9 @@ def submit(
         "--spool",
         help="With --detach: the directory for the job's spool (default ~/.local/state/clusterd/CLUSTER/jobs).",
     ),
+    show_output: bool = typer.Option(
+        False, "--show-output", help="Print what tasks write to stdout and stderr live on stderr, as [task N] lines."
+    ),
 ) -> None:
     with common.clear_errors():
         common_cfg = config.load(config.Common, config_file, settings)
@@ -143,6 +149,7 @@ def submit(
             shell=shell,
             progress=sys.stderr.isatty() if progress is None else progress,
             bundles=bundles,
+            outputs=TaskOutputs(show_output),
         )
     finally:
         if output:
@@ -337,13 +344,14 @@ def _run(
     shell: bool,
     progress: bool,
     bundles: list[bundle.Bundle],
+    outputs: TaskOutputs,
 ) -> int:
     results: queue.SimpleQueue = queue.SimpleQueue()
     started = time.monotonic()
     signal.signal(signal.SIGTERM, _terminate)
     with common.clear_errors():
         client = ClusterClient(cfg.zk, cfg.cluster, connect_timeout=connect_timeout, keys=cfg.keys, zk_auth=cfg.zk_auth)
-    writer = Writer(out, ordered)
+    writer = Writer(out, ordered, outputs)
     outcome = "cancelled"  # how the job ended, for its record: until it is known otherwise
     try:
         with common.clear_errors():
@@ -367,6 +375,7 @@ def _run(
                 },
                 lambda i, s, b: results.put((i, s, b)),
                 bundles,
+                on_output=outputs.add,
             )
         if job.workers == 0 and source.count:
             typer.echo(
@@ -457,10 +466,11 @@ def _feed(job: JobHandle, source: Inputs, results: queue.SimpleQueue, feeding: t
 
 
 class Writer:
-    """Result lines, in the order they come or (``ordered``) in input order."""
+    """Result lines, in the order they come or (``ordered``) in input order; with
+    ``outputs``, each carries what its task wrote."""
 
-    def __init__(self, out: IO[str], ordered: bool):
-        self.out, self.ordered = out, ordered
+    def __init__(self, out: IO[str], ordered: bool, outputs: TaskOutputs | None = None):
+        self.out, self.ordered, self.outputs = out, ordered, outputs
         self.done = self.failed = 0
         self._next = 0
         self._held: dict[int, str] = {}  # --ordered: at most the window's worth
@@ -469,7 +479,8 @@ class Writer:
         self.done += 1
         if status != wire.OK:
             self.failed += 1
-        self._write(index, format_result(index, status, body))
+        line = format_result(index, status, body)
+        self._write(index, line if self.outputs is None else self.outputs.annotate(line, index))
 
     def skip(self, index: int) -> None:
         """A result not to print (``job results --failed``): in input order, the next go on."""

@@ -68,6 +68,15 @@ class TaskFuture(cf.Future):
         super().__init__()
         self._executor, self._job, self._index = executor, job, index
         self._stop = False  # cancelled by stop(): a call already running is killed
+        self._written = {"out": bytearray(), "err": bytearray()}  # appended by the IO thread
+
+    def output(self) -> dict[str, str]:
+        """What the call wrote to its stdout and stderr so far, complete once the future is
+        done: the first 64 KiB of each, then a line saying how many more bytes were not kept."""
+        return {
+            "stdout": bytes(self._written["out"]).decode(errors="replace"),
+            "stderr": bytes(self._written["err"]).decode(errors="replace"),
+        }
 
     def stop(self) -> bool:
         """Stop the call wherever it is. A call not reported RUNNING is cancelled, as by
@@ -312,7 +321,9 @@ class Executor(cf.Executor):
             job = self._jobs.get(digest)
             if job is None:
                 self._close_idle_jobs()
-                job = self._client.open_job(blob, self._options, self._on_result, self._bundles, self._on_started)
+                job = self._client.open_job(
+                    blob, self._options, self._on_result, self._bundles, self._on_started, self._on_output
+                )
                 self._jobs[digest] = job
             self._jobs.move_to_end(digest)
             self._submitting[digest] += 1
@@ -366,6 +377,12 @@ class Executor(cf.Executor):
         future = self._futures.get(index)
         if future is not None:
             future._started()
+
+    def _on_output(self, index: int, stream: str, data: wire.Buffer) -> None:
+        """Runs on the client's IO thread, before the call's result."""
+        future = self._futures.get(index)
+        if future is not None:
+            future._written[stream] += data
 
     def _on_result(self, index: int, status: int, body: wire.Buffer) -> None:
         """Runs on the client's IO thread, like a process pool's result thread."""

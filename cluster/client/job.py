@@ -7,7 +7,8 @@ the client's memory bounded however many inputs stream in (``clusterctl submit``
 the client, and go as results free room (the Executor's, as a process pool's submit
 never blocks either). The session's IO thread (session.py) takes new tasks, keeps them
 in ``outstanding`` until their results arrive, and hands each result to ``on_result``
-once, and news that a worker started a task to ``on_started``.
+once, news that a worker started a task to ``on_started``, and what a task wrote to
+its stdout or stderr to ``on_output``, always before its result.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ BATCH = 256  # tasks per SubmitTasks message, at most
 
 ResultCallback = Callable[[int, int, wire.Buffer], None]  # (index, status, payload)
 StartedCallback = Callable[[int], None]  # (index): a worker started that task
+OutputCallback = Callable[[int, str, wire.Buffer], None]  # (index, "out" or "err", bytes the task wrote)
 
 
 class Window:
@@ -70,6 +72,7 @@ class JobHandle:
         on_result: ResultCallback,
         bundles: Sequence[Bundle] = (),
         on_started: StartedCallback | None = None,
+        on_output: OutputCallback | None = None,
     ):
         self._post = post  # to the session's IO thread, which owns the socket
         self.job_id = uuid.uuid4().hex
@@ -78,9 +81,12 @@ class JobHandle:
         # Shipped directories: sent before the SubmitJob that names them, first on the tasks' sys.path.
         self.bundles = tuple(bundles)
         self.options = dict(options, bundles=[b.digest for b in self.bundles]) if self.bundles else options
+        if on_output is not None:  # the coordinator forwards tasks' output only to clients that ask
+            self.options = dict(self.options, output=True)
         self.bundles_resent = False  # after the coordinator said it had lost them (see ClusterClient)
         self.on_result = on_result
         self.on_started = on_started
+        self.on_output = on_output
         self.window = options.get("window", 10_000)
         self.accepted = threading.Event()
         self.workers = 0
@@ -196,3 +202,7 @@ class JobHandle:
             self.on_result(index, status, body)
         if delivered:
             self._release(delivered)
+
+    def _output(self, index: int, stream: str, data: wire.Buffer) -> None:
+        if self.on_output is not None and index in self.outstanding:
+            self.on_output(index, stream, data)

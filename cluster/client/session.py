@@ -22,7 +22,7 @@ import zmq
 from kazoo.client import KazooClient
 from kazoo.handlers.threading import KazooTimeoutError
 
-from cluster.client.job import BATCH, JobHandle, ResultCallback, StartedCallback, Window
+from cluster.client.job import BATCH, JobHandle, OutputCallback, ResultCallback, StartedCallback, Window
 from cluster.contract import layout, security, wire
 from cluster.contract.layout import LeaderRecord
 from cluster.runtime import loop
@@ -78,6 +78,7 @@ class ClusterClient:
         self._message_handlers: dict[type, Callable[[Any], None]] = {
             wire.Heartbeat: self._on_heartbeat,
             wire.TaskResults: self._on_task_results,
+            wire.TaskOutput: self._on_task_output,
             wire.JobAccepted: self._on_job_accepted,
             wire.JobFailed: self._on_job_failed,
             wire.Refused: self._on_refused,
@@ -121,11 +122,14 @@ class ClusterClient:
         on_result: ResultCallback,
         bundles: Sequence[Bundle] = (),
         on_started: StartedCallback | None = None,
+        on_output: OutputCallback | None = None,
     ) -> JobHandle:
         """``bundles`` (cluster/client/bundle.py) go to the leader before the job, each once.
         ``on_started(index)``: a worker started that task (coordinators of earlier releases
-        do not say; then a task's result is the first news of it)."""
-        job = JobHandle(self._post, function, options, on_result, bundles, on_started)
+        do not say; then a task's result is the first news of it). ``on_output(index,
+        stream, data)``: the task wrote ``data`` to its stdout ("out") or stderr ("err");
+        all of it comes before the task's result. All run on the IO thread."""
+        job = JobHandle(self._post, function, options, on_result, bundles, on_started, on_output)
         self._post(("open", job))
         if not job.accepted.wait(self.connect_timeout):
             raise ClusterUnavailable(
@@ -311,6 +315,11 @@ class ClusterClient:
         job = self.jobs.get(msg.job_id)
         if job is not None:
             job._results(msg.items, msg.frames, msg.started)
+
+    def _on_task_output(self, msg: wire.TaskOutput) -> None:
+        job = self.jobs.get(msg.job_id)
+        if job is not None:
+            job._output(msg.index, msg.stream, msg.frames[0])
 
     def _on_job_accepted(self, msg: wire.JobAccepted) -> None:
         job = self.jobs.get(msg.job_id)

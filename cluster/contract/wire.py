@@ -233,13 +233,15 @@ class Bundle(Message):
 @dataclasses.dataclass(frozen=True)
 class Hello(Message):
     """A coordinator introduces itself to an agent. ``takes_back``: it accepts
-    ReturnTasks (older coordinators do not know the message)."""
+    ReturnTasks; ``takes_output``: it accepts TaskOutput (older coordinators do not know
+    these messages)."""
 
     KIND = 20
     coordinator_id: str
     epoch: int
     heartbeat_interval: float
     takes_back: bool = False
+    takes_output: bool = False
 
     def validate(self) -> None:
         if not 0.01 <= self.heartbeat_interval <= 60:
@@ -474,6 +476,29 @@ class SkipTasks(Message):
 
     def validate(self) -> None:
         check_ints(self.seqs, "SkipTasks.seqs")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskOutput(Message):
+    """What a task wrote to its stdout or stderr: ``stream`` is "out" or "err", frames =
+    [the bytes]. Worker to agent, agent to coordinator, coordinator to the job's client,
+    each hop unchanged, and on each channel before the task's result (agents/capture.py).
+    A peer of an earlier release drops it as an unknown kind."""
+
+    KIND = 38
+    job_id: str
+    index: int
+    attempt: int
+    stream: str
+
+    def validate(self) -> None:
+        if self.stream not in OUTPUT_STREAMS:
+            raise ProtocolError("TaskOutput: stream must be 'out' or 'err'")
+        if len(self.frames) != 1:
+            raise ProtocolError("TaskOutput carries exactly one data frame")
+
+
+OUTPUT_STREAMS = ("out", "err")
 
 
 # ----------------------------------------------------------- agent <-> template

@@ -4,6 +4,7 @@ clock: each request takes ``now`` and returns the replies to send.
 A job is accepted with a window (the most tasks it may have without a result) and a
 payload limit; tasks beyond the window or larger than the limit are refused; a job whose
 client stops beating for ``client_timeout`` is cancelled, and its agents told to drop it.
+Tasks' output goes straight to their client, ahead of their results.
 The tasks themselves are the scheduler's. Shipped directories (``Bundles``) come before
 the jobs that name them and are kept while a job needs them.
 """
@@ -165,6 +166,19 @@ class ClientFront:
         for job_id in list(self.scheduler.jobs):
             self.scheduler.end_job(job_id)
         self.bundles.clear()
+
+    def on_task_output(self, node_id: str, msg: wire.TaskOutput) -> Sequence[Action]:
+        """A running task's output, forwarded to its client as it came (its bytes are never
+        read here), if the client asked for output and the task's current attempt runs on
+        that agent. It comes before the task's result, which waits in the job's outbox."""
+        job = self.scheduler.jobs.get(msg.job_id)
+        task = job.tasks.get(msg.index) if job is not None else None
+        if job is None or task is None or task.attempt != msg.attempt or task.node != node_id:
+            self.counters["dropped_output"] += 1
+            return NOTHING
+        if not job.options.get("output"):
+            return NOTHING
+        return [ToClient(msg, job.client)]
 
     # ----------------------------------------------------------------- timers
 

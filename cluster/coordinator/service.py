@@ -82,6 +82,7 @@ class Coordinator:
             wire.Draining: a.on_draining,
             wire.Refused: a.on_refused,
             wire.ForgetBundles: self._on_forget_bundles,
+            wire.TaskOutput: self._on_task_output,
         }
         self.event_handlers: dict[str, Callable[[Any], None]] = {
             STOP: self._on_stop,
@@ -303,6 +304,9 @@ class Coordinator:
         """Forget that the agent has these bundles, and say so: it removes them then."""
         self.directory.forget_bundles(peer.node_id, msg.digests)
         loop.send(self.agents, wire.ForgetBundles(self.epoch, msg.digests), peer.route)
+
+    def _on_task_output(self, peer: AgentPeer, msg: wire.TaskOutput, now: float) -> None:
+        self._apply(self.front.on_task_output(peer.node_id, msg))
 
     def _send_bundles(self, node_id: str, job: Job, route: loop.Route) -> bool:
         """Send the job's bundles the agent was not sent over this connection (before its JobSpec)."""
