@@ -32,7 +32,7 @@ def no_holder_left(tmp_path):
     yield
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info["cmdline"] or []
-        if "hold" in cmdline and any(arg.startswith(str(tmp_path)) for arg in cmdline):
+        if "cluster.client.holder" in cmdline and any(arg.startswith(str(tmp_path)) for arg in cmdline):
             proc.kill()
 
 

@@ -12,11 +12,11 @@ from cluster.client.spool import Spool, SpoolError
 def test_inputs_and_results_survive_a_reopen_and_a_result_is_recorded_once(tmp_path):
     path = tmp_path / "j.db"
     spool = Spool.create(path, {"job": 7}, b"fn", (b"%d" % i for i in range(2500)))
-    assert spool.record([(0, 0, b"a"), (2, 1, b"err")]) == 2
+    assert spool.record([(0, 0, b"a"), (2, 1, b"err")]) == (2, 1)
     spool.close()
     again = Spool.open(path)
     assert (again.meta, again.function, again.count) == ({"job": 7}, b"fn", 2500)
-    assert again.record([(0, 0, b"again"), (1, 0, b"b")]) == 1  # index 0 has its result already
+    assert again.record([(0, 0, b"again"), (1, 0, b"b")]) == (1, 0)  # index 0 has its result already
     pending = list(again.pending(page=100))  # paged: reads 100 at a time
     assert [i for i, _ in pending] == list(range(3, 2500)) and pending[0][1] == b"3"
     assert again.counts() == (3, 1)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import logging
 import socket
 import sys
 import time
@@ -258,13 +257,6 @@ def results(
         finally:
             spool.close()
     raise typer.Exit(EXIT_STATUS[state] if follow else 0)
-
-
-@app.command("hold", hidden=True)
-def hold(spool: Path = typer.Argument(..., help="The job's spool.")) -> None:
-    """Run a detached job from its spool (started by `clusterctl submit --detach`)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    raise typer.Exit(holder.hold(spool))
 
 
 def _detached(zk: KazooClient, cfg: config.Common, number: int) -> records.Listed:

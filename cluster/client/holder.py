@@ -2,10 +2,10 @@
 job from its spool (spool.py) and records each result there.
 
 ``clusterctl submit --detach`` writes the spool and the job's record, starts the holder
-(``start``) in a session of its own, so that closing the terminal, logging out or killing
-the submitting shell's process group leaves it running, and returns once the holder has
-taken the job (its ``attached`` node). One holder per job: a job's failure or a holder's
-crash touches no other job.
+(``start``: ``python -m cluster.client.holder SPOOL``) in a session of its own, so that
+closing the terminal, logging out or killing the submitting shell's process group leaves
+it running, and returns once the holder has taken the job (its ``attached`` node). One
+holder per job: a job's failure or a holder's crash touches no other job.
 
 A holder that is killed, or whose host restarts, leaves the job "lost" with its spool on
 disk; ``resume`` (run by every ``clusterctl jobs`` and ``job`` command on that host, for
@@ -53,7 +53,7 @@ def start(spool: Path) -> subprocess.Popen:
     log_file = open(spool.with_suffix(".log"), "ab")
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "cluster.cli.main", "job", "hold", str(spool)],
+            [sys.executable, "-m", "cluster.client.holder", str(spool)],
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=log_file,
@@ -128,10 +128,10 @@ def _run(client: ClusterClient, spool: Spool, entry: records.JobEntry, meta: dic
         except queue.Empty:
             pass
         if rows and (len(rows) >= FLUSH_ROWS or time.monotonic() - flushed >= FLUSH_EVERY):
-            spool.record(rows)
+            new, new_failed = spool.record(rows)
+            done, failed = done + new, failed + new_failed
             rows.clear()
             flushed = time.monotonic()
-            done, failed = spool.counts()
     if rows:
         spool.record(rows)
     done, failed = spool.counts()
@@ -152,3 +152,14 @@ def _feed(
         while not job.submit(index, args, timeout=0.5):
             if stopping.is_set() or cancelled.is_set() or job.closed:
                 return
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m cluster.client.holder SPOOL (started by clusterctl submit --detach)")
+    sys.exit(hold(Path(sys.argv[1])))
+
+
+if __name__ == "__main__":
+    main()

@@ -111,8 +111,10 @@ class Spool:
         while True:
             with self._lock:
                 rows = self._db.execute(
-                    "SELECT idx, args FROM inputs WHERE idx > ? AND idx NOT IN (SELECT idx FROM results) "
-                    "ORDER BY idx LIMIT ?",
+                    # NOT EXISTS: one primary-key lookup per input (NOT IN would build the whole
+                    # set of results again for every page).
+                    "SELECT idx, args FROM inputs WHERE idx > ? "
+                    "AND NOT EXISTS (SELECT 1 FROM results WHERE results.idx = inputs.idx) ORDER BY idx LIMIT ?",
                     (after, page),
                 ).fetchall()
             if not rows:
@@ -132,23 +134,26 @@ class Spool:
 
     # --------------------------------------------------------------- writing
 
-    def record(self, rows: Iterable[tuple[int, int, bytes]]) -> int:
+    def record(self, rows: Iterable[tuple[int, int, bytes]]) -> tuple[int, int]:
         """Record results (index, status, body) in one transaction; a result for an index
         that has one already is ignored (a task run again after a restart). Returns how
-        many were new."""
-        new = 0
+        many were new, and how many of those failed."""
+        numbered = [(index, status, bytes(body), self._seq + n) for n, (index, status, body) in enumerate(rows, 1)]
         try:
             with self._lock, self._db:
-                for index, status, body in rows:
-                    cursor = self._db.execute(
-                        "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?)", (index, status, bytes(body), self._seq + 1)
-                    )
-                    if cursor.rowcount:
-                        self._seq += 1
-                        new += 1
+                before = self._db.total_changes
+                self._db.executemany("INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?)", numbered)
+                new = self._db.total_changes - before
+                if new == len(numbered):
+                    failed = sum(1 for row in numbered if row[1] != 0)
+                else:  # some were there already: count what this transaction added
+                    failed = self._db.execute(
+                        "SELECT COUNT(*) FROM results WHERE seq > ? AND status != 0", (self._seq,)
+                    ).fetchone()[0]
         except sqlite3.Error as exc:
             raise SpoolError(f"cannot record results in {self.path}: {exc}") from None
-        return new
+        self._seq += len(numbered)  # seqs of ignored rows are gaps: only their order matters
+        return new, failed
 
     def close(self) -> None:
         self._db.close()
