@@ -140,3 +140,46 @@ def test_detached_results_follow_and_bad_spools_are_clear_errors(running_cluster
     assert res.returncode == 2 and "is not a job spool" in res.stderr and "Traceback" not in res.stderr
     res = running_cluster.clusterctl("submit", "math:sqrt", "--range", "0", "3", "--detach", "--spool", "/proc/nope")
     assert res.returncode == 2 and "Traceback" not in res.stderr
+
+
+def test_a_leader_failover_during_a_detached_job_loses_and_duplicates_nothing(local_cluster, tmp_path):
+    fast = ("--zk-session-timeout", "2")  # the dead leader is replaced in seconds
+    coordinators = [local_cluster.coordinator(*fast, name=f"c{i}") for i in range(2)]
+    local_cluster.agent("a1", 2, *fast)
+    local_cluster.agent("a2", 2, *fast)
+    wait_for(lambda: local_cluster.leader() is not None, 20, what="a leader")
+    leader = next(c for c in coordinators if c.pid == local_cluster.leader().pid)
+    local_cluster.wait_ready(leader, ["a1", "a2"])
+    (tmp_path / "work.py").write_text("import time\n\ndef square(x):\n    time.sleep(0.002)\n    return x * x\n")
+    res = local_cluster.clusterctl(
+        "submit", f"{tmp_path / 'work.py'}:square", "--range", "0", "3000", "--detach", "--spool", str(tmp_path)
+    )
+    assert res.returncode == 0, res.stderr
+    number = int(res.stdout)
+    wait_for(lambda: len(results(local_cluster, number)) >= 600, 60, what="a fifth of the results")
+    leader.signal(signal.SIGKILL)
+    wait_for(
+        lambda: (rec := local_cluster.leader()) is not None and rec.pid != leader.pid, 30, what="the standby to lead"
+    )
+    res = local_cluster.clusterctl("job", "wait", str(number), "--timeout", "120")
+    assert res.returncode == 0, res.stderr
+    got = results(local_cluster, number, "--ordered")
+    assert [r["index"] for r in got] == list(range(3000)) and all(r["result"] == r["index"] ** 2 for r in got)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs as a full disk needs root")
+def test_a_full_disk_fails_the_detach_clearly_and_leaves_no_job(running_cluster, tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], check=True)
+    try:
+        inputs = "".join(f'"{"x" * 1000}{i}"\n' for i in range(2000))  # 2 MB of inputs for 256 KiB
+        res = running_cluster.clusterctl(
+            "submit", "builtins:len", "--inputs", "-", "--detach", "--spool", str(disk), input=inputs
+        )
+        assert res.returncode == 2 and "cannot write the spool" in res.stderr and "Traceback" not in res.stderr
+        assert list(disk.iterdir()) == []  # no partial spool
+        listed = running_cluster.clusterctl("jobs", "--all", "--json")
+        assert json.loads(listed.stdout) == []  # and no job
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
