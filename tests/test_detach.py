@@ -183,3 +183,26 @@ def test_a_full_disk_fails_the_detach_clearly_and_leaves_no_job(running_cluster,
         assert json.loads(listed.stdout) == []  # and no job
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_detached_jobs_task_output_is_kept_in_its_spool_and_shown_by_job_logs(running_cluster, tmp_path):
+    (tmp_path / "talk.py").write_text(
+        "import subprocess, sys\n\n"
+        "def talk(x):\n"
+        "    print(f'hello {x}')\n"
+        "    print(f'oops {x}', file=sys.stderr)\n"
+        "    subprocess.run(['echo', f'child {x}'], check=True)\n"
+        "    return x\n"
+    )
+    res = running_cluster.clusterctl(
+        "submit", f"{tmp_path / 'talk.py'}:talk", "--range", "0", "5", "--detach", "--spool", str(tmp_path)
+    )
+    number = int(res.stdout)
+    assert running_cluster.clusterctl("job", "wait", str(number), "--timeout", "60").returncode == 0
+    res = running_cluster.clusterctl("job", "logs", str(number))
+    assert res.returncode == 0, res.stderr
+    lines = set(res.stdout.splitlines())
+    for x in range(5):
+        assert {f"[task {x}] hello {x}", f"[task {x}] child {x}", f"[task {x} err] oops {x}"} <= lines
+    res = running_cluster.clusterctl("job", "logs", str(number), "--task", "3")
+    assert sorted(res.stdout.splitlines()) == ["[task 3 err] oops 3", "[task 3] child 3", "[task 3] hello 3"]

@@ -16,6 +16,8 @@ Examples:
   clusterctl job status 42
 
   clusterctl job wait 42; clusterctl job cancel 42; clusterctl job rm 42
+
+  clusterctl job results 42 --follow; clusterctl job logs 42 --task 7
 """
 
 from __future__ import annotations
@@ -257,6 +259,50 @@ def results(
         finally:
             spool.close()
     raise typer.Exit(EXIT_STATUS[state] if follow else 0)
+
+
+@app.command("logs")
+@options.with_settings(config.Common, only=("zk", "cluster", "zk_auth"))
+def logs(
+    job_id: str = typer.Argument(..., help="The job's id, as `clusterctl jobs` shows it."),
+    *,
+    config_file: Optional[str] = common.CONFIG,
+    settings: options.Settings,
+    task: Optional[int] = typer.Option(None, "--task", help="Only this task's output (its index)."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Go on printing output as it comes, until the job ends."),
+) -> None:
+    """What a detached job's tasks wrote to stdout and stderr, each line prefixed with its
+    task (`[task 7] ...`; `[task 7 err] ...` for stderr), from its spool on the host that
+    submitted it. Each task keeps the first 64 KiB of each stream.
+
+    Examples:
+
+      clusterctl job logs 42
+
+      clusterctl job logs 42 --task 7
+
+      clusterctl job logs 42 --follow | grep -i warning
+    """
+    cfg, number = _which(config_file, settings, job_id)
+    with common.zookeeper(cfg) as zk:
+        job = _detached(zk, cfg, number)
+        with common.clear_errors():
+            spool = Spool.open(Path(job.record.spool))
+        seen = 0
+        try:
+            while True:
+                state = _found(zk, cfg, number).state
+                for seq, index, stream, data in spool.output(seen, task):
+                    seen = seq
+                    tag = f"[task {index}]" if stream == "out" else f"[task {index} err]"
+                    text = data.decode(errors="replace")
+                    sys.stdout.write("".join(f"{tag} {line}\n" for line in text.rstrip("\n").split("\n")))
+                sys.stdout.flush()
+                if not follow or state in cluster_jobs.FINAL:
+                    break
+                time.sleep(0.2)
+        finally:
+            spool.close()
 
 
 def _detached(zk: KazooClient, cfg: config.Common, number: int) -> records.Listed:

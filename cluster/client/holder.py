@@ -113,25 +113,37 @@ def _run(client: ClusterClient, spool: Spool, entry: records.JobEntry, meta: dic
     entry.on_cancel(cancelled.set)
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     options = dict(meta["options"], record=entry.id)
-    job = client.open_job(spool.function, options, lambda i, s, b: results.put((i, s, b)))
+    job = client.open_job(
+        spool.function,
+        options,
+        lambda i, s, b: results.put((i, s, b)),
+        on_output=lambda i, stream, data: results.put((i, stream, data)),
+    )
     total = spool.count
     done, failed = spool.counts()
     log.info("job %d: %d of %d tasks to run", entry.id, total - done, total)
     feeder = threading.Thread(target=_feed, args=(job, spool.pending(), stopping, cancelled), daemon=True)
     feeder.start()
     rows: list[tuple[int, int, bytes]] = []
+    written: list[tuple[int, str, bytes]] = []  # tasks' output: it came before their results
     flushed = time.monotonic()
     while done < total and not cancelled.is_set() and not stopping.is_set():
         try:
-            index, status, body = results.get(timeout=FLUSH_EVERY)
-            rows.append((index, status, bytes(body)))
+            index, kind, body = results.get(timeout=FLUSH_EVERY)
+            if isinstance(kind, str):
+                written.append((index, kind, bytes(body)))
+            else:
+                rows.append((index, kind, bytes(body)))
         except queue.Empty:
             pass
-        if rows and (len(rows) >= FLUSH_ROWS or time.monotonic() - flushed >= FLUSH_EVERY):
+        if (rows or written) and (len(rows) >= FLUSH_ROWS or time.monotonic() - flushed >= FLUSH_EVERY):
+            spool.record_output(written)
             new, new_failed = spool.record(rows)
             done, failed = done + new, failed + new_failed
             rows.clear()
+            written.clear()
             flushed = time.monotonic()
+    spool.record_output(written)
     if rows:
         spool.record(rows)
     done, failed = spool.counts()

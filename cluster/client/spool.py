@@ -1,4 +1,5 @@
-"""A job's durable spool: its function, inputs and results in one SQLite file (WAL).
+"""A job's durable spool: its function, inputs, results and tasks' output in one SQLite
+file (WAL).
 
 A detached job (``clusterctl submit --detach``) lives here, not in a terminal: the inputs
 are written, and made durable, before the command returns; the process that runs the job
@@ -27,6 +28,10 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE inputs (idx INTEGER PRIMARY KEY, args BLOB NOT NULL);
 CREATE TABLE results (idx INTEGER PRIMARY KEY, status INTEGER NOT NULL, body BLOB NOT NULL, seq INTEGER NOT NULL);
 CREATE INDEX results_seq ON results (seq);
+CREATE TABLE output (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, idx INTEGER NOT NULL, stream TEXT NOT NULL, data BLOB NOT NULL
+);
+CREATE INDEX output_idx ON output (idx);
 """
 
 
@@ -132,7 +137,24 @@ class Spool:
         order they were recorded."""
         yield from self._db.execute("SELECT seq, idx, status, body FROM results WHERE seq > ? ORDER BY seq", (after,))
 
+    def output(self, after: int = 0, index: int | None = None) -> Iterator[tuple[int, int, str, bytes]]:
+        """(seq, index, stream, data) of what tasks wrote to stdout ("out") and stderr
+        ("err"), in the order it came, after ``after``; of task ``index`` only, if given."""
+        query = "SELECT seq, idx, stream, data FROM output WHERE seq > ? AND (? IS NULL OR idx = ?) ORDER BY seq"
+        with self._lock:
+            rows = self._db.execute(query, (after, index, index)).fetchall()
+        yield from rows
+
     # --------------------------------------------------------------- writing
+
+    def record_output(self, rows: Iterable[tuple[int, str, bytes]]) -> None:
+        """Keep what tasks wrote, (index, stream, data), in one transaction. Every run of a
+        task is kept: one run again after a restart adds its output after the first's."""
+        try:
+            with self._lock, self._db:
+                self._db.executemany("INSERT INTO output (idx, stream, data) VALUES (?, ?, ?)", rows)
+        except sqlite3.Error as exc:
+            raise SpoolError(f"cannot record output in {self.path}: {exc}") from None
 
     def record(self, rows: Iterable[tuple[int, int, bytes]]) -> tuple[int, int]:
         """Record results (index, status, body) in one transaction; a result for an index
