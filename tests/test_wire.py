@@ -177,3 +177,16 @@ def test_received_payloads_are_views_of_the_frames_not_copies():
 def test_the_hello_of_a_coordinator_that_takes_output_and_of_one_before_it():
     assert wire.decode(wire.Hello("c", 1, 0.5, True, True).encode()).takes_output is True
     assert wire.decode([header(wire.Hello.KIND, "c", 1, 0.5, True)]).takes_output is False
+
+
+def test_spool_reads_round_trip_and_malformed_ones_are_refused():
+    ask = wire.ReadSpool(42, "output", 17, 3)
+    assert wire.decode(ask.encode()) == ask
+    rows = wire.SpoolRows(42, [[18, 3, "out"], [19, 4, 0]], "running", frames=(b"hello\n", b"r"))
+    assert wire.decode(rows.encode()) == rows
+    with pytest.raises(wire.ProtocolError, match="what must be"):
+        wire.decode(wire.ReadSpool(42, "inputs", 0).encode())
+    with pytest.raises(wire.ProtocolError, match="one frame per row"):
+        wire.decode(wire.SpoolRows(42, [[1, 2, 0]], "running").encode())
+    with pytest.raises(wire.ProtocolError, match="each row must be"):
+        wire.decode(wire.SpoolRows(42, [["1", 2, 0]], "running", frames=(b"",)).encode())

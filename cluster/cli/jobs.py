@@ -25,12 +25,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import socket
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from kazoo.client import KazooClient
@@ -42,6 +41,7 @@ from cluster.cli.submit import Writer
 from cluster.client import holder, records
 from cluster.client import jobs as cluster_jobs
 from cluster.client.spool import Spool
+from cluster.client.spool_reader import PAGE, RemoteSpool, page
 from cluster.contract import config, layout, wire
 from cluster.runtime.zk import read_leader
 
@@ -212,7 +212,7 @@ def _progress(job: dict) -> None:
 
 
 @app.command("results")
-@options.with_settings(config.Common, only=("zk", "cluster", "zk_auth"))
+@options.with_settings(config.Common, only=("zk", "cluster", "keys", "zk_auth"))
 def results(
     job_id: str = typer.Argument(..., help="The job's id, as `clusterctl jobs` shows it."),
     *,
@@ -225,7 +225,8 @@ def results(
     failed_only: bool = typer.Option(False, "--failed", help="Only the failed tasks."),
 ) -> None:
     """A detached job's results, as `clusterctl submit` would have printed them, from its
-    spool on the host that submitted it. Exit status: with --follow, as `clusterctl submit`'s
+    spool: the file when this host can open it, else its holder, from any host while the
+    job runs. Exit status: with --follow, as `clusterctl submit`'s
     once the job has ended; else 0.
 
     Examples:
@@ -237,32 +238,18 @@ def results(
       clusterctl job results 42 --failed | jq -r .error
     """
     cfg, number = _which(config_file, settings, job_id)
-    with common.zookeeper(cfg) as zk:
-        job = _detached(zk, cfg, number)
-        with common.clear_errors():
-            spool = Spool.open(Path(job.record.spool))
-        writer = Writer(sys.stdout, ordered)
-        seen = 0
-        try:
-            while True:
-                state = _found(zk, cfg, number).state
-                for seq, index, status, body in spool.results(seen):
-                    seen = seq
-                    if failed_only and status == wire.OK:
-                        writer.skip(index)
-                    else:
-                        writer.add(index, status, body)
-                sys.stdout.flush()
-                if not follow or state in cluster_jobs.FINAL:
-                    break
-                time.sleep(0.2)
-        finally:
-            spool.close()
-    raise typer.Exit(EXIT_STATUS[state] if follow else 0)
+    writer = Writer(sys.stdout, ordered)
+    rows = _rows(cfg, number, "results", None, follow)
+    for _, index, status, body in rows:
+        if failed_only and status == wire.OK:
+            writer.skip(index)
+        else:
+            writer.add(index, status, body)
+    raise typer.Exit(EXIT_STATUS[rows.state] if follow else 0)
 
 
 @app.command("logs")
-@options.with_settings(config.Common, only=("zk", "cluster", "zk_auth"))
+@options.with_settings(config.Common, only=("zk", "cluster", "keys", "zk_auth"))
 def logs(
     job_id: str = typer.Argument(..., help="The job's id, as `clusterctl jobs` shows it."),
     *,
@@ -272,8 +259,8 @@ def logs(
     follow: bool = typer.Option(False, "--follow", "-f", help="Go on printing output as it comes, until the job ends."),
 ) -> None:
     """What a detached job's tasks wrote to stdout and stderr, each line prefixed with its
-    task (`[task 7] ...`; `[task 7 err] ...` for stderr), from its spool on the host that
-    submitted it. Each task keeps the first 64 KiB of each stream.
+    task (`[task 7] ...`; `[task 7 err] ...` for stderr), from its spool (as `job results`
+    reads it). Each task keeps the first 64 KiB of each stream.
 
     Examples:
 
@@ -284,35 +271,70 @@ def logs(
       clusterctl job logs 42 --follow | grep -i warning
     """
     cfg, number = _which(config_file, settings, job_id)
-    with common.zookeeper(cfg) as zk:
-        job = _detached(zk, cfg, number)
-        with common.clear_errors():
-            spool = Spool.open(Path(job.record.spool))
-        seen = 0
-        try:
-            while True:
-                state = _found(zk, cfg, number).state
-                for seq, index, stream, data in spool.output(seen, task):
-                    seen = seq
-                    tag = f"[task {index}]" if stream == "out" else f"[task {index} err]"
-                    text = data.decode(errors="replace")
-                    sys.stdout.write("".join(f"{tag} {line}\n" for line in text.rstrip("\n").split("\n")))
-                sys.stdout.flush()
-                if not follow or state in cluster_jobs.FINAL:
-                    break
-                time.sleep(0.2)
-        finally:
-            spool.close()
+    for _, index, stream, data in _rows(cfg, number, "output", task, follow):
+        tag = f"[task {index}]" if stream == "out" else f"[task {index} err]"
+        text = data.decode(errors="replace")
+        sys.stdout.write("".join(f"{tag} {line}\n" for line in text.rstrip("\n").split("\n")))
 
 
-def _detached(zk: KazooClient, cfg: config.Common, number: int) -> records.Listed:
-    """A detached job whose spool is on this host."""
-    job = _found(zk, cfg, number)
-    if not job.record.spool:
-        raise common.fail(f"job {number} was not detached: its results went to the terminal that submitted it")
-    if job.record.host != socket.gethostname():
-        raise common.fail(f"job {number}'s spool is on host {job.record.host}: run this there")
-    return job
+class _rows:
+    """The rows of a detached job's spool (``what``: "results" or "output"), read from
+    the file when this host can open it, else from the job's holder; with ``follow``,
+    until the job has ended. ``state``: the job's, once iterated."""
+
+    def __init__(self, cfg: config.Common, number: int, what: str, task: int | None, follow: bool) -> None:
+        self.cfg, self.number, self.what, self.task, self.follow = cfg, number, what, task, follow
+        self.state = "running"
+
+    def __iter__(self) -> Iterator[tuple[int, int, Any, bytes]]:
+        with common.zookeeper(self.cfg) as zk:
+            job = _found(zk, self.cfg, self.number)
+            if not job.record.spool:
+                raise common.fail(
+                    f"job {self.number} was not detached: its results went to the terminal that submitted it"
+                )
+            if job.record.owner != records.owner():
+                raise common.fail(f"job {self.number} belongs to {job.record.owner}, not {records.owner()}")
+            with common.clear_errors():
+                source = _open_spool(job, self.cfg)
+            seen = 0
+            try:
+                while True:
+                    if isinstance(source, Spool):
+                        self.state = _found(zk, self.cfg, self.number).state  # before the rows: none is missed
+                        rows = page(source.results(seen) if self.what == "results" else source.output(seen, self.task))
+                    else:
+                        with common.clear_errors():
+                            rows = source.rows(self.what, seen, self.task)
+                        self.state = source.state
+                    yield from rows
+                    sys.stdout.flush()
+                    if rows:
+                        seen = rows[-1][0]
+                    if len(rows) == PAGE:
+                        continue
+                    if not self.follow or self.state in cluster_jobs.FINAL:
+                        return
+                    time.sleep(0.2)
+            finally:
+                source.close()
+
+
+def _open_spool(job: records.Listed, cfg: config.Common) -> Spool | RemoteSpool:
+    """The job's spool file when this host can open it (its own, or shared storage), else
+    its holder, while it runs."""
+    try:
+        here = Path(job.record.spool).is_file()
+    except OSError:  # a directory this user cannot search
+        here = False
+    if here:
+        return Spool.open(Path(job.record.spool))
+    if job.record.endpoint and job.state == "running":
+        return RemoteSpool(job.id, job.record.endpoint, job.record.curve_key, cfg.keys)
+    raise ValueError(
+        f"job {job.id}'s spool is on host {job.record.host} and its holder is not running: "
+        "read it there (or submit with --spool on storage every host shares)"
+    )
 
 
 def _found(zk: KazooClient, cfg: config.Common, number: int) -> records.Listed:

@@ -34,12 +34,14 @@ from kazoo.client import KazooClient
 from cluster.client import records
 from cluster.client.session import ClusterClient, JobHandle
 from cluster.client.spool import Spool, SpoolError
+from cluster.client.spool_reader import SpoolServer
 from cluster.contract import layout
 
 log = logging.getLogger("cluster.holder")
 
 FLUSH_EVERY = 0.2  # seconds between writes of results to the spool (one transaction each)
 FLUSH_ROWS = 512
+READERS_GRACE = 2.0  # seconds a holder stays after its job ends while readers elsewhere still ask
 
 
 def spool_dir(cluster: str) -> Path:
@@ -96,13 +98,23 @@ def hold(spool_path: Path) -> int:
     client = ClusterClient(
         meta["zk"], meta["cluster"], connect_timeout=10.0, keys=meta.get("keys", ""), zk_auth=meta.get("zk_auth", "")
     )
+    state = ["running"]  # what readers on other hosts are told
+    server = SpoolServer(spool_path, meta["job"], lambda: state[0], meta["zk"], meta.get("keys", ""))
     try:
-        entry = records.adopt(client.zk, meta["cluster"], meta["job"])
+        entry = records.adopt(
+            client.zk, meta["cluster"], meta["job"], endpoint=server.endpoint, curve_key=server.curve_key
+        )
         if entry is None:
             log.info("job %d is held elsewhere", meta["job"])
             return 3
-        return _run(client, spool, entry, meta)
+        code = _run(client, spool, entry, meta)
+        state[0] = entry.record.state
+        # A reader on another host that followed the job gets its last rows and its end.
+        while time.monotonic() - server.last_read < READERS_GRACE:
+            time.sleep(0.1)
+        return code
     finally:
+        server.close()
         client.close()
         spool.close()
 

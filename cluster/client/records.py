@@ -115,13 +115,22 @@ def open_job(
     return JobEntry(zk, path, record, timeout)
 
 
-def adopt(zk: KazooClient, cluster: str, job_id: int, timeout: float = 10.0) -> JobEntry | None:
+def adopt(
+    zk: KazooClient, cluster: str, job_id: int, timeout: float = 10.0, *, endpoint: str = "", curve_key: str = ""
+) -> JobEntry | None:
     """Become the owner of a detached job: its ``attached`` node is this session's, and
-    its record names this process. None when another process holds it already."""
+    its record names this process (and where it serves the spool). None when another
+    process holds it already."""
     path = f"{layout.jobs_path(cluster)}/{layout.job_node(job_id)}"
     try:
         data, _ = ask(zk.get_async, path, timeout=timeout)
-        record = dataclasses.replace(JobRecord.from_bytes(data), host=socket.gethostname(), pid=os.getpid())
+        record = dataclasses.replace(
+            JobRecord.from_bytes(data),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            endpoint=endpoint,
+            curve_key=curve_key,
+        )
         ask(zk.create_async, f"{path}/{ATTACHED}", ephemeral=True, timeout=timeout)
     except NodeExistsError:
         return None

@@ -254,6 +254,9 @@ class JobRecord(_Record):
     ended: float = 0.0
     version: str
     spool: str = ""  # a detached job's spool on ``host`` (its inputs and results); "" for an attached job
+    # Where its holder serves the spool to other hosts while it runs, and its CURVE key ("" when insecure).
+    endpoint: str = ""
+    curve_key: str = ""
 
     @classmethod
     def from_bytes(cls, data: bytes | None) -> JobRecord:

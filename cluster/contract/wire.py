@@ -501,6 +501,50 @@ class TaskOutput(Message):
 OUTPUT_STREAMS = ("out", "err")
 
 
+# ------------------------------------------------- reader <-> detached job's holder
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadSpool(Message):
+    """A reader on another host to a detached job's holder (cluster/client/holder.py):
+    the rows of ``what`` ("results" or "output") recorded after seq ``after``; of task
+    ``task`` only, when it is not -1."""
+
+    KIND = 43
+    job: int
+    what: str
+    after: int
+    task: int = -1
+
+    def validate(self) -> None:
+        if self.what not in SPOOL_TABLES:
+            raise ProtocolError("ReadSpool: what must be 'results' or 'output'")
+
+
+@dataclasses.dataclass(frozen=True)
+class SpoolRows(Message):
+    """The holder's answer: rows = [[seq, index, status or stream], ...] with frames[i]
+    row i's body, at most a page of them; ``state``: the job's ("running" while it runs);
+    ``error``: why there are none (no such job here), "" otherwise."""
+
+    KIND = 44
+    job: int
+    rows: list[list[Any]]
+    state: str
+    error: str = ""
+
+    def validate(self) -> None:
+        check_rows(self.rows, 3, "SpoolRows.rows")
+        for seq, index, kind in self.rows:
+            if type(seq) is not int or type(index) is not int or type(kind) not in (int, str):
+                raise ProtocolError("SpoolRows.rows: each row must be [seq, index, status or stream]")
+        if len(self.rows) != len(self.frames):
+            raise ProtocolError("SpoolRows: one frame per row")
+
+
+SPOOL_TABLES = ("results", "output")
+
+
 # ----------------------------------------------------------- agent <-> template
 
 

@@ -1,0 +1,153 @@
+"""Reading a detached job's spool from anywhere: straight from the file when this host
+can open it (the submitting host, or shared storage given with ``--spool``), else from
+its holder over ZeroMQ, a page at a time (``ReadSpool`` / ``SpoolRows``).
+
+The holder serves its spool on the address this host uses to reach ZooKeeper (the
+address other hosts of the cluster reach it by), on a port of the kernel's choosing,
+and names the endpoint in the job's record. With CURVE keys, the holder is a CURVE
+server with the client key pair, and accepts the cluster's client keys only (those in
+its keys directory): reading a job takes what submitting one takes.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.auth
+
+from cluster.client.spool import Spool, SpoolError
+from cluster.contract import security, wire
+from cluster.runtime import loop
+
+log = logging.getLogger("cluster.spool_reader")
+
+PAGE = 1000  # rows per answer
+
+
+def reachable_address(zk_hosts: str) -> str:
+    """This host's address on the route to the first ZooKeeper server: no packet is sent
+    (connecting a UDP socket only picks the route)."""
+    first = zk_hosts.split("/")[0].split(",")[0]
+    host, _, port = first.rpartition(":")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((host.strip("[]") or first, int(port or 2181)))
+        return str(probe.getsockname()[0])
+
+
+class SpoolServer:
+    """The holder's side: answers ReadSpool for its job from its spool, on a thread."""
+
+    def __init__(self, path: Path, job_id: int, state: Callable[[], str], zk_hosts: str, keys_dir: str) -> None:
+        self.path, self.job_id, self.state = path, job_id, state
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.curve_key = ""
+        self._auth = None
+        if keys_dir:
+            from zmq.auth.thread import ThreadAuthenticator
+
+            keys = security.load(keys_dir, "client")
+            self._auth = ThreadAuthenticator(self.ctx)
+            self._auth.start()
+            self._auth.configure_curve_callback("spool", credentials_provider=_ClientKeys(Path(keys_dir)))
+            security.serve(self.sock, keys, "spool")
+            self.curve_key = keys.public.decode()
+        address = reachable_address(zk_hosts)
+        port = self.sock.bind_to_random_port(f"tcp://{address}")
+        self.endpoint = f"tcp://{address}:{port}"
+        self.last_read = 0.0  # when a reader last asked (time.monotonic)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="spool-server", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        spool = Spool.open(self.path)  # a connection of this thread's own
+        try:
+            while not self._stop.is_set():
+                if self.sock.poll(200):
+                    loop.read_router(self.sock, lambda who, msg: self._answer(spool, who, msg), self._bad)
+        finally:
+            spool.close()
+
+    def _answer(self, spool: Spool, who: Any, msg: wire.Message) -> None:
+        if not isinstance(msg, wire.ReadSpool):
+            return
+        self.last_read = time.monotonic()
+        if msg.job != self.job_id:
+            loop.send(self.sock, wire.SpoolRows(msg.job, [], "", f"this holder holds job {self.job_id}"), who)
+            return
+        state = self.state()  # before the rows: a reader that sees the end has every row
+        task = None if msg.task < 0 else msg.task
+        rows = page(spool.results(msg.after) if msg.what == "results" else spool.output(msg.after, task))
+        reply = wire.SpoolRows(msg.job, [[r[0], r[1], r[2]] for r in rows], state, frames=tuple(r[3] for r in rows))
+        loop.send(self.sock, reply, who)
+
+    def _bad(self, who: Any, why: str) -> None:
+        log.warning("dropping a malformed request: %s", why)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close(0)
+        if self._auth is not None:
+            self._auth.stop()
+        self.ctx.term()
+
+
+class _ClientKeys:
+    """pyzmq's ZAP credentials provider: the cluster's client keys, and no other role's."""
+
+    def __init__(self, keys_dir: Path) -> None:
+        self.allowed = {zmq.auth.load_certificate(path)[0] for path in keys_dir.glob("client*.key")}
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return key in self.allowed
+
+
+def page(rows: Iterator[tuple[int, int, Any, bytes]]) -> list[tuple[int, int, Any, bytes]]:
+    out = []
+    for row in rows:
+        out.append(row)
+        if len(out) >= PAGE:
+            break
+    return out
+
+
+class RemoteSpool:
+    """The reader's side, for a job whose spool this host cannot open."""
+
+    def __init__(self, job_id: int, endpoint: str, curve_key: str, keys_dir: str, timeout: float = 10.0) -> None:
+        self.job_id, self.endpoint, self.timeout = job_id, endpoint, timeout
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        if curve_key:
+            if not keys_dir:
+                raise ValueError("the job's holder requires CURVE keys: give --keys DIR (env CLUSTER_KEYS)")
+            security.connect_to(self.sock, security.load(keys_dir, "client"), curve_key.encode())
+        self.sock.connect(endpoint)
+        self.state = "running"
+
+    def rows(self, what: str, after: int, task: int | None = None) -> list[tuple[int, int, Any, bytes]]:
+        """A page of rows after seq ``after``; ``state`` is the job's as of this answer."""
+        loop.send(self.sock, wire.ReadSpool(self.job_id, what, after, -1 if task is None else task))
+        if not self.sock.poll(int(self.timeout * 1000)):
+            raise SpoolError(f"job {self.job_id}'s holder at {self.endpoint} did not answer within {self.timeout:g} s")
+        reply = wire.decode(self.sock.recv_multipart())
+        if not isinstance(reply, wire.SpoolRows) or reply.error:
+            why = reply.error if isinstance(reply, wire.SpoolRows) else f"it answered {type(reply).__name__}"
+            raise SpoolError(f"job {self.job_id}'s holder at {self.endpoint}: {why}")
+        self.state = reply.state
+        return [(seq, index, kind, bytes(body)) for (seq, index, kind), body in zip(reply.rows, reply.frames)]
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
