@@ -9,6 +9,7 @@ import random
 import shutil
 import signal
 import subprocess
+from pathlib import Path
 
 import psutil
 import pytest
@@ -210,6 +211,12 @@ def test_a_detached_jobs_task_output_is_kept_in_its_spool_and_shown_by_job_logs(
         assert {f"[task {x}] hello {x}", f"[task {x}] child {x}", f"[task {x} err] oops {x}"} <= lines
     res = running_cluster.clusterctl("job", "logs", str(number), "--task", "3")
     assert sorted(res.stdout.splitlines()) == ["[task 3 err] oops 3", "[task 3] child 3", "[task 3] hello 3"]
+    # Removing the job removes its spool and the files beside it.
+    spool = Path(status(running_cluster, number)["spool"])
+    beside = [spool.with_suffix(".log"), spool.with_suffix(".lock")]
+    assert spool.is_file() and all(path.exists() for path in beside)
+    assert running_cluster.clusterctl("job", "rm", str(number)).returncode == 0
+    assert not any(path.exists() for path in [spool, *beside])
 
 
 @pytest.mark.skipif(

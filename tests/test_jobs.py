@@ -216,5 +216,7 @@ def test_only_its_owner_may_cancel_a_job(running_cluster):
     number = layout.job_id_of(path.rsplit("/", 1)[1])
     res = running_cluster.clusterctl("job", "cancel", str(number))
     assert res.returncode == 2 and f"job {number} belongs to somebody-else" in res.stderr
+    res = running_cluster.clusterctl("job", "results", str(number))
+    assert res.returncode == 2 and f"job {number} belongs to somebody-else" in res.stderr
     res = running_cluster.clusterctl("job", "wait", str(number), "--json")  # no owner attached: lost
     assert res.returncode == 1 and json.loads(res.stdout)["state"] == "lost"

@@ -61,7 +61,9 @@ def jobs(
     all_: bool = typer.Option(False, "--all", help="Finished jobs too (done, failed, cancelled)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output: a JSON list."),
     keep: str = typer.Option(
-        KEEP, "--keep", help="Remove the records of jobs that ended longer ago than this (30m, 12h, 7d)."
+        KEEP,
+        "--keep",
+        help="Remove the records (and this host's spools) of jobs that ended longer ago than this (30m, 12h, 7d).",
     ),
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds to reach ZooKeeper and the leader."),
 ) -> None:
@@ -77,6 +79,8 @@ def jobs(
             except NotEmptyError:
                 continue
             listed.remove(old)
+            with contextlib.suppress(OSError):  # another host's, or shared storage this user cannot write
+                holder.forget(old)
         resumed = set(holder.resume(zk, cfg.cluster, listed))
         listed = [dataclasses.replace(job, attached=True) if job.id in resumed else job for job in listed]
         live = _live_counts(zk, cfg, timeout) if any(job.state == "running" for job in listed) else {}
@@ -289,12 +293,12 @@ class _rows:
     def __iter__(self) -> Iterator[tuple[int, int, Any, bytes]]:
         with common.zookeeper(self.cfg) as zk:
             job = _found(zk, self.cfg, self.number)
+            if job.record.owner != records.owner():
+                raise common.fail(f"job {self.number} belongs to {job.record.owner}, not {records.owner()}")
             if not job.record.spool:
                 raise common.fail(
                     f"job {self.number} was not detached: its results went to the terminal that submitted it"
                 )
-            if job.record.owner != records.owner():
-                raise common.fail(f"job {self.number} belongs to {job.record.owner}, not {records.owner()}")
             with common.clear_errors():
                 source = _open_spool(job, self.cfg)
             seen = 0
@@ -358,7 +362,7 @@ def rm(
     settings: options.Settings,
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds to reach ZooKeeper."),
 ) -> None:
-    """Remove the record of a job that has ended (or was lost).
+    """Remove the record of a job that has ended (or was lost), and a detached job's spool.
 
     Examples:
 
@@ -367,11 +371,18 @@ def rm(
     cfg, number = _which(config_file, settings, job_id)
     with common.zookeeper(cfg, timeout) as zk:
         try:
+            job = records.find(zk, cfg.cluster, number, timeout)
+        except layout.BadRecord:
+            job = None  # a record no release wrote: it goes all the same
+        try:
             removed = records.remove(zk, cfg.cluster, number, timeout)
         except NotEmptyError:
             raise common.fail(f"job {number} is running: its record goes once it has ended") from None
     if not removed:
         raise common.fail(f"no job {number} in cluster {cfg.cluster!r}")
+    if job is not None:
+        with contextlib.suppress(OSError):
+            holder.forget(job)
     typer.echo(f"job {number} removed")
 
 

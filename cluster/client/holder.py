@@ -80,6 +80,18 @@ def resume(zk: KazooClient, cluster: str, listed: list[records.Listed]) -> list[
     return resumed
 
 
+def forget(job: records.Listed) -> None:
+    """Delete a detached job's spool and the files beside it, when this host has them
+    (a job whose record is removed: ``job rm``, or past ``--keep``)."""
+    if not job.record.spool:
+        return
+    spool = Path(job.record.spool)
+    for path in (spool, *(spool.with_name(spool.name + end) for end in ("-wal", "-shm"))):
+        path.unlink(missing_ok=True)
+    for end in (".log", ".lock"):
+        spool.with_suffix(end).unlink(missing_ok=True)
+
+
 def hold(spool_path: Path) -> int:
     """Run the job in ``spool_path`` to its end; the exit status says how it went (0: it
     ended, whatever its tasks did; 3: another holder has it; 2: it cannot run)."""
