@@ -15,6 +15,7 @@ import psutil
 import pytest
 from helpers import PY, ROOT, LocalCluster, wait_for
 
+import cluster
 from cluster.runtime.zkserver import ZooKeeperServer
 
 # Each run of a task leaves a file (index-pid-time): a test counts how often each index ran.
@@ -138,6 +139,8 @@ def test_detached_results_follow_and_bad_spools_are_clear_errors(running_cluster
     assert follow.returncode == 0 and out == "", err  # no task failed; --follow ended with the job
     res = running_cluster.clusterctl("job", "results", str(number), "--ordered")
     assert [json.loads(line)["index"] for line in res.stdout.splitlines()] == list(range(20))
+    from_python = cluster.jobs.results(number, zk=running_cluster.zk, cluster=running_cluster.name)
+    assert sorted((r["index"], r["ok"], r["result"]) for r in from_python) == [(i, True, i * i) for i in range(20)]
     # A spool that is not one: one clear line, exit 2.
     spool = next(tmp_path.glob("*.db"))
     spool.write_bytes(b"not a database" * 100)

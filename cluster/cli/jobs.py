@@ -27,8 +27,7 @@ import dataclasses
 import datetime
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Generator, Iterator
 from typing import Any, Optional
 
 import typer
@@ -40,8 +39,7 @@ from cluster.cli.status import ask_leader
 from cluster.cli.submit import Writer
 from cluster.client import holder, records
 from cluster.client import jobs as cluster_jobs
-from cluster.client.spool import Spool
-from cluster.client.spool_reader import PAGE, RemoteSpool, page
+from cluster.client.spool_reader import JobRows
 from cluster.contract import config, layout, wire
 from cluster.runtime.zk import read_leader
 
@@ -244,12 +242,17 @@ def results(
     cfg, number = _which(config_file, settings, job_id)
     writer = Writer(sys.stdout, ordered)
     rows = _rows(cfg, number, "results", None, follow)
-    for _, index, status, body in rows:
+    while True:
+        try:
+            _, index, status, body = next(rows)
+        except StopIteration as end:
+            state = end.value
+            break
         if failed_only and status == wire.OK:
             writer.skip(index)
         else:
             writer.add(index, status, body)
-    raise typer.Exit(EXIT_STATUS[rows.state] if follow else 0)
+    raise typer.Exit(EXIT_STATUS[state] if follow else 0)
 
 
 @app.command("logs")
@@ -281,64 +284,20 @@ def logs(
         sys.stdout.write("".join(f"{tag} {line}\n" for line in text.rstrip("\n").split("\n")))
 
 
-class _rows:
-    """The rows of a detached job's spool (``what``: "results" or "output"), read from
-    the file when this host can open it, else from the job's holder; with ``follow``,
-    until the job has ended. ``state``: the job's, once iterated."""
-
-    def __init__(self, cfg: config.Common, number: int, what: str, task: int | None, follow: bool) -> None:
-        self.cfg, self.number, self.what, self.task, self.follow = cfg, number, what, task, follow
-        self.state = "running"
-
-    def __iter__(self) -> Iterator[tuple[int, int, Any, bytes]]:
-        with common.zookeeper(self.cfg) as zk:
-            job = _found(zk, self.cfg, self.number)
-            if job.record.owner != records.owner():
-                raise common.fail(f"job {self.number} belongs to {job.record.owner}, not {records.owner()}")
-            if not job.record.spool:
-                raise common.fail(
-                    f"job {self.number} was not detached: its results went to the terminal that submitted it"
-                )
-            with common.clear_errors():
-                source = _open_spool(job, self.cfg)
-            seen = 0
-            try:
-                while True:
-                    if isinstance(source, Spool):
-                        self.state = _found(zk, self.cfg, self.number).state  # before the rows: none is missed
-                        rows = page(source.results(seen) if self.what == "results" else source.output(seen, self.task))
-                    else:
-                        with common.clear_errors():
-                            rows = source.rows(self.what, seen, self.task)
-                        self.state = source.state
-                    yield from rows
-                    sys.stdout.flush()
-                    if rows:
-                        seen = rows[-1][0]
-                    if len(rows) == PAGE:
-                        continue
-                    if not self.follow or self.state in cluster_jobs.FINAL:
-                        return
-                    time.sleep(0.2)
-            finally:
-                source.close()
-
-
-def _open_spool(job: records.Listed, cfg: config.Common) -> Spool | RemoteSpool:
-    """The job's spool file when this host can open it (its own, or shared storage), else
-    its holder, while it runs."""
-    try:
-        here = Path(job.record.spool).is_file()
-    except OSError:  # a directory this user cannot search
-        here = False
-    if here:
-        return Spool.open(Path(job.record.spool))
-    if job.record.endpoint and job.state == "running":
-        return RemoteSpool(job.id, job.record.endpoint, job.record.curve_key, cfg.keys)
-    raise ValueError(
-        f"job {job.id}'s spool is on host {job.record.host} and its holder is not running: "
-        "read it there (or submit with --spool on storage every host shares)"
-    )
+def _rows(
+    cfg: config.Common, number: int, what: str, task: int | None, follow: bool
+) -> Generator[tuple[int, int, Any, bytes], None, str]:
+    """A detached job's spool rows (spool_reader.JobRows); the job's state at the end is
+    the generator's return value."""
+    with common.zookeeper(cfg) as zk:
+        with common.clear_errors():
+            rows = JobRows(
+                _found(zk, cfg, number), lambda n: _found(zk, cfg, n), what, task=task, follow=follow, keys_dir=cfg.keys
+            )
+            for row in rows:
+                yield row
+                sys.stdout.flush()
+        return rows.state
 
 
 def _found(zk: KazooClient, cfg: config.Common, number: int) -> records.Listed:

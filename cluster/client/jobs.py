@@ -4,6 +4,8 @@
     for job in cluster.jobs.list(all=True):
         print(job["id"], job["state"], job["done"], job["total"])
     final = cluster.jobs.wait(42, timeout=600)
+    for result in cluster.jobs.results(44, follow=True):   # a detached job's, as they come
+        print(result["index"], result.get("result"))
     cluster.jobs.cancel(43)
 
 Each call opens a ZooKeeper session of its own (``zk``, default env CLUSTER_ZK; ``cluster``,
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +28,8 @@ from typing import Any
 from kazoo.client import KazooClient
 
 from cluster.client import records
+from cluster.client.spool_reader import JobRows
+from cluster.contract import payload, wire
 from cluster.runtime.zk import close, connect
 
 FINAL = ("done", "failed", "cancelled", "lost")
@@ -99,6 +104,41 @@ def cancel(
         if job.state in ("running", "lost"):
             records.request_cancel(client, name, job, timeout)
         return job.as_dict()
+
+
+def results(
+    job_id: int,
+    *,
+    follow: bool = False,
+    zk: str | None = None,
+    cluster: str | None = None,
+    zk_auth: str | None = None,
+    keys: str | None = None,
+) -> Iterator[dict[str, Any]]:
+    """A detached job's results in the order they were recorded, each as ``clusterctl
+    submit`` prints it: ``{"index": 0, "ok": True, "result": ...}`` or ``{"index": 1, "ok":
+    False, "error": "...", "traceback": "..."}``. With ``follow``, until the job ends. From
+    any host (docs/jobs.md); only its owner may."""
+    with _session(zk, zk_auth, 10.0, cluster) as (client, name):
+
+        def look(number: int) -> records.Listed:
+            return _find(client, name, number, 10.0)
+
+        keys_dir = os.environ.get("CLUSTER_KEYS", "") if keys is None else keys
+        for _, index, status, body in JobRows(look(job_id), look, "results", follow=follow, keys_dir=keys_dir):
+            yield _result(index, status, body)
+
+
+def _result(index: int, status: int, body: bytes) -> dict[str, Any]:
+    if status == wire.OK:
+        return {"index": index, "ok": True, **json.loads(body)}
+    error = payload.load_error(body)
+    return {
+        "index": index,
+        "ok": False,
+        "error": f"{error['type']}: {error['message']}",
+        "traceback": error["traceback"],
+    }
 
 
 def _find(client: KazooClient, cluster: str, job_id: int, timeout: float) -> records.Listed:

@@ -22,6 +22,7 @@ from typing import Any
 import zmq
 import zmq.auth
 
+from cluster.client import records
 from cluster.client.spool import Spool, SpoolError
 from cluster.contract import security, wire
 from cluster.runtime import loop
@@ -151,3 +152,68 @@ class RemoteSpool:
     def close(self) -> None:
         self.sock.close(0)
         self.ctx.term()
+
+
+FINAL = ("done", "failed", "cancelled", "lost")
+
+
+class JobRows:
+    """The rows of a detached job's spool (``what``: "results", as (seq, index, status,
+    body), or "output", as (seq, index, stream, data)), read from the file when this host
+    can open it, else from the job's holder; with ``follow``, until the job has ended.
+    ``state``: the job's, as of the last page. ``look(job_id)`` gives the job's record now
+    (and may restart a lost job's holder)."""
+
+    def __init__(
+        self,
+        job: records.Listed,
+        look: Callable[[int], records.Listed],
+        what: str,
+        *,
+        task: int | None = None,
+        follow: bool = False,
+        keys_dir: str = "",
+    ) -> None:
+        self.job, self.look, self.what, self.task, self.follow, self.keys_dir = job, look, what, task, follow, keys_dir
+        self.state = job.state
+        if job.record.owner != records.owner():
+            raise PermissionError(f"job {job.id} belongs to {job.record.owner}, not {records.owner()}")
+        if not job.record.spool:
+            raise ValueError(f"job {job.id} was not detached: its results went to the terminal that submitted it")
+
+    def __iter__(self) -> Iterator[tuple[int, int, Any, bytes]]:
+        source = self._open()
+        seen = 0
+        try:
+            while True:
+                if isinstance(source, Spool):
+                    self.state = self.look(self.job.id).state  # before the rows: none is missed
+                    rows = page(source.results(seen) if self.what == "results" else source.output(seen, self.task))
+                else:
+                    rows = source.rows(self.what, seen, self.task)
+                    self.state = source.state
+                yield from rows
+                if rows:
+                    seen = rows[-1][0]
+                if len(rows) == PAGE:
+                    continue
+                if not self.follow or self.state in FINAL:
+                    return
+                time.sleep(0.2)
+        finally:
+            source.close()
+
+    def _open(self) -> Spool | RemoteSpool:
+        record = self.job.record
+        try:
+            here = Path(record.spool).is_file()
+        except OSError:  # a directory this user cannot search
+            here = False
+        if here:
+            return Spool.open(Path(record.spool))
+        if record.endpoint and self.job.state == "running":
+            return RemoteSpool(self.job.id, record.endpoint, record.curve_key, self.keys_dir)
+        raise ValueError(
+            f"job {self.job.id}'s spool is on host {record.host} and its holder is not running: "
+            "read it there (or submit with --spool on storage every host shares)"
+        )
