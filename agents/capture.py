@@ -182,6 +182,8 @@ class Capture:
             if key is None:
                 return []
             self._drain(key, time.monotonic())
+            if not any(s.kept or s.dropped for s in self.streams.values()):
+                return []  # the usual task writes nothing: nothing to build or reset
             out = [wire.TaskOutput(*key, s.name, frames=(chunk,)) for s in self.streams.values() for chunk in s.final()]
             for s in self.streams.values():
                 s.reset()
