@@ -9,8 +9,9 @@ names at the end. While the task runs, whole lines go out live (``live``), once
 when it alone exceeds ``CHUNK``. When the task returns, ``end`` flushes Python's
 buffers, reads what the pipes still hold and returns the rest, to be sent before the
 task's result. What is written between tasks (by a thread or a subprocess a task left
-behind) is read and dropped, except what Python buffered for sys.stdout or sys.stderr
-and flushes only at the end of the next task, which it joins.
+behind) is read by the reader thread and dropped, except what it has not read yet when
+the next task starts (written in the instant before), and what Python buffered for
+sys.stdout or sys.stderr and flushes only at the end of the next task: those join it.
 
 The worker's own diagnostics still reach the agent's journal: ``diagnostics`` is a
 stream on a copy of the original descriptor 2, and ``close`` puts both descriptors
@@ -122,8 +123,10 @@ def _chunks(data: bytearray, *, whole_lines: bool) -> list[bytes]:
 def _flush() -> None:
     """What Python buffered for fds 1 and 2 goes into the pipes."""
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):  # a task may have closed or replaced them
+        try:
             stream.flush()
+        except Exception:  # a task may have closed or replaced them
+            pass
 
 
 Send = Callable[[list[wire.TaskOutput]], bool]  # sends all or none; False: none, keep them
@@ -169,9 +172,10 @@ class Capture:
     # ------------------------------------------------------------ main thread
 
     def begin(self, key: Key) -> None:
-        """A task starts: what the pipes hold now was written between tasks, and is dropped."""
+        """A task starts. The pipes were emptied when the last one ended; what was written
+        since, between tasks, and the reader thread has not read yet goes with this one
+        (reading the pipes here too would cost every task a system call)."""
         with self.lock:
-            self._drain(None, time.monotonic())
             self.key = key
 
     def end(self) -> list[wire.TaskOutput]:

@@ -66,6 +66,8 @@ SCRIPT = textwrap.dedent(
     cap = Capture(lambda msgs: live.extend(msgs) or True)
     cap.log_to_diagnostics("agents")
     print("between tasks: dropped", flush=True)
+    while cap._drainer.poll(0):  # the reader thread has it (written in the instant before a task, it joins it)
+        time.sleep(0.01)
     cap.begin(("j", 1, 0))
     print("hello")
     subprocess.run(["sh", "-c", "echo child; echo child-err >&2"], check=True)

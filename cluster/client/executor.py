@@ -68,14 +68,15 @@ class TaskFuture(cf.Future):
         super().__init__()
         self._executor, self._job, self._index = executor, job, index
         self._stop = False  # cancelled by stop(): a call already running is killed
-        self._written = {"out": bytearray(), "err": bytearray()}  # appended by the IO thread
+        self._written: dict[str, bytearray] | None = None  # by stream, made by the IO thread at the first output
 
     def output(self) -> dict[str, str]:
         """What the call wrote to its stdout and stderr so far, complete once the future is
         done: the first 64 KiB of each, then a line saying how many more bytes were not kept."""
+        written = self._written or {"out": bytearray(), "err": bytearray()}
         return {
-            "stdout": bytes(self._written["out"]).decode(errors="replace"),
-            "stderr": bytes(self._written["err"]).decode(errors="replace"),
+            "stdout": bytes(written["out"]).decode(errors="replace"),
+            "stderr": bytes(written["err"]).decode(errors="replace"),
         }
 
     def stop(self) -> bool:
@@ -382,6 +383,8 @@ class Executor(cf.Executor):
         """Runs on the client's IO thread, before the call's result."""
         future = self._futures.get(index)
         if future is not None:
+            if future._written is None:  # most calls write nothing: no buffers for them
+                future._written = {"out": bytearray(), "err": bytearray()}
             future._written[stream] += data
 
     def _on_result(self, index: int, status: int, body: wire.Buffer) -> None:
