@@ -5,6 +5,7 @@ cluster name (its own chroot), logs kept in tmp_path and printed on failure."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -373,3 +374,28 @@ def running_cluster(local_cluster):
     local_cluster.wait_ready(coordinator, ["a1", "a2"])
     local_cluster.coordinator_proc = coordinator
     return local_cluster
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def netns():
+    """A namespace with one veth link to this host: 10.231.N.1 here, 10.231.N.2 there."""
+    tag = f"{os.getpid() % 1000}{random.randrange(100)}"
+    net = random.randrange(1, 250)
+    name, here, there = f"cz{tag}", f"czh{tag}", f"czn{tag}"
+    ip("netns", "add", name)
+    try:
+        ip("link", "add", here, "type", "veth", "peer", "name", there)
+        ip("link", "set", there, "netns", name)
+        ip("addr", "add", f"10.231.{net}.1/24", "dev", here)
+        ip("link", "set", here, "up")
+        ip("-n", name, "addr", "add", f"10.231.{net}.2/24", "dev", there)
+        ip("-n", name, "link", "set", there, "up")
+        ip("-n", name, "link", "set", "lo", "up")
+        yield {"name": name, "link": here, "host": f"10.231.{net}.1", "peer": f"10.231.{net}.2"}
+    finally:
+        subprocess.run(["ip", "link", "del", here], capture_output=True)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)

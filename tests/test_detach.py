@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -226,67 +225,48 @@ def test_a_detached_jobs_task_output_is_kept_in_its_spool_and_shown_by_job_logs(
     os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("unshare"),
     reason="a second host is a network namespace (root, iproute2) that cannot see the spool (unshare)",
 )
-def test_from_a_second_host_jobs_lists_the_job_and_results_stream_from_its_holder(tmp_path, cluster_name):
-    tag = f"{os.getpid() % 1000}{random.randrange(100)}"
-    net = random.randrange(1, 250)
-    name, here, there = f"cj{tag}", f"cjh{tag}", f"cjn{tag}"
-    host, peer = f"10.232.{net}.1", f"10.232.{net}.2"
+def test_from_a_second_host_jobs_lists_the_job_and_results_stream_from_its_holder(netns, tmp_path, cluster_name):
+    name, host = netns["name"], netns["host"]
+    with ZooKeeperServer(host=host, tick_time=500) as zk:
+        cluster = LocalCluster(zk.connect_string, cluster_name, tmp_path)
+        try:
+            coordinator = cluster._start(
+                "coordinator", [PY, "-m", "cluster.cli.main", "coordinator", "--bind", f"tcp://{host}:0"]
+            )
+            cluster.agent("a1", 2)
+            cluster.wait_ready(coordinator, ["a1"])
+            spool = tmp_path / "spool"
+            (tmp_path / "gated.py").write_text(GATED.format(here=str(tmp_path)))
+            (tmp_path / "runs").mkdir()
+            res = cluster.clusterctl(
+                "submit", f"{tmp_path / 'gated.py'}:gated", "--range", "0", "30", "--detach", "--spool", str(spool)
+            )
+            assert res.returncode == 0, res.stderr
+            number = int(res.stdout)
 
-    def ip(*args):
-        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
-
-    ip("netns", "add", name)
-    try:
-        ip("link", "add", here, "type", "veth", "peer", "name", there)
-        ip("link", "set", there, "netns", name)
-        ip("addr", "add", f"{host}/24", "dev", here)
-        ip("link", "set", here, "up")
-        ip("-n", name, "addr", "add", f"{peer}/24", "dev", there)
-        ip("-n", name, "link", "set", there, "up")
-        ip("-n", name, "link", "set", "lo", "up")
-        with ZooKeeperServer(host=host, tick_time=500) as zk:
-            cluster = LocalCluster(zk.connect_string, cluster_name, tmp_path)
-            try:
-                coordinator = cluster._start(
-                    "coordinator", [PY, "-m", "cluster.cli.main", "coordinator", "--bind", f"tcp://{host}:0"]
+            def elsewhere(*args: str, **kwargs) -> subprocess.Popen:
+                # The other host: its own network, and the spool's folder hidden under an empty tmpfs.
+                script = f"mount -t tmpfs none {spool} && exec {PY} -m cluster.cli.main {' '.join(args)}"
+                return subprocess.Popen(
+                    ["ip", "netns", "exec", name, "unshare", "--mount", "sh", "-c", script],
+                    env=cluster.env,
+                    cwd=ROOT,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    **kwargs,
                 )
-                cluster.agent("a1", 2)
-                cluster.wait_ready(coordinator, ["a1"])
-                spool = tmp_path / "spool"
-                (tmp_path / "gated.py").write_text(GATED.format(here=str(tmp_path)))
-                (tmp_path / "runs").mkdir()
-                res = cluster.clusterctl(
-                    "submit", f"{tmp_path / 'gated.py'}:gated", "--range", "0", "30", "--detach", "--spool", str(spool)
-                )
-                assert res.returncode == 0, res.stderr
-                number = int(res.stdout)
 
-                def elsewhere(*args: str, **kwargs) -> subprocess.Popen:
-                    # The other host: its own network, and the spool's folder hidden under an empty tmpfs.
-                    script = f"mount -t tmpfs none {spool} && exec {PY} -m cluster.cli.main {' '.join(args)}"
-                    return subprocess.Popen(
-                        ["ip", "netns", "exec", name, "unshare", "--mount", "sh", "-c", script],
-                        env=cluster.env,
-                        cwd=ROOT,
-                        stdout=subprocess.PIPE,
-                        stderr=subprocess.PIPE,
-                        text=True,
-                        **kwargs,
-                    )
-
-                listing = elsewhere("jobs", "--json")
-                out, err = listing.communicate(timeout=60)
-                assert listing.returncode == 0, err
-                assert [(j["id"], j["state"]) for j in json.loads(out)] == [(number, "running")]
-                follow = elsewhere("job", "results", str(number), "--follow", "--ordered")
-                wait_for(lambda: len(results(cluster, number)) == 10, 30, what="the ungated results")
-                (tmp_path / "gate").touch()
-                out, err = follow.communicate(timeout=60)
-                assert follow.returncode == 0, err
-                got = [json.loads(line) for line in out.splitlines()]
-                assert [r["index"] for r in got] == list(range(30)) and all(r["result"] == r["index"] ** 2 for r in got)
-            finally:
-                cluster.stop()
-    finally:
-        subprocess.run(["ip", "link", "del", here], capture_output=True)
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+            listing = elsewhere("jobs", "--json")
+            out, err = listing.communicate(timeout=60)
+            assert listing.returncode == 0, err
+            assert [(j["id"], j["state"]) for j in json.loads(out)] == [(number, "running")]
+            follow = elsewhere("job", "results", str(number), "--follow", "--ordered")
+            wait_for(lambda: len(results(cluster, number)) == 10, 30, what="the ungated results")
+            (tmp_path / "gate").touch()
+            out, err = follow.communicate(timeout=60)
+            assert follow.returncode == 0, err
+            got = [json.loads(line) for line in out.splitlines()]
+            assert [r["index"] for r in got] == list(range(30)) and all(r["result"] == r["index"] ** 2 for r in got)
+        finally:
+            cluster.stop()

@@ -34,6 +34,20 @@ def job_id(stderr: str) -> int:
     return int(found.group(1))
 
 
+def submit_gated(cluster, tmp_path) -> tuple[subprocess.Popen, int]:
+    """`clusterctl submit` of 30 tasks, the last 20 waiting for tmp_path/gate; and its job's id."""
+    (tmp_path / "gated.py").write_text(GATED.format(gate=str(tmp_path / "gate")))
+    proc = subprocess.Popen(
+        [PY, "-m", "cluster.cli.main", "submit", f"{tmp_path / 'gated.py'}:gated", "--range", "0", "30"],
+        env=cluster.env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return proc, job_id(next(line for line in proc.stderr if line.startswith("clusterctl: job ")))
+
+
 def jobs(cluster, *args: str) -> list[dict]:
     res = cluster.clusterctl("jobs", "--json", *args)
     assert res.returncode == 0, res.stderr
@@ -66,17 +80,8 @@ def test_a_submitted_job_has_an_id_and_its_record_says_who_ran_what_and_how_it_e
 
 def test_a_running_job_shows_live_counts_and_is_lost_when_its_owner_is_killed(running_cluster, tmp_path):
     gate = tmp_path / "gate"
-    (tmp_path / "gated.py").write_text(GATED.format(gate=str(gate)))
-    proc = subprocess.Popen(
-        [PY, "-m", "cluster.cli.main", "submit", f"{tmp_path / 'gated.py'}:gated", "--range", "0", "30"],
-        env=running_cluster.env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc, number = submit_gated(running_cluster, tmp_path)
     try:
-        number = job_id(next(line for line in proc.stderr if line.startswith("clusterctl: job ")))
         # Ten tasks end at once, the others wait for the gate: the leader's live counts show it.
         wait_for(
             lambda: [(j["id"], j["state"], j["done"]) for j in jobs(running_cluster)] == [(number, "running", 10)],
@@ -148,17 +153,8 @@ def test_old_records_are_removed_and_bad_input_is_one_clear_line(running_cluster
 
 def test_job_cancel_from_anywhere_stops_a_submit_and_job_wait_says_how_it_ended(running_cluster, tmp_path):
     gate = tmp_path / "gate"
-    (tmp_path / "gated.py").write_text(GATED.format(gate=str(gate)))
-    proc = subprocess.Popen(
-        [PY, "-m", "cluster.cli.main", "submit", f"{tmp_path / 'gated.py'}:gated", "--range", "0", "30"],
-        env=running_cluster.env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc, number = submit_gated(running_cluster, tmp_path)
     try:
-        number = job_id(next(line for line in proc.stderr if line.startswith("clusterctl: job ")))
         wait_for(lambda: [j["done"] for j in jobs(running_cluster)] == [10], 30, what="ten tasks done")
         res = running_cluster.clusterctl("job", "cancel", str(number))
         assert res.returncode == 0 and f"job {number} cancelled" in res.stdout, res.stderr

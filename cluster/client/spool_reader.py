@@ -12,7 +12,6 @@ its keys directory): reading a job takes what submitting one takes.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,16 +29,6 @@ from cluster.runtime import loop
 log = logging.getLogger("cluster.spool_reader")
 
 PAGE = 1000  # rows per answer
-
-
-def reachable_address(zk_hosts: str) -> str:
-    """This host's address on the route to the first ZooKeeper server: no packet is sent
-    (connecting a UDP socket only picks the route)."""
-    first = zk_hosts.split("/")[0].split(",")[0]
-    host, _, port = first.rpartition(":")
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.connect((host.strip("[]") or first, int(port or 2181)))
-        return str(probe.getsockname()[0])
 
 
 class SpoolServer:
@@ -61,7 +50,7 @@ class SpoolServer:
             self._auth.configure_curve_callback("spool", credentials_provider=_ClientKeys(Path(keys_dir)))
             security.serve(self.sock, keys, "spool")
             self.curve_key = keys.public.decode()
-        address = reachable_address(zk_hosts)
+        address = loop.route_address(zk_hosts)
         port = self.sock.bind_to_random_port(f"tcp://{address}")
         self.endpoint = f"tcp://{address}:{port}"
         self.last_read = 0.0  # when a reader last asked (time.monotonic)

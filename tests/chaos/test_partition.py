@@ -4,44 +4,17 @@ address, a veth pair to this host); the link is cut mid-job, then healed."""
 from __future__ import annotations
 
 import os
-import random
 import shutil
-import subprocess
 
 import pytest
 from chaoslib import Job, ran_on
-from helpers import PY, LocalCluster, agent_state, wait_for, written_off
+from helpers import PY, LocalCluster, agent_state, ip, wait_for, written_off
 
 from cluster.runtime.zkserver import ZooKeeperServer
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("ip") is None, reason="network namespaces need root and iproute2"
 )
-
-
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
-
-
-@pytest.fixture
-def netns():
-    """A namespace with one veth link to this host: 10.231.N.1 here, 10.231.N.2 there."""
-    tag = f"{os.getpid() % 1000}{random.randrange(100)}"
-    net = random.randrange(1, 250)
-    name, here, there = f"cz{tag}", f"czh{tag}", f"czn{tag}"
-    ip("netns", "add", name)
-    try:
-        ip("link", "add", here, "type", "veth", "peer", "name", there)
-        ip("link", "set", there, "netns", name)
-        ip("addr", "add", f"10.231.{net}.1/24", "dev", here)
-        ip("link", "set", here, "up")
-        ip("-n", name, "addr", "add", f"10.231.{net}.2/24", "dev", there)
-        ip("-n", name, "link", "set", there, "up")
-        ip("-n", name, "link", "set", "lo", "up")
-        yield {"name": name, "link": here, "host": f"10.231.{net}.1", "peer": f"10.231.{net}.2"}
-    finally:
-        subprocess.run(["ip", "link", "del", here], capture_output=True)
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
 def test_partitioned_agent_is_written_off_then_rejoins_without_duplicates(netns, tmp_path, cluster_name):
