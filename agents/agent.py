@@ -215,7 +215,9 @@ class Agent:
             if self.queue.tasks:
                 self._assign()
                 news = True
-            session.started.extend(task.key for task in starts.look(now, news))
+            found = starts.look(now, news)
+            if found:
+                session.started.extend(task.key for task in found)
             self._give_back()
             self._rebalance(now)
             self._flush(time.monotonic())

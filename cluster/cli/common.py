@@ -96,3 +96,22 @@ def zookeeper(cfg: Common, timeout: float = 10.0) -> Iterator[KazooClient]:
 def print_json(obj: object) -> None:
     sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
     sys.stdout.flush()  # a reader of `--watch` output needs each event as it happens
+
+
+def print_table(columns: tuple[str, ...], cells: list[tuple[str, ...]]) -> None:
+    """A plain table: columns padded to their widest cell."""
+    table = [columns] + cells
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
+    for row in table:
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def format_duration(seconds: float) -> str:
+    s = int(seconds)
+    return (
+        f"{s // 86400}d{s % 86400 // 3600}h"
+        if s >= 86400
+        else f"{s // 3600}h{s % 3600 // 60}m"
+        if s >= 3600
+        else f"{s // 60}m{s % 60}s"
+    )

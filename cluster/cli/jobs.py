@@ -67,7 +67,7 @@ def jobs(
 ) -> None:
     with common.clear_errors():
         cfg = config.load(config.Common, config_file, settings)
-        keep_seconds = duration(keep, "--keep")
+        keep_seconds = parse_duration(keep, "--keep")
     with common.zookeeper(cfg, timeout) as zk:
         listed, skipped = records.list_jobs(zk, cfg.cluster, timeout)
         now = time.time()
@@ -82,7 +82,7 @@ def jobs(
         resumed = set(holder.resume(zk, cfg.cluster, listed))
         listed = [dataclasses.replace(job, attached=True) if job.id in resumed else job for job in listed]
         live = _live_counts(zk, cfg, timeout) if any(job.state == "running" for job in listed) else {}
-    shown = [_row(job, live, now) for job in listed if all_ or job.state in ("running", "lost")]
+    shown = [_row(job, live, now) for job in listed if all_ or job.state not in records.ENDED]
     if skipped:
         typer.echo(f"clusterctl: {skipped} job znodes are not readable records; skipped", err=True)
     if as_json:
@@ -91,7 +91,7 @@ def jobs(
     if not shown:
         typer.echo("no jobs" if all_ else "no running jobs (--all for finished ones)")
         return
-    typer.echo(_table(shown))
+    common.print_table(COLUMNS, [_cells(row) for row in shown])
 
 
 @app.command("status")
@@ -189,7 +189,7 @@ def cancel(
     cfg, number = _which(config_file, settings, job_id)
     with common.clear_errors(), _not_found():
         asked = cluster_jobs.cancel(number, zk=cfg.zk, cluster=cfg.cluster, zk_auth=cfg.zk_auth)
-        if asked["state"] not in ("running", "lost"):
+        if asked["state"] in records.ENDED:
             typer.echo(f"job {number} has ended already ({asked['state']})")
             return
         try:
@@ -351,7 +351,7 @@ def _which(config_file: Optional[str], settings: options.Settings, job_id: str) 
         return config.load(config.Common, config_file, settings), layout.job_id_of(job_id)
 
 
-def duration(text: str, what: str) -> float:
+def parse_duration(text: str, what: str) -> float:
     """Seconds in ``30m``, ``12h``, ``7d`` or a plain number of seconds."""
     value, unit = (text[:-1], text[-1]) if text and text[-1] in UNITS else (text, "s")
     try:
@@ -387,16 +387,11 @@ def _text(key: str, value: object) -> str:
     if key in ("started", "ended") and isinstance(value, (int, float)) and value:
         return datetime.datetime.fromtimestamp(value).strftime("%Y-%m-%d %H:%M:%S")
     if key == "elapsed" and isinstance(value, (int, float)):
-        return f"{value:.0f}s" if value < 120 else f"{value / 60:.0f}m"
+        return common.format_duration(value)
     if key == "total" and value == 0:
         return "-"
     return str(value)
 
 
-def _table(rows: list[dict]) -> str:
-    keys = [c.lower() for c in COLUMNS]
-    cells = [[_text(k, row[k])[:40] for k in keys] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(COLUMNS)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)).rstrip()]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
-    return "\n".join(lines)
+def _cells(row: dict) -> tuple[str, ...]:
+    return tuple(_text(key.lower(), row[key.lower()])[:40] for key in COLUMNS)

@@ -126,23 +126,16 @@ def _list(client, cluster: str, as_json: bool, relays_only: bool) -> None:
         common.print_json(relay_rows if relays_only else rows)
         return
     if not relays_only:
-        _print_table(COLUMNS, [_cells(r) for r in rows])
+        common.print_table(COLUMNS, [_cells(r) for r in rows])
     if relay_rows and not relays_only:
         typer.echo("")
     if relay_rows or relays_only:
-        _print_table(RELAY_COLUMNS, [_relay_cells(r) for r in relay_rows])
+        common.print_table(RELAY_COLUMNS, [_relay_cells(r) for r in relay_rows])
     typer.echo(
         f"{len(rows)} nodes, {sum(r['workers'] for r in rows)} workers"
         + (f", {len(relay_rows)} relays" if relay_rows else ""),
         err=True,
     )
-
-
-def _print_table(columns: tuple[str, ...], cells: list[tuple[str, ...]]) -> None:
-    table = [columns] + cells
-    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
-    for row in table:
-        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
 def _cells(r: dict) -> tuple[str, ...]:
@@ -157,13 +150,13 @@ def _cells(r: dict) -> tuple[str, ...]:
         r["version"],
         r["python"] or "-",  # an agent of a release that does not say
         r["platform"] or "-",
-        _duration(r["uptime"]),
+        common.format_duration(r["uptime"]),
         r["relay"] or "-",
     )
 
 
 def _relay_cells(r: dict) -> tuple[str, ...]:
-    return (r["node_id"], r["host"], r["endpoint"], str(r["agents"]), r["version"], _duration(r["uptime"]))
+    return (r["node_id"], r["host"], r["endpoint"], str(r["agents"]), r["version"], common.format_duration(r["uptime"]))
 
 
 def _watch(client, cluster: str, as_json: bool) -> None:
@@ -270,14 +263,3 @@ def _stamp() -> str:
 
 def _gib(n: int) -> str:
     return f"{n / 2**30:.1f}G"
-
-
-def _duration(seconds: float) -> str:
-    s = int(seconds)
-    return (
-        f"{s // 86400}d{s % 86400 // 3600}h"
-        if s >= 86400
-        else f"{s // 3600}h{s % 3600 // 60}m"
-        if s >= 3600
-        else f"{s // 60}m{s % 60}s"
-    )

@@ -22,6 +22,7 @@ import logging
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -69,8 +70,6 @@ def start(spool: Path) -> subprocess.Popen:
 def resume(zk: KazooClient, cluster: str, listed: list[records.Listed]) -> list[int]:
     """Start holders again for this user's lost detached jobs whose spool is on this host;
     returns their ids."""
-    import socket
-
     host, me, resumed = socket.gethostname(), records.owner(), []
     for job in listed:
         spool = Path(job.record.spool) if job.record.spool else None

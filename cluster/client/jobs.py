@@ -32,8 +32,6 @@ from cluster.client.spool_reader import JobRows
 from cluster.contract import payload, wire
 from cluster.runtime.zk import close, connect
 
-FINAL = ("done", "failed", "cancelled", "lost")
-
 
 class NoSuchJob(LookupError):
     """No job of that id in the cluster."""
@@ -55,7 +53,7 @@ def list(
     with _session(zk, zk_auth, timeout, cluster) as (client, name):
         listed, _ = records.list_jobs(client, name, timeout)
     now = time.time()
-    return [job.as_dict(now) for job in listed if all or job.state in ("running", "lost")]
+    return [job.as_dict(now) for job in listed if all or job.state not in records.ENDED]
 
 
 def status(
@@ -82,7 +80,7 @@ def wait(
     with _session(zk, zk_auth, 10.0, cluster) as (client, name):
         while True:
             job = _find(client, name, job_id, 10.0)
-            if job.state in FINAL:
+            if job.state in records.FINAL:
                 return job.as_dict()
             if on_poll is not None:
                 on_poll(job.as_dict())
@@ -101,7 +99,7 @@ def cancel(
         job = _find(client, name, job_id, timeout)
         if job.record.owner != records.owner():
             raise NotYours(f"job {job_id} belongs to {job.record.owner}, not {records.owner()}")
-        if job.state in ("running", "lost"):
+        if job.state not in records.ENDED:
             records.request_cancel(client, name, job, timeout)
         return job.as_dict()
 

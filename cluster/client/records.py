@@ -37,6 +37,8 @@ from cluster.runtime.zk import ask, tidy
 
 log = logging.getLogger("cluster.records")
 
+ENDED = ("done", "failed", "cancelled")  # states a record says once its owner wrote the end
+FINAL = (*ENDED, "lost")  # states a job does not leave by itself (a lost detached job resumes)
 ATTACHED = "attached"
 CANCEL = "cancel"  # a request to cancel the job, which its owner watches for
 
@@ -224,5 +226,5 @@ def remove(zk: KazooClient, cluster: str, job_id: int, timeout: float = 10.0) ->
 def expired(jobs: list[Listed], keep: float, now: float) -> Iterator[Listed]:
     """Finished jobs that ended more than ``keep`` seconds ago."""
     for job in jobs:
-        if job.state in ("done", "failed", "cancelled") and job.record.ended and now - job.record.ended > keep:
+        if job.state in ENDED and job.record.ended and now - job.record.ended > keep:
             yield job

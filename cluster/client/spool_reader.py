@@ -11,6 +11,7 @@ its keys directory): reading a job takes what submitting one takes.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -103,12 +104,7 @@ class _ClientKeys:
 
 
 def page(rows: Iterator[tuple[int, int, Any, bytes]]) -> list[tuple[int, int, Any, bytes]]:
-    out = []
-    for row in rows:
-        out.append(row)
-        if len(out) >= PAGE:
-            break
-    return out
+    return list(itertools.islice(rows, PAGE))
 
 
 class RemoteSpool:
@@ -141,9 +137,6 @@ class RemoteSpool:
     def close(self) -> None:
         self.sock.close(0)
         self.ctx.term()
-
-
-FINAL = ("done", "failed", "cancelled", "lost")
 
 
 class JobRows:
@@ -186,7 +179,7 @@ class JobRows:
                     seen = rows[-1][0]
                 if len(rows) == PAGE:
                     continue
-                if not self.follow or self.state in FINAL:
+                if not self.follow or self.state in records.FINAL:
                     return
                 time.sleep(0.2)
         finally:
