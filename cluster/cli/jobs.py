@@ -79,7 +79,8 @@ def jobs(
             listed.remove(old)
             with contextlib.suppress(OSError):  # another host's, or shared storage this user cannot write
                 holder.forget(old)
-        resumed = set(holder.resume(zk, cfg.cluster, listed))
+        with common.clear_errors():  # a keys directory whose client key is not clear
+            resumed = set(holder.resume(zk, cfg.cluster, listed, cfg.keys))
         listed = [dataclasses.replace(job, attached=True) if job.id in resumed else job for job in listed]
         live = _live_counts(zk, cfg, timeout) if any(job.state == "running" for job in listed) else {}
     shown = [_row(job, live, now) for job in listed if all_ or job.state not in records.ENDED]
@@ -171,7 +172,7 @@ def wait(
 
 
 @app.command("cancel")
-@options.with_settings(config.Common, only=("zk", "cluster", "zk_auth"))
+@options.with_settings(config.Common, only=("zk", "cluster", "keys", "zk_auth"))
 def cancel(
     job_id: str = typer.Argument(..., help="The job's id, as `clusterctl jobs` shows it."),
     *,
@@ -180,7 +181,8 @@ def cancel(
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds to wait for the job to end (then exit 1)."),
 ) -> None:
     """Cancel a running job: its tasks are dropped, running ones stopped, and its owner
-    (the `clusterctl submit` or the Executor) ends it as cancelled. Only its owner may.
+    (the `clusterctl submit` or the Executor) ends it as cancelled. Only its owner, or a
+    key listed in the keys directory's `admins` file, may.
 
     Examples:
 
@@ -188,7 +190,7 @@ def cancel(
     """
     cfg, number = _which(config_file, settings, job_id)
     with common.clear_errors(), _not_found():
-        asked = cluster_jobs.cancel(number, zk=cfg.zk, cluster=cfg.cluster, zk_auth=cfg.zk_auth)
+        asked = cluster_jobs.cancel(number, zk=cfg.zk, cluster=cfg.cluster, zk_auth=cfg.zk_auth, keys=cfg.keys)
         if asked["state"] in records.ENDED:
             typer.echo(f"job {number} has ended already ({asked['state']})")
             return
@@ -307,13 +309,14 @@ def _found(zk: KazooClient, cfg: config.Common, number: int) -> records.Listed:
         raise common.fail(f"job {number}: its record is not readable ({exc})") from None
     if job is None:
         raise common.fail(f"no job {number} in cluster {cfg.cluster!r} (`clusterctl jobs --all` lists them)")
-    if job.state == "lost" and holder.resume(zk, cfg.cluster, [job]):
-        job = dataclasses.replace(job, attached=True)  # its holder starts again
+    with common.clear_errors():
+        if job.state == "lost" and holder.resume(zk, cfg.cluster, [job], cfg.keys):
+            job = dataclasses.replace(job, attached=True)  # its holder starts again
     return job
 
 
 @app.command("rm")
-@options.with_settings(config.Common, only=("zk", "cluster", "zk_auth"))
+@options.with_settings(config.Common, only=("zk", "cluster", "keys", "zk_auth"))
 def rm(
     job_id: str = typer.Argument(..., help="The job's id, as `clusterctl jobs` shows it."),
     *,
@@ -322,6 +325,7 @@ def rm(
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds to reach ZooKeeper."),
 ) -> None:
     """Remove the record of a job that has ended (or was lost), and a detached job's spool.
+    Only its owner, or an admin key, may.
 
     Examples:
 
@@ -333,6 +337,9 @@ def rm(
             job = records.find(zk, cfg.cluster, number, timeout)
         except layout.BadRecord:
             job = None  # a record no release wrote: it goes all the same
+        if job is not None:
+            with common.clear_errors():
+                records.check_entitled(job, cfg.keys)
         try:
             removed = records.remove(zk, cfg.cluster, number, timeout)
         except NotEmptyError:

@@ -297,7 +297,7 @@ def _detach(
     path = folder / f"{uuid.uuid4().hex}.db"
     with common.zookeeper(cfg, timeout) as zk:
         with common.clear_errors():
-            entry = records.open_job(zk, cfg.cluster, label, source.count, spool=str(path))
+            entry = records.open_job(zk, cfg.cluster, label, source.count, spool=str(path), keys_dir=cfg.keys)
         meta = {
             "job": entry.id,
             "zk": cfg.zk,
@@ -355,7 +355,7 @@ def _run(
     outcome = "cancelled"  # how the job ended, for its record: until it is known otherwise
     try:
         with common.clear_errors():
-            entry = records.open_job(client.zk, cfg.cluster, label, source.count)
+            entry = records.open_job(client.zk, cfg.cluster, label, source.count, keys_dir=cfg.keys)
     except BaseException:
         client.close()
         raise

@@ -169,7 +169,9 @@ class Executor(cf.Executor):
         self._closed = False
         self._done = self._failed = 0  # calls with a result, and those that raised, for the job's record
         try:
-            self._record = records.open_job(self._client.zk, self._client.cluster, _label(), 0)
+            self._record = records.open_job(
+                self._client.zk, self._client.cluster, _label(), 0, keys_dir=self._client.keys_dir
+            )
         except BaseException:
             self._client.close()
             raise

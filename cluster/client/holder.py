@@ -67,10 +67,10 @@ def start(spool: Path) -> subprocess.Popen:
         log_file.close()
 
 
-def resume(zk: KazooClient, cluster: str, listed: list[records.Listed]) -> list[int]:
+def resume(zk: KazooClient, cluster: str, listed: list[records.Listed], keys_dir: str = "") -> list[int]:
     """Start holders again for this user's lost detached jobs whose spool is on this host;
     returns their ids."""
-    host, me, resumed = socket.gethostname(), records.owner(), []
+    host, me, resumed = socket.gethostname(), records.owner(keys_dir), []
     for job in listed:
         spool = Path(job.record.spool) if job.record.spool else None
         if job.state == "lost" and spool and job.record.host == host and job.record.owner == me and spool.is_file():

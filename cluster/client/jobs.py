@@ -37,8 +37,7 @@ class NoSuchJob(LookupError):
     """No job of that id in the cluster."""
 
 
-class NotYours(PermissionError):
-    """The job belongs to another user."""
+NotYours = records.NotYours  # the job belongs to another key, and this one is not an admin's
 
 
 def list(
@@ -90,17 +89,24 @@ def wait(
 
 
 def cancel(
-    job_id: int, *, zk: str | None = None, cluster: str | None = None, zk_auth: str | None = None, timeout: float = 10.0
+    job_id: int,
+    *,
+    zk: str | None = None,
+    cluster: str | None = None,
+    zk_auth: str | None = None,
+    keys: str | None = None,
+    timeout: float = 10.0,
 ) -> dict[str, Any]:
     """Ask for a running job to be cancelled: its owner stops its tasks, running ones too
-    (``clusterctl job wait`` or ``wait`` tells when it has). Only its owner may. Returns
-    the job as it was asked; a job that has ended already is left as it is."""
+    (``clusterctl job wait`` or ``wait`` tells when it has). Only its owner or an admin
+    key may (NotYours). Returns the job as it was asked; a job that has ended already is
+    left as it is."""
+    keys_dir = _keys(keys)
     with _session(zk, zk_auth, timeout, cluster) as (client, name):
         job = _find(client, name, job_id, timeout)
-        if job.record.owner != records.owner():
-            raise NotYours(f"job {job_id} belongs to {job.record.owner}, not {records.owner()}")
+        records.check_entitled(job, keys_dir)
         if job.state not in records.ENDED:
-            records.request_cancel(client, name, job, timeout)
+            records.request_cancel(client, name, job, timeout, keys_dir)
         return job.as_dict()
 
 
@@ -122,9 +128,12 @@ def results(
         def look(number: int) -> records.Listed:
             return _find(client, name, number, 10.0)
 
-        keys_dir = os.environ.get("CLUSTER_KEYS", "") if keys is None else keys
-        for _, index, status, body in JobRows(look(job_id), look, "results", follow=follow, keys_dir=keys_dir):
+        for _, index, status, body in JobRows(look(job_id), look, "results", follow=follow, keys_dir=_keys(keys)):
             yield _result(index, status, body)
+
+
+def _keys(keys: str | None) -> str:
+    return os.environ.get("CLUSTER_KEYS", "") if keys is None else keys
 
 
 def _result(index: int, status: int, body: bytes) -> dict[str, Any]:

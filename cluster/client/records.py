@@ -9,6 +9,11 @@ A ``cancel`` child is a request to cancel the job, which its owner watches for.
 Nothing is written while a job runs; its live counts come from the leader
 (``clusterctl jobs`` asks it).
 
+Who may read and cancel a job is checked where this client acts, and by the holder of a
+detached job against the CURVE key of whoever reads its spool from another host; the
+ZooKeeper credentials are the cluster's, not a user's, so a client that writes the
+``cancel`` znode itself is not stopped by them (docs/jobs.md, "Owners").
+
 ZooKeeper may be slow or gone when a job ends: the final write is best effort, bounded in
 time, and never fails the user's job.
 """
@@ -23,6 +28,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from kazoo.client import KazooClient
@@ -30,7 +36,7 @@ from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
 from kazoo.handlers.threading import KazooTimeoutError
 
 from cluster.client.session import ClusterUnavailable
-from cluster.contract import layout
+from cluster.contract import layout, security
 from cluster.contract.layout import JobRecord
 from cluster.contract.version import __version__
 from cluster.runtime.zk import ask, tidy
@@ -43,12 +49,26 @@ ATTACHED = "attached"
 CANCEL = "cancel"  # a request to cancel the job, which its owner watches for
 
 
-def owner() -> str:
-    """Who a job belongs to: the OS user that submits it."""
+def owner(keys_dir: str = "") -> str:
+    """Who a job belongs to: the name of the client key that submits it (security.py),
+    or the OS user on a cluster without keys."""
+    if keys_dir:
+        return security.key_name(security.client_secret(Path(keys_dir)))
     try:
         return getpass.getuser()
     except (KeyError, OSError):  # no passwd entry (a container's arbitrary uid)
         return f"uid{os.getuid()}"
+
+
+def check_entitled(job: Listed, keys_dir: str) -> None:
+    """NotYours unless this client owns the job or its key is listed as an admin."""
+    me = owner(keys_dir)
+    if job.record.owner != me and not (keys_dir and me in security.admins(keys_dir)):
+        raise NotYours(f"job {job.id} belongs to {job.record.owner}, not {me}")
+
+
+class NotYours(PermissionError):
+    """The job belongs to another owner, and this client's key is not an admin's."""
 
 
 class JobEntry:
@@ -87,13 +107,20 @@ class JobEntry:
 
 
 def open_job(
-    zk: KazooClient, cluster: str, function: str, total: int, timeout: float = 10.0, *, spool: str = ""
+    zk: KazooClient,
+    cluster: str,
+    function: str,
+    total: int,
+    timeout: float = 10.0,
+    *,
+    spool: str = "",
+    keys_dir: str = "",
 ) -> JobEntry:
     """Create the record of a new job owned by this process (for a detached job with its
     ``spool``, owned by the holder that ``adopt``s it); raises ClusterUnavailable when
     ZooKeeper does not take it."""
     record = JobRecord(
-        owner=owner(),
+        owner=owner(keys_dir),
         host=socket.gethostname(),
         pid=os.getpid(),
         function=function[:500],
@@ -198,7 +225,7 @@ def find(zk: KazooClient, cluster: str, job_id: int, timeout: float = 10.0) -> L
     return Listed(job_id, JobRecord.from_bytes(data), attached)
 
 
-def request_cancel(zk: KazooClient, cluster: str, job: Listed, timeout: float = 10.0) -> None:
+def request_cancel(zk: KazooClient, cluster: str, job: Listed, timeout: float = 10.0, keys_dir: str = "") -> None:
     """Ask a running job's owner to cancel it. A lost job has no owner to ask: its
     record is marked cancelled here (the leader drops its tasks once it has not heard
     from its client for its client timeout)."""
@@ -208,7 +235,7 @@ def request_cancel(zk: KazooClient, cluster: str, job: Listed, timeout: float = 
         ask(zk.set_async, path, ended.to_bytes(), timeout=timeout)
         return
     try:
-        ask(zk.create_async, f"{path}/{CANCEL}", owner().encode(), timeout=timeout)
+        ask(zk.create_async, f"{path}/{CANCEL}", owner(keys_dir).encode(), timeout=timeout)
     except NodeExistsError:
         pass  # asked already
 

@@ -48,6 +48,7 @@ class ClusterClient:
         self.cluster = cluster
         self.connect_timeout = connect_timeout
         self.keys = security.load(keys, "client") if keys else None
+        self.keys_dir = keys
         deadline = time.monotonic() + connect_timeout
         self.zk: KazooClient = zk_connect(zk, timeout=connect_timeout, auth_file=zk_auth)
         try:

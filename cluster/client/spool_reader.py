@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
 
 from cluster.client import records
 from cluster.client.spool import Spool, SpoolError
@@ -41,16 +42,17 @@ class SpoolServer:
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.curve_key = ""
-        self._auth = None
+        self.owner = records.owner()  # without keys: whoever can reach the port reads (as with no keys anywhere)
+        self._auth: _ClientKeys | None = None
+        self.keys_dir = keys_dir
         if keys_dir:
-            from zmq.auth.thread import ThreadAuthenticator
-
             keys = security.load(keys_dir, "client")
-            self._auth = ThreadAuthenticator(self.ctx)
+            self._auth = _ClientKeys(self.ctx, Path(keys_dir))
             self._auth.start()
-            self._auth.configure_curve_callback("spool", credentials_provider=_ClientKeys(Path(keys_dir)))
+            self._auth.configure_curve_callback("spool", credentials_provider=self._auth)
             security.serve(self.sock, keys, "spool")
             self.curve_key = keys.public.decode()
+            self.owner = keys.name
         address = loop.route_address(zk_hosts)
         port = self.sock.bind_to_random_port(f"tcp://{address}")
         self.endpoint = f"tcp://{address}:{port}"
@@ -64,25 +66,39 @@ class SpoolServer:
         try:
             while not self._stop.is_set():
                 if self.sock.poll(200):
-                    loop.read_router(self.sock, lambda who, msg: self._answer(spool, who, msg), self._bad)
+                    self._read(spool)
         finally:
             spool.close()
 
-    def _answer(self, spool: Spool, who: Any, msg: wire.Message) -> None:
+    def _read(self, spool: Spool) -> None:
+        """One request; the reader's key name is what ZAP made its User-Id."""
+        frames = loop.recv_frames(self.sock)
+        who = frames[0].bytes
+        try:
+            msg = wire.decode(frames[1:])
+        except wire.ProtocolError as exc:
+            log.warning("dropping a malformed request: %s", exc)
+            return
+        reader = str(frames[-1].get("User-Id")) if self._auth is not None else self.owner
+        self._answer(spool, who, reader, msg)
+
+    def _answer(self, spool: Spool, who: Any, reader: str, msg: wire.Message) -> None:
         if not isinstance(msg, wire.ReadSpool):
             return
         self.last_read = time.monotonic()
+        refusal = ""
         if msg.job != self.job_id:
-            loop.send(self.sock, wire.SpoolRows(msg.job, [], "", f"this holder holds job {self.job_id}"), who)
+            refusal = f"this holder holds job {self.job_id}"
+        elif reader != self.owner and reader not in security.admins(self.keys_dir):
+            refusal = f"job {self.job_id} belongs to {self.owner}, not {reader}"
+        if refusal:
+            loop.send(self.sock, wire.SpoolRows(msg.job, [], "", refusal), who)
             return
         state = self.state()  # before the rows: a reader that sees the end has every row
         task = None if msg.task < 0 else msg.task
         rows = page(spool.results(msg.after) if msg.what == "results" else spool.output(msg.after, task))
         reply = wire.SpoolRows(msg.job, [[r[0], r[1], r[2]] for r in rows], state, frames=tuple(r[3] for r in rows))
         loop.send(self.sock, reply, who)
-
-    def _bad(self, who: Any, why: str) -> None:
-        log.warning("dropping a malformed request: %s", why)
 
     def close(self) -> None:
         self._stop.set()
@@ -93,14 +109,20 @@ class SpoolServer:
         self.ctx.term()
 
 
-class _ClientKeys:
-    """pyzmq's ZAP credentials provider: the cluster's client keys, and no other role's."""
+class _ClientKeys(ThreadAuthenticator):
+    """ZAP for the holder: the client keys in its keys directory, and no other role's;
+    a reader's User-Id is its key's name, which the holder checks against the job's owner."""
 
-    def __init__(self, keys_dir: Path) -> None:
-        self.allowed = {zmq.auth.load_certificate(path)[0] for path in keys_dir.glob("client*.key")}
+    def __init__(self, ctx: zmq.Context, keys_dir: Path) -> None:
+        super().__init__(ctx)
+        self.names = security.client_names(keys_dir)
 
     def callback(self, domain: str, key: bytes) -> bool:
-        return key in self.allowed
+        return key in self.names
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        # Called for refused keys too, and with the raw key where ``callback`` gets it in Z85.
+        return self.names.get(z85.encode(client_public_key), "")
 
 
 def page(rows: Iterator[tuple[int, int, Any, bytes]]) -> list[tuple[int, int, Any, bytes]]:
@@ -158,8 +180,7 @@ class JobRows:
     ) -> None:
         self.job, self.look, self.what, self.task, self.follow, self.keys_dir = job, look, what, task, follow, keys_dir
         self.state = job.state
-        if job.record.owner != records.owner():
-            raise PermissionError(f"job {job.id} belongs to {job.record.owner}, not {records.owner()}")
+        records.check_entitled(job, keys_dir)
         if not job.record.spool:
             raise ValueError(f"job {job.id} was not detached: its results went to the terminal that submitted it")
 

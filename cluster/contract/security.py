@@ -12,6 +12,12 @@ Who authenticates whom:
   accepts only allow-listed client keys; clients pin the coordinator's key.
 - coordinator -> agent: each agent's endpoint is the CURVE server; it accepts only
   the coordinator key; the coordinator pins the agent key.
+
+A client key has a name, which is who owns the jobs submitted with it: ``client-alice.key``
+is alice's, ``client.key`` (the one ``generate`` writes) is named "client". A user's own
+keys directory holds one client secret, which is the one its commands use. The
+file ``admins`` beside the keys lists, one per line, the key names that may read and
+cancel anyone's jobs.
 """
 
 from __future__ import annotations
@@ -25,9 +31,12 @@ from pathlib import Path
 import zmq
 import zmq.auth
 
+from cluster.contract import layout
+
 log = logging.getLogger("cluster.security")
 
 ROLES = ("coordinator", "agent", "client")
+ADMINS = "admins"  # the file of key names that may act on anyone's jobs
 
 
 class KeyFileError(ValueError):
@@ -42,6 +51,7 @@ class Keys:
     coordinator: bytes  # public keys of the peers this role talks to (empty when not needed)
     agent: bytes
     clients: tuple[bytes, ...]  # the coordinator's allow-list
+    name: str = ""  # a client key's name: who owns the jobs it submits
 
 
 def generate(out: str | Path, force: bool = False) -> list[Path]:
@@ -59,6 +69,58 @@ def generate(out: str | Path, force: bool = False) -> list[Path]:
         os.chmod(public, 0o644)
         written += [Path(public), Path(secret)]
     return written
+
+
+def generate_client(out: str | Path, name: str, force: bool = False) -> list[Path]:
+    """Write the client key pair ``client-NAME`` (the key of one user or service)."""
+    out = Path(out)
+    layout.check_name(name, "client key name")
+    out.mkdir(parents=True, exist_ok=True)
+    os.chmod(out, 0o700)
+    stem = f"client-{name}"
+    if (out / f"{stem}.key_secret").exists() and not force:
+        raise KeyFileError(f"{out / stem}.key_secret already exists; use --force to replace it")
+    public, secret = zmq.auth.create_certificates(out, stem)
+    os.chmod(secret, 0o600)
+    os.chmod(public, 0o644)
+    return [Path(public), Path(secret)]
+
+
+def key_name(path: Path) -> str:
+    """The name of the client key in ``path`` (client-NAME.key or client.key)."""
+    stem = path.name.split(".", 1)[0]
+    return stem.removeprefix("client-") if stem.startswith("client-") else stem
+
+
+def client_secret(directory: Path) -> Path:
+    """The client secret a command uses: ``client.key_secret`` where ``generate`` wrote it
+    (the directory the keys were made in), else the one ``client-NAME.key_secret``."""
+    plain = directory / "client.key_secret"
+    named = sorted(directory.glob("client-*.key_secret"))
+    if plain.exists() or not named:
+        return plain
+    if len(named) > 1:
+        names = ", ".join(p.name for p in named)
+        raise KeyFileError(
+            f"{directory} holds several client secrets ({names}): keep only your own in your keys directory"
+        )
+    return named[0]
+
+
+def client_names(directory: str | Path) -> dict[bytes, str]:
+    """Each allowed client public key in ``directory``, with its name."""
+    return {_public(path): key_name(path) for path in sorted(Path(directory).glob("client*.key"))}
+
+
+def admins(directory: str | Path) -> frozenset[str]:
+    """The key names listed in ``DIR/admins`` (none when there is no such file)."""
+    try:
+        text = (Path(directory) / ADMINS).read_text()
+    except FileNotFoundError:
+        return frozenset()
+    except OSError as exc:
+        raise KeyFileError(f"cannot read {Path(directory) / ADMINS}: {exc.strerror}") from None
+    return frozenset(line.split("#", 1)[0].strip() for line in text.splitlines()) - {""}
 
 
 def check_private(path: Path) -> None:
@@ -86,7 +148,7 @@ def load(directory: str | Path, role: str, with_clients: bool = True) -> Keys:
     directory = Path(directory)
     if not directory.is_dir():
         raise KeyFileError(f"keys directory {directory} does not exist (create one with `clusterctl keys generate`)")
-    secret_file = directory / f"{role}.key_secret"
+    secret_file = client_secret(directory) if role == "client" else directory / f"{role}.key_secret"
     check_private(secret_file)
     try:
         public, secret = zmq.auth.load_certificate(secret_file)
@@ -101,7 +163,8 @@ def load(directory: str | Path, role: str, with_clients: bool = True) -> Keys:
     clients = tuple(_public(p) for p in sorted(directory.glob("client*.key"))) if allowed else ()
     if allowed and not clients:
         raise KeyFileError(f"no client keys (client*.key) in {directory}: no client could submit work")
-    return Keys(role, public, secret, coordinator, agent, clients)
+    name = key_name(secret_file) if role == "client" else ""
+    return Keys(role, public, secret, coordinator, agent, clients, name)
 
 
 def serve(sock: zmq.Socket, keys: Keys, domain: str) -> None:
