@@ -6,6 +6,7 @@ Cluster-process fixtures live in ``tests/helpers.py``."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -13,6 +14,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 
+import psutil
 import pytest
 from kazoo.client import KazooClient
 
@@ -85,10 +87,18 @@ def zk_connect(zk_server: ZooKeeperServer) -> str:
 
 
 @pytest.fixture
-def cluster_name(request: pytest.FixtureRequest) -> str:
-    """A name no other test (or earlier run against the same server) uses."""
+def cluster_name(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A name no other test (or earlier run against the same server) uses. A detached job
+    that ended leaves its owner's spool service running (cluster/client/spool_service.py):
+    the test's own are stopped with it."""
     base = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name).strip("-")[:60].rstrip("-")
-    return f"t-{base}-{uuid.uuid4().hex[:8]}"
+    name = f"t-{base}-{uuid.uuid4().hex[:8]}"
+    yield name
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if "cluster.client.spool_service" in cmdline and name in cmdline:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
 
 
 @pytest.fixture

@@ -268,5 +268,14 @@ def test_from_a_second_host_jobs_lists_the_job_and_results_stream_from_its_holde
             assert follow.returncode == 0, err
             got = [json.loads(line) for line in out.splitlines()]
             assert [r["index"] for r in got] == list(range(30)) and all(r["result"] == r["index"] ** 2 for r in got)
+
+            # Once the job has ended and its holder is gone, its owner's spool service serves it.
+            ended = status(cluster, number)
+            assert ended["state"] == "done"
+            wait_for(lambda: not psutil.pid_exists(ended["pid"]), 30, what="the holder to exit")
+            later = elsewhere("job", "results", str(number), "--ordered")
+            out, err = later.communicate(timeout=60)
+            assert later.returncode == 0, err
+            assert [json.loads(line)["result"] for line in out.splitlines()] == [i * i for i in range(30)]
         finally:
             cluster.stop()

@@ -37,7 +37,7 @@ from kazoo.exceptions import NotEmptyError
 from cluster.cli import common, options
 from cluster.cli.status import ask_leader
 from cluster.cli.submit import Writer
-from cluster.client import holder, records
+from cluster.client import holder, records, spool_service
 from cluster.client import jobs as cluster_jobs
 from cluster.client.spool_reader import JobRows
 from cluster.contract import config, layout, wire
@@ -80,7 +80,7 @@ def jobs(
             with contextlib.suppress(OSError):  # another host's, or shared storage this user cannot write
                 holder.forget(old)
         with common.clear_errors():  # a keys directory whose client key is not clear
-            resumed = set(holder.resume(zk, cfg.cluster, listed, cfg.keys))
+            resumed = set(holder.resume(listed, cfg))
         listed = [dataclasses.replace(job, attached=True) if job.id in resumed else job for job in listed]
         live = _live_counts(zk, cfg, timeout) if any(job.state == "running" for job in listed) else {}
     shown = [_row(job, live, now) for job in listed if all_ or job.state not in records.ENDED]
@@ -294,7 +294,13 @@ def _rows(
     with common.zookeeper(cfg) as zk:
         with common.clear_errors():
             rows = JobRows(
-                _found(zk, cfg, number), lambda n: _found(zk, cfg, n), what, task=task, follow=follow, keys_dir=cfg.keys
+                _found(zk, cfg, number),
+                lambda n: _found(zk, cfg, n),
+                what,
+                task=task,
+                follow=follow,
+                keys_dir=cfg.keys,
+                service=lambda host, owner: spool_service.find(zk, cfg.cluster, host, owner),
             )
             for row in rows:
                 yield row
@@ -310,7 +316,7 @@ def _found(zk: KazooClient, cfg: config.Common, number: int) -> records.Listed:
     if job is None:
         raise common.fail(f"no job {number} in cluster {cfg.cluster!r} (`clusterctl jobs --all` lists them)")
     with common.clear_errors():
-        if job.state == "lost" and holder.resume(zk, cfg.cluster, [job], cfg.keys):
+        if holder.resume([job], cfg):
             job = dataclasses.replace(job, attached=True)  # its holder starts again
     return job
 

@@ -30,13 +30,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from kazoo.client import KazooClient
-
-from cluster.client import records
+from cluster.client import records, spool_service
 from cluster.client.session import ClusterClient, JobHandle
 from cluster.client.spool import Spool, SpoolError
 from cluster.client.spool_reader import SpoolServer
-from cluster.contract import layout
+from cluster.contract import config, layout
 
 log = logging.getLogger("cluster.holder")
 
@@ -67,15 +65,20 @@ def start(spool: Path) -> subprocess.Popen:
         log_file.close()
 
 
-def resume(zk: KazooClient, cluster: str, listed: list[records.Listed], keys_dir: str = "") -> list[int]:
-    """Start holders again for this user's lost detached jobs whose spool is on this host;
-    returns their ids."""
-    host, me, resumed = socket.gethostname(), records.owner(keys_dir), []
+def resume(listed: list[records.Listed], cfg: config.Common) -> list[int]:
+    """Start holders again for this user's lost detached jobs whose spool is on this host,
+    and the spool service when finished ones have theirs here; returns the resumed ids."""
+    host, me, resumed, finished = socket.gethostname(), records.owner(cfg.keys), [], False
     for job in listed:
         spool = Path(job.record.spool) if job.record.spool else None
-        if job.state == "lost" and spool and job.record.host == host and job.record.owner == me and spool.is_file():
+        if not (spool and job.record.host == host and job.record.owner == me and spool.is_file()):
+            continue
+        if job.state == "lost":
             start(spool)
             resumed.append(job.id)
+        finished = finished or job.state in records.ENDED
+    if finished:
+        spool_service.ensure(spool_dir(cfg.cluster), cfg.zk, cfg.cluster, cfg.keys, cfg.zk_auth)
     return resumed
 
 
@@ -110,7 +113,11 @@ def hold(spool_path: Path) -> int:
         meta["zk"], meta["cluster"], connect_timeout=10.0, keys=meta.get("keys", ""), zk_auth=meta.get("zk_auth", "")
     )
     state = ["running"]  # what readers on other hosts are told
-    server = SpoolServer(spool_path, meta["job"], lambda: state[0], meta["zk"], meta.get("keys", ""))
+
+    def source(job_id: int) -> tuple[Path, str] | str:
+        return (spool_path, state[0]) if job_id == meta["job"] else f"this holder holds job {meta['job']}"
+
+    server = SpoolServer(source, meta["zk"], meta.get("keys", ""))
     try:
         entry = records.adopt(
             client.zk, meta["cluster"], meta["job"], endpoint=server.endpoint, curve_key=server.curve_key
@@ -175,7 +182,11 @@ def _run(client: ClusterClient, spool: Spool, entry: records.JobEntry, meta: dic
         log.info("job %d: stopped with %d of %d done; it resumes from its spool", entry.id, done, total)
         return 0  # the record stays "running"; without this process it shows lost, and resumes
     state = "cancelled" if cancelled.is_set() else ("failed" if failed else "done")
-    entry.finish(state, total=total, done=done, failed=failed)
+    if entry.finish(state, total=total, done=done, failed=failed):
+        # Readers on other hosts find the finished spool there once this process is gone.
+        spool_service.ensure(
+            spool_dir(meta["cluster"]), meta["zk"], meta["cluster"], meta.get("keys", ""), meta.get("zk_auth", "")
+        )
     log.info("job %d %s: %d of %d done, %d failed", entry.id, state, done, total, failed)
     return 0
 

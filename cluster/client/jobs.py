@@ -27,7 +27,7 @@ from typing import Any
 
 from kazoo.client import KazooClient
 
-from cluster.client import records
+from cluster.client import records, spool_service
 from cluster.client.spool_reader import JobRows
 from cluster.contract import payload, wire
 from cluster.runtime.zk import close, connect
@@ -128,7 +128,11 @@ def results(
         def look(number: int) -> records.Listed:
             return _find(client, name, number, 10.0)
 
-        for _, index, status, body in JobRows(look(job_id), look, "results", follow=follow, keys_dir=_keys(keys)):
+        def service(host: str, owner: str) -> dict | None:
+            return spool_service.find(client, name, host, owner)
+
+        rows = JobRows(look(job_id), look, "results", follow=follow, keys_dir=_keys(keys), service=service)
+        for _, index, status, body in rows:
             yield _result(index, status, body)
 
 

@@ -33,11 +33,18 @@ log = logging.getLogger("cluster.spool_reader")
 PAGE = 1000  # rows per answer
 
 
-class SpoolServer:
-    """The holder's side: answers ReadSpool for its job from its spool, on a thread."""
+Source = Callable[[int], "tuple[Path, str] | str"]  # a job's spool and state now, or why it is not served here
+OPEN_SPOOLS = 8  # spool connections a server keeps open
 
-    def __init__(self, path: Path, job_id: int, state: Callable[[], str], zk_hosts: str, keys_dir: str) -> None:
-        self.path, self.job_id, self.state = path, job_id, state
+
+class SpoolServer:
+    """Answers ReadSpool on a thread: for the job a holder runs, or for the finished jobs
+    of a user's spool service. ``source(job)`` says where the job's spool is and its state
+    (read before the rows: a reader that sees the end has every row), or why it is not
+    served here. Only the owner's key and those in ``admins`` are answered."""
+
+    def __init__(self, source: Source, zk_hosts: str, keys_dir: str) -> None:
+        self.source = source
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -57,20 +64,21 @@ class SpoolServer:
         port = self.sock.bind_to_random_port(f"tcp://{address}")
         self.endpoint = f"tcp://{address}:{port}"
         self.last_read = 0.0  # when a reader last asked (time.monotonic)
+        self._spools: dict[Path, Spool] = {}  # this thread's own connections, oldest first
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="spool-server", daemon=True)
         self._thread.start()
 
     def _serve(self) -> None:
-        spool = Spool.open(self.path)  # a connection of this thread's own
         try:
             while not self._stop.is_set():
                 if self.sock.poll(200):
-                    self._read(spool)
+                    self._read()
         finally:
-            spool.close()
+            for spool in self._spools.values():
+                spool.close()
 
-    def _read(self, spool: Spool) -> None:
+    def _read(self) -> None:
         """One request; the reader's key name is what ZAP made its User-Id."""
         frames = loop.recv_frames(self.sock)
         who = frames[0].bytes
@@ -79,26 +87,33 @@ class SpoolServer:
         except wire.ProtocolError as exc:
             log.warning("dropping a malformed request: %s", exc)
             return
-        reader = str(frames[-1].get("User-Id")) if self._auth is not None else self.owner
-        self._answer(spool, who, reader, msg)
-
-    def _answer(self, spool: Spool, who: Any, reader: str, msg: wire.Message) -> None:
         if not isinstance(msg, wire.ReadSpool):
             return
         self.last_read = time.monotonic()
-        refusal = ""
-        if msg.job != self.job_id:
-            refusal = f"this holder holds job {self.job_id}"
-        elif reader != self.owner and reader not in security.admins(self.keys_dir):
-            refusal = f"job {self.job_id} belongs to {self.owner}, not {reader}"
-        if refusal:
-            loop.send(self.sock, wire.SpoolRows(msg.job, [], "", refusal), who)
-            return
-        state = self.state()  # before the rows: a reader that sees the end has every row
+        reader = str(frames[-1].get("User-Id")) if self._auth is not None else self.owner
+        try:
+            loop.send(self.sock, self._answer(reader, msg), who)
+        except SpoolError as exc:
+            loop.send(self.sock, wire.SpoolRows(msg.job, [], "", str(exc)), who)
+
+    def _answer(self, reader: str, msg: wire.ReadSpool) -> wire.SpoolRows:
+        if reader != self.owner and reader not in security.admins(self.keys_dir):
+            raise SpoolError(f"job {msg.job} belongs to {self.owner}, not {reader}")
+        found = self.source(msg.job)
+        if isinstance(found, str):
+            raise SpoolError(found)
+        path, state = found
+        spool = self._spool(path)
         task = None if msg.task < 0 else msg.task
         rows = page(spool.results(msg.after) if msg.what == "results" else spool.output(msg.after, task))
-        reply = wire.SpoolRows(msg.job, [[r[0], r[1], r[2]] for r in rows], state, frames=tuple(r[3] for r in rows))
-        loop.send(self.sock, reply, who)
+        return wire.SpoolRows(msg.job, [[r[0], r[1], r[2]] for r in rows], state, frames=tuple(r[3] for r in rows))
+
+    def _spool(self, path: Path) -> Spool:
+        spool = self._spools.pop(path, None) or Spool.open(path)
+        self._spools[path] = spool  # the most recent last
+        if len(self._spools) > OPEN_SPOOLS:
+            self._spools.pop(next(iter(self._spools))).close()
+        return spool
 
     def close(self) -> None:
         self._stop.set()
@@ -164,7 +179,9 @@ class RemoteSpool:
 class JobRows:
     """The rows of a detached job's spool (``what``: "results", as (seq, index, status,
     body), or "output", as (seq, index, stream, data)), read from the file when this host
-    can open it, else from the job's holder; with ``follow``, until the job has ended.
+    can open it, else from the job's holder while it runs, or once it has ended from its
+    owner's spool service on its host (``service(host, owner)`` finds it: spool_service.py);
+    with ``follow``, until the job has ended.
     ``state``: the job's, as of the last page. ``look(job_id)`` gives the job's record now
     (and may restart a lost job's holder)."""
 
@@ -177,8 +194,10 @@ class JobRows:
         task: int | None = None,
         follow: bool = False,
         keys_dir: str = "",
+        service: Callable[[str, str], dict | None] = lambda host, owner: None,
     ) -> None:
         self.job, self.look, self.what, self.task, self.follow, self.keys_dir = job, look, what, task, follow, keys_dir
+        self.service = service
         self.state = job.state
         records.check_entitled(job, keys_dir)
         if not job.record.spool:
@@ -216,7 +235,11 @@ class JobRows:
             return Spool.open(Path(record.spool))
         if record.endpoint and self.job.state == "running":
             return RemoteSpool(self.job.id, record.endpoint, record.curve_key, self.keys_dir)
+        found = self.service(record.host, record.owner) if self.job.state in records.ENDED else None
+        if found:
+            return RemoteSpool(self.job.id, found["endpoint"], found.get("curve_key", ""), self.keys_dir)
         raise ValueError(
-            f"job {self.job.id}'s spool is on host {record.host} and its holder is not running: "
-            "read it there (or submit with --spool on storage every host shares)"
+            f"job {self.job.id}'s spool is on host {record.host}, where neither its holder nor its owner's "
+            "spool service runs: run `clusterctl jobs` there to start them again "
+            "(or submit with --spool on storage every host shares)"
         )
