@@ -339,6 +339,24 @@ def test_a_shipped_module_and_data_file_reach_the_task(local_cluster, tmp_path):
         assert {"shipped_helper.py", "data"} <= set(r["files"]), r
 
 
+def test_a_detached_job_keeps_its_shipped_directory_in_its_spool(local_cluster, tmp_path):
+    coordinator = local_cluster.coordinator()
+    local_cluster.agent("s1", 2)
+    local_cluster.wait_ready(coordinator, ["s1"])
+    root = project(tmp_path)
+    res = local_cluster.clusterctl(
+        "submit", "shipped_helper:look", "--range", "0", "6", "--ship", str(root), "--detach", "--spool", str(tmp_path)
+    )
+    assert res.returncode == 0, res.stderr
+    number = res.stdout.strip()
+    shutil.rmtree(root)  # held durably: the job needs nothing of the submitting side's files
+    waited = local_cluster.clusterctl("job", "wait", number, "--json")
+    assert waited.returncode == 0 and json.loads(waited.stdout)["state"] == "done", (waited.stdout, waited.stderr)
+    res = local_cluster.clusterctl("job", "results", number, "--ordered")
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [r["result"]["value"] for r in rows] == ["alpha", "beta", "gamma"] * 2, res.stderr
+
+
 def test_a_directory_over_the_limit_is_refused_before_anything_is_sent(tmp_path):
     """No cluster at all: the refusal comes before the client looks for one."""
     root = project(tmp_path)

@@ -127,10 +127,8 @@ def submit(
             source = _file_inputs(inputs, star, shell)
     limits = {"timeout": timeout, "max_memory": _size(max_memory) if max_memory else None}
     if detach:
-        if bundles:
-            raise common.fail("--ship does not work with --detach yet: the holder cannot send bundles")
         options = {"retries": retries, "window": window, "result_format": payload.RESULT_JSON, **limits}
-        _detach(common_cfg, function, " ".join(target), source, options, spool, connect_timeout)
+        _detach(common_cfg, function, " ".join(target), source, options, spool, connect_timeout, bundles)
         return
     out: IO[str] = open(output, "w") if output else sys.stdout
     try:
@@ -291,8 +289,10 @@ def _detach(
     options: dict,
     spool_dir: Path | None,
     timeout: float,
+    bundles: list[bundle.Bundle],
 ) -> None:
-    """Spool the job, start its holder, and return once the holder has taken it."""
+    """Spool the job (its inputs and shipped directories), start its holder, and return
+    once the holder has taken it."""
     folder = (spool_dir or holder.spool_dir(cfg.cluster)).resolve()
     path = folder / f"{uuid.uuid4().hex}.db"
     with common.zookeeper(cfg, timeout) as zk:
@@ -308,7 +308,7 @@ def _detach(
             "label": label,
         }
         try:
-            Spool.create(path, meta, function, (args for _, args in source.items)).close()
+            Spool.create(path, meta, function, (args for _, args in source.items), bundles).close()
         except SpoolError as exc:
             records.remove(zk, cfg.cluster, entry.id)
             raise common.fail(str(exc)) from None

@@ -147,6 +147,7 @@ def _run(client: ClusterClient, spool: Spool, entry: records.JobEntry, meta: dic
         spool.function,
         options,
         lambda i, s, b: results.put((i, s, b)),
+        bundles=spool.bundles(),
         on_output=lambda i, stream, data: results.put((i, stream, data)),
     )
     total = spool.count

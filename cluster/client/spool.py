@@ -20,6 +20,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from cluster.client.bundle import Bundle
+
 FORMAT = 1
 BATCH = 1000  # inputs per insert while spooling
 
@@ -32,6 +34,7 @@ CREATE TABLE output (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, idx INTEGER NOT NULL, stream TEXT NOT NULL, data BLOB NOT NULL
 );
 CREATE INDEX output_idx ON output (idx);
+CREATE TABLE bundles (digest TEXT PRIMARY KEY, source TEXT NOT NULL, files INTEGER NOT NULL, data BLOB NOT NULL);
 """
 
 
@@ -47,9 +50,15 @@ class Spool:
 
     @classmethod
     def create(
-        cls, path: Path, meta: dict[str, Any], function: bytes, inputs: Iterable[bytes | bytearray | memoryview]
+        cls,
+        path: Path,
+        meta: dict[str, Any],
+        function: bytes,
+        inputs: Iterable[bytes | bytearray | memoryview],
+        bundles: Iterable[Bundle] = (),
     ) -> Spool:
-        """Write a new spool, durably, with every input; nothing is left of it on failure."""
+        """Write a new spool, durably, with every input and the directories shipped with
+        the job (``--ship``); nothing is left of it on failure."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             if path.exists():
@@ -59,6 +68,9 @@ class Spool:
                 db.executescript(_SCHEMA)
                 rows = {"format": FORMAT, "meta": meta, "function": function.hex()}
                 db.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in rows.items()])
+                db.executemany(
+                    "INSERT INTO bundles VALUES (?, ?, ?, ?)", [(b.digest, b.source, b.files, b.data) for b in bundles]
+                )
                 batch: list[tuple[int, bytes]] = []
                 count = 0
                 for count, args in enumerate(inputs, 1):
@@ -126,6 +138,14 @@ class Spool:
                 return
             yield from rows
             after = rows[-1][0]
+
+    def bundles(self) -> list[Bundle]:
+        """The directories shipped with the job (none in a spool written before they were kept)."""
+        try:
+            rows = self._db.execute("SELECT source, digest, data, files FROM bundles").fetchall()
+        except sqlite3.OperationalError:  # no such table
+            return []
+        return [Bundle(source, digest, bytes(data), files) for source, digest, data, files in rows]
 
     def counts(self) -> tuple[int, int]:
         """Results recorded, and how many of them are failures (status not OK, which is 0)."""
