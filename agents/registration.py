@@ -209,14 +209,13 @@ def _pid_namespace() -> str:
 def _start_ticks(pid: int) -> str | None:
     """When process ``pid`` started, in clock ticks since boot (field 22 of /proc/PID/stat: psutil gives
     it only as wall-clock time, which moves when the clock is set); None if there is no such process
-    (or a zombie).
-    PermissionError: there is one, but /proc hides it (another user's, under ProtectProc=invisible)."""
+    (or a zombie). PermissionError: there is one, but /proc hides it (another user's, ProtectProc=invisible)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_bytes()
     except FileNotFoundError:
         try:
             os.kill(pid, 0)  # kill(2) sees a process /proc hides; signal 0 only asks
-        except ProcessLookupError:
+        except (ProcessLookupError, OverflowError):  # none, or a pid no process can have
             return None
         raise PermissionError(f"process {pid} is hidden") from None
     # Field 2, the command name, is in parentheses and may itself hold spaces and parentheses.

@@ -169,6 +169,8 @@ def test_only_a_record_of_this_boot_and_pid_namespace_is_proven_dead():
     assert judged(process_key=f"{other_boot}/1") is Holder.EXPIRING
     assert judged(process_key=f"{here.split('/', 1)[0]}/pid:[1]/1") is Holder.EXPIRING
     assert judged() is Holder.EXPIRING  # an older release's record: waited out, as before
+    absurd = agent_record("x", host=host, pid=2**40, process_key=f"{here}/1")
+    assert judge_holder(absurd.to_bytes(), AgentRecord) is Holder.DEAD  # no process can have that pid
     assert judge_holder(b"{garbage", AgentRecord) is Holder.LIVE
     assert judge_holder(agent_record("x", host="elsewhere", pid=pid).to_bytes(), AgentRecord) is Holder.LIVE
 
