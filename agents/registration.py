@@ -4,21 +4,29 @@ Registering is idempotent (a znode we own already counts as registered), so
 ``keep`` simply registers again whenever the connection comes back, in a thread
 of its own: the daemon's loop makes no ZooKeeper request, because a slow or
 vanishing ZooKeeper would stall its tasks and heartbeats. A znode held by another
-*live* agent is a clear error; one left by a dead agent of this same host (a quick
-restart after SIGKILL) is waited out until ZooKeeper expires its session.
+*live* agent is a clear error. One left by a dead agent of this same host (a quick
+restart after SIGKILL) is removed at once when its record proves the holder dead: the
+same kernel boot and pid namespace as ours, and its pid gone or now another process's
+(the kernel's start time of the process differs). A holder it cannot prove dead (a
+record of an older release, or our own pid) is waited out until ZooKeeper expires its
+session; another host's, or an unreadable record, is refused.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import functools
 import logging
 import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 import psutil
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import NodeExistsError, NoNodeError
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
 from cluster.contract import layout
 from cluster.contract.layout import AgentRecord, BadRecord, RelayRecord
@@ -37,7 +45,7 @@ class Registration:
     def __init__(self, zk: KazooClient, cluster: str, record: AgentRecord | RelayRecord):
         self.zk = zk
         self.path = f"{record.folder(cluster)}/{layout.check_name(record.node_id, 'node id')}"
-        self.record = record
+        self.record = dataclasses.replace(record, process_key=process_key())
         self.failed_rejoins = 0  # tries to register again that ZooKeeper refused or did not answer
         self._left = False
         self._reconnected = threading.Event()
@@ -61,7 +69,15 @@ class Registration:
                 ask(zk.set_async, self.path, self.record.to_bytes())
                 return
             holder = _describe(data, type(self.record))
-            if not _holder_is_dead(data, type(self.record)) or time.monotonic() > deadline:
+            state = judge_holder(data, type(self.record))
+            if state is Holder.DEAD:
+                log.warning("id %s is held by a dead process (%s): replacing its record", self.record.node_id, holder)
+                try:  # only the record we read: one written since (by a live process) stays
+                    ask(zk.delete_async, self.path, stat.version)
+                except (NoNodeError, BadVersionError):
+                    pass
+                continue
+            if state is Holder.LIVE or time.monotonic() > deadline:
                 what, flag = ("relay", "--id") if isinstance(self.record, RelayRecord) else ("agent", "--node-id")
                 name = "relay id" if what == "relay" else "node id"
                 raise DuplicateNode(
@@ -142,17 +158,66 @@ def _describe(data: bytes, record_type: type[AgentRecord] | type[RelayRecord]) -
         return "unreadable record"
 
 
-def _holder_is_dead(data: bytes, record_type: type[AgentRecord] | type[RelayRecord]) -> bool:
-    """True only when the holder was on this host and its pid is gone (or reused)."""
+class Holder(enum.Enum):
+    """What the process named in a znode's record is, as far as this host can tell."""
+
+    LIVE = "live"  # or elsewhere, or unknown: refused
+    EXPIRING = "expiring"  # dead (or ours) by what we see, not provably: its session is waited out
+    DEAD = "dead"  # provably: its znode is replaced now
+
+
+def judge_holder(data: bytes, record_type: type[AgentRecord] | type[RelayRecord]) -> Holder:
     try:
         other = record_type.from_bytes(data)
     except BadRecord:
-        return False
+        return Holder.LIVE
     if other.host != socket.gethostname():
-        return False
+        return Holder.LIVE
     if other.pid == os.getpid():
-        return True  # an earlier session of this very process
+        return Holder.EXPIRING  # an earlier session of this very process, or another client of it
+    namespace, _, start = other.process_key.rpartition("/")
+    if other.pid > 0 and namespace and namespace == _pid_namespace():  # its pid means the same here as to it
+        try:
+            return Holder.LIVE if _start_ticks(other.pid) == start else Holder.DEAD
+        except PermissionError:
+            pass  # hidden from us (ProtectProc=invisible): another user's process, maybe the holder
+    # An older release's record: ``started`` is the create time psutil gave it, to a clock that may have moved.
     try:
-        return abs(psutil.Process(other.pid).create_time() - other.started) > 2.0
+        reused = abs(psutil.Process(other.pid).create_time() - other.started) > 2.0
     except psutil.NoSuchProcess:
-        return True
+        reused = True
+    return Holder.EXPIRING if reused else Holder.LIVE
+
+
+def process_key() -> str:
+    """This process for AgentRecord.process_key; "" where /proc does not say."""
+    namespace = _pid_namespace()
+    return f"{namespace}/{_start_ticks(os.getpid())}" if namespace else ""
+
+
+@functools.cache
+def _pid_namespace() -> str:
+    """This kernel's boot and this process's pid namespace: where a pid names one process. The boot id
+    tells apart machines that share a host name (their first pid namespaces have the same number)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return ""
+
+
+def _start_ticks(pid: int) -> str | None:
+    """When process ``pid`` started, in clock ticks since boot (field 22 of /proc/PID/stat: psutil gives
+    it only as wall-clock time, which moves when the clock is set); None if there is no such process
+    (or a zombie). PermissionError: there is one, but /proc hides it (another user's, ProtectProc=invisible)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except FileNotFoundError:
+        try:
+            os.kill(pid, 0)  # kill(2) sees a process /proc hides; signal 0 only asks
+        except (ProcessLookupError, OverflowError):  # none, or a pid no process can have
+            return None
+        raise PermissionError(f"process {pid} is hidden") from None
+    # Field 2, the command name, is in parentheses and may itself hold spaces and parentheses.
+    state, *_, start = stat.rsplit(b")", 1)[1].split()[:20]
+    return None if state in (b"Z", b"X") else start.decode()  # a zombie has exited: it only awaits its reaper

@@ -9,6 +9,11 @@
   systemd-sysusers, systemctl daemon-reload (when the unit changed), systemctl try-restart
   (when a file changed, so new settings take effect), systemctl enable --now.
 
+First, the pre-flight: as the unit's User=, with the unit's sandboxing, could the daemon
+execute its ExecStart (and the interpreter of that script, symlinks followed) and read its
+keys, ZooKeeper credentials and config? A check that fails is one line saying what to fix,
+and nothing is written; `--dry-run` lists every check.
+
 A file whose bytes are already right is left alone ("unchanged"), so running the same
 install twice changes nothing. Keys are referenced by path, never copied or deleted.
 `--root DIR` writes under DIR and runs nothing (images, staging); `--dry-run` prints
@@ -19,8 +24,10 @@ removes the unit and the config it wrote (and the user snippet once no role is l
 from __future__ import annotations
 
 import difflib
+import glob
 import grp
 import os
+import pwd
 import subprocess
 import sys
 import tempfile
@@ -37,15 +44,19 @@ from cluster.cli.service_files import (
     ROLES,
     SYSUSERS,
     USER,
+    Sandbox,
     build_config,
     check_exec,
     config_path,
     default_exec,
+    hidden_by,
     render_sysusers,
     render_unit,
+    sandbox,
     unit_name,
     unit_path,
 )
+from cluster.contract import config
 
 # ------------------------------------------------------------------ applying
 
@@ -63,6 +74,7 @@ class Run:
     json_out: bool
     files: list = field(default_factory=list)
     commands: list = field(default_factory=list)
+    checks: list = field(default_factory=list)
 
     def target(self, path: Path) -> Path:
         return self.root / path.relative_to("/") if self.root else path
@@ -75,6 +87,11 @@ class Run:
         self.files.append({"path": str(path), "action": action})
         verb = WOULD.get(action, action) if self.dry_run else action
         self.say(f"{verb:<13}{path}{detail}")
+
+    def check(self, check: Check) -> None:
+        self.checks.append({"check": check.what, "ok": not check.problem, "problem": check.problem})
+        if self.dry_run:  # an install that goes on passed them all; one that fails says why, alone
+            self.say(f"{'check ok' if not check.problem else 'check FAILED':<13}{check.problem or check.what}")
 
     def command(self, argv: list[str]) -> None:
         text = " ".join(argv)
@@ -103,6 +120,7 @@ class Run:
                     "operation": self.operation,
                     "dry_run": self.dry_run,
                     "root": str(self.root) if self.root else None,
+                    "checks": self.checks,
                     "files": self.files,
                     "commands": self.commands,
                 }
@@ -204,6 +222,203 @@ def _begin(role: str, operation: str, root: Optional[Path], dry_run: bool, json_
     return Run(role, operation, root.resolve() if root else None, dry_run, json_out)
 
 
+# ------------------------------------------------------------------ pre-flight
+# What the unit needs, checked as its User= would meet it. os.access answers for the caller
+# (root: yes to everything), so the mode bits are read against the user's uid and groups
+# (POSIX ACLs are not read). Under --root, paths, symlinks and users are the staged tree's.
+
+# The key files each role's daemon reads (cluster/contract/security.py: load); those present.
+KEY_FILES = {
+    "agent": ("agent.key_secret", "coordinator.key"),
+    "coordinator": ("coordinator.key_secret", "agent.key", "client*.key"),
+    "relay": ("agent.key_secret", "coordinator.key", "coordinator.key_secret"),
+}
+READ, EXECUTE = 4, 1  # permission bits; EXECUTE on a directory is search
+
+
+@dataclass(frozen=True)
+class Check:
+    what: str
+    problem: str = ""  # the one line saying what to fix; "" when it passed
+
+
+@dataclass(frozen=True)
+class Account:
+    """The service user as the target system knows it, or (uid None) as systemd-sysusers will
+    create it: a new user whose group is the group of its name."""
+
+    name: str
+    uid: Optional[int]
+    gids: frozenset
+    names: dict  # uid or ("g", gid) -> name, to show owners
+
+    def may(self, st: os.stat_result, bits: int) -> bool:
+        if self.uid == 0:
+            return True
+        # The kernel reads the owner's bits for the owner, else the group's for a member, else the others'.
+        shift = 6 if st.st_uid == self.uid else 3 if st.st_gid in self.gids else 0
+        return (st.st_mode >> shift) & bits == bits
+
+    def shows(self, st: os.stat_result) -> str:
+        owner = self.names.get(st.st_uid, str(st.st_uid))
+        return f"{st.st_mode & 0o7777:04o} {owner}:{self.names.get(('g', st.st_gid), str(st.st_gid))}"
+
+
+def _account(name: str, root: Optional[Path]) -> Account:
+    if root is None:
+        users = {u.pw_name: (u.pw_uid, u.pw_gid) for u in pwd.getpwall()}
+        groups = {g.gr_name: (g.gr_gid, set(g.gr_mem)) for g in grp.getgrall()}
+    else:
+        users = {f[0]: (int(f[2]), int(f[3])) for f in _table(root / "etc/passwd") if f[3].isdigit()}
+        groups = {f[0]: (int(f[2]), set(f[3].split(","))) for f in _table(root / "etc/group")}
+    names = {0: "root", ("g", 0): "root"} | {uid: n for n, (uid, _) in users.items()}
+    names |= {("g", gid): n for n, (gid, _) in groups.items()}
+    if name not in users:
+        return Account(name, None, frozenset([groups[name][0]] if name in groups else []), names)
+    uid, gid = users[name]
+    return Account(name, uid, frozenset({gid} | {g for g, members in groups.values() if name in members}), names)
+
+
+def _table(path: Path) -> list[list[str]]:
+    """The rows of a staged /etc/passwd or /etc/group (none if it has none): name, x, id, then gid or members."""
+    rows = [line.split(":") for line in path.read_text().splitlines()] if path.is_file() else []
+    return [row for row in rows if len(row) >= 4 and row[2].isdigit()]
+
+
+def _staged(root: Optional[Path], path: str) -> Path:
+    return root / path.lstrip("/") if root else Path(path)
+
+
+def _resolve(path: str, root: Optional[Path]) -> str:
+    """``path`` with every symlink followed as the target system would (absolute links start
+    again at the staged root); what is missing is taken as it is."""
+    done, parts, hops = "/", list(Path(path).parts[1:]), 0
+    while parts:
+        part = parts.pop(0)
+        step = os.path.dirname(done) if part == ".." else done if part == "." else os.path.join(done, part)
+        staged = _staged(root, step)
+        if staged.is_symlink() and hops < 40:
+            hops += 1
+            target = os.readlink(staged)
+            parts = list(Path(target).parts[1 if os.path.isabs(target) else 0 :]) + parts
+            done = "/" if os.path.isabs(target) else done
+        else:
+            done = step
+    return done
+
+
+def _blocked(account: Account, path: str, bits: int, root: Optional[Path]) -> str:
+    """Why ``account`` could not get ``bits`` on ``path`` (symlinks followed); "" if it could,
+    or if what is missing cannot be judged."""
+    real = _resolve(path, root)
+    # Under --root, DIR itself is where the tree is staged, not the target's /.
+    parents = [str(p) for p in reversed(Path(real).parents)][1 if root else 0 :]
+    for directory in parents:
+        try:
+            st = _staged(root, directory).stat()
+        except OSError:
+            return ""
+        if not account.may(st, EXECUTE):
+            return f"{directory} ({account.shows(st)}) does not let {account.name} through"
+    try:
+        st = _staged(root, real).stat()
+    except OSError:
+        return ""
+    if not account.may(st, bits):
+        return f"{real} is {account.shows(st)}"
+    return ""
+
+
+def _first_line(path: str, root: Optional[Path]) -> bytes:
+    try:
+        with _staged(root, path).open("rb") as fh:
+            return fh.readline(256)
+    except OSError:
+        return b""
+
+
+def _exec_checks(box: Sandbox, account: Account, root: Optional[Path]) -> list[Check]:
+    """ExecStart's program, and the interpreter its #! names (a venv's python), where the unit can
+    reach them and as the user may run them."""
+    program = box.program
+    line = _first_line(_resolve(program, root), root)
+    interpreter = line[2:].split()[0].decode(errors="replace") if line.startswith(b"#!") and line[2:].split() else ""
+    checks = []
+    for path, runs in ((program, ""), (interpreter, program)):
+        if not path:
+            continue
+        what = f"{account.name} can run {path}" + (f" (the #! of {runs})" if runs else "")
+        real = _resolve(path, root)
+        where = hidden_by(box, path) or hidden_by(box, real)
+        problem = ""
+        if where:
+            shown = path if path == real else f"{path}, which resolves to {real},"
+            fix = (
+                "make the venv from a python installed outside it (e.g. /usr/bin/python3 -m venv /opt/clusterd/venv)"
+                if runs
+                else "install the venv elsewhere (e.g. /opt/clusterd/venv) or pass --exec"
+            )
+            problem = (
+                f"{runs + ' runs ' if runs else ''}{shown} under {where[0]}, which the unit's {where[1]} hides: {fix}"
+            )
+        elif why := _blocked(account, path, EXECUTE | (READ if not runs and interpreter else 0), root):
+            problem = f"the service user {account.name} could not run {path}: {why}{_fix(account, 'x')}"
+        checks.append(Check(what, problem))
+    return checks
+
+
+def _read_checks(role: str, cfg: config.DaemonConfig, account: Account, root: Optional[Path]) -> list[Check]:
+    wanted: list[tuple[str, int]] = []
+    if cfg.keys:
+        listed = any("*" in name for name in KEY_FILES[role])  # the daemon lists the directory
+        wanted.append((cfg.keys, EXECUTE | (READ if listed else 0)))
+        staged_keys = _staged(root, _resolve(cfg.keys, root))
+        for name in KEY_FILES[role]:
+            found = sorted(glob.glob(glob.escape(str(staged_keys)) + "/" + name))
+            wanted += [(os.path.join(cfg.keys, os.path.basename(f)), READ) for f in found]
+    if cfg.zk_auth:
+        wanted.append((cfg.zk_auth, READ))
+    checks = []
+    for path, bits in wanted:
+        why = _blocked(account, path, bits, root)
+        verb = "read" if bits & READ else "reach"
+        problem = f"the service user {account.name} could not {verb} {path}: {why}{_fix(account, 'r')}" if why else ""
+        checks.append(Check(f"{account.name} can {verb} {path}", problem))
+    # The config is written 0640 root:clusterd: its directories must let the user through, and
+    # the user must be in group clusterd (systemd-sysusers makes a new user so).
+    conf = str(config_path(role))
+    why = _blocked(account, conf, 0, root)  # its directories: install sets the file's own mode
+    why += _fix(account, "x") if why else ""
+    if not why and account.uid is not None and not any(account.names.get(("g", g)) == USER for g in account.gids):
+        why = (
+            f"it is not in group {USER}, which may read the file (0640 root:{USER}): usermod -aG {USER} {account.name}"
+        )
+    problem = f"the service user {account.name} could not read {conf}: {why}" if why else ""
+    checks.append(Check(f"{account.name} can read {conf}", problem))
+    return checks
+
+
+def _fix(account: Account, bit: str) -> str:
+    if account.uid is None:
+        return (
+            f"; user {account.name} does not exist yet: create it first (docs/operations.md, systemd-sysusers),"
+            f" then give it access (chown {account.name})"
+        )
+    return f"; give {account.name} access (chown {account.name}, or g+{bit} for a group of its)"
+
+
+def preflight(role: str, cfg: config.DaemonConfig, unit: str, root: Optional[Path]) -> list[Check]:
+    """Every check of the unit about to be installed: ExecStart, then keys, credentials and config."""
+    box = sandbox(unit)
+    account = _account(box.user, root)
+    user = Check(
+        f"service user {box.user} exists (uid {account.uid})"
+        if account.uid is not None
+        else f"service user {box.user} does not exist yet: checked as the new user systemd-sysusers will create"
+    )
+    return [user, *_exec_checks(box, account, root), *_read_checks(role, cfg, account, root)]
+
+
 def install(
     role: str, flags: dict, exec_path: Optional[str], root: Optional[Path], dry_run: bool, json_out: bool
 ) -> None:
@@ -221,6 +436,14 @@ def install(
                 if root is None:
                     raise ValueError(f"{path} does not exist: put the keys and credentials in place first")
                 typer.echo(f"clusterctl: warning: {staged} does not exist yet", err=True)
+        checks = preflight(role, cfg, unit, run.root)
+        failed = [c.problem for c in checks if c.problem]
+        if failed and not dry_run:
+            raise ValueError(failed[0])
+        for check in checks:
+            run.check(check)
+        if failed:
+            typer.echo(f"clusterctl: warning: the install would stop here: {failed[0]}", err=True)
 
         write_file(run, SYSUSERS, render_sysusers(), 0o644)
         run.command(["systemd-sysusers", str(SYSUSERS)])  # before the config: its group must exist

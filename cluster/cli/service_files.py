@@ -1,8 +1,9 @@
 """The files a service install writes, as text: the hardened systemd unit of each
 role, the sysusers.d line for the `clusterd` user, and the node's TOML config, which
-is validated by loading it back the way the daemon will; and the example configs of
-configs/, every setting with its help. No file or system is touched here;
-cluster/cli/install.py writes them and runs systemd.
+is validated by loading it back the way the daemon will; the example configs of
+configs/, every setting with its help; and what a unit's sandboxing hides from its
+service, read back from the unit's text. No file or system is touched here;
+cluster/cli/install.py checks the system, writes the files and runs systemd.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import sys
 import tempfile
 import textwrap
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -28,8 +30,6 @@ USER = "clusterd"
 DEFAULT_EXEC = "/opt/clusterd/venv/bin/clusterctl"
 SYSUSERS = Path("/etc/sysusers.d/clusterd.conf")
 MARK = "# Written by `clusterctl"  # uninstall removes only config files that start with it
-# ProtectHome=yes hides these from the service, so an ExecStart under them never starts.
-HIDDEN = ("/home", "/root", "/run/user")
 
 
 def unit_name(role: str) -> str:
@@ -252,14 +252,55 @@ def default_exec() -> str:
 
 
 def check_exec(path: str, given: bool, root: Optional[Path]) -> str:
+    """An absolute path to an executable file; where the unit lets it run is install's pre-flight."""
     if not os.path.isabs(path):
         raise ValueError(f"--exec must be an absolute path, got {path!r}")
-    if any(path == h or path.startswith(h + "/") for h in HIDDEN):
-        raise ValueError(
-            f"{path} is under {', '.join(HIDDEN)}, which the unit's ProtectHome=yes hides: "
-            "install the venv elsewhere (e.g. /opt/clusterd/venv) or pass --exec"
-        )
     if not (given and root) and not os.access(path, os.X_OK):
         hint = "" if given else " (run the clusterctl of the venv to install, or pass --exec PATH)"
         raise ValueError(f"{path} is not an executable file{hint}")
     return path
+
+
+# ------------------------------------------------------------------ sandboxing
+
+# What each setting hides from the service (systemd.exec(5)); whether a unit has it is read
+# from the unit's own text, so the pre-flight checks exactly what will run.
+PROTECT_HOME = ("/home", "/root", "/run/user")  # ProtectHome=yes (or tmpfs): empty or inaccessible
+PRIVATE_TMP = ("/tmp", "/var/tmp")  # PrivateTmp=yes: the service gets empty ones of its own
+YES = ("yes", "true", "on", "1")
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    user: str  # User=
+    program: str  # ExecStart='s program
+    hidden: dict[str, str]  # a path the service cannot see -> the unit's line that hides it
+
+
+def sandbox(unit: str) -> Sandbox:
+    """The service's user, program and hidden paths, from a unit's [Service] lines."""
+    settings = [line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith(("#", ";"))]
+    user, program, hidden = "root", "", {}
+    for key, value in settings:
+        key, value = key.strip(), value.strip()
+        if key == "User":
+            user = value
+        elif key == "ExecStart" and value:
+            # Unit quoting is the shell's for what render_unit writes; %% and $$ are escapes.
+            program = shlex.split(value)[0].lstrip("-@:+!").replace("%%", "%").replace("$$", "$")
+        elif key == "ProtectHome" and value in (*YES, "tmpfs"):
+            hidden.update(dict.fromkeys(PROTECT_HOME, f"{key}={value}"))
+        elif key == "PrivateTmp" and value in YES:
+            hidden.update(dict.fromkeys(PRIVATE_TMP, f"{key}={value}"))
+        elif key == "InaccessiblePaths":
+            for path in value.split():
+                hidden[path.lstrip("-+").rstrip("/") or "/"] = f"{key}={path}"
+    return Sandbox(user, program, hidden)
+
+
+def hidden_by(sandbox: Sandbox, path: str) -> tuple[str, str] | None:
+    """(the hidden path, the unit's line) that ``path`` lies under, or None."""
+    for hidden, line in sandbox.hidden.items():
+        if path == hidden or path.startswith(hidden.rstrip("/") + "/"):
+            return hidden, line
+    return None

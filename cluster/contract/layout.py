@@ -174,6 +174,10 @@ class AgentRecord(_Record):
     # the same minor version. "" in records of releases that did not say.
     python: str = ""  # platform.python_version(), e.g. "3.11.7"
     platform: str = ""  # sysconfig.get_platform(), e.g. "linux-x86_64"
+    # "<kernel boot id>/<pid namespace>/<its start in clock ticks since boot>": which process ``pid`` is,
+    # so that a successor on this host can prove it dead (agents/registration.py). "" in records of
+    # releases that did not say.
+    process_key: str = ""
 
     @staticmethod
     def folder(cluster: str) -> str:
@@ -204,6 +208,7 @@ class RelayRecord(_Record):
     protocol: int
     pid: int
     started: float
+    process_key: str = ""  # as an agent's
 
     @staticmethod
     def folder(cluster: str) -> str:
