@@ -36,6 +36,9 @@ NEED_FUNCTION = 4  # worker-internal: the function blob was not cached
 # so only to an agent that says it knows (options[LOAD_FAILURES]).
 LOAD_FAILED = 5
 LOAD_FAILURES = "load_failures"  # the option an agent sets on the tasks it gives its workers
+# The SubmitJob option of a client that reads JobFailure.LOAD_FAILED. To a client without
+# it, a job no node can load fails task by task, as it did before there was the code.
+TAKES_LOAD_FAILURES = "takes_load_failures"
 STATUSES = frozenset({OK, ERROR, LOST, CANCELLED, NEED_FUNCTION, LOAD_FAILED})
 OUTCOMES = {OK: "ok", ERROR: "error", LOST: "lost"}  # names for logs and metrics
 

@@ -219,6 +219,11 @@ class ClientFront:
         errors = list(job.refused.values())
         _, kind, message, _ = errors[0]
         nodes = ", ".join(sorted(job.refused))
+        if not job.options.get(wire.TAKES_LOAD_FAILURES):
+            # A client of an earlier release: each task fails with the error, as it did; those
+            # it sends later fail at the next tick. The job stays open until the client ends it.
+            self.scheduler.fail_tasks(job, payload.failure(kind, f"{message} (on {nodes})"))
+            return NOTHING
         reason = f"no node can load its function: {kind}: {message} (on {nodes})"
         log.warning("job %s failed: %s", job.job_id, reason)
         self.counters["jobs_unloadable"] += 1

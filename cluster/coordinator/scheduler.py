@@ -354,6 +354,13 @@ class Scheduler:
         job.refused[node_id] = error
         return True
 
+    def fail_tasks(self, job: Job, frame: wire.Buffer) -> int:
+        """Deliver every task of the job not done yet as failed with ``frame``; returns how many."""
+        indices = list(job.tasks)
+        for index in indices:
+            self._deliver(job, index, wire.ERROR, frame)
+        return len(indices)
+
     def _enqueue(self, job: Job, index: int, task: Task, front: bool = False) -> None:
         (job.queue.appendleft if front else job.queue.append)(index)
         task.queued = True
