@@ -90,6 +90,8 @@ class JobHandle:
         self.options = dict(options, bundles=[b.digest for b in self.bundles]) if self.bundles else options
         if on_output is not None:  # the coordinator forwards tasks' output only to clients that ask
             self.options = dict(self.options, output=True)
+        if on_failed is not None:  # without it, a job no node can load fails task by task, as before
+            self.options = dict(self.options, **{wire.TAKES_LOAD_FAILURES: True})
         self.bundles_resent = False  # after the coordinator said it had lost them (see ClusterClient)
         self.on_result = on_result
         self.on_started = on_started

@@ -275,7 +275,7 @@ class ClusterClient:
             if bundle.digest not in self._bundles_sent:
                 loop.send(self.sock, wire.Bundle(bundle.digest, frames=(bundle.data,)))
                 self._bundles_sent.add(bundle.digest)
-        options = dict(job.options, window=job.window, **{wire.TAKES_LOAD_FAILURES: True})
+        options = dict(job.options, window=job.window)
         loop.send(self.sock, wire.SubmitJob(job.job_id, job.digest, options, frames=(job.function,)))
 
     def _resubmit_all(self) -> None:
