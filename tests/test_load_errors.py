@@ -184,3 +184,33 @@ def test_a_job_whose_last_capable_node_leaves_fails_then(local_cluster, tmp_path
     last = [line for line in err.splitlines() if line.strip()][-1]
     assert "cannot start: slow_mod:f — ModuleNotFoundError: No module named 'slow_mod' (on lacks)" in last
     wait_for(lambda: local_cluster.status()["jobs"] == 0, what="the job to end")
+
+
+def test_the_executor_runs_a_function_on_the_nodes_that_load_it_and_logs_the_other_once(
+    local_cluster, tmp_path, caplog
+):
+    # A module of the client's (it travels as source) whose import raises on one node only.
+    (tmp_path / "picky.py").write_text(
+        "import os\nif os.environ.get('PICKY_REFUSE'):\n    raise ImportError('not on this node')\n"
+        "def f(x):\n    return x + 1\n"
+    )
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import picky
+    finally:
+        sys.path.remove(str(tmp_path))
+    coordinator = local_cluster.coordinator()
+    local_cluster.agent("loads", 2)
+    local_cluster.agent("refuses", 2, env={"PICKY_REFUSE": "1"})
+    local_cluster.wait_ready(coordinator, ["loads", "refuses"])
+    with caplog.at_level("WARNING", logger="cluster.client"):
+        with cluster.Executor(zk=local_cluster.zk, cluster=local_cluster.name) as ex:
+            assert list(ex.map(picky.f, range(500))) == list(range(1, 501))
+    said = [r.getMessage() for r in caplog.records if r.name == "cluster.client" and "does not load" in r.getMessage()]
+    assert said == [
+        "cluster.Executor: a function does not load on refuses: ImportError: not on this node; "
+        "its calls run on the other nodes"
+    ]
+    assert local_cluster.status()["delivered"] == 500
