@@ -142,9 +142,10 @@ class ClusterClient:
         do not say; then a task's result is the first news of it). ``on_output(index,
         stream, data)``: the task wrote ``data`` to its stdout ("out") or stderr ("err");
         all of it comes before the task's result. ``on_refused(error)``: a node cannot load
-        the function (once per node; the others run the tasks); ``on_failed(job, error)``:
-        no node can, and the job is over (without it, these are logged). All run on the IO
-        thread."""
+        the function (once per node; the others run the tasks; without it, logged);
+        ``on_failed(job, error)``: no node can, and the job is over (without it, each task
+        fails with the error instead, as for clients of earlier releases). All run on the
+        IO thread."""
         job = JobHandle(self._post, function, options, on_result, bundles, on_started, on_output, on_refused, on_failed)
         self._post(("open", job))
         if not job.accepted.wait(self.connect_timeout):
@@ -354,10 +355,7 @@ class ClusterClient:
             return
         if msg.code == wire.JobFailure.LOAD_FAILED and job.accepted.is_set():
             self.jobs.pop(msg.job_id)  # the coordinator has ended it: nothing to resubmit
-            error = LoadError.from_rows(msg.errors) if msg.errors else LoadError([_unsaid(msg.reason)])
-            if job.on_failed is None:
-                log.error("job %s cannot start: %s", msg.job_id, error)
-            job._cannot_load(error)
+            job._cannot_load(LoadError.from_rows(msg.errors or [["", "LoadError", msg.reason, ""]]))
         elif msg.code == wire.JobFailure.UNKNOWN_JOB:
             self._resubmit(job)  # the coordinator restarted under the same address
         elif msg.code == wire.JobFailure.MISSING_BUNDLE and not job.bundles_resent:
@@ -390,11 +388,6 @@ class ClusterClient:
         if not self.refused:
             log.warning("coordinator refused us: %s", msg.reason)
         self.refused = True  # it does not lead (yet): see _on_heartbeat
-
-
-def _unsaid(reason: str) -> dict[str, str]:
-    """An error for a load failure whose nodes were not said."""
-    return {"node": "", "type": "LoadError", "message": reason, "traceback": ""}
 
 
 __all__ = ["ClusterClient", "ClusterUnavailable", "JobHandle", "ZooKeeperUnreachable"]
