@@ -42,7 +42,7 @@ from . import limits
 from .bundles import BundleCache, MissingBundle
 from .export import export
 from .links import WorkerLinks
-from .local_queue import LocalQueue
+from .local_queue import LocalQueue, QueuedTask
 from .marker import Marker
 from .pool import Slot
 from .registration import Registration
@@ -55,6 +55,8 @@ if TYPE_CHECKING:
     from cluster.runtime.metrics import Metrics
 
 log = logging.getLogger("agents.agent")
+
+SHORT_TRACEBACK = 4096  # a traceback that does not load a function goes to the client up to this long
 
 
 class Agent:
@@ -79,6 +81,9 @@ class Agent:
         self.harness = Harness()
         self.waker, self.notifier = self.harness.waker, self.harness.notifier
         self.drain_deadline = 0.0
+        # Jobs whose function does not load here, reported to the leader, until its EndJob
+        # says nothing more of them comes over this connection.
+        self.refused: set[str] = set()
         self._stopping = False
         self.metrics: Metrics | None = None
         self.front_handlers: dict[type[wire.Message], Callable[[bytes, Any, float], None]] = {
@@ -291,6 +296,7 @@ class Agent:
 
     def _on_hello(self, identity: bytes, msg: wire.Hello, now: float) -> None:
         self.bundles.hello()
+        self.refused.clear()  # a new connection: a job comes again with its JobSpec, and is tried again
         held = self.queue.held(self.pool.slots)
         loop.send(self.front, self.session.hello(identity, msg, now, self.queue.capacity, held), identity)
 
@@ -299,6 +305,8 @@ class Agent:
         shared = msg.options.get("isolation")
         domain = shared if isinstance(shared, str) and shared else msg.job_id
         options = dict(msg.options, isolation=domain, **self.workspaces.open(domain))
+        options[wire.LOAD_FAILURES] = True  # its workers say when its function does not load
+        self.refused.discard(msg.job_id)
         digests = msg.options.get("bundles")
         if digests:
             try:
@@ -328,6 +336,8 @@ class Agent:
             self.bundles.asking(ask)
 
     def _on_dispatch(self, identity: bytes, msg: wire.Dispatch, now: float) -> None:
+        if msg.job_id in self.refused:
+            return  # sent before the leader heard why: it queues them again when it does
         failure = self.bundle_failures.get(msg.job_id)
         if failure is not None:
             err = payload.failure("BundleMissing", failure)
@@ -337,12 +347,18 @@ class Agent:
             self.session.no_function(msg)
 
     def _on_end_job(self, identity: bytes, msg: wire.EndJob, now: float) -> None:
-        self.bundles.close(msg.job_id, time.time())
-        self.bundle_failures.pop(msg.job_id, None)
-        domain = self.queue.end_job(msg.job_id)
+        self.refused.discard(msg.job_id)
+        self._end_job(msg.job_id, now)
+
+    def _end_job(self, job_id: str, now: float, *, stop: bool = True) -> None:
+        """Forget a job and its tasks; running ones are stopped, or with ``stop`` False finish
+        (their results are dropped)."""
+        self.bundles.close(job_id, time.time())
+        self.bundle_failures.pop(job_id, None)
+        domain = self.queue.end_job(job_id)
         if domain is None:
             return
-        self._drop(lambda job_id, index: job_id == msg.job_id)
+        self._drop(lambda job, index: job == job_id, stop=stop)
         self.queue.retune(self.pool.slots, now)
         if domain not in self.queue.domains():  # its last job here: what it left ends with it
             for slot in self.pool.slots:
@@ -404,7 +420,41 @@ class Agent:
         if not self.pool.is_live(slot):
             self.counters["dropped_messages"] += 1
             return
-        self.queue.finished(self.pool, slot, msg, time.monotonic(), self.session.outbox, self.outcomes)
+        now = time.monotonic()
+        unloadable = self.queue.finished(self.pool, slot, msg, now, self.session.outbox, self.outcomes)
+        if unloadable:
+            self._cannot_load(unloadable, now)
+
+    def _cannot_load(self, unloadable: list[tuple[QueuedTask, wire.Buffer]], now: float) -> None:
+        """The workers could not load a job's function: the node's failing, not its tasks',
+        so none of them counts as run or failed. The leader is told once per job, and the
+        job leaves this node: the leader queues the tasks it sent here again, for other
+        nodes. A leader of an earlier release gets each task's error, as it did."""
+        session = self.session
+        for task, body in unloadable:
+            if not session.takes_load_failures:
+                session.outbox.append((task.key, wire.ERROR, body))
+                self.outcomes["error"] += 1
+                continue
+            if task.job_id in self.refused or task.job_id not in self.queue.jobs:
+                continue  # told already (its other workers hit it too)
+            self.refused.add(task.job_id)
+            self.counters["jobs_refused"] += 1
+            error = payload.load_error(body)
+            message = error["message"].strip().splitlines()
+            trace = error["traceback"] if len(error["traceback"]) <= SHORT_TRACEBACK else ""
+            log.warning(
+                "job %s cannot run here: its function does not load: %s: %s",
+                task.job_id,
+                error["type"],
+                error["message"],
+            )
+            self._end_job(task.job_id, now, stop=False)
+            if session.leader is not None:
+                report = wire.LoadFailed(
+                    task.job_id, self.node_id, error["type"], message[0] if message else "", trace, session.max_epoch
+                )
+                loop.send(self.front, report, session.leader)
 
     def _on_task_output(self, slot: Slot, msg: wire.TaskOutput) -> None:
         """Passed on at once, so it goes before the task's result, which the worker sent

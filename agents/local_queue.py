@@ -146,15 +146,17 @@ class LocalQueue:
         now: float,
         outbox: list[Result],
         outcomes: collections.Counter[str],
-    ) -> None:
+    ) -> list[tuple[QueuedTask, wire.Buffer]]:
         """A live worker's results: they leave the worker and go to ``outbox`` (counted by
         outcome in ``outcomes``), and time their job. A task whose function the worker
-        evicted goes back to the head of the queue, to be sent with its function."""
+        evicted goes back to the head of the queue, to be sent with its function. Returned:
+        the tasks whose function the worker could not load, with its error record, for the
+        agent to report; they are neither run nor failed."""
         # Results that come back together share the time since the worker's last answer:
         # timing the first with all of it and the others with nothing would make a job
         # of 6 ms tasks look short every few batches.
         each = (now - slot.busy_since) / max(1, len(msg.items))
-        jobs, again = self.jobs, []
+        jobs, again, unloadable = self.jobs, [], []
         for (job_id, index, attempt, status), body in zip(msg.items, msg.frames):
             key = (job_id, index, attempt)
             task = pool.done(slot, key)
@@ -164,13 +166,18 @@ class LocalQueue:
             if job is not None:
                 job.note_service(each)
             slot.busy_since = now
-            if status == wire.NEED_FUNCTION:
-                slot.digests.clear()
-                again.append(task)
-                continue
+            if status >= wire.NEED_FUNCTION:  # one comparison for the usual results
+                if status == wire.NEED_FUNCTION:
+                    slot.digests.clear()
+                    again.append(task)
+                    continue
+                if status == wire.LOAD_FAILED:
+                    unloadable.append((task, body))
+                    continue
             outbox.append((key, status, body))
             outcomes[wire.OUTCOMES.get(status, "other")] += 1
         self.tasks.extendleft(reversed(again))
+        return unloadable
 
     # -------------------------------------------------------------------- policy
 

@@ -55,6 +55,7 @@ class CoordinatorSession:
         "leader",
         "takes_back",
         "takes_output",
+        "takes_load_failures",
         "max_epoch",
         "liveness",
         "interval",
@@ -75,6 +76,7 @@ class CoordinatorSession:
         self.leader: bytes | None = None  # routing id of the coordinator we work for
         self.takes_back = False  # the leader accepts ReturnTasks (its Hello says so)
         self.takes_output = False  # the leader accepts TaskOutput (its Hello says so)
+        self.takes_load_failures = False  # the leader accepts LoadFailed (its Hello says so)
         self.max_epoch = 0
         self.liveness = Liveness(interval, misses)
         self.interval = interval  # between heartbeats: the leader's once it says Hello, as it is the judge
@@ -116,7 +118,7 @@ class CoordinatorSession:
         if msg.epoch > self.max_epoch or self.leader != identity:
             log.info("coordinator %s (epoch %d) is the leader", msg.coordinator_id, msg.epoch)
         self.max_epoch, self.leader, self.takes_back = msg.epoch, identity, msg.takes_back
-        self.takes_output = msg.takes_output
+        self.takes_output, self.takes_load_failures = msg.takes_output, msg.takes_load_failures
         self.liveness = Liveness(msg.heartbeat_interval, self.misses)
         self.liveness.beat(identity, now)
         self._follow(msg.heartbeat_interval, now)

@@ -76,11 +76,12 @@ def items_of(msg: wire.Message) -> list[Item]:
 def run_task(functions: collections.OrderedDict, item: Item) -> tuple[int, wire.Buffer]:
     fmt = item.options.get("result_format", payload.RESULT_PICKLE)
     try:
-        if item.function[:1] == b"P":
-            _check_python(item.options.get("python"))
-        fn = _function(functions, item.digest, item.function)
-        if fn is None:
-            return wire.NEED_FUNCTION, b""
+        fn = _function(functions, item)
+    except BaseException as exc:  # whatever importing the module raised: the node's, not the task's
+        return wire.LOAD_FAILED if item.options.get(wire.LOAD_FAILURES) else wire.ERROR, payload.pack_error(exc, fmt)
+    if fn is None:
+        return wire.NEED_FUNCTION, b""
+    try:
         args, kwargs = payload.load_args(item.args)
         value = fn(*args, **kwargs)
         body = payload.pack_result(value, fmt)
@@ -105,15 +106,20 @@ def _check_python(python: object) -> None:
         )
 
 
-def _function(functions: collections.OrderedDict, digest: str, blob: wire.Buffer) -> Callable | None:
-    fn = functions.get(digest)
+def _function(functions: collections.OrderedDict, item: Item) -> Callable | None:
+    """The task's function: cached, or loaded from the blob that came with it; None when
+    neither. The only place a worker loads code: what fails here fails for the whole job."""
+    fn = functions.get(item.digest)
     if fn is not None:
-        functions.move_to_end(digest)
+        functions.move_to_end(item.digest)
         return fn
+    blob = item.function
     if not blob:
         return None
+    if blob[:1] == b"P":
+        _check_python(item.options.get("python"))
     fn = payload.load_function(blob)
-    functions[digest] = fn
+    functions[item.digest] = fn
     if len(functions) > FUNCTION_CACHE:
         functions.popitem(last=False)
     return fn

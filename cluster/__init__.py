@@ -6,6 +6,7 @@ The client side (this package) never imports the node side (``agents``).
 
 from cluster.client import jobs
 from cluster.client.executor import Executor, TaskFuture, TaskStopped
+from cluster.client.load_error import LoadError
 from cluster.contract.payload import PayloadTooLarge, TaskError, TaskTimeout, WorkerLost
 from cluster.contract.shipped import VersionMismatch
 from cluster.contract.version import __version__
@@ -13,6 +14,7 @@ from cluster.runtime.malloc import tune as tune_malloc
 
 __all__ = [
     "Executor",
+    "LoadError",
     "PayloadTooLarge",
     "TaskError",
     "TaskFuture",

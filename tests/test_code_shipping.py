@@ -366,11 +366,12 @@ def test_an_installed_distribution_of_another_version_on_the_node_fails_naming_b
     res = local_cluster.clusterctl(
         "submit", "mypkg:f", "--range", "0", "4", env={**local_cluster.env, "PYTHONPATH": f"{ROOT}:{old}"}
     )
-    assert res.returncode == 1
-    assert [json.loads(line)["error"] for line in res.stdout.splitlines()] == [mismatch] * 4
+    # The node cannot load the function: the job stops there, its tasks not run (issue 20).
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.strip().splitlines()[-1].endswith(f"mypkg:f — {mismatch} (on v2)")
     client = executor_client(tmp_path, "mypkg", "f")
     failed = run_client(local_cluster, client, env={"PYTHONPATH": f"{ROOT}:{old}"})
-    assert failed == {"error": mismatch, "mismatch": True}  # raised as cluster.VersionMismatch
+    assert failed == {"error": f"LoadError: {mismatch} (on v2)"}  # raised as cluster.LoadError
     # The same client code with the node's version runs: the version is all that failed it.
     assert run_client(local_cluster, client, env={"PYTHONPATH": f"{ROOT}:{new}"}) == {"results": ["2.0"] * 6}
 

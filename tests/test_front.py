@@ -177,3 +177,69 @@ def test_task_output_goes_to_a_client_that_asked_for_it_of_the_attempt_running_n
     w.tasks([0], job_id="k")
     ((index, attempt, _),) = [t for batch in w.scheduler.plan() for t in batch.tasks if batch.job.job_id == "k"]
     assert w.front.on_task_output("a1", wire.TaskOutput("k", index, attempt, "out", frames=(b"x\n",))) == ()
+
+
+def load_failed(node: str, job_id: str = "j") -> wire.LoadFailed:
+    return wire.LoadFailed(job_id, node, "ModuleNotFoundError", "No module named 'x'", "", 3)
+
+
+def test_a_node_that_cannot_load_a_function_is_told_to_drop_it_and_its_client_hears_once():
+    w = World()
+    record = agent_record("a2", endpoint="tcp://10.0.0.2:7000", workers=2, cores=2)
+    w.directory.on_member(MemberEvent("joined", "a2", record))
+    w.directory.peers["a2"].up = True
+    w.scheduler.agent_up("a2", 2, 4, [])
+    w.submit(takes_load_failures=True)
+    w.tasks(range(8))
+    w.scheduler.plan()
+    actions = w.front.on_load_failed("a1", load_failed("a1"), 1.0)
+    assert to_agents(actions) == [(wire.EndJob(3, "j"), [w.directory.route_to("a1")])]
+    told = [a.message for a in actions if isinstance(a, ToClient)]
+    assert told == [wire.LoadFailed("j", "a1", "ModuleNotFoundError", "No module named 'x'", "")]
+    # Said again (a late report, or one of another connection): the agent drops it again, the client hears nothing.
+    again = w.front.on_load_failed("a1", load_failed("a1"), 1.0)
+    assert not [a for a in again if isinstance(a, ToClient)] and "j" in w.scheduler.jobs
+    assert all(batch.node_id == "a2" for batch in w.scheduler.plan())
+
+
+def test_a_job_no_node_can_load_fails_at_once_with_every_nodes_error():
+    w = World()
+    w.submit(takes_load_failures=True)
+    w.tasks(range(8))
+    w.scheduler.plan()
+    actions = w.front.on_load_failed("a1", load_failed("a1"), 1.0)
+    (failed,) = [a.message for a in actions if isinstance(a, ToClient)]
+    assert failed.code == wire.JobFailure.LOAD_FAILED
+    assert failed.errors == [["a1", "ModuleNotFoundError", "No module named 'x'", ""]]
+    assert "No module named 'x' (on a1)" in failed.reason
+    assert w.scheduler.jobs == {} and w.scheduler.refusing == 0 and w.scheduler.queued == 0
+
+
+def test_a_registered_node_not_connected_yet_keeps_a_refused_job_waiting_for_it():
+    w = World()
+    record = agent_record("late", endpoint="tcp://10.0.0.3:7000", workers=2, cores=2)
+    w.directory.on_member(MemberEvent("joined", "late", record))  # registered; no Welcome yet
+    w.submit(takes_load_failures=True)
+    w.tasks(range(2))
+    w.scheduler.plan()
+    assert [a.message for a in w.front.on_load_failed("a1", load_failed("a1"), 1.0) if isinstance(a, ToClient)] == [
+        wire.LoadFailed("j", "a1", "ModuleNotFoundError", "No module named 'x'", "")
+    ]
+    assert w.front.tick(2.0) == []  # it may have the module
+    w.directory.on_member(MemberEvent("left", "late", None))
+    (failed,) = [a.message for a in w.front.tick(3.0) if isinstance(a, ToClient)]
+    assert failed.code == wire.JobFailure.LOAD_FAILED and w.scheduler.jobs == {}
+
+
+def test_a_client_of_an_earlier_release_gets_each_task_failed_with_the_load_error():
+    w = World()
+    w.submit()  # no takes_load_failures: it knows no LOAD_FAILED
+    w.tasks(range(3))
+    w.scheduler.plan()
+    assert not [a for a in w.front.on_load_failed("a1", load_failed("a1"), 1.0) if isinstance(a, ToClient)]
+    job = w.scheduler.jobs["j"]
+    assert [(i, s) for i, s, _ in job.outbox] == [(0, wire.ERROR), (1, wire.ERROR), (2, wire.ERROR)]
+    assert payload.load_error(job.outbox[0][2])["message"] == "No module named 'x' (on a1)"
+    w.tasks(range(3, 5), now=2.0)  # what it sends later fails at the next tick
+    w.front.tick(2.0)
+    assert [i for i, _, _ in job.outbox] == [0, 1, 2, 3, 4] and not job.tasks

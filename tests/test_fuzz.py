@@ -71,6 +71,32 @@ def test_task_output_with_any_fields_and_frames_decodes_or_is_rejected_cleanly(f
     assert isinstance(msg, wire.TaskOutput) and msg.stream in ("out", "err") and len(msg.frames) == 1
 
 
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.integers(-(2**63), 2**64 - 1),
+            st.text(max_size=8),
+            st.binary(max_size=8),
+            st.none(),
+            st.lists(
+                st.lists(st.one_of(st.text(max_size=4), st.integers(-(2**63), 2**63 - 1)), max_size=5), max_size=3
+            ),
+        ),
+        max_size=8,
+    ),
+    st.sampled_from([wire.LoadFailed.KIND, wire.JobFailed.KIND]),
+)
+def test_load_failures_with_any_fields_decode_or_are_rejected_cleanly(fields, kind):
+    """The kind above, aimed at LoadFailed and JobFailed's per-node errors: strings only."""
+    try:
+        msg = wire.decode([msgpack.packb([PROTOCOL_VERSION, kind, *fields])])
+    except wire.ProtocolError:
+        return
+    rows = [msg.row()] if isinstance(msg, wire.LoadFailed) else msg.errors
+    assert all(len(row) == 4 and all(type(v) is str for v in row) for row in rows)
+
+
 def garbage(rng: random.Random) -> list[bytes]:
     """A message that can never decode: each kind of malformation in turn."""
     choice = rng.randrange(5)

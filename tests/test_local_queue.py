@@ -177,12 +177,35 @@ def test_results_that_come_back_together_share_the_time_since_the_last_answer():
     outbox: list = []
     outcomes: collections.Counter = collections.Counter()
     items = [["j", 0, 1, wire.OK], ["j", 1, 1, wire.NEED_FUNCTION], ["j", 2, 1, wire.ERROR]]
-    q.finished(pool, slot, wire.TasksDone(items, frames=(b"r0", b"", b"e2")), 1.018, outbox, outcomes)
+    unloadable = q.finished(pool, slot, wire.TasksDone(items, frames=(b"r0", b"", b"e2")), 1.018, outbox, outcomes)
     assert q.jobs["j"].samples == 3 and abs(q.jobs["j"].service - 0.006) < 1e-9  # 18 ms over 3, not 18 + 0 + 0
     assert outbox == [(("j", 0, 1), wire.OK, b"r0"), (("j", 2, 1), wire.ERROR, b"e2")]
     assert outcomes == {"ok": 1, "error": 1}
     assert list(q.tasks) == [tasks[1]]  # its worker evicted the function: it goes again, first
     assert not slot.tasks and not slot.digests and slot.busy_since == 1.018
+    assert unloadable == []
+
+
+def test_a_task_whose_function_does_not_load_is_neither_run_nor_failed_but_handed_to_the_agent():
+    class Proc:
+        pid = 1
+
+        def poll(self):
+            return None
+
+    pool = WorkerPool(1, lambda index: Proc())
+    pool.converge(0.0)
+    pool.on_ready(0, 1)
+    slot = pool.slots[0]
+    q = queue(1)
+    job(q, pool.slots, "j")
+    task = QueuedTask("j", 0, 1, b"")
+    pool.assign(slot, 1, task, 1.0)
+    outbox: list = []
+    outcomes: collections.Counter = collections.Counter()
+    done = wire.TasksDone([["j", 0, 1, wire.LOAD_FAILED]], frames=(b"record",))
+    assert q.finished(pool, slot, done, 1.1, outbox, outcomes) == [(task, b"record")]
+    assert outbox == [] and not outcomes and not slot.tasks and not q.tasks
 
 
 def test_a_worker_takes_only_tasks_of_its_own_job_and_a_fresh_one_takes_any():

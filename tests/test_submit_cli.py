@@ -87,16 +87,18 @@ def test_usage_errors_exit_2_with_one_line(running_cluster, tmp_path):
         assert "Traceback" not in res.stderr and res.stderr.strip(), args
 
 
-def test_module_or_function_missing_on_workers_fails_each_task_clearly(running_cluster):
+def test_module_or_function_missing_on_workers_stops_the_job_with_one_clear_line(running_cluster):
     res = running_cluster.clusterctl("submit", "no_such_module_xyz:f", "--range", "0", "3")
-    assert res.returncode == 1
-    out = rows(res.stdout)
-    assert len(out) == 3
-    assert all(r["error"].startswith("ModuleNotFoundError") for r in out)
+    assert res.returncode == 2
+    assert res.stdout == ""  # no task ran, so none has a result
+    last = res.stderr.strip().splitlines()[-1]
+    assert "cannot start: no_such_module_xyz:f — ModuleNotFoundError: No module named 'no_such_module_xyz'" in last
     res = running_cluster.clusterctl("submit", "math:no_such_function", "--range", "0", "2")
-    assert res.returncode == 1
-    assert all(
-        r["error"] == "AttributeError: module 'math' has no function 'no_such_function'" for r in rows(res.stdout)
+    assert res.returncode == 2
+    assert (
+        res.stderr.strip()
+        .splitlines()[-1]
+        .endswith("AttributeError: module 'math' has no function 'no_such_function' (on a1, a2)")
     )
 
 

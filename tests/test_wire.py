@@ -23,7 +23,11 @@ SAMPLES = [
     wire.TaskResults("job1", [[0, wire.OK], [1, wire.ERROR]], frames=(b"r0", b"r1")),
     wire.CancelJob("job1"),
     wire.JobFailed("job1", "why"),
+    wire.JobFailed("job1", "why", wire.JobFailure.LOAD_FAILED, [["n1", "ImportError", "no x", "Traceback ..."]]),
+    wire.LoadFailed("job1", "n1", "AttributeError", "module 'math' has no function 'f'", "Traceback ...", 3),
+    wire.LoadFailed("job1", "n1", "ModuleNotFoundError", "No module named 'x'"),
     wire.Hello("c1", 2, 0.5),
+    wire.Hello("c1", 2, 0.5, True, True, True),
     wire.Welcome("n1", 2, 2, 4, [["job1", 3, 1]], False),
     wire.JobSpec(2, "job1", "d", {}, frames=(b"fn",)),
     wire.Dispatch(2, "job1", [[3, 1], [4, 1]], frames=(b"x", b"y")),
@@ -35,6 +39,7 @@ SAMPLES = [
     wire.RunTasks("job1", "d", {"timeout": 2}, [[3, 1, 17], [4, 1, 18]], frames=(b"fn", b"a3", b"a4")),
     wire.TasksDone([["job1", 3, 1, wire.OK], ["job1", 4, 1, wire.ERROR]], frames=(b"r3", b"e4")),
     wire.TaskDone("job1", 3, 1, wire.LOST, frames=(b"err",)),
+    wire.TasksDone([["job1", 3, 1, wire.LOAD_FAILED]], frames=(b"e3",)),
     wire.RelayBeat(2, ["n1", "n2"]),
     wire.RelayBeat(2, [], ["n3"]),
     wire.TaskOutput("job1", 3, 1, "out", frames=(b"a line\n",)),
@@ -79,6 +84,12 @@ def header(*fields):
         [header(wire.TaskOutput.KIND, "j", 1, 1, "out")],  # no data frame
         [header(wire.TaskOutput.KIND, "j", 1, 1, "out"), b"x", b"y"],  # two
         [header(wire.TaskOutput.KIND, "j", "1", 1, "out"), b"x"],  # index not an int
+        [header(wire.LoadFailed.KIND, "j", "n", "ImportError")],  # no message
+        [header(wire.LoadFailed.KIND, "j", "n", 5, "m")],  # type not a string
+        [header(wire.LoadFailed.KIND, "j", "n", "E", "m", "", "3")],  # epoch not an int
+        [header(wire.JobFailed.KIND, "j", "why", 6, [["n", "E", "m"]])],  # short error row
+        [header(wire.JobFailed.KIND, "j", "why", 6, [["n", "E", "m", 7]])],  # traceback not a string
+        [header(wire.JobFailed.KIND, "j", "why", 6, ["n"])],  # errors rows not lists
     ],
 )
 def test_malformed_is_a_protocol_error(frames):
@@ -90,6 +101,13 @@ def test_fields_a_newer_peer_appends_are_ignored():
     # A compatible change within a protocol version only appends fields.
     msg = wire.decode([header(wire.Heartbeat.KIND, "c1", 1, 3, 1.25, 7, "added later", [1, 2])])
     assert msg == wire.Heartbeat("c1", 1, 3, 1.25, 7)
+
+
+def test_the_load_failure_fields_are_optional_for_peers_of_earlier_releases():
+    # A coordinator of an earlier release says Hello without takes_load_failures, and fails a job
+    # with a reason alone: an agent then fails each task as before, a client reads the reason.
+    assert wire.decode([header(wire.Hello.KIND, "c1", 2, 0.5, True, True)]).takes_load_failures is False
+    assert wire.decode([header(wire.JobFailed.KIND, "j", "why", 1)]).errors == []
 
 
 def test_fields_with_defaults_may_be_missing_from_an_older_peer():

@@ -9,8 +9,13 @@ value per line. Output: one line per task on stdout (or --output FILE):
 A result JSON cannot carry comes as {"index": 2, "ok": true, "repr": "Decimal('1.5')"}.
 What a task wrote to its stdout or stderr comes in "stdout" and "stderr" fields (the
 first 64 KiB of each); --show-output also prints it live on stderr, prefixed [task N].
-Exit status: 0 all tasks succeeded, 1 some failed, 2 usage error or cluster unreachable,
-130 cancelled.
+Exit status: 0 all tasks succeeded, 1 some failed, 2 usage error, cluster unreachable or
+a function no node can load, 130 cancelled.
+
+A node that cannot load the function (its module is not installed there, the name is
+mistyped) runs none of its tasks: it is said once on stderr, and the other nodes run
+them. When no node can, the job stops at once with one line naming the nodes and the
+error (exit 2); no task counts as run.
 
 Ctrl-C cancels the tasks not started and feeds no more inputs; the running ones finish
 and their results are written (as the Executor's shutdown(cancel_futures=True)). A
@@ -35,7 +40,9 @@ from __future__ import annotations
 import ast
 import contextlib
 import dataclasses
+import io
 import json
+import math
 import os
 import queue
 import signal
@@ -53,6 +60,7 @@ import typer
 from cluster.cli import common, options
 from cluster.cli.task_output import TaskOutputs
 from cluster.client import bundle, code, holder, records
+from cluster.client.load_error import LoadError
 from cluster.client.session import ClusterClient, JobHandle
 from cluster.client.spool import Spool, SpoolError
 from cluster.contract import config, payload, wire
@@ -227,6 +235,9 @@ def _defines(node: ast.stmt, name: str) -> bool:
 
 
 def _range_inputs(start: int, stop: int, star: bool) -> Inputs:
+    if stop < start:
+        raise ValueError(f"--range {start} {stop}: B must not be less than A (the inputs are A..B-1)")
+
     def items() -> Iterator[tuple[int, wire.Buffer]]:
         for index, value in enumerate(range(start, stop)):
             yield index, payload.pack_args((value,))
@@ -236,17 +247,19 @@ def _range_inputs(start: int, stop: int, star: bool) -> Inputs:
 
 def _file_inputs(name: str, star: bool, shell: bool) -> Inputs:
     """Check every line before anything runs; stdin is spooled to a temporary
-    file on the way, so even a million lines cost disk, not memory."""
+    file on the way, so even a million lines cost disk, not memory. Bytes that are not
+    UTF-8 are read as surrogates (surrogateescape), so the line that has them is named."""
     if name == "-":
         spool = tempfile.TemporaryFile("w+", encoding="utf-8")
-        source: IO[str] = sys.stdin
+        source: IO[str] = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape")
     else:
         try:
-            source = spool = open(name, encoding="utf-8")
+            source = spool = open(name, encoding="utf-8", errors="surrogateescape")
         except OSError as exc:
             raise ValueError(f"cannot read --inputs {name}: {exc.strerror}") from None
     count = 0
     for lineno, line in enumerate(source, 1):
+        _check_utf8(line, lineno)
         if source is not spool:
             spool.write(line)
         if not line.strip():
@@ -276,6 +289,19 @@ def _file_inputs(name: str, star: bool, shell: bool) -> Inputs:
                 index += 1
 
     return Inputs(count, items())
+
+
+def _check_utf8(line: str, lineno: int) -> None:
+    """A line read with surrogateescape holds a lone surrogate for each byte that is not UTF-8."""
+    if line.isascii():
+        return
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        byte = ord(line[exc.start]) - 0xDC00
+        raise ValueError(
+            f"--inputs line {lineno}: not UTF-8 text (byte {byte:#04x} at character {exc.start + 1})"
+        ) from None
 
 
 # ----------------------------------------------------------------- detach
@@ -360,6 +386,7 @@ def _run(
         client.close()
         raise
     typer.echo(f"clusterctl: job {entry.id}: {source.count} tasks", err=True)
+    refusals = Refusals(label)
     # `clusterctl job cancel` from anywhere: as SIGTERM, everything stops now.
     entry.on_cancel(lambda: os.kill(os.getpid(), signal.SIGTERM))
     try:
@@ -376,6 +403,8 @@ def _run(
                 lambda i, s, b: results.put((i, s, b)),
                 bundles,
                 on_output=outputs.add,
+                on_refused=refusals.add,
+                on_failed=lambda _, error: results.put(error),
             )
         if job.workers == 0 and source.count:
             typer.echo(
@@ -387,9 +416,18 @@ def _run(
         feeder.start()
         bar = _Progress(source.count) if progress else None
 
+        def summary(cancelled: bool = False) -> None:
+            """The last thing drawn: the bar is closed first, so it is not drawn again after."""
+            if bar:
+                bar.close(writer.done, writer.failed, 0)
+            refusals.say(math.inf, bar)  # those still waiting: the job went on without those nodes
+            _summary(writer, source.count, started, cancelled)
+
         def collect(until: Callable[[], bool]) -> bool:
-            """Write results as they come until ``until()``; False when no agent joined in time."""
+            """Write results as they come until ``until()``; False when no agent joined in time.
+            Raises LoadError when no node can load the function."""
             while not until():
+                refusals.say(time.monotonic(), bar)
                 try:
                     item = results.get(timeout=0.2)
                 except queue.Empty:
@@ -398,6 +436,8 @@ def _run(
                     if writer.done == 0 and client.agents == 0 and time.monotonic() - started > wait_workers:
                         return False
                     continue
+                if isinstance(item, LoadError):
+                    raise item
                 writer.add(*item)
                 if bar and writer.done % 64 == 0:
                     bar.update(writer.done, writer.failed, len(job.running))
@@ -412,6 +452,12 @@ def _run(
                         err=True,
                     )
                     return common.EXIT_USAGE
+            except LoadError as error:
+                if bar:
+                    bar.close(writer.done, writer.failed, 0)
+                typer.echo(f"clusterctl: job {entry.id} cannot start: {label} — {error}", err=True)
+                outcome = "failed"
+                return common.EXIT_USAGE
             except _Terminated:
                 raise
             except KeyboardInterrupt:
@@ -427,16 +473,16 @@ def _run(
                         err=True,
                     )
                 collect(lambda: job.idle and results.empty())
-                _summary(writer, source.count, started, cancelled=True)
+                summary(cancelled=True)
                 return 130
-        except KeyboardInterrupt:  # a second Ctrl-C, or SIGTERM: stop everything now
-            _summary(writer, source.count, started, cancelled=True)
+        except (KeyboardInterrupt, LoadError):  # a second Ctrl-C, or SIGTERM: stop everything now
+            summary(cancelled=True)
             return 130
         finally:
             job.close()
             if bar:
                 bar.close(writer.done, writer.failed, 0)
-        _summary(writer, source.count, started)
+        summary()
         outcome = "failed" if writer.failed else "done"
         return common.EXIT_FAILED if writer.failed else common.EXIT_OK
     finally:
@@ -459,6 +505,8 @@ def _feed(job: JobHandle, source: Inputs, results: queue.SimpleQueue, feeding: t
             while not job.submit(index, args, timeout=0.2):
                 if job.closed or not feeding.is_set():
                     return
+        except LoadError:
+            return  # the job is over: the main thread says why
         except payload.PayloadTooLarge as exc:  # refused here, before sending: report it as this task's failure
             results.put((index, wire.ERROR, payload.failure("PayloadTooLarge", str(exc))))
         if not feeding.is_set():
@@ -539,15 +587,42 @@ def _summary(writer: Writer, total: int, started: float, cancelled: bool = False
     )
 
 
+class Refusals:
+    """Nodes that cannot load the function, said on stderr once each, after a moment: when
+    no node can, the one line that says so names them all, and nothing is said before it.
+    ``add`` runs on the client's IO thread, ``say`` on the main thread."""
+
+    WAIT = 1.0  # seconds a refusal waits to be said (the job's failure comes sooner)
+
+    def __init__(self, label: str):
+        self.label = label
+        self._waiting: queue.SimpleQueue[tuple[float, LoadError]] = queue.SimpleQueue()
+        self._due: list[tuple[float, LoadError]] = []
+
+    def add(self, error: LoadError) -> None:
+        self._waiting.put((time.monotonic(), error))
+
+    def say(self, now: float, bar: _Progress | None) -> None:
+        while not self._waiting.empty():
+            self._due.append(self._waiting.get())
+        while self._due and now - self._due[0][0] >= self.WAIT:
+            _, error = self._due.pop(0)
+            line = (
+                f"clusterctl: node {error.node} cannot load {self.label}: {error.error}; the other nodes run its tasks"
+            )
+            typer.echo(("\n" if bar and not bar.closed else "") + line, err=True)
+
+
 class _Progress:
     """A one-line bar on stderr, redrawn in place."""
 
     def __init__(self, total: int):
         self.total, self.started, self._last = total, time.monotonic(), 0.0
+        self.closed = False
 
     def update(self, done: int, failed: int, running: int, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._last < 0.1:
+        if self.closed or not force and now - self._last < 0.1:
             return
         self._last = now
         frac = done / self.total if self.total else 1.0
@@ -562,5 +637,9 @@ class _Progress:
         sys.stderr.flush()
 
     def close(self, done: int, failed: int, running: int) -> None:
+        """Drawn a last time, and never again (the summary goes after it)."""
+        if self.closed:
+            return
         self.update(done, failed, running, force=True)
+        self.closed = True
         sys.stderr.write("\n")

@@ -32,6 +32,12 @@ agent once, not once per task). A job with no task in flight stays open for its
 function's next task, but only the ``MAX_IDLE_JOBS`` most recently used do: an executor
 that lives for days and sees a new lambda per call must not grow the cluster's jobs
 without bound.
+
+A function no node can load (its module is not installed there, its name is mistyped)
+fails every call of it still pending with ``cluster.LoadError``; none of them ran. A node
+that cannot load it while others can is logged once, on the ``cluster.client`` logger: it
+happens on the client's IO thread, with no call of the user's to point a warning at, and
+unconfigured logging still prints a warning on stderr.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import itertools
+import logging
 import os
 import sys
 import threading
@@ -49,12 +56,15 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from cluster.client import bundle, code, records
+from cluster.client.load_error import LoadError
 from cluster.client.session import ClusterClient, JobHandle
 from cluster.contract import payload, wire
 
 FUNCTION_CACHE = 256
 MAX_IDLE_JOBS = 32
 EXIT_NOTICE_AFTER = 5.0  # seconds an exiting interpreter waits for calls before it says so
+
+log = logging.getLogger("cluster.client")
 
 
 class TaskStopped(Exception):
@@ -202,6 +212,8 @@ class Executor(cf.Executor):
             self._futures[index] = future
             try:
                 job.submit_nowait(index, packed)
+            except LoadError as exc:  # its job failed since _job_for: the call fails like the others
+                self._fail(future, exc)
             except BaseException:  # refused (too large): no future is left pending
                 self._futures.pop(index, None)
                 raise
@@ -322,10 +334,17 @@ class Executor(cf.Executor):
         with self._lock:
             blob, digest = self._packing(fn)
             job = self._jobs.get(digest)
-            if job is None:
+            if job is None or job.load_error is not None:  # a failed one is tried again: nodes change
                 self._close_idle_jobs()
                 job = self._client.open_job(
-                    blob, self._options, self._on_result, self._bundles, self._on_started, self._on_output
+                    blob,
+                    self._options,
+                    self._on_result,
+                    self._bundles,
+                    self._on_started,
+                    self._on_output,
+                    self._on_refused,
+                    self._on_failed,
                 )
                 self._jobs[digest] = job
             self._jobs.move_to_end(digest)
@@ -388,6 +407,30 @@ class Executor(cf.Executor):
             if future._written is None:  # most calls write nothing: no buffers for them
                 future._written = {"out": bytearray(), "err": bytearray()}
             future._written[stream] += data
+
+    def _on_refused(self, error: LoadError) -> None:
+        """Runs on the client's IO thread: a node cannot load a function, others can."""
+        log.warning(
+            "cluster.Executor: a function does not load on %s: %s; its calls run on the other nodes",
+            error.node,
+            error.error,
+        )
+
+    def _on_failed(self, job: JobHandle, error: LoadError) -> None:
+        """Runs on the client's IO thread: no node can load the job's function. Every call
+        of it still pending fails with the error; the next call of it opens a new job."""
+        for future in [f for f in list(self._futures.values()) if f._job is job]:
+            self._fail(future, error)
+
+    def _fail(self, future: TaskFuture, error: LoadError) -> None:
+        if self._futures.pop(future._index, None) is None:
+            return  # cancelled or stopped by the user, or failed already
+        self._done += 1
+        self._failed += 1
+        try:
+            future.set_exception(LoadError(error.errors))  # one each: a raised exception gathers its traceback
+        except cf.InvalidStateError:
+            pass
 
     def _on_result(self, index: int, status: int, body: wire.Buffer) -> None:
         """Runs on the client's IO thread, like a process pool's result thread."""

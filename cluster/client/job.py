@@ -8,7 +8,9 @@ the client, and go as results free room (the Executor's, as a process pool's sub
 never blocks either). The session's IO thread (session.py) takes new tasks, keeps them
 in ``outstanding`` until their results arrive, and hands each result to ``on_result``
 once, news that a worker started a task to ``on_started``, and what a task wrote to
-its stdout or stderr to ``on_output``, always before its result.
+its stdout or stderr to ``on_output``, always before its result. A node that cannot load
+the job's function goes to ``on_refused`` (once per node; the job goes on elsewhere);
+a job that no node can load ends, and goes to ``on_failed``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from cluster.client.load_error import LoadError
 from cluster.contract import payload, wire
 
 if TYPE_CHECKING:
@@ -29,6 +32,8 @@ BATCH = 256  # tasks per SubmitTasks message, at most
 ResultCallback = Callable[[int, int, wire.Buffer], None]  # (index, status, payload)
 StartedCallback = Callable[[int], None]  # (index): a worker started that task
 OutputCallback = Callable[[int, str, wire.Buffer], None]  # (index, "out" or "err", bytes the task wrote)
+RefusedCallback = Callable[[LoadError], None]  # a node cannot load the function (one node's error)
+FailedCallback = Callable[["JobHandle", LoadError], None]  # no node can: the job is over
 
 
 class Window:
@@ -73,6 +78,8 @@ class JobHandle:
         bundles: Sequence[Bundle] = (),
         on_started: StartedCallback | None = None,
         on_output: OutputCallback | None = None,
+        on_refused: RefusedCallback | None = None,
+        on_failed: FailedCallback | None = None,
     ):
         self._post = post  # to the session's IO thread, which owns the socket
         self.job_id = uuid.uuid4().hex
@@ -83,15 +90,20 @@ class JobHandle:
         self.options = dict(options, bundles=[b.digest for b in self.bundles]) if self.bundles else options
         if on_output is not None:  # the coordinator forwards tasks' output only to clients that ask
             self.options = dict(self.options, output=True)
+        if on_failed is not None:  # without it, a job no node can load fails task by task, as before
+            self.options = dict(self.options, **{wire.TAKES_LOAD_FAILURES: True})
         self.bundles_resent = False  # after the coordinator said it had lost them (see ClusterClient)
         self.on_result = on_result
         self.on_started = on_started
         self.on_output = on_output
+        self.on_refused = on_refused
+        self.on_failed = on_failed
         self.window = options.get("window", 10_000)
         self.accepted = threading.Event()
         self.workers = 0
         self.max_payload = 0  # from JobAccepted
         self.failure: str | None = None
+        self.load_error: LoadError | None = None  # no node can load its function: the job is over
         self._room = Window(self.window)
         self._lock = threading.Lock()
         self._new: collections.deque[tuple[int, wire.Buffer]] = collections.deque()
@@ -119,7 +131,7 @@ class JobHandle:
         behind those already there. Raises PayloadTooLarge as ``submit`` does."""
         self._check(index, args)
         if self.closed:
-            raise RuntimeError("job is closed")
+            raise self.load_error or RuntimeError("job is closed")
         with self._lock:
             if not self._backlog and self._room.take(0):
                 self._hand_over(index, args)
@@ -202,6 +214,16 @@ class JobHandle:
             self.on_result(index, status, body)
         if delivered:
             self._release(delivered)
+
+    def _cannot_load(self, error: LoadError) -> None:
+        """No node can load the function: the coordinator has ended the job. No task of it
+        will have a result; new ones are refused with ``error``."""
+        self.load_error, self.closed = error, True
+        self._unqueue_all()
+        self.outstanding.clear()
+        self.running.clear()
+        if self.on_failed is not None:
+            self.on_failed(self, error)
 
     def _output(self, index: int, stream: str, data: wire.Buffer) -> None:
         if self.on_output is not None and index in self.outstanding:

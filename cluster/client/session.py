@@ -22,7 +22,17 @@ import zmq
 from kazoo.client import KazooClient
 from kazoo.handlers.threading import KazooTimeoutError
 
-from cluster.client.job import BATCH, JobHandle, OutputCallback, ResultCallback, StartedCallback, Window
+from cluster.client.job import (
+    BATCH,
+    FailedCallback,
+    JobHandle,
+    OutputCallback,
+    RefusedCallback,
+    ResultCallback,
+    StartedCallback,
+    Window,
+)
+from cluster.client.load_error import LoadError
 from cluster.contract import layout, security, wire
 from cluster.contract.layout import LeaderRecord
 from cluster.runtime import loop
@@ -82,6 +92,7 @@ class ClusterClient:
             wire.TaskOutput: self._on_task_output,
             wire.JobAccepted: self._on_job_accepted,
             wire.JobFailed: self._on_job_failed,
+            wire.LoadFailed: self._on_load_failed,
             wire.Refused: self._on_refused,
         }
         self._thread = threading.Thread(target=self._run, name="cluster-client", daemon=True)
@@ -124,13 +135,19 @@ class ClusterClient:
         bundles: Sequence[Bundle] = (),
         on_started: StartedCallback | None = None,
         on_output: OutputCallback | None = None,
+        on_refused: RefusedCallback | None = None,
+        on_failed: FailedCallback | None = None,
     ) -> JobHandle:
         """``bundles`` (cluster/client/bundle.py) go to the leader before the job, each once.
         ``on_started(index)``: a worker started that task (coordinators of earlier releases
         do not say; then a task's result is the first news of it). ``on_output(index,
         stream, data)``: the task wrote ``data`` to its stdout ("out") or stderr ("err");
-        all of it comes before the task's result. All run on the IO thread."""
-        job = JobHandle(self._post, function, options, on_result, bundles, on_started, on_output)
+        all of it comes before the task's result. ``on_refused(error)``: a node cannot load
+        the function (once per node; the others run the tasks; without it, logged);
+        ``on_failed(job, error)``: no node can, and the job is over (without it, each task
+        fails with the error instead, as for clients of earlier releases). All run on the
+        IO thread."""
+        job = JobHandle(self._post, function, options, on_result, bundles, on_started, on_output, on_refused, on_failed)
         self._post(("open", job))
         if not job.accepted.wait(self.connect_timeout):
             raise ClusterUnavailable(
@@ -337,7 +354,10 @@ class ClusterClient:
         job = self.jobs.get(msg.job_id)
         if job is None:
             return
-        if msg.code == wire.JobFailure.UNKNOWN_JOB:
+        if msg.code == wire.JobFailure.LOAD_FAILED and job.accepted.is_set():
+            self.jobs.pop(msg.job_id)  # the coordinator has ended it: nothing to resubmit
+            job._cannot_load(LoadError.from_rows(msg.errors or [["", "LoadError", msg.reason, ""]]))
+        elif msg.code == wire.JobFailure.UNKNOWN_JOB:
             self._resubmit(job)  # the coordinator restarted under the same address
         elif msg.code == wire.JobFailure.MISSING_BUNDLE and not job.bundles_resent:
             # It keeps a bundle only a while after its last job ended, and loses all when it
@@ -348,6 +368,16 @@ class ClusterClient:
         else:
             job.failure = f"the coordinator refused job {msg.job_id}: {msg.reason}"
             job.accepted.set()
+
+    def _on_load_failed(self, msg: wire.LoadFailed) -> None:
+        job = self.jobs.get(msg.job_id)
+        if job is None:
+            return
+        error = LoadError.from_rows([msg.row()])
+        if job.on_refused is None:
+            log.warning("job %s: %s; its tasks run on the other nodes", msg.job_id, error)
+        else:
+            job.on_refused(error)
 
     def _on_refused(self, msg: wire.Refused) -> None:
         if msg.code == wire.Refusal.PROTOCOL_VERSION:

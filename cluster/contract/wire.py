@@ -30,7 +30,16 @@ ERROR = 1  # the function raised; payload is an error record
 LOST = 2  # the worker died running it; payload is an error record
 CANCELLED = 3  # the job was cancelled before the task finished
 NEED_FUNCTION = 4  # worker-internal: the function blob was not cached
-STATUSES = frozenset({OK, ERROR, LOST, CANCELLED, NEED_FUNCTION})
+# Worker to agent only: the job's function could not be loaded (an error record with no
+# pickled exception, which the agent reads). It is the node's and the job's, not the task's:
+# the agent reports it once with a LoadFailed and the task runs elsewhere. A worker answers
+# so only to an agent that says it knows (options[LOAD_FAILURES]).
+LOAD_FAILED = 5
+LOAD_FAILURES = "load_failures"  # the option an agent sets on the tasks it gives its workers
+# The SubmitJob option of a client that reads JobFailure.LOAD_FAILED. To a client without
+# it, a job no node can load fails task by task, as it did before there was the code.
+TAKES_LOAD_FAILURES = "takes_load_failures"
+STATUSES = frozenset({OK, ERROR, LOST, CANCELLED, NEED_FUNCTION, LOAD_FAILED})
 OUTCOMES = {OK: "ok", ERROR: "error", LOST: "lost"}  # names for logs and metrics
 
 
@@ -53,6 +62,7 @@ class JobFailure(enum.IntEnum):
     WINDOW_EXCEEDED = 3  # the client sent more tasks than the job's window
     PYTHON_VERSION = 4  # its code was serialized by a Python no registered agent runs (options["python"])
     MISSING_BUNDLE = 5  # options["bundles"] names a bundle the coordinator does not hold: send it first
+    LOAD_FAILED = 6  # no node that could run it can load its function (``JobFailed.errors`` says why, by node)
 
 
 # ---------------------------------------------------------------- any channel
@@ -199,6 +209,41 @@ class JobFailed(Message):
     job_id: str
     reason: str
     code: int = JobFailure.UNSPECIFIED
+    # LOAD_FAILED: [[node, exception type, message, traceback], ...] (appended: clients of
+    # earlier releases read the reason alone)
+    errors: list[list[str]] = dataclasses.field(default_factory=list)
+
+    def validate(self) -> None:
+        check_load_errors(self.errors, "JobFailed.errors")
+
+
+def check_load_errors(rows: list[Any], what: str) -> None:
+    check_rows(rows, 4, what)
+    if not all(type(v) is str for row in rows for v in row):
+        raise ProtocolError(f"{what}: each item must be [node, type, message, traceback]")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadFailed(Message):
+    """A node cannot load a job's function: ``error`` is the exception's type, ``message``
+    its first line, ``traceback`` the whole when short (else ""). Agent to coordinator,
+    with its epoch, once per job: the agent has dropped the job's tasks and takes no more
+    of them; the coordinator queues them again for other nodes and answers with EndJob.
+    Coordinator to the job's client (epoch 0), once per node: the job goes on elsewhere,
+    or fails with JobFailure.LOAD_FAILED when no node is left. A peer of an earlier
+    release drops it as an unknown kind (an agent sends it only to a coordinator whose
+    Hello says ``takes_load_failures``)."""
+
+    KIND = 39
+    job_id: str
+    node: str
+    error: str
+    message: str
+    traceback: str = ""
+    epoch: int = 0
+
+    def row(self) -> list[str]:
+        return [self.node, self.error, self.message, self.traceback]
 
 
 def check_digests(digests: object, what: str) -> None:
@@ -233,8 +278,8 @@ class Bundle(Message):
 @dataclasses.dataclass(frozen=True)
 class Hello(Message):
     """A coordinator introduces itself to an agent. ``takes_back``: it accepts
-    ReturnTasks; ``takes_output``: it accepts TaskOutput (older coordinators do not know
-    these messages)."""
+    ReturnTasks; ``takes_output``: it accepts TaskOutput; ``takes_load_failures``: it
+    accepts LoadFailed (older coordinators do not know these messages)."""
 
     KIND = 20
     coordinator_id: str
@@ -242,6 +287,7 @@ class Hello(Message):
     heartbeat_interval: float
     takes_back: bool = False
     takes_output: bool = False
+    takes_load_failures: bool = False
 
     def validate(self) -> None:
         if not 0.01 <= self.heartbeat_interval <= 60:

@@ -343,7 +343,14 @@ class AgentDirectory:
                     relayed[peer.via].append(peer)
             for relay_id, peers in relayed.items():  # a relay connects to an agent before it can pass a Hello on
                 out.append(self._tell_relay(relay_id, connect=peers))
-            hello = wire.Hello(self.coordinator_id, self.epoch, self.beats.interval, takes_back=True, takes_output=True)
+            hello = wire.Hello(
+                self.coordinator_id,
+                self.epoch,
+                self.beats.interval,
+                takes_back=True,
+                takes_output=True,
+                takes_load_failures=True,
+            )
             out.append(ToAgents(hello.encode(), [peer.route for peer in due]))
             for peer in due:
                 peer.next_hello = now + HELLO_RETRY

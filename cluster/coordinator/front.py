@@ -4,7 +4,9 @@ clock: each request takes ``now`` and returns the replies to send.
 A job is accepted with a window (the most tasks it may have without a result) and a
 payload limit; tasks beyond the window or larger than the limit are refused; a job whose
 client stops beating for ``client_timeout`` is cancelled, and its agents told to drop it.
-Tasks' output goes straight to their client, ahead of their results.
+Tasks' output goes straight to their client, ahead of their results. A node that cannot
+load a job's function refuses it: the client is told once per node, and the job fails
+when no node that could run it is left (``on_load_failed``).
 The tasks themselves are the scheduler's. Shipped directories (``Bundles``) come before
 the jobs that name them and are kept while a job needs them.
 """
@@ -23,7 +25,7 @@ from cluster.coordinator.actions import Action, ToAgents, ToClient
 from cluster.coordinator.directory import AgentDirectory
 from cluster.coordinator.pythons import minor
 from cluster.coordinator.rate import Throughput
-from cluster.coordinator.scheduler import Scheduler
+from cluster.coordinator.scheduler import Job, Scheduler
 
 log = logging.getLogger("cluster.coordinator")
 
@@ -180,10 +182,59 @@ class ClientFront:
             return NOTHING
         return [ToClient(msg, job.client)]
 
+    # --------------------------------------------------------- load failures
+
+    def on_load_failed(self, node_id: str, msg: wire.LoadFailed, now: float) -> Sequence[Action]:
+        """An agent cannot load a job's function and has dropped the job: its EndJob says
+        that nothing more of the job comes to it. The tasks it held run elsewhere; the
+        client hears of each node once, and the job fails when no node is left to run it."""
+        route = self.directory.route_to(node_id)
+        out: list[Action] = [ToAgents(wire.EndJob(self.directory.epoch, msg.job_id).encode(), [route])] if route else []
+        refusal = wire.LoadFailed(msg.job_id, node_id, msg.error, msg.message, msg.traceback)
+        job = self.scheduler.jobs.get(msg.job_id)
+        if job is None or not self.scheduler.refuse(node_id, msg.job_id, refusal.row()):
+            return out
+        log.warning("job %s: agent %s cannot load its function: %s: %s", msg.job_id, node_id, msg.error, msg.message)
+        if self._loadable_somewhere(job):
+            return [*out, ToClient(refusal, job.client)]
+        return [*out, *self._fail_unloadable(job, now)]
+
+    def _loadable_somewhere(self, job: Job) -> bool:
+        """Whether a node that has not refused the job may still run it: a registered agent
+        (connected or not yet) on the job's Python, that is not draining. A node that joins
+        later is tried too, while the job is open."""
+        agents, records = self.scheduler.agents, self.directory.records
+        for node_id in records.keys() | agents.keys():
+            if node_id in job.refused:
+                continue
+            slot, record = agents.get(node_id), records.get(node_id)
+            if slot is not None and slot.draining:
+                continue
+            python = minor(record.python) if record is not None else slot.python if slot is not None else ""
+            if not (job.python and python and python != job.python):
+                return True
+        return False
+
+    def _fail_unloadable(self, job: Job, now: float) -> Sequence[Action]:
+        errors = list(job.refused.values())
+        _, kind, message, _ = errors[0]
+        nodes = ", ".join(sorted(job.refused))
+        if not job.options.get(wire.TAKES_LOAD_FAILURES):
+            # A client of an earlier release: each task fails with the error, as it did; those
+            # it sends later fail at the next tick. The job stays open until the client ends it.
+            self.scheduler.fail_tasks(job, payload.failure(kind, f"{message} (on {nodes})"))
+            return NOTHING
+        reason = f"no node can load its function: {kind}: {message} (on {nodes})"
+        log.warning("job %s failed: %s", job.job_id, reason)
+        self.counters["jobs_unloadable"] += 1
+        failed = wire.JobFailed(job.job_id, reason, wire.JobFailure.LOAD_FAILED, errors)
+        return [ToClient(failed, job.client), *self.end_job(job.job_id, now)]
+
     # ----------------------------------------------------------------- timers
 
     def tick(self, now: float) -> Sequence[Action]:
-        """Sample the delivery rate, and cancel the jobs of clients silent for too long."""
+        """Sample the delivery rate, cancel the jobs of clients silent for too long, and
+        fail the jobs that every node left has refused (the others left or drain)."""
         self.throughput.sample(now, self.scheduler.counters["delivered"])
         self.bundles.expire(now)
         cutoff = now - self.client_timeout
@@ -192,6 +243,9 @@ class ClientFront:
             log.warning("job %s: client silent for %.0f s; cancelling it", job.job_id, self.client_timeout)
             self.counters["clients_timed_out"] += 1
             out += self.end_job(job.job_id, now)
+        if self.scheduler.refusing:
+            for job in [j for j in self.scheduler.jobs.values() if j.refused and not self._loadable_somewhere(j)]:
+                out += self._fail_unloadable(job, now)
         return out
 
     # --------------------------------------------------------------- results

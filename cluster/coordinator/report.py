@@ -87,10 +87,11 @@ def status(c: Source, now: float) -> dict[str, Any]:
     }
 
 
-def job_progress(jobs: Iterable[Job]) -> dict[str, dict[str, int]]:
+def job_progress(jobs: Iterable[Job]) -> dict[str, dict[str, Any]]:
     """By job id (the record's, clusterctl jobs): its results delivered by this leader,
-    failed ones, and tasks without a result yet; an Executor's functions add up."""
-    progress: dict[str, dict[str, int]] = {}
+    failed ones, and tasks without a result yet; an Executor's functions add up. A job
+    that some node cannot load has ``refused``: by node, the error its function raised there."""
+    progress: dict[str, dict[str, Any]] = {}
     for job in jobs:
         record = job.options.get("record")
         if type(record) is not int:
@@ -99,6 +100,8 @@ def job_progress(jobs: Iterable[Job]) -> dict[str, dict[str, int]]:
         p["done"] += job.done
         p["failed"] += job.failed
         p["outstanding"] += len(job.tasks)
+        for node, kind, message, _ in job.refused.values():
+            p.setdefault("refused", {})[node] = f"{kind}: {message}"
     return progress
 
 

@@ -11,6 +11,10 @@ A job whose code was serialized by value (``options["python"]``, the Executor's)
 only to agents on that Python minor version (or of a release that does not say which).
 While every connected agent runs the Python of every such job, planning checks nothing;
 only a mixed fleet pays, a little per planning round.
+
+A node whose workers cannot load a job's function refuses the job (``refuse``): what it
+held of it is queued again, counting as neither run nor failed, and no more of it goes
+there. Planning looks at refusals only while some open job has one.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ class Job:
     failed: int = 0
     last_seen: float = 0.0
     python: str = ""  # the Python minor version its code loads on ("3.11"); "" for code that runs anywhere
+    # Nodes that cannot load its function: node -> [node, exception type, message, traceback]
+    refused: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -69,7 +75,7 @@ class AgentSlot:
     python: str = ""  # its Python minor version ("3.12"); "" for an agent of a release that does not say
 
     def runs(self, job: Job) -> bool:
-        return not (job.python and self.python and job.python != self.python)
+        return not (job.python and self.python and job.python != self.python) and self.node_id not in job.refused
 
     @property
     def free(self) -> int:
@@ -112,6 +118,7 @@ class Scheduler:
         self.max_node_losses = max_node_losses
         self._rotation: collections.deque[str] = collections.deque()  # jobs, for round-robin
         self.queued = 0
+        self.refusing = 0  # open jobs some node refused: while none, planning does not look
         self.counters: collections.Counter[str] = collections.Counter()
         self.outcomes: collections.Counter[str] = collections.Counter()  # delivered tasks by outcome
         # Time comes from the caller (the loop gives time.monotonic); the default keeps tests clock-free.
@@ -188,6 +195,7 @@ class Scheduler:
         if job is None:
             return []
         self.pythons.job(job.python, -1)
+        self.refusing -= bool(job.refused)
         self.queued -= sum(1 for task in job.tasks.values() if task.queued)
         nodes = [n for n, a in self.agents.items() if job_id in a.jobs]
         for agent in self.agents.values():
@@ -319,6 +327,40 @@ class Scheduler:
         self.counters["returned"] += 1
         return True
 
+    def refuse(self, node_id: str, job_id: str, error: list[str]) -> bool:
+        """The node cannot load the job's function (``error``: [node, type, message,
+        traceback]). What it held of the job is queued again at the front, costing no retry,
+        and no more of the job goes there. Returns whether this is news: the node's first
+        refusal of an open job."""
+        slot = self.agents.get(node_id)
+        held: list[TaskKey] = []
+        if slot is not None:
+            slot.jobs.discard(job_id)
+            held = sorted((key for key in slot.in_flight if key[0] == job_id), reverse=True)
+            slot.in_flight.difference_update(held)
+            self._open[node_id] = None
+        job = self.jobs.get(job_id)
+        if job is None:
+            return False
+        for _, index, attempt in held:  # each goes to the front: the lowest index ends first
+            task = job.tasks.get(index)
+            if task is not None and task.node == node_id and task.attempt == attempt and not task.queued:
+                task.node = None
+                self._enqueue(job, index, task, front=True)
+                self.counters["requeued_unloadable"] += 1
+        if node_id in job.refused:
+            return False
+        self.refusing += not job.refused
+        job.refused[node_id] = error
+        return True
+
+    def fail_tasks(self, job: Job, frame: wire.Buffer) -> int:
+        """Deliver every task of the job not done yet as failed with ``frame``; returns how many."""
+        indices = list(job.tasks)
+        for index in indices:
+            self._deliver(job, index, wire.ERROR, frame)
+        return len(indices)
+
     def _enqueue(self, job: Job, index: int, task: Task, front: bool = False) -> None:
         (job.queue.appendleft if front else job.queue.append)(index)
         task.queued = True
@@ -391,6 +433,8 @@ class Scheduler:
                     continue  # its queue is still half full: top it up later, in one batch
                 if runnable is not None:
                     limit = min(limit, runnable.get(slot.python, limit))
+                if self.refusing:  # nor tasks of jobs it refused
+                    limit = min(limit, sum(len(j.queue) for j in self.jobs.values() if node_id not in j.refused))
                 take = min(max(0, limit), budget)
                 if take:
                     grants[node_id] = have + take
@@ -416,7 +460,7 @@ class Scheduler:
             if job is None:
                 self._rotation.remove(job_id)
                 continue
-            if self.pythons.mixed and not slot.runs(job):
+            if (self.pythons.mixed or self.refusing) and not slot.runs(job):
                 misses += 1
                 continue
             tasks = self._take(job, slot.node_id, min(count, self.max_batch), now)

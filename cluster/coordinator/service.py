@@ -83,6 +83,7 @@ class Coordinator:
             wire.Refused: a.on_refused,
             wire.ForgetBundles: self._on_forget_bundles,
             wire.TaskOutput: self._on_task_output,
+            wire.LoadFailed: self._on_load_failed,
         }
         self.event_handlers: dict[str, Callable[[Any], None]] = {
             STOP: self._on_stop,
@@ -307,6 +308,9 @@ class Coordinator:
 
     def _on_task_output(self, peer: AgentPeer, msg: wire.TaskOutput, now: float) -> None:
         self._apply(self.front.on_task_output(peer.node_id, msg))
+
+    def _on_load_failed(self, peer: AgentPeer, msg: wire.LoadFailed, now: float) -> None:
+        self._apply(self.front.on_load_failed(peer.node_id, msg, now))
 
     def _send_bundles(self, node_id: str, job: Job, route: loop.Route) -> bool:
         """Send the job's bundles the agent was not sent over this connection (before its JobSpec)."""
