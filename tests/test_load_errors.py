@@ -88,6 +88,23 @@ def test_a_mistyped_function_stops_its_job_at_once_with_one_line_and_runs_nothin
     state = running_cluster.status()
     assert (state["delivered"], state["outcomes"]) == before  # no task counted as run, nor failed
     assert state["counters"]["jobs_unloadable"] == 1 and state["jobs"] == 0
+    record = json.loads(running_cluster.clusterctl("job", "status", job, "--json").stdout)
+    assert (record["state"], record["done"]) == ("failed", 0) and "AttributeError" in record["error"]
+
+
+def test_a_detached_job_no_node_can_load_ends_at_once_and_wait_says_why(running_cluster, tmp_path):
+    before = delivered(running_cluster)
+    res = running_cluster.clusterctl(
+        "submit", "math:nosuch", "--range", "0", "100000", "--detach", "--spool", str(tmp_path)
+    )
+    assert res.returncode == 0, res.stderr
+    number = res.stdout.strip()
+    waited = running_cluster.clusterctl("job", "wait", number, "--json")
+    assert waited.returncode == 2, waited.stderr  # as submit's
+    record = json.loads(waited.stdout)
+    assert (record["state"], record["done"], record["failed"]) == ("failed", 0, 0)
+    assert record["error"].startswith("cannot start: AttributeError: module 'math' has no function 'nosuch'")
+    assert delivered(running_cluster) == before
 
 
 def test_the_executor_fails_every_pending_call_with_the_load_error(running_cluster, tmp_path):

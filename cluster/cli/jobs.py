@@ -166,9 +166,12 @@ def wait(
             sys.stderr.write("\n")
     if as_json:
         common.print_json(final)
+    elif final.get("error"):
+        typer.echo(f"clusterctl: job {number} {final['state']}: {final['error']}", err=True)
     else:
         typer.echo(f"job {number} {final['state']}: {final['done']} of {final['total']} done, {final['failed']} failed")
-    raise typer.Exit(EXIT_STATUS[final["state"]])
+    # As submit: a job that could not start at all is exit 2.
+    raise typer.Exit(common.EXIT_USAGE if final.get("error") else EXIT_STATUS[final["state"]])
 
 
 @app.command("cancel")

@@ -379,6 +379,7 @@ def _run(
         client = ClusterClient(cfg.zk, cfg.cluster, connect_timeout=connect_timeout, keys=cfg.keys, zk_auth=cfg.zk_auth)
     writer = Writer(out, ordered, outputs)
     outcome = "cancelled"  # how the job ended, for its record: until it is known otherwise
+    why = ""  # why it failed as a whole
     try:
         with common.clear_errors():
             entry = records.open_job(client.zk, cfg.cluster, label, source.count, keys_dir=cfg.keys)
@@ -456,7 +457,7 @@ def _run(
                 if bar:
                     bar.close(writer.done, writer.failed, 0)
                 typer.echo(f"clusterctl: job {entry.id} cannot start: {label} — {error}", err=True)
-                outcome = "failed"
+                outcome, why = "failed", f"cannot start: {error}"
                 return common.EXIT_USAGE
             except _Terminated:
                 raise
@@ -486,7 +487,7 @@ def _run(
         outcome = "failed" if writer.failed else "done"
         return common.EXIT_FAILED if writer.failed else common.EXIT_OK
     finally:
-        entry.finish(outcome, total=source.count, done=writer.done, failed=writer.failed)
+        entry.finish(outcome, total=source.count, done=writer.done, failed=writer.failed, error=why)
         client.close()
 
 

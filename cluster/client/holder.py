@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from cluster.client import records, spool_service
+from cluster.client.load_error import LoadError
 from cluster.client.session import ClusterClient, JobHandle
 from cluster.client.spool import Spool, SpoolError
 from cluster.client.spool_reader import SpoolServer
@@ -149,6 +150,7 @@ def _run(client: ClusterClient, spool: Spool, entry: records.JobEntry, meta: dic
         lambda i, s, b: results.put((i, s, b)),
         bundles=spool.bundles(),
         on_output=lambda i, stream, data: results.put((i, stream, data)),
+        on_failed=lambda _, error: results.put((-1, error, b"")),
     )
     total = spool.count
     done, failed = spool.counts()
@@ -158,10 +160,13 @@ def _run(client: ClusterClient, spool: Spool, entry: records.JobEntry, meta: dic
     rows: list[tuple[int, int, bytes]] = []
     written: list[tuple[int, str, bytes]] = []  # tasks' output: it came before their results
     flushed = time.monotonic()
-    while done < total and not cancelled.is_set() and not stopping.is_set():
+    error: LoadError | None = None  # no node can load the function: the job is over
+    while done < total and not cancelled.is_set() and not stopping.is_set() and error is None:
         try:
             index, kind, body = results.get(timeout=FLUSH_EVERY)
-            if isinstance(kind, str):
+            if isinstance(kind, LoadError):
+                error = kind
+            elif isinstance(kind, str):
                 written.append((index, kind, bytes(body)))
             else:
                 rows.append((index, kind, bytes(body)))
@@ -179,16 +184,17 @@ def _run(client: ClusterClient, spool: Spool, entry: records.JobEntry, meta: dic
         spool.record(rows)
     done, failed = spool.counts()
     job.close()
-    if stopping.is_set() and not cancelled.is_set():
+    if stopping.is_set() and not cancelled.is_set() and error is None:
         log.info("job %d: stopped with %d of %d done; it resumes from its spool", entry.id, done, total)
         return 0  # the record stays "running"; without this process it shows lost, and resumes
-    state = "cancelled" if cancelled.is_set() else ("failed" if failed else "done")
-    if entry.finish(state, total=total, done=done, failed=failed):
+    state = "cancelled" if cancelled.is_set() else ("failed" if failed or error else "done")
+    why = f"cannot start: {error}" if error else ""
+    if entry.finish(state, total=total, done=done, failed=failed, error=why):
         # Readers on other hosts find the finished spool there once this process is gone.
         spool_service.ensure(
             spool_dir(meta["cluster"]), meta["zk"], meta["cluster"], meta.get("keys", ""), meta.get("zk_auth", "")
         )
-    log.info("job %d %s: %d of %d done, %d failed", entry.id, state, done, total, failed)
+    log.info("job %d %s: %d of %d done, %d failed %s", entry.id, state, done, total, failed, why)
     return 0
 
 

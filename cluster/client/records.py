@@ -92,11 +92,11 @@ class JobEntry:
 
         self._zk.DataWatch(f"{self.path}/{CANCEL}", seen)
 
-    def finish(self, state: str, *, total: int, done: int, failed: int) -> bool:
-        """Write how the job ended, and let go of ``attached``. False when ZooKeeper did
-        not take it (the job then shows "lost")."""
+    def finish(self, state: str, *, total: int, done: int, failed: int, error: str = "") -> bool:
+        """Write how the job ended (``error``: why it failed as a whole), and let go of
+        ``attached``. False when ZooKeeper did not take it (the job then shows "lost")."""
         self.record = dataclasses.replace(
-            self.record, state=state, total=total, done=done, failed=failed, ended=time.time()
+            self.record, state=state, total=total, done=done, failed=failed, ended=time.time(), error=error[:2000]
         )
         written = tidy(self._zk, self._zk.set_async, self.path, self.record.to_bytes(), timeout=self._timeout)
         for child in (ATTACHED, CANCEL):

@@ -262,6 +262,7 @@ class JobRecord(_Record):
     # Where its holder serves the spool to other hosts while it runs, and its CURVE key ("" when insecure).
     endpoint: str = ""
     curve_key: str = ""
+    error: str = ""  # why the job failed as a whole: no node could load its function
 
     @classmethod
     def from_bytes(cls, data: bytes | None) -> JobRecord:
