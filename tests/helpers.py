@@ -4,6 +4,7 @@ cluster name (its own chroot), logs kept in tmp_path and printed on failure."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -340,6 +342,25 @@ class LocalCluster:
             env=env or self.env,
             cwd=ROOT,
         )
+
+    @contextlib.contextmanager
+    def clusterctl_running(self, *args: str) -> Iterator[subprocess.Popen]:
+        """``clusterctl ARGS`` started and not waited for (stdout and stderr piped, as text);
+        killed at the end if it still runs."""
+        proc = subprocess.Popen(
+            [PY, "-m", "cluster.cli.main", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
+            cwd=ROOT,
+        )
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
     def stop(self) -> None:
         for proc in reversed(self.procs):

@@ -7,10 +7,9 @@ import collections
 import json
 import os
 import pickle
-import subprocess
 
 import pytest
-from helpers import PY, ROOT, wait_for
+from helpers import ROOT, wait_for
 
 import cluster
 from cluster.contract import payload, wire
@@ -141,15 +140,7 @@ def test_a_function_one_node_has_runs_there_exactly_once_and_the_other_refuses_o
     local_cluster.agent("has", 2, env={"PYTHONPATH": f"{ROOT}{os.pathsep}{only_here}"})
     local_cluster.agent("lacks", 2)
     local_cluster.wait_ready(coordinator, ["has", "lacks"])
-    submit = subprocess.Popen(
-        [PY, "-m", "cluster.cli.main", "submit", "onlyhere_mod:f", "--range", "0", "300"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=local_cluster.env,
-        cwd=ROOT,
-    )
-    try:
+    with local_cluster.clusterctl_running("submit", "onlyhere_mod:f", "--range", "0", "300") as submit:
         # While it runs, status says which node refused it and why.
         state = local_cluster.wait_status(
             lambda s: any("refused" in p for p in s["job_progress"].values()), what="a job refused by a node"
@@ -157,10 +148,6 @@ def test_a_function_one_node_has_runs_there_exactly_once_and_the_other_refuses_o
         (progress,) = state["job_progress"].values()
         assert progress["refused"] == {"lacks": "ModuleNotFoundError: No module named 'onlyhere_mod'"}
         out, err = submit.communicate(timeout=120)
-    finally:
-        if submit.poll() is None:
-            submit.kill()
-            submit.wait()
     assert submit.returncode == 0, err
     results = [json.loads(line) for line in out.splitlines()]
     assert sorted(r["index"] for r in results) == list(range(300))  # each once
@@ -181,22 +168,10 @@ def test_a_job_whose_last_capable_node_leaves_fails_then(local_cluster, tmp_path
     has = local_cluster.agent("has", 1, env={"PYTHONPATH": f"{ROOT}{os.pathsep}{only_here}"})
     local_cluster.agent("lacks", 1)
     local_cluster.wait_ready(coordinator, ["has", "lacks"])
-    submit = subprocess.Popen(
-        [PY, "-m", "cluster.cli.main", "submit", "slow_mod:f", "--range", "0", "1000"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=local_cluster.env,
-        cwd=ROOT,
-    )
-    try:
+    with local_cluster.clusterctl_running("submit", "slow_mod:f", "--range", "0", "1000") as submit:
         local_cluster.wait_status(lambda s: any("refused" in p for p in s["job_progress"].values()))
         has.stop()
         out, err = submit.communicate(timeout=120)
-    finally:
-        if submit.poll() is None:
-            submit.kill()
-            submit.wait()
     assert submit.returncode == 2, err
     last = [line for line in err.splitlines() if line.strip()][-1]
     assert "cannot start: slow_mod:f — ModuleNotFoundError: No module named 'slow_mod' (on lacks)" in last

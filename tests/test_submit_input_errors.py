@@ -39,22 +39,10 @@ def test_an_inputs_line_that_is_not_utf8_is_named(local_cluster, tmp_path):
 def test_after_ctrl_c_the_summary_is_the_last_thing_drawn(running_cluster, tmp_path):
     data = tmp_path / "sleeps.jsonl"
     data.write_text("0.3\n" * 200)
-    submit = subprocess.Popen(
-        [PY, "-m", "cluster.cli.main", "submit", "time:sleep", "--inputs", str(data), "--progress"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=running_cluster.env,
-        cwd=ROOT,
-    )
-    try:
+    with running_cluster.clusterctl_running("submit", "time:sleep", "--inputs", str(data), "--progress") as submit:
         running_cluster.wait_status(lambda s: s["running"] > 0, what="the job's tasks to run")
         submit.send_signal(signal.SIGINT)
         _, err = submit.communicate(timeout=60)
-    finally:
-        if submit.poll() is None:
-            submit.kill()
-            submit.wait()
     assert submit.returncode == 130, err
     drawn = [part for part in re.split(r"[\r\n]", err) if part.strip()]
     assert drawn[-1].startswith("clusterctl: cancelled after "), drawn[-3:]
