@@ -157,7 +157,9 @@ def test_tasks_move_off_a_worker_stuck_behind_a_long_task_only_when_another_is_i
     assert not q.stuck(slots, STEAL_AFTER)  # one task and nothing behind it: nothing to move
 
 
-def test_results_that_come_back_together_share_the_time_since_the_last_answer():
+def one_ready_worker():
+    """A pool of one worker that said it is ready, and its slot."""
+
     class Proc:
         pid = 1
 
@@ -167,7 +169,11 @@ def test_results_that_come_back_together_share_the_time_since_the_last_answer():
     pool = WorkerPool(1, lambda index: Proc())
     pool.converge(0.0)
     pool.on_ready(0, 1)
-    slot = pool.slots[0]
+    return pool, pool.slots[0]
+
+
+def test_results_that_come_back_together_share_the_time_since_the_last_answer():
+    pool, slot = one_ready_worker()
     q = queue(1)
     job(q, pool.slots, "j")
     tasks = [QueuedTask("j", i, 1, b"") for i in range(3)]
@@ -187,16 +193,7 @@ def test_results_that_come_back_together_share_the_time_since_the_last_answer():
 
 
 def test_a_task_whose_function_does_not_load_is_neither_run_nor_failed_but_handed_to_the_agent():
-    class Proc:
-        pid = 1
-
-        def poll(self):
-            return None
-
-    pool = WorkerPool(1, lambda index: Proc())
-    pool.converge(0.0)
-    pool.on_ready(0, 1)
-    slot = pool.slots[0]
+    pool, slot = one_ready_worker()
     q = queue(1)
     job(q, pool.slots, "j")
     task = QueuedTask("j", 0, 1, b"")
