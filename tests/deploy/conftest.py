@@ -1,0 +1,52 @@
+"""The deployment tier (``make deploy-test``; ``make test`` leaves it out: the ``deploy``
+marker is deselected by default). One deployment for the session, torn down at its end,
+also when a test fails or the run is interrupted (Ctrl-C, SIGTERM); its teardown fails
+the run if anything of it is left on this host."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import figures  # noqa: E402
+from container import cannot_boot  # noqa: E402
+from deployment import Deployment  # noqa: E402
+from leftovers import interrupt_on_sigterm, sweep_dead_runs, tag_of  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def deployment(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
+    if cannot_boot():
+        pytest.skip(cannot_boot())
+    interrupt_on_sigterm()
+    swept = sweep_dead_runs()
+    if swept:
+        print(f"removed what earlier, killed runs left: {', '.join(swept)}")
+    deployment = Deployment(tmp_path_factory.mktemp("deploy"), tag_of(os.getpid()))
+    atexit.register(deployment.stop)  # a KeyboardInterrupt between tests skips no finalizer, but be sure
+    try:
+        deployment.start()
+        figures.record("bring-up", "seconds", deployment.started_in)
+        for node, seconds in sorted(deployment.active_after.items()):
+            figures.record("bring-up", f"{node} to active", seconds)
+        yield deployment
+    finally:
+        if request.session.testsfailed:
+            print(deployment.logs())
+        left = deployment.stop()
+        figures.write(Path(tmp_path_factory.getbasetemp()) / "deploy-figures.json")
+        assert not left, f"the deployment left these behind: {left}"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    if figures.FIGURES:
+        terminalreporter.section("deployment figures (seconds)")
+        for line in figures.summary():
+            terminalreporter.write_line(line)
+        terminalreporter.write_line(f"as JSON: {config._tmp_path_factory.getbasetemp() / 'deploy-figures.json'}")
