@@ -21,7 +21,7 @@ from leftovers import interrupt_on_sigterm, sweep_dead_runs, tag_of  # noqa: E40
 
 
 @pytest.fixture(scope="session")
-def deployment(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
+def deployment(tmp_path_factory: pytest.TempPathFactory):
     if cannot_boot():
         pytest.skip(cannot_boot())
     interrupt_on_sigterm()
@@ -37,11 +37,19 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixture
             figures.record("bring-up", f"{node} to active", seconds)
         yield deployment
     finally:
-        if request.session.testsfailed:
-            print(deployment.logs())
         left = deployment.stop()
         figures.write(Path(tmp_path_factory.getbasetemp()) / "deploy-figures.json")
         assert not left, f"the deployment left these behind: {left}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    """A failing scenario's report carries the units' journals and ZooKeeper's log."""
+    outcome = yield
+    report = outcome.get_result()
+    deployed = getattr(item, "funcargs", {}).get("deployment")
+    if report.failed and isinstance(deployed, Deployment):
+        report.sections.append(("deployment: journals and ZooKeeper", deployed.logs()))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
