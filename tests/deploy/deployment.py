@@ -33,7 +33,7 @@ ROLE_KEYS = {
     "agent": ("agent.key", "agent.key_secret", "coordinator.key"),
 }
 CLIENT_KEYS = ("client.key", "client.key_secret", "coordinator.key")
-# What libzmq prints before it aborts when a thread may not set its scheduling (see _allow_scheduling_calls).
+# What libzmq prints before it aborts when a thread may not set its scheduling (see _allow_sched_setscheduler).
 ZMQ_ABORT = "Operation not permitted (src/thread.cpp"
 SYSUSER = 'u clusterd - "clusterd daemons" /var/lib/clusterd'
 
@@ -118,20 +118,20 @@ class Deployment:
         installed = node.run(f"{software.VENV}/bin/clusterctl", role, "install", *flags, check=False)
         if installed.returncode != 0 and role == "coordinator" and ZMQ_ABORT in node.journal(UNIT[role]):
             self.coordinator_unit_aborted = True
-            self._allow_scheduling_calls(name)
+            self._allow_sched_setscheduler(name)
         elif installed.returncode != 0:
             raise AssertionError(f"{name}: install failed:\n{installed.stdout}{installed.stderr}")
         self.active_after[name] = self.time_to_active(name)
 
-    def _allow_scheduling_calls(self, name: str) -> None:
-        """Work-around, until the coordinator's unit allows them: its SystemCallFilter=~@resources
+    def _allow_sched_setscheduler(self, name: str) -> None:
+        """Work-around, until the coordinator's unit allows it: its SystemCallFilter=~@resources
         denies sched_setscheduler, and libzmq aborts when its I/O thread cannot call it
-        ("Operation not permitted (src/thread.cpp:315)"). The drop-in gives back only those calls;
-        test_deploy.py's strict xfail says when the shipped unit no longer needs it."""
+        ("Operation not permitted (src/thread.cpp:315)"). The drop-in gives back that call alone;
+        test_scenarios.py's strict xfail says when the shipped unit no longer needs it."""
         node = self.nodes[name]
         dropin = node.path(f"/etc/systemd/system/{UNIT['coordinator']}.service.d/zmq-io-thread.conf")
         dropin.parent.mkdir(parents=True, exist_ok=True)
-        dropin.write_text("[Service]\nSystemCallFilter=sched_setscheduler sched_setparam sched_setattr\n")
+        dropin.write_text("[Service]\nSystemCallFilter=sched_setscheduler\n")
         node.systemctl("daemon-reload")
         node.systemctl("reset-failed", UNIT["coordinator"])
         node.systemctl("start", UNIT["coordinator"])

@@ -41,7 +41,7 @@ def new_leader(deployment, epoch: int, timeout: float = 60.0) -> dict:
 @pytest.mark.xfail(
     strict=True,
     reason="the shipped coordinator unit denies @resources, so libzmq's I/O thread aborts on sched_setscheduler "
-    "(EPERM): deployment.py adds a drop-in until systemd/cluster-coordinator.service allows those calls",
+    "(EPERM): deployment.py adds a drop-in until systemd/cluster-coordinator.service allows that call",
 )
 def test_the_coordinator_unit_starts_as_installed(deployment):
     assert not deployment.coordinator_unit_aborted
@@ -57,12 +57,18 @@ def test_a_job_runs_across_all_nodes_every_result_once(deployment, tmp_path):
     ran_on = job.finish()
     assert set(ran_on) == set(AGENTS), f"every agent serves: {ran_on}"
     record("job across all nodes", "600 tasks of 50 ms", job.seconds)
-    # The same job on this host's `clusterctl up` stack (one agent, as many workers as the three).
-    with LocalStack(workers=str(sum(r["workers"] for r in deployment.members().values())), cluster="local") as stack:
+    noop = Job(deployment.client_env, tmp_path, 3000, seconds=0, name="noop")
+    noop.finish()
+    record("job across all nodes", "3000 no-op tasks", noop.seconds)
+    # The same jobs on this host's `clusterctl up` stack: one agent, as many workers as the three have.
+    workers = sum(row["workers"] for row in deployment.members().values())
+    with LocalStack(workers=str(workers), cluster="local") as stack:
         local = Job(stack.env, tmp_path, 600, name="local")
         local.finish()
-    record("job across all nodes", "same job on the host's LocalStack", local.seconds)
-    record("job across all nodes", "overhead", job.seconds - local.seconds)
+        local_noop = Job(stack.env, tmp_path, 3000, seconds=0, name="local-noop")
+        local_noop.finish()
+    record("job across all nodes", "600 tasks of 50 ms on the host's LocalStack", local.seconds)
+    record("job across all nodes", "3000 no-op tasks on the host's LocalStack", local_noop.seconds)
 
 
 def test_an_agent_stopped_drains_and_killed_or_hung_ones_are_restarted(deployment, tmp_path):
