@@ -7,17 +7,13 @@ from __future__ import annotations
 
 import atexit
 import os
-import sys
 from pathlib import Path
 
+import figures
 import pytest
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import figures  # noqa: E402
-from container import cannot_boot  # noqa: E402
-from deployment import Deployment  # noqa: E402
-from leftovers import interrupt_on_sigterm, sweep_dead_runs, tag_of  # noqa: E402
+from container import cannot_boot
+from deployment import Deployment
+from leftovers import interrupt_on_sigterm, sweep_dead_runs, tag_of
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +25,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory):
     if swept:
         print(f"removed what earlier, killed runs left: {', '.join(swept)}")
     deployment = Deployment(tmp_path_factory.mktemp("deploy"), tag_of(os.getpid()))
-    atexit.register(deployment.stop)  # a KeyboardInterrupt between tests skips no finalizer, but be sure
+    # pytest runs the finalizer below after a failure or Ctrl-C too; this covers an exit that skips it.
+    atexit.register(deployment.stop)
     try:
         deployment.start()
         figures.record("bring-up", "seconds", deployment.started_in)
@@ -57,4 +54,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         terminalreporter.section("deployment figures (seconds)")
         for line in figures.summary():
             terminalreporter.write_line(line)
-        terminalreporter.write_line(f"as JSON: {config._tmp_path_factory.getbasetemp() / 'deploy-figures.json'}")
+        for path in figures.WRITTEN:
+            terminalreporter.write_line(f"as JSON: {path}")

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 FIGURES: dict[str, dict[str, float | str]] = {}
+WRITTEN: list[Path] = []  # where write() put them
 
 
 def record(scenario: str, name: str, value: float | str) -> None:
@@ -15,6 +16,7 @@ def record(scenario: str, name: str, value: float | str) -> None:
 
 def write(path: Path) -> None:
     path.write_text(json.dumps(FIGURES, indent=2) + "\n")
+    WRITTEN.append(path)
 
 
 def summary() -> list[str]:
