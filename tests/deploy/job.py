@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from container import wait_until
+from software import ROOT
 
 TASKS = """
 import os, time
@@ -33,6 +34,7 @@ class Job:
             [sys.executable, "-m", "cluster.cli.main", "submit", f"{module}:work", "--range", "0", str(n)]
             + ["--output", str(self.out)],
             env=env,
+            cwd=ROOT,  # `python -m` imports the tree under test from here
             stdout=subprocess.DEVNULL,
             stderr=self.err,
         )

@@ -4,6 +4,7 @@ SIGKILLed run left is removed by the next run's sweep."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 from container import cannot_boot, wait_until
 from leftovers import leftovers, sweep_dead_runs, tag_of
+from software import ROOT
 
 HERE = Path(__file__).resolve().parent
 
@@ -25,6 +27,7 @@ def test_an_interrupted_run_leaves_nothing_behind(sig, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )
     tag = tag_of(child.pid)
     try:
