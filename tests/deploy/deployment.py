@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -27,6 +28,7 @@ COORDINATORS = ("coord1", "coord2")
 AGENTS = ("agent1", "agent2", "agent3")
 UNIT = {"coordinator": "cluster-coordinator", "agent": "cluster-agent"}
 KEYS = "/etc/clusterd/keys"
+ZK_AUTH = "/etc/clusterd/zk.auth"
 # operations.md's table: which keys each role's host holds.
 ROLE_KEYS = {
     "coordinator": ("coordinator.key", "coordinator.key_secret", "agent.key", "client.key"),
@@ -51,6 +53,7 @@ class Deployment:
         self.disks = base / "disks"
         self.wheels = base / "wheels"
         self.client_keys = base / "client-keys"
+        self.zk_auth = base / "zk.auth"  # operations.md's optional ACLs: every node and the client share it
         self.active_after: dict[str, float] = {}  # node: seconds from start to active, by systemd's clock
         self._stopped = False
         self.coordinator_unit_aborted = False
@@ -99,6 +102,8 @@ class Deployment:
         self.client_keys.mkdir(mode=0o700)
         for key in CLIENT_KEYS:
             shutil.copy2(everything / key, self.client_keys / key)
+        self.zk_auth.touch(mode=0o600)
+        self.zk_auth.write_text(f"clusterd:{secrets.token_hex(16)}\n")
 
     def _bring_up(self, name: str) -> None:
         node = self.nodes[name]
@@ -109,8 +114,9 @@ class Deployment:
         node.run("install", "-d", "-o", "clusterd", "-g", "clusterd", "-m", "0700", KEYS)
         for key in ROLE_KEYS[role]:
             node.copy_in(self.all_keys / key, f"{KEYS}/{key}")
-        node.run("sh", "-c", f"chown clusterd:clusterd {KEYS}/* && chmod 0600 {KEYS}/*_secret")
-        flags = ["--zk", self.zk, "--cluster", CLUSTER, "--keys", KEYS]
+        node.copy_in(self.zk_auth, ZK_AUTH)
+        node.run("sh", "-c", f"chown clusterd:clusterd {KEYS}/* {ZK_AUTH} && chmod 0600 {KEYS}/*_secret {ZK_AUTH}")
+        flags = ["--zk", self.zk, "--cluster", CLUSTER, "--keys", KEYS, "--zk-auth", ZK_AUTH]
         if role == "agent":
             flags += ["--label", f"node={name}", "--metrics-port", "9464"]
         else:
@@ -152,7 +158,13 @@ class Deployment:
 
     @property
     def client_env(self) -> dict[str, str]:
-        return dict(os.environ, CLUSTER_ZK=self.zk, CLUSTER_NAME=CLUSTER, CLUSTER_KEYS=str(self.client_keys))
+        return dict(
+            os.environ,
+            CLUSTER_ZK=self.zk,
+            CLUSTER_NAME=CLUSTER,
+            CLUSTER_KEYS=str(self.client_keys),
+            CLUSTER_ZK_AUTH=str(self.zk_auth),
+        )
 
     def clusterctl(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
         return host_clusterctl(*args, env=self.client_env, timeout=timeout, check=False)
