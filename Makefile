@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   a one-machine cluster with its own ZooKeeper, running the classic example
 #   make test   the test suite against a real ZooKeeper
+# and `make deploy-test` runs the deployment tier: systemd nodes in containers (needs root).
 # Each installs what it needs: ZooKeeper from the distribution, a virtualenv, the project.
 
 PYTHON ?= python3
@@ -12,13 +13,32 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 #   make test PYTEST_ARGS='tests/test_zkserver.py -x'
 PYTEST_ARGS ?= tests
 
-.PHONY: demo test lint format bench chaos zookeeper venv clean
+.PHONY: demo test deploy-test lint format bench chaos zookeeper venv clean
 
 demo: venv zookeeper
 	$(VENV)/bin/clusterctl up --run '$(VENV)/bin/python examples/classic.py'
 
 test: venv zookeeper
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+# The deployment tier (tests/deploy): ZooKeeper, coordinators and agents installed as
+# docs/operations.md says on systemd containers, each node on its own address; `make test`
+# leaves it out. It boots them with systemd-nspawn (apt: systemd-container) and makes the
+# nodes' virtualenv with the distribution's python3 (apt: python3-venv), both installed
+# here when missing; the virtualenv's dependencies are cached in /var/cache/clusterd-deploy.
+# Pick scenarios with DEPLOY_ARGS, e.g. make deploy-test DEPLOY_ARGS='-k reboot'
+DEPLOY_ARGS ?=
+deploy-test: venv zookeeper
+	@missing=""; \
+	command -v systemd-nspawn >/dev/null || missing="$$missing systemd-container"; \
+	command -v ip >/dev/null || missing="$$missing iproute2"; \
+	/usr/bin/python3 -c 'import ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing from the distribution (apt)"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	$(SUDO) $(VENV)/bin/python -m pytest -q -m deploy tests/deploy $(DEPLOY_ARGS)
 
 # Style (ruff: lint and format) and types (mypy), configured in pyproject.toml.
 LINT_PATHS := cluster agents bench tests

@@ -103,15 +103,16 @@ ROLE_UNIT = {
         description="clusterd coordinator",
         stop="TimeoutStopSec=15\n",
         # It never unpickles user payloads, so no JIT; checked with kernel MDWE, pyzmq included.
-        extra="MemoryDenyWriteExecute=yes\nSystemCallFilter=~@resources\n",
+        # libzmq's I/O thread calls sched_setscheduler and aborts on EPERM: that one call stays.
+        extra="MemoryDenyWriteExecute=yes\nSystemCallFilter=~@resources\nSystemCallFilter=sched_setscheduler\n",
     ),
     "relay": dict(
         head="# clusterd relay: the coordinator reaches the agents that name it through it, over\n"
         "# one connection. `clusterctl relay install` writes this unit and /etc/clusterd/relay.toml.",
         description="clusterd relay",
         stop="TimeoutStopSec=15\n",
-        # It forwards payloads without reading them, as the coordinator does.
-        extra="MemoryDenyWriteExecute=yes\nSystemCallFilter=~@resources\n",
+        # It forwards payloads without reading them, as the coordinator does (libzmq too).
+        extra="MemoryDenyWriteExecute=yes\nSystemCallFilter=~@resources\nSystemCallFilter=sched_setscheduler\n",
     ),
 }
 
