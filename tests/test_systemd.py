@@ -82,7 +82,9 @@ def test_units_in_the_tree_are_what_install_writes(role):
 # agent 1.4, coordinator 1.3, from 8.2 and 7.9 before the hardening. No slack, so
 # dropping most single directives (ProtectHome, PrivateDevices, ProtectClock...) fails;
 # another systemd version may weigh them differently: re-measure, do not just raise it.
-EXPOSURE = {"cluster-agent.service": 1.4, "cluster-coordinator.service": 1.3}
+# The coordinator keeps sched_setscheduler from @resources (libzmq's I/O thread aborts
+# without it; the deployment tier found it), which systemd-analyze counts as 0.1 more.
+EXPOSURE = {"cluster-agent.service": 1.4, "cluster-coordinator.service": 1.4}
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
