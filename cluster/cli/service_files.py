@@ -126,7 +126,7 @@ def render_unit(role: str, exec_path: str = DEFAULT_EXEC) -> str:
         "[Service]\nType=notify\nNotifyAccess=main\n"
         f"ExecStart={_exec_word(exec_path)} {role} --config {config_path(role)}\n"
         f"User={USER}\nGroup={USER}\n{r['stop']}"
-        "Restart=on-failure\nRestartSec=2\nWatchdogSec=10\n"
+        "Restart=on-failure\nRestartSec=500ms\nWatchdogSec=10\n"
         f"{HARDENING.replace('ROLE', role)}{r['extra']}\n"
         "[Install]\nWantedBy=multi-user.target\n"
     )
