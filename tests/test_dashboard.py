@@ -1,0 +1,233 @@
+"""`clusterctl dashboard` against a real cluster: its pages in a real headless browser
+(Debian's Chromium, driven by Playwright), and its HTTP side against bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+from helpers import PY, ROOT, wait_for
+
+CHROMIUM = "/usr/bin/chromium"
+# DASHBOARD_SCREENSHOTS=1 saves the pages' screenshots over docs/dashboard/*.png (the README shows them).
+SHOTS = ROOT / "docs" / "dashboard" if os.environ.get("DASHBOARD_SCREENSHOTS") else Path(tempfile.gettempdir())
+
+
+class Dashboard:
+    def __init__(self, cluster, *extra: str, name: str = "dashboard"):
+        self.proc = cluster._start(name, [PY, "-m", "cluster.cli.main", "dashboard", "--port", "0", "--json", *extra])
+
+        def started() -> dict | None:
+            for line in self.proc.text().splitlines():
+                if line.startswith("{"):
+                    return json.loads(line)
+            assert self.proc.popen.poll() is None, self.proc.text()
+            return None
+
+        self.info = wait_for(started, 20, what="the dashboard's startup line")
+        self.url, self.port, self.token = self.info["url"], self.info["port"], self.info["token"]
+
+    def base(self, host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}"
+
+
+@pytest.fixture
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"{CHROMIUM} is not installed (make test installs Debian's chromium)")
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
+        yield chromium
+        chromium.close()
+
+
+class Page:
+    """A page and the console errors and uncaught exceptions it logged."""
+
+    def __init__(self, browser, url: str):
+        self.page = browser.new_page(viewport={"width": 1400, "height": 900})
+        self.errors: list[str] = []
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+        self.page.goto(url)
+
+    def show(self, page: str) -> None:
+        self.page.evaluate(f"location.hash = {json.dumps(page)}")
+
+    def shot(self, name: str) -> Path:
+        path = SHOTS / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(path))
+        return path
+
+
+def page_of(browser, dashboard: Dashboard) -> Page:
+    return Page(browser, dashboard.url)
+
+
+# ------------------------------------------------------------------ the browser
+
+
+def test_the_fleet_page_lists_the_nodes_and_shows_a_killed_agent_gone_within_two_seconds(running_cluster, browser):
+    dashboard = Dashboard(running_cluster)
+    page = page_of(browser, dashboard)
+    p = page.page
+    p.wait_for_selector('[data-node="a1"][data-state="ready"]', timeout=15000)
+    p.wait_for_selector('[data-node="a2"][data-state="ready"]', timeout=15000)
+    assert p.inner_text("#node-count") == "2"
+    assert p.inner_text("#workers").endswith("/ 4")
+    assert "joined" in p.inner_text("#timeline")
+    p.fill("#filter", "a2")
+    p.wait_for_function("document.querySelectorAll('[data-node]').length === 1")
+    p.fill("#filter", "")
+    p.wait_for_function("document.querySelectorAll('[data-node]').length === 2")
+    page.shot("fleet")
+
+    agent = next(proc for proc in running_cluster.procs if proc.name == "a2")
+    agent.signal(signal.SIGKILL)
+    # Gone: the leader wrote it off (unreachable) or ZooKeeper dropped it; within 2 s either way.
+    p.wait_for_function(
+        """() => { const row = document.querySelector('[data-node="a2"]');
+                   return !row || row.dataset.state === 'unreachable'; }""",
+        timeout=2000,
+    )
+    p.wait_for_function("document.querySelector('#timeline').innerText.match(/a2 (written off|left)/)")
+
+    page.show("coordinator")
+    p.wait_for_function("document.querySelector('#coordinator').innerText.includes('epoch')")
+    leader = running_cluster.leader()
+    assert leader.coordinator_id in p.inner_text("#coordinator")
+    page.shot("coordinator")
+    page.show("work")
+    p.wait_for_selector("#chart-tps .uplot", timeout=5000)
+    page.shot("work")
+    assert page.errors == []
+
+
+def test_a_running_jobs_progress_moves_on_the_jobs_page(running_cluster, browser):
+    dashboard = Dashboard(running_cluster)
+    page = page_of(browser, dashboard)
+    p = page.page
+    page.show("jobs")
+    submit = subprocess.Popen(
+        [PY, "-m", "cluster.cli.main", "submit", "time:sleep", "--inputs", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=running_cluster.env,
+        text=True,
+    )
+    try:
+        submit.stdin.write("0.25\n" * 60)
+        submit.stdin.close()
+        row = '[data-job][data-state="running"]'
+        p.wait_for_function(
+            f"(() => {{ const r = document.querySelector('{row}'); return r && +r.dataset.done > 0; }})()"
+        )
+        first = int(p.get_attribute(row, "data-done"))
+        p.wait_for_function(
+            f"(() => {{ const r = document.querySelector('{row}'); return r && +r.dataset.done > {first}; }})()"
+        )
+        page.shot("jobs")
+        job_id = p.get_attribute(row, "data-job")
+        page.show(f"jobs/{job_id}")
+        p.wait_for_function("document.querySelector('#job-summary').innerText.includes('time:sleep')")
+        page.shot("job")
+        assert submit.wait(60) == 0
+        page.show("jobs")
+        p.wait_for_selector(f'[data-job="{job_id}"][data-state="done"][data-done="60"]')
+    finally:
+        if submit.poll() is None:
+            submit.kill()
+            submit.wait()
+    assert page.errors == []
+
+
+# ------------------------------------------------------------------ over HTTP
+
+
+def get(url: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    request = urllib.request.Request(url, headers=headers or {})
+    opener = urllib.request.build_opener(NoRedirect)
+    try:
+        with opener.open(request, timeout=10) as answer:
+            return answer.status, dict(answer.headers), answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def test_off_loopback_the_token_is_required_and_bad_requests_get_clear_answers(local_cluster):
+    local_cluster.coordinator()
+    dashboard = Dashboard(local_cluster, "--host", "0.0.0.0")
+    assert dashboard.token and dashboard.url.endswith(f"?token={dashboard.token}")
+    base = dashboard.base()
+    status, _, body = get(f"{base}/")
+    assert status == 401 and b"token" in body
+    assert get(f"{base}/?token=not-the-token")[0] == 403
+    assert get(f"{base}/api/events", {"Authorization": "Bearer wrong"})[0] == 403
+    status, headers, _ = get(f"{base}/?token={dashboard.token}")
+    assert status == 302 and headers["Location"] == "/" and "clusterd_dashboard=" in headers["Set-Cookie"]
+    cookie = headers["Set-Cookie"].split(";")[0]
+    assert get(f"{base}/", {"Cookie": cookie})[0] == 200
+    assert get(f"{base}/", {"Authorization": f"Bearer {dashboard.token}"})[0] == 200
+    assert get(f"{base}/no/such/page", {"Cookie": cookie})[0] == 404
+    assert get(f"{base}/api/jobs/999999", {"Cookie": cookie})[0] == 404
+    assert get(f"{base}/api/jobs/x", {"Cookie": cookie})[0] == 404
+    assert get(f"{base}/healthz")[0] == 200  # for health checks: no token, nothing to see
+    # On loopback (the default), no token.
+    loopback = Dashboard(local_cluster, name="dashboard-lo")
+    assert loopback.token == "" and get(f"{loopback.base()}/")[0] == 200
+
+
+def test_browsers_that_leave_mid_stream_and_a_thousand_idle_connections_leave_it_serving(local_cluster):
+    local_cluster.coordinator()
+    local_cluster.agent("a1", 1)
+    dashboard = Dashboard(local_cluster)
+    proc = psutil.Process(dashboard.proc.pid)
+    wait_for(lambda: get(f"{dashboard.base()}/healthz")[0] == 200, what="the dashboard to answer")
+    baseline = proc.num_fds()
+
+    for _ in range(20):  # read the snapshot's first bytes and vanish
+        with socket.create_connection(("127.0.0.1", dashboard.port), timeout=10) as s:
+            s.sendall(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(100).startswith(b"HTTP/1.1 200")
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, not FIN
+
+    async def idle_crowd() -> None:
+        conns = [await asyncio.open_connection("127.0.0.1", dashboard.port) for _ in range(1000)]
+        wait_for(lambda: proc.num_fds() >= baseline + 900, what="the dashboard to accept 1000 connections")
+        # With a thousand idle connections open, a normal request still gets its answer.
+        loop = asyncio.get_running_loop()
+        status, _, body = await loop.run_in_executor(None, get, f"{dashboard.base()}/")
+        assert status == 200 and b"clusterd" in body
+        for _, writer in conns:
+            writer.close()
+
+    asyncio.run(idle_crowd())
+    wait_for(lambda: proc.num_fds() <= baseline + 5, what="the dashboard's descriptors to come back down")
+    status, _, body = get(f"{dashboard.base()}/api/events".replace("/api/events", "/"))
+    assert status == 200
+    assert dashboard.proc.popen.poll() is None
+
+
+def test_the_whole_page_is_under_300_kib():
+    static = ROOT / "cluster" / "dashboard" / "static"
+    size = sum(f.stat().st_size for f in static.rglob("*") if f.is_file())
+    assert size < 300 * 1024, size
