@@ -29,7 +29,7 @@ from typing import Any, Optional
 
 import typer
 
-from cluster.cli import common, options
+from cluster.cli import common, install, options
 from cluster.contract import config
 from cluster.dashboard import access
 from cluster.dashboard.server import Options, serve, url
@@ -115,3 +115,4 @@ app.callback(
     invoke_without_command=True,
     help=__doc__ + "\nAs a systemd service: `clusterctl dashboard install|uninstall` (see their --help).",
 )(_dashboard)
+install.add_commands(app, "dashboard")

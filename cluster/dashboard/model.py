@@ -107,14 +107,16 @@ class State:
         self._job_rate.pop(job_id, None)
 
     def leader_seen(self, leader: LeaderRecord | None, now: float) -> None:
-        old = self.leader
+        """The leader znode as read; None between two leads (the next one took over from
+        the last one seen)."""
+        last = self.failovers[-1] if self.failovers else None
         if leader is not None and (
-            old is None or (old.coordinator_id, old.epoch) != (leader.coordinator_id, leader.epoch)
+            last is None or (last["to"], last["epoch"]) != (leader.coordinator_id, leader.epoch)
         ):
             self.failovers.append(
                 {
                     "t": round(now, 3),
-                    "from": old.coordinator_id if old else "",
+                    "from": last["to"] if last else "",
                     "to": leader.coordinator_id,
                     "epoch": leader.epoch,
                 }
