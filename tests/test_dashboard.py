@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import tempfile
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import PY, ROOT, wait_for
+from helpers import PY, ROOT, LineReader, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 # DASHBOARD_SCREENSHOTS=1 saves the pages' screenshots over docs/dashboard/*.png (the README shows them).
@@ -116,42 +117,53 @@ def test_the_fleet_page_lists_the_nodes_and_shows_a_killed_agent_gone_within_two
     assert page.errors == []
 
 
-def test_a_running_jobs_progress_moves_on_the_jobs_page(running_cluster, browser):
+WORK = """
+import time
+def work(x):
+    print(f"working on {x}", flush=True)
+    if x % 10 == 3:
+        raise ValueError(f"bad input {x}")
+    time.sleep(0.1)
+    return x
+"""
+
+
+@pytest.fixture
+def no_holder_left(tmp_path):
+    """The detached job's holder (its spool is in this test's directory) goes with the test."""
+    yield
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if "cluster.client.holder" in cmdline and any(arg.startswith(str(tmp_path)) for arg in cmdline):
+            proc.kill()
+
+
+def test_a_running_jobs_progress_moves_and_its_page_shows_failures_and_output(
+    running_cluster, browser, tmp_path, no_holder_left
+):
     dashboard = Dashboard(running_cluster)
     page = page_of(browser, dashboard)
     p = page.page
     page.show("jobs")
-    submit = subprocess.Popen(
-        [PY, "-m", "cluster.cli.main", "submit", "time:sleep", "--inputs", "-"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=running_cluster.env,
-        text=True,
+    (tmp_path / "work.py").write_text(WORK)
+    res = running_cluster.clusterctl(
+        "submit", f"{tmp_path / 'work.py'}:work", "--range", "0", "100", "--detach", "--spool", str(tmp_path)
     )
-    try:
-        submit.stdin.write("0.25\n" * 60)
-        submit.stdin.close()
-        row = '[data-job][data-state="running"]'
-        p.wait_for_function(
-            f"(() => {{ const r = document.querySelector('{row}'); return r && +r.dataset.done > 0; }})()"
-        )
-        first = int(p.get_attribute(row, "data-done"))
-        p.wait_for_function(
-            f"(() => {{ const r = document.querySelector('{row}'); return r && +r.dataset.done > {first}; }})()"
-        )
-        page.shot("jobs")
-        job_id = p.get_attribute(row, "data-job")
-        page.show(f"jobs/{job_id}")
-        p.wait_for_function("document.querySelector('#job-summary').innerText.includes('time:sleep')")
-        page.shot("job")
-        assert submit.wait(60) == 0
-        page.show("jobs")
-        p.wait_for_selector(f'[data-job="{job_id}"][data-state="done"][data-done="60"]')
-    finally:
-        if submit.poll() is None:
-            submit.kill()
-            submit.wait()
+    assert res.returncode == 0, res.stderr
+    job_id = int(res.stdout.strip())
+    row = f'[data-job="{job_id}"][data-state="running"]'
+    done = f"+document.querySelector('{row}')?.dataset.done"
+    p.wait_for_function(f"{done} > 0")
+    first = int(p.get_attribute(row, "data-done"))
+    p.wait_for_function(f"{done} > {first}")  # it moves
+    page.shot("jobs")
+    page.show(f"jobs/{job_id}")
+    p.wait_for_function("document.querySelector('#job-summary').innerText.includes('work.py:work')")
+    p.wait_for_function("document.querySelector('#job-output').innerText.includes('working on')")
+    assert "ValueError: bad input 3" in p.inner_text("#job-failures")
+    page.shot("job")
+    page.show("jobs")
+    p.wait_for_selector(f'[data-job="{job_id}"][data-state="failed"][data-done="100"]', timeout=60000)
     assert page.errors == []
 
 
@@ -231,3 +243,47 @@ def test_the_whole_page_is_under_300_kib():
     static = ROOT / "cluster" / "dashboard" / "static"
     size = sum(f.stat().st_size for f in static.rglob("*") if f.is_file())
     assert size < 300 * 1024, size
+
+
+def test_it_serves_https_with_a_certificate(local_cluster, tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
+        + ["-addext", "subjectAltName=IP:127.0.0.1"]
+        + ["-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    dashboard = Dashboard(local_cluster, "--certfile", str(cert), "--keyfile", str(key))
+    assert dashboard.url.startswith("https://127.0.0.1:")
+    context = ssl.create_default_context(cafile=str(cert))
+    with urllib.request.urlopen(dashboard.url, context=context, timeout=10) as answer:
+        assert answer.status == 200 and b"clusterd" in answer.read()
+    with pytest.raises(OSError):  # plain HTTP on the TLS port: the connection is closed
+        urllib.request.urlopen(f"http://127.0.0.1:{dashboard.port}/", timeout=10).read()
+
+
+def test_clusterctl_up_starts_a_dashboard_prints_its_url_and_stops_it():
+    up = subprocess.Popen(
+        [PY, "-m", "cluster.cli.main", "up", "--workers", "1", "--dashboard-port", "0"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        lines = LineReader(up.stderr)
+        while "dashboard at" not in (line := lines.next(60)):
+            pass
+        url = line.split("dashboard at ", 1)[1].strip()
+        status, _, body = get(url)
+        assert status == 200 and b"clusterd" in body
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(60) == 0
+        with pytest.raises(urllib.error.URLError):
+            get(url)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()

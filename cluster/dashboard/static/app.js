@@ -272,9 +272,13 @@ function renderJobSummary() {
   }) : `<p class="note">job ${esc(view.job)}: no record (yet, or removed)</p>`;
 }
 
-async function loadJob(id) {
+// A job's failures and output are read from its spool on request: again every few seconds
+// while it runs.
+let jobLoaded = 0;
+async function loadJob(id, refresh = false) {
   renderJobSummary();
-  $("job-failures").innerHTML = $("job-output").textContent = "";
+  if (!refresh) $("job-failures").innerHTML = $("job-output").textContent = "";
+  jobLoaded = Date.now();
   const answer = await fetch(`api/jobs/${encodeURIComponent(id)}`);
   if (!answer.ok || view.job !== id) return;
   const d = await answer.json();
@@ -328,6 +332,11 @@ $("jobs-rows").addEventListener("click", (e) => {
 });
 window.addEventListener("hashchange", route);
 window.addEventListener("resize", () => schedule());
-setInterval(() => { view.dirty.add(view.page === "job" ? "jobs" : view.page); schedule(); }, 1000); // ages and uptimes tick
+setInterval(() => {
+  view.dirty.add(view.page === "job" ? "jobs" : view.page); // ages and uptimes tick
+  schedule();
+  const job = view.page === "job" && data.jobs.get(String(view.job));
+  if (job && job.state === "running" && Date.now() - jobLoaded > 3000) loadJob(view.job, true);
+}, 1000);
 route();
 connect();
