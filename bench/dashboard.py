@@ -138,12 +138,16 @@ def first_paint_at_scale(agents: int, zk: str, tmp: Path) -> dict:
         try:
             page = chromium.new_page(viewport={"width": 1400, "height": 900})
             page.goto(dashboard.url)
-            page.wait_for_function(f"document.querySelector('#node-count').textContent === '{agents}'", timeout=60000)
+            page.wait_for_function(
+                f"() => document.querySelector('#node-count').textContent === '{agents}'", timeout=60000
+            )
             rows_ms = page.evaluate("performance.now()")
             paint = page.evaluate(
                 "Object.fromEntries(performance.getEntriesByType('paint').map(e => [e.name, e.startTime]))"
             )
-            page.wait_for_function("document.querySelector('[data-node]').dataset.state === 'ready'", timeout=30000)
+            page.wait_for_function(
+                "() => document.querySelector('[data-node]')?.dataset.state === 'ready'", timeout=30000
+            )
             cpu0, t0 = sum(dashboard.ps.cpu_times()[:2]), time.monotonic()
             rows_before = page.evaluate("document.querySelectorAll('[data-node]').length")
             time.sleep(10.0)

@@ -91,9 +91,9 @@ def test_the_fleet_page_lists_the_nodes_and_shows_a_killed_agent_gone_within_two
     assert p.inner_text("#workers").endswith("/ 4")
     assert "joined" in p.inner_text("#timeline")
     p.fill("#filter", "a2")
-    p.wait_for_function("document.querySelectorAll('[data-node]').length === 1")
+    p.wait_for_function("() => document.querySelectorAll('[data-node]').length === 1")
     p.fill("#filter", "")
-    p.wait_for_function("document.querySelectorAll('[data-node]').length === 2")
+    p.wait_for_function("() => document.querySelectorAll('[data-node]').length === 2")
     page.shot("fleet")
 
     agent = next(proc for proc in running_cluster.procs if proc.name == "a2")
@@ -104,10 +104,10 @@ def test_the_fleet_page_lists_the_nodes_and_shows_a_killed_agent_gone_within_two
                    return !row || row.dataset.state === 'unreachable'; }""",
         timeout=2000,
     )
-    p.wait_for_function("document.querySelector('#timeline').innerText.match(/a2 (written off|left)/)")
+    p.wait_for_function("() => document.querySelector('#timeline').innerText.match(/a2 (written off|left)/)")
 
     page.show("coordinator")
-    p.wait_for_function("document.querySelector('#coordinator').innerText.includes('epoch')")
+    p.wait_for_function("() => document.querySelector('#coordinator').innerText.includes('epoch')")
     leader = running_cluster.leader()
     assert leader.coordinator_id in p.inner_text("#coordinator")
     page.shot("coordinator")
@@ -153,13 +153,13 @@ def test_a_running_jobs_progress_moves_and_its_page_shows_failures_and_output(
     job_id = int(res.stdout.strip())
     row = f'[data-job="{job_id}"][data-state="running"]'
     done = f"+document.querySelector('{row}')?.dataset.done"
-    p.wait_for_function(f"{done} > 0")
+    p.wait_for_function(f"() => {done} > 0")
     first = int(p.get_attribute(row, "data-done"))
-    p.wait_for_function(f"{done} > {first}")  # it moves
+    p.wait_for_function(f"() => {done} > {first}")  # it moves
     page.shot("jobs")
     page.show(f"jobs/{job_id}")
-    p.wait_for_function("document.querySelector('#job-summary').innerText.includes('work.py:work')")
-    p.wait_for_function("document.querySelector('#job-output').innerText.includes('working on')")
+    p.wait_for_function("() => document.querySelector('#job-summary').innerText.includes('work.py:work')")
+    p.wait_for_function("() => document.querySelector('#job-output').innerText.includes('working on')")
     assert "ValueError: bad input 3" in p.inner_text("#job-failures")
     page.shot("job")
     page.show("jobs")
@@ -197,7 +197,8 @@ def test_off_loopback_the_token_is_required_and_bad_requests_get_clear_answers(l
     status, headers, _ = get(f"{base}/?token={dashboard.token}")
     assert status == 302 and headers["Location"] == "/" and "clusterd_dashboard=" in headers["Set-Cookie"]
     cookie = headers["Set-Cookie"].split(";")[0]
-    assert get(f"{base}/", {"Cookie": cookie})[0] == 200
+    status, headers, _ = get(f"{base}/", {"Cookie": cookie})
+    assert status == 200 and "frame-ancestors 'none'" in headers["Content-Security-Policy"]
     assert get(f"{base}/", {"Authorization": f"Bearer {dashboard.token}"})[0] == 200
     assert get(f"{base}/no/such/page", {"Cookie": cookie})[0] == 404
     assert get(f"{base}/api/jobs/999999", {"Cookie": cookie})[0] == 404

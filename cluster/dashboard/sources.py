@@ -2,7 +2,7 @@
 the election) and the leader's status, asked as `clusterctl status` asks it.
 
 Kazoo calls back on its own threads: every callback only hands a call to ``post``
-(the event loop's ``call_soon_threadsafe``), so the model is touched by one thread.
+(which runs it on the event loop's thread), so the model is touched by one thread.
 """
 
 from __future__ import annotations
