@@ -97,7 +97,7 @@ def w1_with_watchers(sizes: workloads.Sizes, tmp: Path, rounds: int) -> dict:
     return out
 
 
-def first_paint_at_scale(agents: int, zk: str, tmp: Path) -> dict:
+def first_paint_at_scale(agents: int, zk: str, tmp: Path, shots: Path | None) -> dict:
     cluster = "dashscale"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     coordinator_log = open(tmp / "coordinator-scale.log", "wb")
@@ -153,6 +153,15 @@ def first_paint_at_scale(agents: int, zk: str, tmp: Path) -> dict:
             time.sleep(10.0)
             cpu = (sum(dashboard.ps.cpu_times()[:2]) - cpu0) / (time.monotonic() - t0)
             heap = page.evaluate("performance.memory ? performance.memory.usedJSHeapSize : 0")
+            if shots:
+                page.screenshot(path=str(shots / f"fleet-{agents}.png"))
+            # One agent crashes (its socket closes, as kill -9): until the page counts it.
+            started = time.monotonic()
+            sims[-1].ask(op="leave", n=1, how="crash")
+            page.wait_for_function(
+                f"() => !document.querySelector('#state-chips').innerText.includes('ready {agents}')", timeout=30000
+            )
+            crash_shown = time.monotonic() - started
         finally:
             chromium.close()
             p.stop()
@@ -163,6 +172,7 @@ def first_paint_at_scale(agents: int, zk: str, tmp: Path) -> dict:
             "rows_in_dom": rows_before,
             "dashboard_cpu_while_watched": round(cpu, 3),
             "page_js_heap_mib": round(heap / 2**20, 1),
+            "crashed_agent_shown_s": round(crash_shown, 2),
         }
     finally:
         if dashboard is not None:
@@ -180,6 +190,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="W1 at a tenth of its size")
     ap.add_argument("--rounds", type=int, default=5, help="W1 without and with browsers, alternated this often")
     ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--screenshot", type=Path, help="save the fleet page at scale here (e.g. docs/dashboard)")
     args = ap.parse_args()
     raise_fd_limit()
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-dashboard-{os.getpid()}"
@@ -192,7 +203,7 @@ def main() -> None:
     server = ZooKeeperServer(data_dir=str(tmp / "zk"))
     server.start()
     try:
-        scale = first_paint_at_scale(args.agents, server.connect_string, tmp)
+        scale = first_paint_at_scale(args.agents, server.connect_string, tmp, args.screenshot)
     finally:
         server.stop()
     none, two = statistics.median(w1["none"]), statistics.median(w1["two"])
@@ -207,6 +218,7 @@ def main() -> None:
     print(f"  table rows in the DOM       {scale['rows_in_dom']:>8}")
     print(f"  dashboard CPU while watched {scale['dashboard_cpu_while_watched']:>8.1%} of a core")
     print(f"  page JS heap                {scale['page_js_heap_mib']:>8} MiB")
+    print(f"  a crashed agent shown after {scale['crashed_agent_shown_s']:>8.2f} s")
     if args.json:
         Path(args.json).write_text(json.dumps({"w1": w1, "scale": scale}, indent=2) + "\n")
 

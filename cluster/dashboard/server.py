@@ -75,7 +75,7 @@ class Hub:
             return
         self.stale = False
         patch = self.state.patch(time.time())
-        if patch is None:
+        if patch is None or not self.streams:
             return
         message = sse("patch", patch)
         for queue in list(self.streams):
@@ -124,8 +124,10 @@ class Pump:
             if interval and time.monotonic() >= next_poll:
                 next_poll = time.monotonic() + interval
                 await self._poll(loop)
+            # Unwatched too (once a second at most): news goes into what the next browser's
+            # snapshot holds, and nothing piles up for patches no browser will read.
+            self.hub.flush()
             if watched:
-                self.hub.flush()
                 await asyncio.sleep(FLUSH)
             else:
                 with contextlib.suppress(TimeoutError):
