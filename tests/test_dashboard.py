@@ -185,17 +185,16 @@ class NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def test_off_loopback_the_token_is_required_and_bad_requests_get_clear_answers(local_cluster):
+def test_off_loopback_the_token_is_required_and_bad_requests_get_clear_answers(local_cluster, browser):
     local_cluster.coordinator()
     dashboard = Dashboard(local_cluster, "--host", "0.0.0.0")
-    assert dashboard.token and dashboard.url.endswith(f"?token={dashboard.token}")
     base = dashboard.base()
     status, _, body = get(f"{base}/")
     assert status == 401 and b"token" in body
     assert get(f"{base}/?token=not-the-token")[0] == 403
     assert get(f"{base}/api/events", {"Authorization": "Bearer wrong"})[0] == 403
     status, headers, _ = get(f"{base}/?token={dashboard.token}")
-    assert status == 302 and headers["Location"] == "/" and "clusterd_dashboard=" in headers["Set-Cookie"]
+    assert status == 302 and headers["Location"] == "./" and "clusterd_dashboard_" in headers["Set-Cookie"]
     cookie = headers["Set-Cookie"].split(";")[0]
     status, headers, _ = get(f"{base}/", {"Cookie": cookie})
     assert status == 200 and "frame-ancestors 'none'" in headers["Content-Security-Policy"]
@@ -204,6 +203,11 @@ def test_off_loopback_the_token_is_required_and_bad_requests_get_clear_answers(l
     assert get(f"{base}/api/jobs/999999", {"Cookie": cookie})[0] == 404
     assert get(f"{base}/api/jobs/x", {"Cookie": cookie})[0] == 404
     assert get(f"{base}/healthz")[0] == 200  # for health checks: no token, nothing to see
+    # A browser given the URL goes on with the cookie, the token gone from its address bar.
+    assert dashboard.url == f"http://{socket.gethostname()}:{dashboard.port}/?token={dashboard.token}"
+    page = Page(browser, f"{base}/?token={dashboard.token}")
+    page.page.wait_for_selector("#link.up")
+    assert "token" not in page.page.url and page.errors == []
     # On loopback (the default), no token.
     loopback = Dashboard(local_cluster, name="dashboard-lo")
     assert loopback.token == "" and get(f"{loopback.base()}/")[0] == 200

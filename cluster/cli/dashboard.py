@@ -4,9 +4,9 @@ hour, the jobs and the coordinator's election. A process of its own, fed by ZooK
 watches and the leader's status (as `clusterctl status` asks it, with the client keys);
 the page streams changes as they happen.
 
-Listens on 127.0.0.1 by default. On any other address it requires a token: given with
---token-file (or CLUSTER_DASHBOARD_TOKEN), else a new one, printed in the URL to open.
---certfile/--keyfile serve HTTPS. As a systemd service: `clusterctl dashboard install`.
+Listens on 127.0.0.1 by default. On any other address it requires a token: the one in
+the --token-file (or CLUSTER_DASHBOARD_TOKEN), else a new one, printed in the URL to open.
+With --certfile and --keyfile it serves HTTPS.
 
 Examples:
 

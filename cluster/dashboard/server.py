@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -225,8 +226,10 @@ def make_app(opts: Options, state: State, hub: Hub, zk: Any, token: str) -> web.
 
 
 def url(opts: Options, port: int, token: str) -> str:
+    """The address to open, as printed: on every interface, this host's name."""
     scheme = "https" if opts.certfile else "http"
-    host = f"[{opts.host}]" if ":" in opts.host else opts.host
+    host = socket.gethostname() if opts.host in ("0.0.0.0", "::") else opts.host
+    host = f"[{host}]" if ":" in host else host
     return f"{scheme}://{host}:{port}/" + (f"?token={token}" if token else "")
 
 
