@@ -18,7 +18,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import PY, ROOT, LineReader, wait_for
+from helpers import PY, ROOT, LineReader, agent_record, wait_for
+
+from cluster.dashboard.model import State
+from cluster.dashboard.server import QUEUE, Hub
 
 CHROMIUM = "/usr/bin/chromium"
 # DASHBOARD_SCREENSHOTS=1 saves the pages' screenshots over docs/dashboard/*.png (the README shows them).
@@ -74,16 +77,12 @@ class Page:
         return path
 
 
-def page_of(browser, dashboard: Dashboard) -> Page:
-    return Page(browser, dashboard.url)
-
-
 # ------------------------------------------------------------------ the browser
 
 
 def test_the_fleet_page_lists_the_nodes_and_shows_a_killed_agent_gone_within_two_seconds(running_cluster, browser):
     dashboard = Dashboard(running_cluster)
-    page = page_of(browser, dashboard)
+    page = Page(browser, dashboard.url)
     p = page.page
     p.wait_for_selector('[data-node="a1"][data-state="ready"]', timeout=15000)
     p.wait_for_selector('[data-node="a2"][data-state="ready"]', timeout=15000)
@@ -142,7 +141,7 @@ def test_a_running_jobs_progress_moves_and_its_page_shows_failures_and_output(
     running_cluster, browser, tmp_path, no_holder_left
 ):
     dashboard = Dashboard(running_cluster)
-    page = page_of(browser, dashboard)
+    page = Page(browser, dashboard.url)
     p = page.page
     page.show("jobs")
     (tmp_path / "work.py").write_text(WORK)
@@ -239,8 +238,7 @@ def test_browsers_that_leave_mid_stream_and_a_thousand_idle_connections_leave_it
 
     asyncio.run(idle_crowd())
     wait_for(lambda: proc.num_fds() <= baseline + 5, what="the dashboard's descriptors to come back down")
-    status, _, body = get(f"{dashboard.base()}/api/events".replace("/api/events", "/"))
-    assert status == 200
+    assert get(f"{dashboard.base()}/")[0] == 200
     assert dashboard.proc.popen.poll() is None
 
 
@@ -292,3 +290,25 @@ def test_clusterctl_up_starts_a_dashboard_prints_its_url_and_stops_it():
         if up.poll() is None:
             up.kill()
             up.wait()
+
+
+def test_a_browser_too_slow_to_read_is_dropped_and_the_others_keep_their_stream():
+
+    async def run() -> None:
+        state = State()
+        hub = Hub(state, asyncio.get_running_loop())
+        slow, _ = hub.subscribe()
+        fast, snapshot = hub.subscribe()
+        assert snapshot.startswith(b"event: snapshot\n")
+        for i in range(QUEUE + 5):
+            hub.apply(state.member_joined, agent_record(f"n{i}"), float(i))
+            hub.flush()
+            while not fast.empty():
+                assert (await fast.get()).startswith(b"event: patch\n")
+        assert slow not in hub.streams and fast in hub.streams
+        left = [slow.get_nowait() for _ in range(slow.qsize())]
+        assert left[-1] is None  # its stream ends; EventSource reconnects to a fresh snapshot
+        hub.unsubscribe(fast)
+        assert not hub.watched.is_set()
+
+    asyncio.run(run())
