@@ -9,7 +9,7 @@ import dataclasses
 from helpers import agent_record
 
 from cluster.contract.layout import JobRecord, LeaderRecord
-from cluster.dashboard.model import HOUR, State, heartbeat_shown
+from cluster.dashboard.model import HOUR, State, heartbeat_shown, queue_wait
 
 
 def status(agents: dict, delivered: int = 0, failed: int = 0, **extra) -> dict:
@@ -96,9 +96,11 @@ def test_a_snapshot_and_the_patches_after_it_show_what_the_model_shows():
 def test_the_work_series_is_rates_between_statuses_and_keeps_an_hour():
     state = State()
     state.status_seen(status({}, delivered=0), 0.0)
-    state.status_seen(status({}, delivered=50, failed=4, queued=7, running=3), 2.0)
-    assert list(state.series.samples) == [[2.0, 25.0, 7, 3, 2.0]]
-    assert state.patch(2.0)["series"] == [[2.0, 25.0, 7, 3, 2.0]]
+    state.status_seen(status({}, delivered=50, failed=4, queued=7, running=3, tasks_per_second=14.0), 2.0)
+    assert list(state.series.samples) == [[2.0, 25.0, 7, 3, 2.0, 0.5]]
+    assert state.patch(2.0)["series"] == [[2.0, 25.0, 7, 3, 2.0, 0.5]]
+    # The queue wait, by Little's law: none without a queue, unknown for a queue that does not move.
+    assert queue_wait(0, 0.0) == 0.0 and queue_wait(30, 10.0) == 3.0 and queue_wait(5, 0.0) is None
     for t in range(3, HOUR + 100):
         state.status_seen(status({}, delivered=50 + t), float(t))
     assert len(state.series.samples) == HOUR

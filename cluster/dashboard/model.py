@@ -32,6 +32,15 @@ def heartbeat_shown(age: float | None, interval: float) -> int | None:
     return 0 if age <= 2 * interval else int(age)
 
 
+def queue_wait(queued: int, rate: float) -> float | None:
+    """How long a task now queued waits before dispatch, estimated by Little's law (queue
+    length over the rate tasks leave it, the last minute's): the leader's status carries no
+    dispatch latency (its Prometheus histogram does). None: a queue that does not move."""
+    if not queued:
+        return 0.0
+    return round(queued / rate, 3) if rate > 0 else None
+
+
 def diff(old: dict[str, Row], new: dict[str, Row]) -> dict[str, list[Any]]:
     """The rows to set (new or changed) and the keys to delete."""
     return {
@@ -42,17 +51,20 @@ def diff(old: dict[str, Row], new: dict[str, Row]) -> dict[str, list[Any]]:
 
 @dataclasses.dataclass
 class Series:
-    """One sample a second at most, for an hour: [time, tasks/s, queued, running, failed/s]."""
+    """One sample a second at most, for an hour: [time, tasks/s, queued, running, failed/s,
+    queue wait]."""
 
-    samples: collections.deque[list[float]] = dataclasses.field(default_factory=lambda: collections.deque(maxlen=HOUR))
+    samples: collections.deque[list[float | None]] = dataclasses.field(
+        default_factory=lambda: collections.deque(maxlen=HOUR)
+    )
     sent: int = 0  # samples appended since the start, of which ``sent`` were in a patch
     appended: int = 0
 
-    def add(self, sample: list[float]) -> None:
+    def add(self, sample: list[float | None]) -> None:
         self.samples.append(sample)
         self.appended += 1
 
-    def unsent(self) -> list[list[float]]:
+    def unsent(self) -> list[list[float | None]]:
         fresh = min(self.appended - self.sent, len(self.samples))
         self.sent = self.appended
         return list(self.samples)[len(self.samples) - fresh :] if fresh else []
@@ -151,6 +163,7 @@ class State:
                     status.get("queued", 0),
                     status.get("running", 0),
                     round(max(0, failed - last[2]) / dt, 2),
+                    queue_wait(status.get("queued", 0), status.get("tasks_per_second", 0.0)),
                 ]
             )
         self._last_totals = (now, delivered, failed)

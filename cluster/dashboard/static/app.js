@@ -7,7 +7,9 @@ const HOUR = 3600;
 const $ = (id) => document.getElementById(id);
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 
-const data = { nodes: new Map(), jobs: new Map(), head: {}, timeline: [], series: [[], [], [], [], []], skew: 0 };
+const COLUMNS_OF_SERIES = 6; // [time, tasks/s, queued, running, failed/s, queue wait]
+const noSeries = () => Array.from({ length: COLUMNS_OF_SERIES }, () => []);
+const data = { nodes: new Map(), jobs: new Map(), head: {}, timeline: [], series: noSeries(), skew: 0 };
 const view = { page: "fleet", job: null, sort: "id", up: true, filter: "", rows: [], dirty: new Set() };
 
 // ------------------------------------------------------------------ formatting
@@ -35,7 +37,7 @@ function apply(msg, fresh) {
     data.nodes.clear();
     data.jobs.clear();
     data.timeline = [];
-    data.series = [[], [], [], [], []];
+    data.series = noSeries();
   }
   data.skew = msg.now - Date.now() / 1000;
   if (msg.nodes) {
@@ -231,7 +233,8 @@ function setupFleet() {
 
 const charts = {};
 const CHARTS = [["chart-tps", 1, "tasks/s", "#2563eb"], ["chart-queued", 2, "queued", "#d97706"],
-  ["chart-running", 3, "running", "#1f9d55"], ["chart-failed", 4, "failed/s", "#dc2626"]];
+  ["chart-running", 3, "running", "#1f9d55"], ["chart-failed", 4, "failed/s", "#dc2626"],
+  ["chart-wait", 5, "queue wait (s)", "#7c3aed"]];
 
 function renderWork() {
   for (const [id, column, label, stroke] of CHARTS) {
