@@ -97,6 +97,18 @@ def w1_with_watchers(sizes: workloads.Sizes, tmp: Path, rounds: int) -> dict:
     return out
 
 
+def cpu_of(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return times.user + times.system
+
+
+def cpu_share(proc: psutil.Process, seconds: float) -> float:
+    """The share of a core ``proc`` used over the next ``seconds``."""
+    before, t0 = cpu_of(proc), time.monotonic()
+    time.sleep(seconds)
+    return (cpu_of(proc) - before) / (time.monotonic() - t0)
+
+
 def first_paint_at_scale(agents: int, zk: str, tmp: Path, shots: Path | None) -> dict:
     cluster = "dashscale"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -134,6 +146,7 @@ def first_paint_at_scale(agents: int, zk: str, tmp: Path, shots: Path | None) ->
         progress(f"{agents} simulated agents ready")
         dashboard = Dashboard(zk, cluster, tmp / "dashboard-scale.log")
         time.sleep(2.0)  # its watches have read every agent (it polls the status once a browser comes)
+        leader_cpu_unwatched = cpu_share(psutil.Process(coordinator.pid), 10.0)
         p, chromium = browsers()
         try:
             page = chromium.new_page(viewport={"width": 1400, "height": 900})
@@ -148,10 +161,12 @@ def first_paint_at_scale(agents: int, zk: str, tmp: Path, shots: Path | None) ->
             page.wait_for_function(
                 "() => document.querySelector('[data-node]')?.dataset.state === 'ready'", timeout=30000
             )
-            cpu0, t0 = sum(dashboard.ps.cpu_times()[:2]), time.monotonic()
             rows_before = page.evaluate("document.querySelectorAll('[data-node]').length")
+            cpu0, leader0, t0 = cpu_of(dashboard.ps), cpu_of(psutil.Process(coordinator.pid)), time.monotonic()
             time.sleep(10.0)
-            cpu = (sum(dashboard.ps.cpu_times()[:2]) - cpu0) / (time.monotonic() - t0)
+            elapsed = time.monotonic() - t0
+            cpu = (cpu_of(dashboard.ps) - cpu0) / elapsed
+            leader_cpu_watched = (cpu_of(psutil.Process(coordinator.pid)) - leader0) / elapsed
             heap = page.evaluate("performance.memory ? performance.memory.usedJSHeapSize : 0")
             if shots:
                 page.screenshot(path=str(shots / f"fleet-{agents}.png"))
@@ -173,6 +188,8 @@ def first_paint_at_scale(agents: int, zk: str, tmp: Path, shots: Path | None) ->
             "dashboard_cpu_while_watched": round(cpu, 3),
             "page_js_heap_mib": round(heap / 2**20, 1),
             "crashed_agent_shown_s": round(crash_shown, 2),
+            "leader_cpu_unwatched": round(leader_cpu_unwatched, 3),
+            "leader_cpu_watched": round(leader_cpu_watched, 3),
         }
     finally:
         if dashboard is not None:
@@ -219,6 +236,10 @@ def main() -> None:
     print(f"  dashboard CPU while watched {scale['dashboard_cpu_while_watched']:>8.1%} of a core")
     print(f"  page JS heap                {scale['page_js_heap_mib']:>8} MiB")
     print(f"  a crashed agent shown after {scale['crashed_agent_shown_s']:>8.2f} s")
+    print(
+        f"  the leader's CPU            {scale['leader_cpu_unwatched']:>8.1%} of a core unwatched, "
+        f"{scale['leader_cpu_watched']:.1%} with the browser (its status once a second)"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps({"w1": w1, "scale": scale}, indent=2) + "\n")
 

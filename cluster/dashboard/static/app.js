@@ -10,7 +10,7 @@ const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(
 const COLUMNS_OF_SERIES = 6; // [time, tasks/s, queued, running, failed/s, queue wait]
 const noSeries = () => Array.from({ length: COLUMNS_OF_SERIES }, () => []);
 const data = { nodes: new Map(), jobs: new Map(), head: {}, timeline: [], series: noSeries(), skew: 0 };
-const view = { page: "fleet", job: null, sort: "id", up: true, filter: "", rows: [], dirty: new Set() };
+const view = { page: "fleet", job: null, sort: "id", up: true, filter: "", rows: [] };
 
 // ------------------------------------------------------------------ formatting
 
@@ -43,27 +43,20 @@ function apply(msg, fresh) {
   if (msg.nodes) {
     for (const n of msg.nodes.set) data.nodes.set(n.id, n);
     for (const id of msg.nodes.del) data.nodes.delete(id);
-    view.dirty.add("fleet");
   }
   if (msg.jobs) {
     for (const j of msg.jobs.set) data.jobs.set(String(j.id), j);
     for (const id of msg.jobs.del) data.jobs.delete(String(id));
-    view.dirty.add("jobs");
   }
-  if (msg.head) {
-    data.head = msg.head;
-    view.dirty.add("head");
-  }
+  if (msg.head) data.head = msg.head;
   if (msg.timeline) {
     data.timeline.push(...msg.timeline);
     if (data.timeline.length > 1000) data.timeline.splice(0, data.timeline.length - 1000);
-    view.dirty.add("timeline");
   }
   if (msg.series) {
     for (const sample of msg.series) sample.forEach((v, i) => data.series[i].push(v));
     const cut = data.series[0].findIndex((t) => t >= msg.now - HOUR);
     if (cut > 0) data.series.forEach((s) => s.splice(0, cut));
-    view.dirty.add("work");
   }
   schedule();
 }
@@ -90,21 +83,20 @@ function schedule() {
   }
 }
 
+// The page in view is drawn again whole, at most once a frame: patches come a few times a
+// second, and drawing a page (5,000 rows sorted, 31 in the DOM) takes milliseconds.
+const PAGES = {
+  fleet: () => { renderFleet(); renderTimeline(); },
+  work: () => renderWork(),
+  jobs: () => renderJobs(),
+  job: () => renderJobSummary(),
+  coordinator: () => renderCoordinator(),
+};
+
 function render() {
   pending = false;
-  const d = view.dirty;
-  if (d.has("head")) renderSummary();
-  if (view.page === "fleet") {
-    if (d.has("fleet") || d.has("head")) renderFleet();
-    if (d.has("timeline")) renderTimeline();
-  } else if (view.page === "work" && d.has("work")) renderWork();
-  else if (view.page === "jobs" && (d.has("jobs") || d.has("head"))) renderJobs();
-  else if (view.page === "job" && d.has("jobs")) renderJobSummary();
-  else if (view.page === "coordinator" && d.has("head")) renderCoordinator();
-  if (view.page === "fleet") d.delete("fleet"), d.delete("timeline");
-  if (view.page === "work") d.delete("work");
-  if (view.page === "jobs" || view.page === "job") d.delete("jobs");
-  if (view.page === "coordinator" || view.page === "fleet" || view.page === "jobs") d.delete("head");
+  renderSummary();
+  PAGES[view.page]();
 }
 
 function renderSummary() {
@@ -319,7 +311,6 @@ function route() {
   view.page = page === "jobs" && arg ? "job" : ["fleet", "work", "jobs", "coordinator"].includes(page) ? page : "fleet";
   for (const s of document.querySelectorAll(".page")) s.hidden = s.id !== `page-${view.page}`;
   for (const a of document.querySelectorAll("nav a")) a.className = a.dataset.page === page ? "on" : "";
-  view.dirty = new Set(["fleet", "timeline", "work", "jobs", "head"]);
   if (view.page === "job") {
     view.job = arg;
     loadJob(arg);
@@ -336,8 +327,7 @@ $("jobs-rows").addEventListener("click", (e) => {
 window.addEventListener("hashchange", route);
 window.addEventListener("resize", () => schedule());
 setInterval(() => {
-  view.dirty.add(view.page === "job" ? "jobs" : view.page); // ages and uptimes tick
-  schedule();
+  schedule(); // ages and uptimes tick
   const job = view.page === "job" && data.jobs.get(String(view.job));
   if (job && job.state === "running" && Date.now() - jobLoaded > 3000) loadJob(view.job, true);
 }, 1000);
