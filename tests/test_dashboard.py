@@ -12,6 +12,7 @@ import ssl
 import struct
 import subprocess
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,6 +21,7 @@ import psutil
 import pytest
 from helpers import PY, ROOT, LineReader, agent_record, wait_for
 
+from cluster.contract import security
 from cluster.dashboard.model import State
 from cluster.dashboard.server import QUEUE, Hub
 
@@ -313,3 +315,42 @@ def test_a_browser_too_slow_to_read_is_dropped_and_the_others_keep_their_stream(
         assert not hub.watched.is_set()
 
     asyncio.run(run())
+
+
+def streamed(url: str, done, timeout: float = 30.0) -> dict:
+    """What the page would know from the event stream of ``url`` (the last head, the rows by
+    id), once ``done(known)`` says so; AssertionError after ``timeout`` seconds."""
+    known: dict = {"head": {}, "nodes": {}}
+    deadline = time.monotonic() + timeout
+    with urllib.request.urlopen(url, timeout=20) as stream:
+        for raw in stream:  # a keep-alive comment every 15 s at least: the deadline is looked at
+            line = raw.decode()
+            if line.startswith("data: "):
+                message = json.loads(line[6:])
+                known["head"] = message.get("head") or known["head"]
+                nodes = message.get("nodes", {})
+                known["nodes"].update((row["id"], row) for row in nodes.get("set", []))
+                for gone in nodes.get("del", []):
+                    known["nodes"].pop(gone, None)
+                if done(known):
+                    return known
+            assert time.monotonic() < deadline, f"the stream never showed it; it showed {known}"
+    raise AssertionError("the stream ended")
+
+
+def test_on_a_secured_cluster_it_asks_the_leader_with_the_client_keys(local_cluster, tmp_path):
+    keys = tmp_path / "keys"
+    security.generate(keys)
+    local_cluster.extra_env.update(CLUSTER_INSECURE="", CLUSTER_KEYS=str(keys))
+    local_cluster.coordinator()
+    local_cluster.agent("a1", 1)
+    dashboard = Dashboard(local_cluster)
+    # The leader answered over CURVE with the client keys: its status (the agent ready) is streamed.
+    known = streamed(
+        f"{dashboard.base()}/api/events",
+        lambda k: k["head"].get("leader") and k["nodes"].get("a1", {}).get("state") == "ready",
+    )
+    assert known["head"]["leader"]["curve_key"] and known["head"]["status_error"] == ""
+    # Without the keys it cannot ask, and says why instead of failing.
+    blind = Dashboard(local_cluster, "--keys", "", name="dashboard-no-keys")
+    streamed(f"{blind.base()}/api/events", lambda k: "requires CURVE keys" in k["head"].get("status_error", ""))
