@@ -348,9 +348,9 @@ def test_on_a_secured_cluster_it_asks_the_leader_with_the_client_keys(local_clus
     # The leader answered over CURVE with the client keys: its status (the agent ready) is streamed.
     known = streamed(
         f"{dashboard.base()}/api/events",
-        lambda k: k["head"].get("leader") and k["nodes"].get("a1", {}).get("state") == "ready",
+        lambda k: k["head"].get("status_error") == "" and k["nodes"].get("a1", {}).get("hb") is not None,
     )
-    assert known["head"]["leader"]["curve_key"] and known["head"]["status_error"] == ""
+    assert known["head"]["leader"]["curve_key"] and known["head"]["totals"]["queued"] == 0
     # Without the keys it cannot ask, and says why instead of failing.
     blind = Dashboard(local_cluster, "--keys", "", name="dashboard-no-keys")
     streamed(f"{blind.base()}/api/events", lambda k: "requires CURVE keys" in k["head"].get("status_error", ""))
