@@ -21,7 +21,7 @@ import psutil
 import pytest
 from helpers import PY, ROOT, LineReader, agent_record, wait_for
 
-from cluster.contract import security
+from cluster.contract import layout, security
 from cluster.dashboard.model import State
 from cluster.dashboard.server import QUEUE, Hub
 
@@ -204,6 +204,13 @@ def test_off_loopback_the_token_is_required_and_bad_requests_get_clear_answers(l
     assert get(f"{base}/no/such/page", {"Cookie": cookie})[0] == 404
     assert get(f"{base}/api/jobs/999999", {"Cookie": cookie})[0] == 404
     assert get(f"{base}/api/jobs/x", {"Cookie": cookie})[0] == 404
+    # Garbage in ZooKeeper where a job's and an agent's records go: skipped, never a crash.
+    local_cluster.kazoo.create(
+        f"{layout.jobs_path(local_cluster.name)}/{layout.job_node(777)}", b"\xff{", makepath=True
+    )
+    local_cluster.kazoo.create(layout.agent_path(local_cluster.name, "junk"), b"[1, 2]", makepath=True)
+    assert get(f"{base}/api/jobs/777", {"Cookie": cookie})[0] == 404
+    assert get(f"{base}/", {"Cookie": cookie})[0] == 200
     assert get(f"{base}/healthz")[0] == 200  # for health checks: no token, nothing to see
     # A browser given the URL goes on with the cookie, the token gone from its address bar.
     assert dashboard.url == f"http://{socket.gethostname()}:{dashboard.port}/?token={dashboard.token}"

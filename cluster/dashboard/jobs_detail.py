@@ -14,6 +14,7 @@ from cluster.client import records
 from cluster.client.jobs import _result
 from cluster.client.spool_reader import JobRows
 from cluster.contract import wire
+from cluster.contract.layout import BadRecord
 
 FAILURES = 20  # the most recent failures shown
 OUTPUT_ROWS = 200  # output rows in the tail
@@ -21,7 +22,11 @@ OUTPUT_BYTES = 64 * 1024
 
 
 def detail(zk: KazooClient, cluster: str, job_id: int, keys_dir: str) -> dict[str, Any] | None:
-    job = records.find(zk, cluster, job_id)
+    """None: no such job (or its znode holds no readable record)."""
+    try:
+        job = records.find(zk, cluster, job_id)
+    except BadRecord:
+        return None
     if job is None:
         return None
 

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from kazoo.exceptions import KazooException
+from kazoo.handlers.threading import KazooTimeoutError
 
 from cluster.contract.layout import LeaderRecord
 from cluster.dashboard import access, jobs_detail
@@ -192,9 +194,12 @@ async def job(request: web.Request) -> web.Response:
     except ValueError:
         raise web.HTTPNotFound(text="no such job\n") from None
     app = request.app
-    detail = await asyncio.get_running_loop().run_in_executor(
-        None, jobs_detail.detail, app["zk"], app["opts"].cluster, job_id, app["opts"].keys
-    )
+    try:
+        detail = await asyncio.get_running_loop().run_in_executor(
+            None, jobs_detail.detail, app["zk"], app["opts"].cluster, job_id, app["opts"].keys
+        )
+    except (KazooException, KazooTimeoutError) as exc:
+        raise web.HTTPServiceUnavailable(text=f"ZooKeeper did not answer: {type(exc).__name__}\n") from None
     if detail is None:
         raise web.HTTPNotFound(text=f"no job {job_id}\n")
     return web.json_response(detail)
