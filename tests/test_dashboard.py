@@ -187,7 +187,7 @@ class NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def test_off_loopback_the_token_is_required_and_bad_requests_get_clear_answers(local_cluster, browser):
+def test_off_loopback_the_token_is_required_and_bad_requests_get_clear_answers(local_cluster, browser, tmp_path):
     local_cluster.coordinator()
     dashboard = Dashboard(local_cluster, "--host", "0.0.0.0")
     base = dashboard.base()
@@ -217,6 +217,12 @@ def test_off_loopback_the_token_is_required_and_bad_requests_get_clear_answers(l
     page = Page(browser, f"{base}/?token={dashboard.token}")
     page.page.wait_for_selector("#link.up")
     assert "token" not in page.page.url and page.errors == []
+    # A token given in a file is required on loopback too, and never printed.
+    (tmp_path / "token").write_text("s3cret-token\n")
+    given = Dashboard(local_cluster, "--token-file", str(tmp_path / "token"), name="dashboard-given")
+    assert given.token == "" and "s3cret" not in given.proc.text()
+    assert get(f"{given.base()}/")[0] == 401
+    assert get(f"{given.base()}/", {"Authorization": "Bearer s3cret-token"})[0] == 200
     # On loopback (the default), no token.
     loopback = Dashboard(local_cluster, name="dashboard-lo")
     assert loopback.token == "" and get(f"{loopback.base()}/")[0] == 200

@@ -44,13 +44,17 @@ def run(
     *,
     config_file: Optional[str] = common.CONFIG,
     settings: options.Settings,
-    as_json: bool = typer.Option(False, "--json", help="Print the startup line as JSON: url, port, token."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the startup line as JSON: url, port, token (a new one; empty when given)."
+    ),
     log_level: str = common.LOG_LEVEL,
 ) -> None:
     common.setup_logging(log_level)
     with common.clear_errors():
         cfg = config.load(DashboardConfig, config_file, settings)
         given = Path(cfg.token_file).read_text().strip() if cfg.token_file else os.environ.get(TOKEN_ENV, "")
+        if cfg.token_file and not given:
+            raise ValueError(f"the token file {cfg.token_file} is empty")
         if cfg.keyfile and not cfg.certfile:
             raise ValueError("--keyfile needs --certfile")
     token = access.token_for(cfg.host, given)
@@ -79,14 +83,18 @@ async def _main(opts: Options, zk: Any, as_json: bool, token_generated: bool) ->
     notifier = Notifier()
 
     def ready(port: int) -> None:
-        address = url(opts, port, opts.token)
+        # A new token is printed in the URL to open, as Jupyter prints it: nobody knows it
+        # otherwise. One the operator gave stays out of the output (and the journal).
+        shown = opts.token if token_generated else ""
+        address = url(opts, port, shown)
         if as_json:
-            common.print_json({"url": address, "port": port, "token": opts.token})
+            common.print_json({"url": address, "port": port, "token": shown})
         else:
-            # On stdout, as Jupyter prints it: the URL to open, token included.
             typer.echo(f"clusterctl dashboard: open {address}")
             if token_generated:
                 typer.echo("clusterctl dashboard: a new token for this run (--token-file to keep one)", err=True)
+            elif opts.token:
+                typer.echo("clusterctl dashboard: the token is the one given (--token-file)", err=True)
         notifier.ready(f"serving {opts.cluster} on port {port}")
         loop.create_task(_pet(notifier))
 
