@@ -21,9 +21,10 @@ import psutil
 import pytest
 from helpers import PY, ROOT, LineReader, agent_record, wait_for
 
-from cluster.contract import layout, security
+from cluster.contract import config, layout, security
 from cluster.dashboard.model import State
 from cluster.dashboard.server import QUEUE, Hub
+from cluster.dashboard.settings import DashboardConfig
 
 CHROMIUM = "/usr/bin/chromium"
 # DASHBOARD_SCREENSHOTS=1 saves the pages' screenshots over docs/dashboard/*.png (the README shows them).
@@ -367,3 +368,25 @@ def test_on_a_secured_cluster_it_asks_the_leader_with_the_client_keys(local_clus
     # Without the keys it cannot ask, and says why instead of failing.
     blind = Dashboard(local_cluster, "--keys", "", name="dashboard-no-keys")
     streamed(f"{blind.base()}/api/events", lambda k: "requires CURVE keys" in k["head"].get("status_error", ""))
+
+
+def test_dashboard_install_writes_a_unit_like_the_daemons_and_a_config_it_reads(tmp_path):
+    argv = [PY, "-m", "cluster.cli.main", "dashboard", "install", "--root", str(tmp_path), "--json"]
+    argv += ["--exec", "/opt/clusterd/venv/bin/clusterctl", "--zk", "zk1:2181", "--cluster", "prod", "--insecure"]
+    argv += ["--host", "0.0.0.0", "--token-file", "/etc/clusterd/dashboard.token"]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["role"] == "dashboard" and all(c["status"] == "skipped" for c in report["commands"])
+    unit = (tmp_path / "etc/systemd/system/cluster-dashboard.service").read_text()
+    assert unit == (ROOT / "systemd" / "cluster-dashboard.service").read_text()
+    assert "ExecStart=/opt/clusterd/venv/bin/clusterctl dashboard --config /etc/clusterd/dashboard.toml" in unit
+    cfg = config.load(DashboardConfig, tmp_path / "etc/clusterd/dashboard.toml", environ={})
+    assert (cfg.zk, cfg.cluster, cfg.host, cfg.token_file) == (
+        "zk1:2181",
+        "prod",
+        "0.0.0.0",
+        "/etc/clusterd/dashboard.token",
+    )
+    res = subprocess.run(argv[:4] + ["uninstall", "--root", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0 and not (tmp_path / "etc/clusterd/dashboard.toml").exists()
