@@ -390,3 +390,17 @@ def test_dashboard_install_writes_a_unit_like_the_daemons_and_a_config_it_reads(
     )
     res = subprocess.run(argv[:4] + ["uninstall", "--root", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0 and not (tmp_path / "etc/clusterd/dashboard.toml").exists()
+
+
+def test_a_failover_shows_the_new_leader_its_epoch_and_the_standbys(local_cluster):
+    first = local_cluster.coordinator("--zk-session-timeout", "2", name="c1")
+    wait_for(lambda: local_cluster.leader() is not None, what="a leader")
+    local_cluster.coordinator("--zk-session-timeout", "2", name="c2")
+    dashboard = Dashboard(local_cluster)
+    events = f"{dashboard.base()}/api/events"
+    before = streamed(events, lambda k: k["head"].get("standbys") == 1 and k["head"].get("leader"))["head"]
+    first.signal(signal.SIGKILL)
+    after = streamed(events, lambda k: len(k["head"].get("failovers", [])) == 2)["head"]
+    old, new = before["leader"], after["leader"]
+    assert new["coordinator_id"] != old["coordinator_id"] and new["epoch"] > old["epoch"]
+    assert after["failovers"][-1]["from"] == old["coordinator_id"] and after["standbys"] == 0

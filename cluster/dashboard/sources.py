@@ -40,8 +40,7 @@ class Watches:
     def start(self) -> None:
         self.membership.start()
         self.jobs.start()
-        for path in (layout.election_path(self.cluster),):
-            self.zk.ensure_path(path)
+        self.zk.ensure_path(layout.election_path(self.cluster))  # a children watch ends with its node
         self.zk.DataWatch(layout.leader_path(self.cluster), self._leader)
         self.zk.ChildrenWatch(layout.election_path(self.cluster), self._election)
 
