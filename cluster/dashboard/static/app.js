@@ -111,7 +111,7 @@ function renderSummary() {
 // ------------------------------------------------------------------ fleet
 
 const COLUMNS = [
-  ["id", "node"], ["host", "host"], ["state", "state"], ["busy", "busy/workers"], ["load", "load"],
+  ["id", "node"], ["host", "host"], ["state", "state"], ["busy", "busy"], ["load", "load"],
   ["hb", "heartbeat"], ["memory", "memory"], ["version", "version"], ["labels", "labels"], ["relay", "relay"],
   ["started", "uptime"],
 ];
@@ -244,10 +244,18 @@ function renderWork() {
 
 const JOB_COLUMNS = ["id", "owner", "host", "function", "state", "progress", "done", "failed", "rate", "elapsed"];
 
+// Running (and lost) jobs, then the most recent of the others: a week of history can hold
+// thousands, which `clusterctl jobs --all` lists.
+const FINISHED_SHOWN = 200;
+
 function renderJobs() {
-  const jobs = [...data.jobs.values()].sort((a, b) => b.id - a.id);
+  const all = [...data.jobs.values()].sort((a, b) => b.id - a.id);
+  const live = all.filter((j) => j.state === "running" || j.state === "lost");
+  const ended = all.filter((j) => j.state !== "running" && j.state !== "lost");
+  const jobs = live.concat(ended.slice(0, FINISHED_SHOWN));
+  const older = ended.length - Math.min(ended.length, FINISHED_SHOWN);
   const t = now();
-  $("jobs-rows").innerHTML = jobs.length ? jobs.map((j) => {
+  $("jobs-rows").innerHTML = (jobs.length ? jobs.map((j) => {
     const pct = j.total ? Math.min(100, (100 * j.done) / j.total) : 0;
     return `<div class="grid jobs row" data-job="${j.id}" data-done="${j.done}" data-state="${esc(j.state)}">` +
       `<span>${j.id}</span><span>${esc(j.owner)}</span><span>${esc(j.host)}</span>` +
@@ -255,7 +263,8 @@ function renderJobs() {
       `${j.detached ? " (detached)" : ""}</span><span class="progress"><div style="width:${pct}%"></div></span>` +
       `<span>${j.done}/${j.total || "?"}</span><span>${j.failed}</span><span>${j.rate ? `${j.rate}/s` : ""}</span>` +
       `<span>${duration((j.ended || t) - j.started)}</span></div>`;
-  }).join("") : `<p class="note">no jobs</p>`;
+  }).join("") : `<p class="note">no jobs</p>`) +
+    (older ? `<p class="note">and ${older} older finished jobs: <code>clusterctl jobs --all</code></p>` : "");
 }
 
 function renderJobSummary() {
