@@ -306,7 +306,7 @@ function renderCoordinator() {
   const counts = (o) => Object.entries(o || {}).map(([k, v]) => `${k} ${v}`).join(", ") || "none";
   $("coordinator").innerHTML = dl({
     leader: h.leader ? `${l.coordinator_id} on ${l.host} (pid ${l.pid})` : "none", epoch: l.epoch ?? "",
-    endpoint: l.endpoint ?? "", version: l.version ?? "", leading_for: h.leader ? duration(now() - l.started) : "",
+    endpoint: l.endpoint ?? "", version: l.version ?? "", "leading for": h.leader ? duration(now() - l.started) : "",
     standbys: h.standbys, status: h.status_error || "answering", relays: counts(h.relays),
     "written off": counts(h.written_off),
   }) + `<h3 style="margin-top:12px">Leaders seen (failovers)</h3><table><tr><th>when</th><th>from</th><th>to</th>` +
