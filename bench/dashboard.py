@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -223,6 +224,7 @@ def main() -> None:
         scale = first_paint_at_scale(args.agents, server.connect_string, tmp, args.screenshot)
     finally:
         server.stop()
+        shutil.rmtree(tmp / "zk", ignore_errors=True)  # the logs stay, for a look after a failure
     none, two = statistics.median(w1["none"]), statistics.median(w1["two"])
     spread = (max(w1["none"]) - min(w1["none"])) / none
     print(f"\nW1 through the Executor ({sizes.noop:,} no-op tasks), {args.rounds} rounds alternated, same run:")
