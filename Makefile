@@ -1,8 +1,8 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   a one-machine cluster with its own ZooKeeper, running the classic example
-#   make test   the test suite against a real ZooKeeper
+#   make test   the test suite against a real ZooKeeper (and Chromium, for the dashboard's pages)
 # and `make deploy-test` runs the deployment tier: systemd nodes in containers (needs root).
-# Each installs what it needs: ZooKeeper from the distribution, a virtualenv, the project.
+# Each installs what it needs: ZooKeeper (and Chromium) from the distribution, a virtualenv, the project.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -18,7 +18,7 @@ PYTEST_ARGS ?= tests
 demo: venv zookeeper
 	$(VENV)/bin/clusterctl up --run '$(VENV)/bin/python examples/classic.py'
 
-test: venv zookeeper
+test: venv zookeeper chromium
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 # The deployment tier (tests/deploy): ZooKeeper, coordinators and agents installed as
@@ -110,6 +110,16 @@ zookeeper:
 		echo "installing ZooKeeper from the distribution (apt)"; \
 		$(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zookeeper >/dev/null; \
+	fi
+
+# The dashboard's tests drive Debian's chromium through Playwright (its own browser
+# download needs the internet; tests/test_dashboard.py points it at /usr/bin/chromium).
+.PHONY: chromium
+chromium:
+	@if ! [ -x /usr/bin/chromium ]; then \
+		echo "installing chromium from the distribution (apt), for the dashboard's browser tests"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	fi
 
 clean:

@@ -425,7 +425,7 @@ def install(
     with common.clear_errors():
         # Everything is checked before anything is written.
         run = _begin(role, "install", root, dry_run, json_out)
-        for key in ("keys", "zk_auth"):
+        for key in ("keys", "zk_auth", "token_file", "certfile", "keyfile"):
             if flags.get(key):
                 flags[key] = os.path.abspath(flags[key])  # the unit's working directory is not ours
         cfg, toml = build_config(role, flags)
@@ -527,6 +527,20 @@ INSTALL_HELP = {
 
       clusterctl relay install --zk zk1:2181 --insecure --id rack-12 --dry-run
     """,
+    "dashboard": """Install this host's web dashboard as the systemd service cluster-dashboard.
+
+    Writes /etc/clusterd/dashboard.toml, /etc/systemd/system/cluster-dashboard.service and
+    /etc/sysusers.d/clusterd.conf, then runs systemd-sysusers, systemctl daemon-reload and
+    systemctl enable --now cluster-dashboard. Off loopback, give it --token-file (a file the
+    clusterd user can read), else each start prints a new token to the journal.
+    Every setting of `clusterctl dashboard` is an option here; the file holds those given.
+
+    Examples:
+
+      clusterctl dashboard install --zk zk1:2181,zk2:2181,zk3:2181 --cluster prod --keys /etc/clusterd/keys
+
+      clusterctl dashboard install --zk zk1:2181 --keys /etc/clusterd/keys --host 0.0.0.0 --token-file /etc/clusterd/dashboard.token --certfile /etc/clusterd/tls.pem --keyfile /etc/clusterd/tls.key
+    """,
 }
 
 
@@ -569,6 +583,7 @@ COMMANDS = {
     "agent": (_install_command("agent"), _uninstall_command("agent", "--dry-run")),
     "coordinator": (_install_command("coordinator"), _uninstall_command("coordinator", "--root /tmp/image")),
     "relay": (_install_command("relay"), _uninstall_command("relay", "--dry-run --json")),
+    "dashboard": (_install_command("dashboard"), _uninstall_command("dashboard", "--dry-run")),
 }
 
 

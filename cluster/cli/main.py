@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from cluster.cli import common, coordinator_cmd, drain, install, jobs, keys, nodes, options, status, submit, up
+from cluster.cli.dashboard import app as dashboard_app
 from cluster.runtime import malloc
 
 app = typer.Typer(
@@ -92,6 +93,7 @@ app.command(name="drain", help=drain.__doc__)(drain.drain)
 app.command(name="status", help=status.__doc__)(status.status)
 app.command(name="jobs", help=jobs.__doc__)(jobs.jobs)
 app.add_typer(jobs.app, name="job")
+app.add_typer(dashboard_app, name="dashboard")
 app.add_typer(keys.app, name="keys", help="CURVE keys for a secured cluster (`clusterctl keys generate --out DIR`).")
 
 

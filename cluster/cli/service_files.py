@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from cluster.contract import config
+from cluster.dashboard.settings import DashboardConfig
 
-ROLES: dict[str, type[config.DaemonConfig]] = {
+ROLES: dict[str, type[config.Common]] = {
     "agent": config.AgentConfig,
     "coordinator": config.CoordinatorConfig,
     "relay": config.RelayConfig,
+    "dashboard": DashboardConfig,
 }
 USER = "clusterd"
 DEFAULT_EXEC = "/opt/clusterd/venv/bin/clusterctl"
@@ -114,6 +116,14 @@ ROLE_UNIT = {
         # It forwards payloads without reading them, as the coordinator does (libzmq too).
         extra="MemoryDenyWriteExecute=yes\nSystemCallFilter=~@resources\nSystemCallFilter=sched_setscheduler\n",
     ),
+    "dashboard": dict(
+        head="# clusterd web dashboard: a client of the cluster, never in the coordinator's loop.\n"
+        "# `clusterctl dashboard install` writes this unit and /etc/clusterd/dashboard.toml.",
+        description="clusterd web dashboard",
+        stop="TimeoutStopSec=15\n",
+        # It reads ZooKeeper and the leader's status and serves a page: no user code, no JIT.
+        extra="MemoryDenyWriteExecute=yes\nSystemCallFilter=~@resources\n",
+    ),
 }
 
 
@@ -164,7 +174,7 @@ def _toml_value(value: object) -> str:
     return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
-def render_config(role: str, cfg: config.DaemonConfig, given: set[str]) -> str:
+def render_config(role: str, cfg: config.Common, given: set[str]) -> str:
     """TOML with `zk`, `cluster` and every setting given, named as cluster/contract/config.py reads them."""
     shared = [f.name for f in fields(config.Common)]
     top = [k for k in shared if k in ("zk", "cluster") or k in given]
@@ -219,7 +229,7 @@ def render_example(role: str) -> str:
 # ------------------------------------------------------------------ validation
 
 
-def build_config(role: str, flags: dict[str, Any]) -> tuple[config.DaemonConfig, str]:
+def build_config(role: str, flags: dict[str, Any]) -> tuple[config.Common, str]:
     """Settings from the flags alone (not this shell's CLUSTER_* environment: the file
     must say everything), checked, rendered, and loaded back the way the daemon will."""
     given = {k for k, v in flags.items() if v is not None and v is not False}
@@ -234,9 +244,9 @@ def build_config(role: str, flags: dict[str, Any]) -> tuple[config.DaemonConfig,
         w = cfg.workers.strip().lower()
         if w != "auto" and not (w.isascii() and w.isdigit() and int(w) > 0):
             raise ValueError(f"--workers must be 'auto' or a positive integer, got {cfg.workers!r}")
-    if not cfg.bind.startswith("tcp://"):
+    if isinstance(cfg, config.DaemonConfig) and not cfg.bind.startswith("tcp://"):
         raise ValueError(f"--bind must look like tcp://HOST:PORT, got {cfg.bind!r}")
-    if cfg.metrics_port > 65535:
+    if isinstance(cfg, config.DaemonConfig) and cfg.metrics_port > 65535:
         raise ValueError(f"--metrics-port must be a port number (up to 65535; 0 = off), got {cfg.metrics_port}")
     text = render_config(role, cfg, given)
     with tempfile.NamedTemporaryFile("w", suffix=".toml") as tmp:
