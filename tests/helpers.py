@@ -19,7 +19,7 @@ import psutil
 from kazoo.client import KazooClient
 from kazoo.retry import KazooRetry
 
-from cluster.cli.status import ask_leader as ask_status
+from cluster.client.leader_status import ask_leader as ask_status
 from cluster.contract import layout
 from cluster.contract.layout import AgentRecord
 from cluster.runtime.zk import read_leader

@@ -232,6 +232,7 @@ KEY_FILES = {
     "agent": ("agent.key_secret", "coordinator.key"),
     "coordinator": ("coordinator.key_secret", "agent.key", "client*.key"),
     "relay": ("agent.key_secret", "coordinator.key", "coordinator.key_secret"),
+    "dashboard": ("client*.key_secret", "coordinator.key"),  # a client of the leader, as `status` is
 }
 READ, EXECUTE = 4, 1  # permission bits; EXECUTE on a directory is search
 
@@ -367,7 +368,7 @@ def _exec_checks(box: Sandbox, account: Account, root: Optional[Path]) -> list[C
     return checks
 
 
-def _read_checks(role: str, cfg: config.DaemonConfig, account: Account, root: Optional[Path]) -> list[Check]:
+def _read_checks(role: str, cfg: config.Common, account: Account, root: Optional[Path]) -> list[Check]:
     wanted: list[tuple[str, int]] = []
     if cfg.keys:
         listed = any("*" in name for name in KEY_FILES[role])  # the daemon lists the directory
@@ -407,7 +408,7 @@ def _fix(account: Account, bit: str) -> str:
     return f"; give {account.name} access (chown {account.name}, or g+{bit} for a group of its)"
 
 
-def preflight(role: str, cfg: config.DaemonConfig, unit: str, root: Optional[Path]) -> list[Check]:
+def preflight(role: str, cfg: config.Common, unit: str, root: Optional[Path]) -> list[Check]:
     """Every check of the unit about to be installed: ExecStart, then keys, credentials and config."""
     box = sandbox(unit)
     account = _account(box.user, root)

@@ -35,10 +35,10 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NotEmptyError
 
 from cluster.cli import common, options
-from cluster.cli.status import ask_leader
 from cluster.cli.submit import Writer
 from cluster.client import holder, records, spool_service
 from cluster.client import jobs as cluster_jobs
+from cluster.client.leader_status import ask_leader
 from cluster.client.spool_reader import JobRows
 from cluster.contract import config, layout, wire
 from cluster.runtime.zk import read_leader

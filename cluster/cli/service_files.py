@@ -181,7 +181,7 @@ def render_config(role: str, cfg: config.Common, given: set[str]) -> str:
     section = [f.name for f in fields(cfg) if f.name not in shared and f.name in given]
     lines = [
         f"{MARK} {role} install`; run it again to change this file",
-        f"# (every setting: configs/{role}.toml).",
+        f"# (every setting: configs/{role}.toml)." if role in EXAMPLE_HEAD else f"# (every setting: {role} --help).",
         "",
     ]
     lines += [f"{k} = {_toml_value(getattr(cfg, k))}" for k in top]

@@ -14,11 +14,11 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
-import zmq
 from kazoo.exceptions import NoNodeError
 
 from cluster.cli import common, options
-from cluster.contract import config, layout, security, wire
+from cluster.client.leader_status import ask_leader
+from cluster.contract import config, layout
 from cluster.runtime.zk import ask, read_leader
 
 
@@ -79,27 +79,3 @@ def render(state: dict) -> str:
     counters = ", ".join(f"{k} {v}" for k, v in sorted(state["counters"].items()))
     lines.append(f"counters: {counters or 'none'}")
     return "\n".join(lines)
-
-
-def ask_leader(endpoint: str, curve_key: str, keys_dir: str, timeout: float) -> dict:
-    """The leader's status document (ValueError when it cannot be had)."""
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        if curve_key:
-            if not keys_dir:
-                raise ValueError("the cluster requires CURVE keys: give --keys DIR (env CLUSTER_KEYS)")
-            keys = security.load(keys_dir, "client")
-            security.connect_to(sock, keys, keys.coordinator)
-        sock.connect(endpoint)
-        sock.send_multipart(wire.StatusRequest().encode())
-        if not sock.poll(int(timeout * 1000)):
-            raise ValueError(f"the leader at {endpoint} did not answer within {timeout:g} s")
-        reply = wire.decode(sock.recv_multipart())
-        if not isinstance(reply, wire.StatusReply):
-            raise ValueError(f"the leader answered {type(reply).__name__} instead of its status")
-        return reply.status
-    finally:
-        sock.close(0)
-        ctx.term()

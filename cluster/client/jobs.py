@@ -133,14 +133,14 @@ def results(
 
         rows = JobRows(look(job_id), look, "results", follow=follow, keys_dir=_keys(keys), service=service)
         for _, index, status, body in rows:
-            yield _result(index, status, body)
+            yield result_dict(index, status, body)
 
 
 def _keys(keys: str | None) -> str:
     return os.environ.get("CLUSTER_KEYS", "") if keys is None else keys
 
 
-def _result(index: int, status: int, body: bytes) -> dict[str, Any]:
+def result_dict(index: int, status: int, body: bytes) -> dict[str, Any]:
     if status == wire.OK:
         return {"index": index, "ok": True, **json.loads(body)}
     error = payload.load_error(body)

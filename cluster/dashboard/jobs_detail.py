@@ -1,7 +1,8 @@
 """A job's page: its record, and for a detached job its recent failures and the tail of
-its tasks' output, read from its spool as `clusterctl job results|logs` read it (from
-the file, or from its holder). The owner rule of issue 17 holds here too: the dashboard
-shows the spool of jobs its own user owns, and says so for the others."""
+its tasks' output, read from its spool as `clusterctl job results|logs` read it (the
+file, its holder, or its owner's spool service). The owner rule holds here too: the
+dashboard shows the spool of the jobs its client key owns, of every job when that key is
+listed in the keys directory's ``admins``, and says so for the others."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from typing import Any
 
 from kazoo.client import KazooClient
 
-from cluster.client import records
-from cluster.client.jobs import _result
+from cluster.client import records, spool_service
+from cluster.client.jobs import result_dict
 from cluster.client.spool_reader import JobRows
 from cluster.contract import wire
 from cluster.contract.layout import BadRecord
@@ -38,13 +39,17 @@ def detail(zk: KazooClient, cluster: str, job_id: int, keys_dir: str) -> dict[st
     if not job.record.spool:
         out["note"] = "attached job: its output went to the terminal that submitted it"
         return out
+
+    def service(host: str, owner: str) -> dict | None:
+        return spool_service.find(zk, cluster, host, owner)
+
     try:
         failures: collections.deque[dict[str, Any]] = collections.deque(maxlen=FAILURES)
-        for _, index, status, body in JobRows(job, look, "results", keys_dir=keys_dir):
+        for _, index, status, body in JobRows(job, look, "results", keys_dir=keys_dir, service=service):
             if status != wire.OK:
-                failures.append(_result(index, status, body))
+                failures.append(result_dict(index, status, body))
         tail: collections.deque[dict[str, Any]] = collections.deque(maxlen=OUTPUT_ROWS)
-        for _, index, stream, data in JobRows(job, look, "output", keys_dir=keys_dir):
+        for _, index, stream, data in JobRows(job, look, "output", keys_dir=keys_dir, service=service):
             tail.append(
                 {"index": index, "stream": stream, "text": bytes(data)[-OUTPUT_BYTES:].decode(errors="replace")}
             )

@@ -17,7 +17,7 @@ from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import EventType, WatchedEvent
 
-from cluster.cli.status import ask_leader
+from cluster.client.leader_status import ask_leader
 from cluster.client.records import ATTACHED
 from cluster.contract import layout
 from cluster.contract.layout import BadRecord, JobRecord, LeaderRecord
