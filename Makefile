@@ -11,7 +11,9 @@ ZK_JAR := /usr/share/java/zookeeper.jar
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # What pytest gets; override to pick tests or add flags, e.g.
 #   make test PYTEST_ARGS='tests/test_zkserver.py -x'
-PYTEST_ARGS ?= tests
+# Two pytest workers (pytest-xdist), each with its own ZooKeeper: most tests wait on
+# daemons, sessions and timeouts rather than use a core, so two share two cores well.
+PYTEST_ARGS ?= -n 2 tests
 
 .PHONY: demo test deploy-test lint format bench chaos zookeeper venv clean
 
