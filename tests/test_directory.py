@@ -324,7 +324,7 @@ def test_hello_is_repeated_until_the_agent_answers_then_heartbeats_follow():
     w = World()
     d = w.directory
     d.on_member(joined(agent("a1")))
-    hello = wire.Hello("c1", 1, 0.5, takes_back=True, takes_output=True)
+    hello = wire.Hello("c1", 1, 0.5, takes_back=True, takes_output=True, takes_load_failures=True)
     assert sent(d.tick(0.0)) == [(hello, [b"a1"])]
     assert d.tick(0.1) == []  # the retry is not due yet
     assert sent(d.tick(HELLO_RETRY)) == [(hello, [b"a1"])]
@@ -340,7 +340,7 @@ def test_a_relay_is_told_to_connect_to_an_agent_with_each_hello_until_it_answers
     d.on_relay(joined(relay()), now=0.0)
     d.on_member(joined(agent("r1", relay="rack1")))
     route = (relay_identity("rack1"), b"r1")
-    hello = wire.Hello("c1", 1, 0.5, takes_back=True, takes_output=True)
+    hello = wire.Hello("c1", 1, 0.5, takes_back=True, takes_output=True, takes_load_failures=True)
     beat = wire.Heartbeat("c1", 1, 0, 0.5)
     assert sent(d.tick(0.0)) == [(beat, [RACK]), relay_agents(connect=[("r1", E1)]), (hello, [route])]
     assert sent(d.tick(HELLO_RETRY)) == [relay_agents(connect=[("r1", E1)]), (hello, [route])]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import ROOT
 
-from cluster.cli import install
+from cluster.cli import install, service_files
 from cluster.contract import config
 
 CLUSTERCTL = Path(sys.executable).with_name("clusterctl")
@@ -24,9 +24,17 @@ SYSUSERS = Path("etc/sysusers.d/clusterd.conf")
 pytestmark = pytest.mark.skipif(not CLUSTERCTL.exists(), reason="clusterctl is not installed in this environment")
 
 
+# What a staged install's unit runs: where docs/operations.md puts the venv. The default,
+# this test run's own venv, may lie where the unit could not run it (a clone under /tmp),
+# which the pre-flight refuses; tests/test_install_preflight.py tests that.
+EXEC = "/opt/clusterd/venv/bin/clusterctl"
+
+
 def clusterctl(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     # Wide columns: help text is checked for whole phrases. No CLUSTER_* from the caller.
     base = {k: v for k, v in os.environ.items() if not k.startswith("CLUSTER_")}
+    if "install" in args and "--root" in args and "--exec" not in args:
+        args = (*args, "--exec", EXEC)
     return subprocess.run(
         [str(CLUSTERCTL), *args],
         capture_output=True,
@@ -100,8 +108,8 @@ def test_agent_install_writes_unit_config_and_user(tmp_path):
     assert [line.split()[0] for line in lines if "systemctl" in line or "sysusers " in line] == ["skipped"] * 3
 
     unit = (tmp_path / UNIT["agent"]).read_text()
-    assert unit == install.render_unit("agent", str(CLUSTERCTL))  # the venv running the install
-    assert f"ExecStart={CLUSTERCTL} agent --config /etc/clusterd/agent.toml\n" in unit
+    assert unit == install.render_unit("agent", EXEC)
+    assert f"ExecStart={EXEC} agent --config /etc/clusterd/agent.toml\n" in unit
     assert "User=clusterd\n" in unit and "KillMode=mixed\n" in unit and "Type=notify\n" in unit
 
     cfg = config.load(config.AgentConfig, tmp_path / CONF["agent"], environ={})
@@ -193,7 +201,7 @@ def test_dry_run_writes_nothing_and_lists_files_and_commands(tmp_path):
     out = res.stdout
     for rel in (SYSUSERS, CONF["agent"], UNIT["agent"]):
         assert f"would create {tmp_path / rel}" in out
-    assert '    zk = "zk1:2181,zk2:2181"\n' in out and f"    ExecStart={CLUSTERCTL} agent" in out  # the contents
+    assert '    zk = "zk1:2181,zk2:2181"\n' in out and f"    ExecStart={EXEC} agent" in out  # the contents
     # Against a real installation: the changes as a diff, and no uninstall either.
     agent_install(tmp_path, *AGENT)
     before = tree(tmp_path)
@@ -372,3 +380,7 @@ def test_the_user_snippet_creates_the_user(tmp_path):
     assert res.returncode == 0, res.stderr
     user = (tmp_path / "etc/passwd").read_text().split(":")
     assert (user[0], user[4], user[5]) == ("clusterd", "clusterd daemons", "/var/lib/clusterd")
+
+
+def test_the_default_exec_is_the_clusterctl_of_the_venv_running_the_install():
+    assert service_files.default_exec() == str(CLUSTERCTL)
