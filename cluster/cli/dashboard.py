@@ -25,16 +25,17 @@ import inspect
 import os
 import signal
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
 from cluster.cli import common, install, options
 from cluster.contract import config
-from cluster.dashboard import access
-from cluster.dashboard.server import Options, serve, url
 from cluster.dashboard.settings import DashboardConfig
 from cluster.runtime.sdnotify import Notifier
+
+if TYPE_CHECKING:
+    from cluster.dashboard.server import Options
 
 TOKEN_ENV = "CLUSTER_DASHBOARD_TOKEN"
 
@@ -49,6 +50,11 @@ def run(
     ),
     log_level: str = common.LOG_LEVEL,
 ) -> None:
+    # The web server (aiohttp) is imported here, not with the CLI: every other command
+    # would pay its import time at start.
+    from cluster.dashboard import access
+    from cluster.dashboard.server import Options
+
     common.setup_logging(log_level)
     with common.clear_errors():
         cfg = config.load(DashboardConfig, config_file, settings)
@@ -75,6 +81,8 @@ def run(
 
 
 async def _main(opts: Options, zk: Any, as_json: bool, token_generated: bool) -> None:
+    from cluster.dashboard.server import serve, url
+
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     assert main is not None
