@@ -46,7 +46,7 @@ from .local_queue import LocalQueue, QueuedTask
 from .marker import Marker
 from .pool import Slot
 from .registration import Registration
-from .resources import NodeResources, detect, parse_workers
+from .resources import HostLoad, NodeResources, detect, parse_workers
 from .session import CoordinatorSession, Doomed
 from .starts import StartWatch
 from .workspaces import Workspaces
@@ -67,6 +67,7 @@ class Agent:
         if cfg.relay:
             layout.check_name(cfg.relay, "relay id")
         self.resources = detect()
+        self.host = HostLoad(self.resources.usable_cpus)
         self.workers = parse_workers(cfg.workers, self.resources.usable_cpus)
         self.counters: collections.Counter[str] = collections.Counter()
         self.outcomes: collections.Counter[str] = collections.Counter()  # tasks finished here, by outcome
@@ -237,7 +238,7 @@ class Agent:
             self._charge(slot, seq, status, err)
         self._reap(now)
         self.pool.converge(now)
-        beat = self.session.heartbeat(now, self.queue.free(self.pool.slots))
+        beat = self.session.heartbeat(now, self.queue.free(self.pool.slots), self.host.sample(now))
         if beat is not None:
             loop.send(self.front, beat, self.session.leader)
         if self.session.draining:

@@ -30,6 +30,29 @@ class NodeResources:
     memory: int  # bytes this process may use (RAM and cgroup limit)
 
 
+class HostLoad:
+    """What an agent's heartbeats say of its host: the 1-minute load average per usable CPU
+    and the fraction of memory in use (-1 when this platform cannot tell). Sampled at most
+    every ``EVERY`` seconds: heartbeats come far more often than the figures move."""
+
+    EVERY = 2.0
+
+    def __init__(self, cpus: int) -> None:
+        self.cpus = max(1, cpus)
+        self.load = self.memory = -1.0
+        self._sampled = float("-inf")
+
+    def sample(self, now: float) -> tuple[float, float]:
+        if now - self._sampled >= self.EVERY:
+            self._sampled = now
+            try:
+                self.load = round(os.getloadavg()[0] / self.cpus, 3)
+            except OSError:
+                self.load = -1.0
+            self.memory = round(min(1.0, psutil.virtual_memory().percent / 100), 3)
+        return self.load, self.memory
+
+
 def _read(path: Path) -> str | None:
     try:
         return path.read_text().strip()

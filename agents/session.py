@@ -154,9 +154,10 @@ class CoordinatorSession:
 
     # ------------------------------------------------------------ what we say
 
-    def heartbeat(self, now: float, free: int) -> wire.Heartbeat | None:
+    def heartbeat(self, now: float, free: int, host: tuple[float, float] = (-1.0, -1.0)) -> wire.Heartbeat | None:
         """The heartbeat for the leader once one is due (``free``: tasks the agent could
-        take beyond those it holds). None when none is due, with no leader, or when the
+        take beyond those it holds; ``host``: its host's load and memory in use, as
+        resources.HostLoad samples them). None when none is due, with no leader, or when the
         leader has been silent for interval x misses: then it is forgotten, and results
         wait until a coordinator says Hello."""
         if now < self.next_beat:
@@ -168,7 +169,7 @@ class CoordinatorSession:
             log.warning("coordinator silent; holding %d results until a coordinator says Hello", len(self.outbox))
             self.leader = None
             return None
-        return wire.Heartbeat(self.node_id, self.max_epoch, free)
+        return wire.Heartbeat(self.node_id, self.max_epoch, free, load=host[0], memory=host[1])
 
     def drain(self) -> wire.Draining | None:
         """Take no new work and send results at once from now on; the leader, if there is

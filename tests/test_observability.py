@@ -153,3 +153,11 @@ def test_a_coordinator_stretches_heartbeats_agents_follow_and_a_hung_agent_is_st
         assert written_off(hung, "b1", "silent") == 0 and agent_state(hung, "b1") == "ready"
     finally:
         agents["b2"].signal(signal.SIGCONT)
+
+
+def test_status_shows_each_agents_host_load_and_memory_from_its_heartbeats(running_cluster):
+    state = running_cluster.wait_status(
+        lambda s: all(a["host_load"] is not None for a in s["agents"].values()), what="the agents' host figures"
+    )
+    for agent in state["agents"].values():
+        assert agent["host_load"] >= 0 and 0 < agent["memory_used"] <= 1, agent

@@ -46,6 +46,7 @@ def coordinator():
         directory.peers[node_id].up = True
         scheduler.agent_up(node_id, 2, 4, [])
         directory.liveness.beat(node_id, 9.0)
+    directory.peers["a1"].load, directory.peers["a1"].memory = 0.75, 0.4  # its last heartbeat said so
     directory.write_off("a2", "silent for 2.0 s", "silent")
     job = scheduler.add_job("j", b"client", b"fn", "d", {"record": 7}, now=0.0)
     scheduler.add_tasks(job, [0, 1], (b"0", b"1"))
@@ -86,6 +87,8 @@ def test_the_status_document_keeps_every_key_its_readers_use():
                 "capacity": 4,
                 "heartbeat_age": 1.0,
                 "written_off": {},
+                "host_load": 0.75,
+                "memory_used": 0.4,
             },
             "a2": {
                 "state": "unreachable",
@@ -94,6 +97,8 @@ def test_the_status_document_keeps_every_key_its_readers_use():
                 "in_flight": 0,
                 "heartbeat_age": None,
                 "written_off": {"silent": 1},
+                "host_load": None,
+                "memory_used": None,
             },
             "r1": {
                 "state": "unreachable",
@@ -103,6 +108,8 @@ def test_the_status_document_keeps_every_key_its_readers_use():
                 "heartbeat_age": None,
                 "via": "rack1",
                 "written_off": {},
+                "host_load": None,
+                "memory_used": None,
             },
         },
         "jobs": 1,

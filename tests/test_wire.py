@@ -99,8 +99,15 @@ def test_malformed_is_a_protocol_error(frames):
 
 def test_fields_a_newer_peer_appends_are_ignored():
     # A compatible change within a protocol version only appends fields.
-    msg = wire.decode([header(wire.Heartbeat.KIND, "c1", 1, 3, 1.25, 7, "added later", [1, 2])])
-    assert msg == wire.Heartbeat("c1", 1, 3, 1.25, 7)
+    msg = wire.decode([header(wire.Heartbeat.KIND, "c1", 1, 3, 1.25, 7, 0.5, 0.25, "added later", [1, 2])])
+    assert msg == wire.Heartbeat("c1", 1, 3, 1.25, 7, 0.5, 0.25)
+
+
+def test_an_agents_heartbeat_says_its_hosts_load_and_memory_within_range():
+    assert wire.decode([header(wire.Heartbeat.KIND, "a1", 1, 3)]).load == -1.0  # an earlier release's: not said
+    for load, memory in ((-2.0, 0.5), (0.5, 1.5), (0.5, -0.5)):
+        with pytest.raises(wire.ProtocolError, match="out of range"):
+            wire.decode([header(wire.Heartbeat.KIND, "a1", 1, 3, 0.0, -1, load, memory)])
 
 
 def test_the_load_failure_fields_are_optional_for_peers_of_earlier_releases():

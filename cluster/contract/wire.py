@@ -74,7 +74,8 @@ class Heartbeat(Message):
     the sender's spare capacity (agents) or 0; ``interval``, from a coordinator to its
     agents, the seconds between beats from now on, both ways (0: unchanged; older
     coordinators send none); ``agents``, from a coordinator to a client, how many agents
-    it has (-1: not said)."""
+    it has (-1: not said). From an agent, its host's ``load`` (the 1-minute load average
+    per usable CPU) and ``memory`` (the fraction of its memory in use); -1: not said."""
 
     KIND = 1
     sender: str
@@ -82,10 +83,16 @@ class Heartbeat(Message):
     free: int = 0
     interval: float = 0.0
     agents: int = -1
+    load: float = -1.0
+    memory: float = -1.0
 
     def validate(self) -> None:
         if self.interval and not 0.01 <= self.interval <= 60:
             raise ProtocolError("Heartbeat: interval out of range")
+        if self.load != -1.0 and not 0.0 <= self.load <= 1e6:
+            raise ProtocolError("Heartbeat: load out of range")
+        if self.memory != -1.0 and not 0.0 <= self.memory <= 1.0:
+            raise ProtocolError("Heartbeat: memory out of range")
 
 
 @dataclasses.dataclass(frozen=True)

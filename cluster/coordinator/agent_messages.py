@@ -87,6 +87,7 @@ class AgentMessages:
     def on_heartbeat(self, peer: AgentPeer, msg: wire.Heartbeat, now: float) -> None:
         if peer.up:
             self.liveness.beat(peer.node_id, now)
+            peer.load, peer.memory = msg.load, msg.memory
 
     def on_draining(self, peer: AgentPeer, msg: wire.Draining, now: float) -> None:
         self.scheduler.agent_draining(peer.node_id)

@@ -49,6 +49,10 @@ class AgentPeer:
     # Bundles sent over this connection: an agent taken back after a write-off may be a new
     # process whose cache lost them, so they go again (it skips unpacking one it has).
     bundles: set[str] = dataclasses.field(default_factory=set)
+    # Its host's load per usable CPU and fraction of memory in use, from its last heartbeat
+    # (-1: not said, e.g. an agent of an earlier release).
+    load: float = -1.0
+    memory: float = -1.0
 
     def __post_init__(self) -> None:
         self.route = (relay_identity(self.via), self.identity) if self.via else self.identity

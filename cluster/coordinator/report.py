@@ -59,6 +59,8 @@ def status(c: Source, now: float) -> dict[str, Any]:
         if peer.via:
             agent["via"] = peer.via
         agent["written_off"] = dict(peer.written_off)
+        agent["host_load"] = None if peer.load < 0 else peer.load  # 1-minute load average per usable CPU
+        agent["memory_used"] = None if peer.memory < 0 else peer.memory  # fraction of the host's memory
         agents[node_id] = agent
     workers = sum(a["workers"] for a in agents.values())
     busy = sum(a["busy"] for a in agents.values())

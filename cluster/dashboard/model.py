@@ -201,6 +201,9 @@ class State:
                 "hb": heartbeat_shown(a.get("heartbeat_age"), interval) if a else None,
                 "cores": rec.cores,
                 "memory": rec.memory,
+                # Coarse steps: a row is sent again only when what it shows changes.
+                "host_load": _step((a or {}).get("host_load"), 0.05),
+                "memory_used": _step((a or {}).get("memory_used"), 0.01),
                 "version": rec.version,
                 "python": rec.python,
                 "labels": rec.labels,
@@ -289,3 +292,8 @@ class State:
             "timeline": list(self.timeline),
             "series": list(self.series.samples),
         }
+
+
+def _step(value: float | None, step: float) -> float | None:
+    """``value`` to the nearest ``step`` (None: not said)."""
+    return None if value is None else round(round(value / step) * step, 2)

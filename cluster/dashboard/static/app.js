@@ -116,7 +116,8 @@ const COLUMNS = [
   ["started", "uptime"],
 ];
 const sortKey = {
-  load: (n) => (n.workers ? n.busy / n.workers : 0),
+  load: (n) => (n.host_load === null ? -1 : n.host_load),
+  memory: (n) => (n.memory_used === null ? -1 : n.memory_used),
   busy: (n) => n.busy,
   hb: (n) => (n.hb === null ? -1 : n.hb),
   labels: (n) => labels(n.labels),
@@ -174,12 +175,15 @@ function renderVisibleRows() {
   const html = [];
   for (let i = first; i < last; i++) {
     const n = view.rows[i];
-    const load = n.workers ? Math.round((100 * n.busy) / n.workers) : 0;
+    // The host's 1-minute load per usable CPU and memory in use, from the agent's heartbeats
+    // ("-": not said, e.g. an agent behind a relay, whose beats stop there).
+    const load = n.host_load === null ? "-" : `${Math.round(100 * n.host_load)}%`;
+    const memory = n.memory_used === null ? gib(n.memory) : `${Math.round(100 * n.memory_used)}% of ${gib(n.memory)}`;
     html.push(
       `<div class="grid row" data-node="${esc(n.id)}" data-state="${esc(n.state)}">` +
         `<span title="${esc(n.id)}">${esc(n.id)}</span><span title="${esc(n.host)}">${esc(n.host)}</span>` +
         `<span class="st-${esc(n.state)}">${esc(n.state)}</span><span>${n.busy}/${n.workers}</span>` +
-        `<span>${load}%</span><span>${heartbeat(n)}</span><span>${gib(n.memory)}</span>` +
+        `<span>${load}</span><span>${heartbeat(n)}</span><span>${memory}</span>` +
         `<span>${esc(n.version)}</span><span title="${esc(labels(n.labels))}">${esc(labels(n.labels))}</span>` +
         `<span>${esc(n.relay)}</span><span>${duration(t - n.started)}</span></div>`,
     );
