@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from kazoo.client import KazooClient
@@ -39,6 +40,7 @@ log = logging.getLogger("cluster.spool_service")
 
 CHECK_EVERY = 10.0  # seconds between checks that the service is announced (a new session loses its znode)
 IDLE_CHECK = 6  # checks between looks for whether any finished spool is left to serve
+GONE_AFTER = 600.0  # seconds without an answer from ZooKeeper after which the service exits
 
 
 def node(cluster: str, host: str, owner: str) -> str:
@@ -100,6 +102,7 @@ class Service:
         self.zk, self.cluster = zk, cluster
         self.host, self.owner = socket.gethostname(), records.owner(keys)
         self.server = SpoolServer(self.source, zk_hosts, keys)
+        self.unanswered_since = 0.0  # when ZooKeeper stopped answering (time.monotonic); 0: it answers
 
     def source(self, job_id: int) -> tuple[Path, str] | str:
         try:
@@ -115,12 +118,16 @@ class Service:
         return Path(job.record.spool), job.state
 
     def serving(self) -> bool:
-        """Whether any finished job of this owner has its spool on this host (while
-        ZooKeeper does not answer: yes)."""
+        """Whether any finished job of this owner has its spool on this host. While
+        ZooKeeper does not answer, yes, for ``GONE_AFTER`` seconds: a cluster that is gone
+        for good (a test's, a benchmark's) must not keep the service forever; the next
+        `clusterctl jobs` on this host starts it again."""
         try:
             listed, _ = records.list_jobs(self.zk, self.cluster)
         except (KazooException, KazooTimeoutError):
-            return True
+            self.unanswered_since = self.unanswered_since or time.monotonic()
+            return time.monotonic() - self.unanswered_since < GONE_AFTER
+        self.unanswered_since = 0.0
         return any(
             job.state in records.ENDED
             and job.record.spool
