@@ -89,14 +89,16 @@ def zk_connect(zk_server: ZooKeeperServer) -> str:
 @pytest.fixture
 def cluster_name(request: pytest.FixtureRequest) -> Iterator[str]:
     """A name no other test (or earlier run against the same server) uses. A detached job
-    that ended leaves its owner's spool service running (cluster/client/spool_service.py):
-    the test's own are stopped with it."""
+    that ended leaves its owner's spool service running (cluster/client/spool_service.py),
+    and one of a test that failed midway its holder: the test's own are stopped with it
+    (their command lines name the cluster, or a spool in its default directory)."""
     base = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name).strip("-")[:60].rstrip("-")
     name = f"t-{base}-{uuid.uuid4().hex[:8]}"
     yield name
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info["cmdline"] or []
-        if "cluster.client.spool_service" in cmdline and name in cmdline:
+        ours = any(name in arg for arg in cmdline)
+        if ours and ("cluster.client.spool_service" in cmdline or "cluster.client.holder" in cmdline):
             with contextlib.suppress(psutil.Error):
                 proc.kill()
 
