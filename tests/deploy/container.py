@@ -18,6 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from helpers import wait_for
 from network import Link
 
 CGROUP_HIERARCHIES = ("systemd", "unified")
@@ -57,13 +58,8 @@ def _join_cgroup(group: str) -> None:
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+    """helpers.wait_for, with the tier's argument order."""
+    return wait_for(predicate, timeout, interval, what)
 
 
 class Container:

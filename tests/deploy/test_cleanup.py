@@ -27,7 +27,7 @@ def test_an_interrupted_run_leaves_nothing_behind(sig, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join((str(ROOT), str(ROOT / "tests")))),  # helpers too
     )
     tag = tag_of(child.pid)
     try:
