@@ -117,6 +117,9 @@ class Coordinator:
         self.clients = h.socket(zmq.ROUTER, max_payload=cfg.max_payload)
         self.agents = h.socket(zmq.ROUTER, max_payload=cfg.max_payload, routing_id=self.id.encode())
         self.agents.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # Endpoints disconnected since the last timer tick, and connects to them put off to it.
+        self._disconnected: set[str] = set()
+        self._connect_later: list[str] = []
         self.closed = h.watch_disconnects(self.agents)
         if self.keys:
             security.serve(self.clients, self.keys, "clients")
@@ -213,6 +216,10 @@ class Coordinator:
                 self.front.deliver(send_to_client)
 
     def _timers(self, now: float) -> None:
+        for endpoint in self._connect_later:
+            self.agents.connect(endpoint)
+        self._connect_later.clear()
+        self._disconnected.clear()
         if self.metrics is not None:
             report.export(self.metrics, self, now)
         if self.leading:
@@ -224,13 +231,20 @@ class Coordinator:
             self.action_handlers[type(action)](action)
 
     def _connect(self, action: Connect) -> None:
-        self.agents.connect(action.endpoint)
+        # An agent that took over a dead one's endpoint: connecting there again at once,
+        # while libzmq still ends the old connection, can leave the new one silent both ways
+        # until the agent is written off; so the connect waits for the next timer tick.
+        if action.endpoint in self._disconnected:
+            self._connect_later.append(action.endpoint)
+        else:
+            self.agents.connect(action.endpoint)
 
     def _disconnect(self, action: Disconnect) -> None:
         try:
             self.agents.disconnect(action.endpoint)
         except zmq.ZMQError:
             pass  # not connected there (any more)
+        self._disconnected.add(action.endpoint)
 
     def _to_agents(self, action: ToAgents) -> None:
         for route in action.routes:
